@@ -1,0 +1,242 @@
+//! `TestPlatform`: a [`Platform`] on memory the test owns (from the system allocator), with
+//! every kind of call able to fail on demand, and every call checked against the live
+//! reservations so that a release or decommit of a wrong range aborts the test at once.
+//!
+//! It runs under Miri. It allocates (its bookkeeping is a `Vec`), so it must serve only a
+//! pymalloc instance that is not the process's global allocator.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::BTreeSet;
+use std::ptr::NonNull;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use pymalloc_pool::fatal;
+
+use crate::Platform;
+
+/// The page size `TestPlatform` reports.
+pub const TEST_PAGE_SIZE: usize = 4096;
+
+struct Region {
+    ptr: NonNull<u8>,
+    len: usize,
+    layout: Layout,
+}
+
+#[derive(Default)]
+struct State {
+    live: Vec<Region>,
+    reserve_calls: u64,
+    fail_reserve_at: BTreeSet<u64>,
+    fail_reserves: bool,
+    fail_commits: bool,
+    fail_decommits: bool,
+    commits: u64,
+    decommits: u64,
+}
+
+/// Memory owned by the test, failing on demand. See the module documentation.
+#[derive(Default)]
+pub struct TestPlatform {
+    state: Mutex<State>,
+}
+
+// SAFETY: the raw pointers in the state are only touched under the mutex.
+unsafe impl Send for State {}
+
+impl TestPlatform {
+    /// A platform with no reservation and no planned failure.
+    pub fn new() -> TestPlatform {
+        TestPlatform::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Makes the `n`-th reserve call from now fail (`1` is the next one).
+    pub fn fail_reserve_in(&self, n: u64) {
+        let mut s = self.state();
+        let at = s.reserve_calls + n;
+        s.fail_reserve_at.insert(at);
+    }
+
+    /// While set, every reserve call fails.
+    pub fn set_fail_reserves(&self, fail: bool) {
+        self.state().fail_reserves = fail;
+    }
+
+    /// While set, every commit fails.
+    pub fn set_fail_commits(&self, fail: bool) {
+        self.state().fail_commits = fail;
+    }
+
+    /// While set, every decommit fails (and leaves the memory untouched).
+    pub fn set_fail_decommits(&self, fail: bool) {
+        self.state().fail_decommits = fail;
+    }
+
+    /// Reserve calls so far, failed ones included.
+    pub fn reserve_calls(&self) -> u64 {
+        self.state().reserve_calls
+    }
+
+    /// Successful decommits so far.
+    pub fn decommits(&self) -> u64 {
+        self.state().decommits
+    }
+
+    /// Successful commits so far.
+    pub fn commits(&self) -> u64 {
+        self.state().commits
+    }
+
+    /// Live reservations.
+    pub fn live_reservations(&self) -> usize {
+        self.state().live.len()
+    }
+
+    /// Bytes in live reservations.
+    pub fn live_bytes(&self) -> usize {
+        self.state().live.iter().map(|r| r.len).sum()
+    }
+
+    fn find(s: &State, ptr: NonNull<u8>, len: usize) -> Option<usize> {
+        s.live.iter().position(|r| r.ptr == ptr && r.len == len)
+    }
+
+    fn check_inside(s: &State, ptr: NonNull<u8>, size: usize, what: &str) {
+        let (a, b) = (ptr.addr().get(), ptr.addr().get() + size);
+        let inside = s
+            .live
+            .iter()
+            .any(|r| r.ptr.addr().get() <= a && b <= r.ptr.addr().get() + r.len);
+        if !inside || a % TEST_PAGE_SIZE != 0 || size % TEST_PAGE_SIZE != 0 || size == 0 {
+            fatal(what);
+        }
+    }
+}
+
+impl Drop for TestPlatform {
+    fn drop(&mut self) {
+        for r in self.state().live.drain(..) {
+            // SAFETY: allocated by `reserve` or `remap` with this layout, and the platform's
+            // owner is gone, so nothing uses it any more.
+            unsafe { System.dealloc(r.ptr.as_ptr(), r.layout) };
+        }
+    }
+}
+
+// SAFETY: memory comes from `System.alloc_zeroed` with the asked size and alignment and is
+// handed out once; decommit zero-fills; remap copies the contents.
+unsafe impl Platform for TestPlatform {
+    const ZERO_FILLED: bool = true;
+    const CAN_REMAP: bool = true;
+
+    fn page_size(&self) -> usize {
+        TEST_PAGE_SIZE
+    }
+
+    fn reserve(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
+        let mut s = self.state();
+        s.reserve_calls += 1;
+        let call = s.reserve_calls;
+        if s.fail_reserves || s.fail_reserve_at.remove(&call) {
+            return None;
+        }
+        if size == 0 || size % TEST_PAGE_SIZE != 0 || !align.is_power_of_two() {
+            return None;
+        }
+        let layout = Layout::from_size_align(size, align.max(TEST_PAGE_SIZE)).ok()?;
+        // SAFETY: the size is not zero.
+        let ptr = NonNull::new(unsafe { System.alloc_zeroed(layout) })?;
+        s.live.push(Region {
+            ptr,
+            len: size,
+            layout,
+        });
+        Some(ptr)
+    }
+
+    unsafe fn release(&self, ptr: NonNull<u8>, size: usize) {
+        let mut s = self.state();
+        let Some(i) = Self::find(&s, ptr, size) else {
+            fatal("test platform: release of a range that is not a live reservation");
+        };
+        let r = s.live.swap_remove(i);
+        // SAFETY: allocated with this layout and no longer used (caller).
+        unsafe { System.dealloc(r.ptr.as_ptr(), r.layout) };
+    }
+
+    unsafe fn commit(&self, ptr: NonNull<u8>, size: usize) -> bool {
+        let mut s = self.state();
+        Self::check_inside(&s, ptr, size, "test platform: commit outside a reservation");
+        if s.fail_commits {
+            return false;
+        }
+        s.commits += 1;
+        true
+    }
+
+    unsafe fn decommit(&self, ptr: NonNull<u8>, size: usize) -> bool {
+        let mut s = self.state();
+        Self::check_inside(
+            &s,
+            ptr,
+            size,
+            "test platform: decommit outside a reservation",
+        );
+        if s.fail_decommits {
+            return false;
+        }
+        s.decommits += 1;
+        // SAFETY: inside a live reservation (just checked) whose contents the caller gave up.
+        unsafe { ptr.as_ptr().write_bytes(0, size) };
+        true
+    }
+
+    unsafe fn remap(
+        &self,
+        ptr: NonNull<u8>,
+        old_size: usize,
+        new_size: usize,
+        may_move: bool,
+    ) -> Option<NonNull<u8>> {
+        let mut s = self.state();
+        let Some(i) = Self::find(&s, ptr, old_size) else {
+            fatal("test platform: remap of a range that is not a live reservation");
+        };
+        if new_size == 0 || new_size % TEST_PAGE_SIZE != 0 {
+            return None;
+        }
+        let r = &mut s.live[i];
+        if new_size <= r.layout.size() {
+            if new_size > r.len {
+                // SAFETY: inside the allocation; pages beyond the old end read zero, as the
+                // kernel's fresh pages do.
+                unsafe { ptr.as_ptr().add(r.len).write_bytes(0, new_size - r.len) };
+            }
+            r.len = new_size;
+            return Some(ptr);
+        }
+        if !may_move || s.fail_reserves {
+            return None;
+        }
+        let layout = Layout::from_size_align(new_size, s.live[i].layout.align()).ok()?;
+        // SAFETY: non-zero size.
+        let new = NonNull::new(unsafe { System.alloc_zeroed(layout) })?;
+        let old = s.live.swap_remove(i);
+        // SAFETY: both ranges are live and distinct; the old one is then freed with its layout.
+        unsafe {
+            new.as_ptr()
+                .copy_from_nonoverlapping(old.ptr.as_ptr(), old.len.min(new_size));
+            System.dealloc(old.ptr.as_ptr(), old.layout);
+        }
+        s.live.push(Region {
+            ptr: new,
+            len: new_size,
+            layout,
+        });
+        Some(new)
+    }
+}

@@ -1,0 +1,34 @@
+//! The one way allocator code reports a broken invariant: write a message to standard error
+//! without allocating, then abort. A global allocator must never unwind, so nothing in the
+//! allocator's code paths calls `panic!`, `assert!` or `unwrap()`; it calls [`fatal`].
+
+/// Writes `pymalloc: fatal: <msg>` to standard error with plain `write(2)` calls (no
+/// allocation, no formatting machinery, no locks) and aborts the process.
+#[cold]
+#[inline(never)]
+pub fn fatal(msg: &str) -> ! {
+    write_stderr(b"pymalloc: fatal: ");
+    write_stderr(msg.as_bytes());
+    write_stderr(b"\n");
+    // SAFETY: abort has no preconditions and never returns.
+    unsafe { libc::abort() }
+}
+
+/// Checks a cheap invariant; on failure reports `msg` through [`fatal`].
+#[inline(always)]
+pub fn ensure(condition: bool, msg: &str) {
+    if !condition {
+        fatal(msg);
+    }
+}
+
+fn write_stderr(mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: the pointer and length describe the live slice `bytes`.
+        let n = unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
+        if n <= 0 {
+            return; // nowhere to report to; the abort still happens
+        }
+        bytes = &bytes[(n as usize).min(bytes.len())..];
+    }
+}

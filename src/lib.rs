@@ -1,0 +1,79 @@
+//! # pymalloc
+//!
+//! CPython's small-object allocator (pymalloc / obmalloc), rebuilt in Rust as a
+//! [`GlobalAlloc`]. Install it with one line:
+//!
+//! ```
+//! #[global_allocator]
+//! static GLOBAL: pymalloc::PyMalloc = pymalloc::PyMalloc;
+//! ```
+//!
+//! Requests up to 512 bytes (after padding for alignment) are served from 16 KiB *pools* of
+//! one size class, each with its own freelist, carved from 1 MiB *arenas* that a radix tree
+//! maps; whole-empty pools are recycled across size classes in O(1), and memory goes back to
+//! the system with hysteresis. Larger requests get their own mappings, with a small cache.
+//! [`stats()`] returns a snapshot of the figures. See `docs/design.md`.
+//!
+//! The crates underneath: `pymalloc-pool` (size classes, pools), `pymalloc-arena` (platform
+//! layer, arenas), `pymalloc-radix` (the address → arena map).
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod allocator;
+mod heap;
+mod large;
+mod stats;
+
+use core::alloc::{GlobalAlloc, Layout};
+
+pub use allocator::Allocator;
+pub use large::{CACHE_BYTES, CACHE_ENTRIES};
+pub use pymalloc_arena::{OsPlatform, Platform};
+pub use stats::{ClassStats, Stats};
+
+/// The process-wide instance behind [`PyMalloc`].
+static GLOBAL: Allocator<OsPlatform> = Allocator::new(OsPlatform);
+
+/// pymalloc as a global allocator: `#[global_allocator] static A: PyMalloc = PyMalloc;`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PyMalloc;
+
+// SAFETY: every method forwards to the global instance, which returns null or a block that
+// fits the layout, exclusively the caller's until freed, and never unwinds or allocates.
+unsafe impl GlobalAlloc for PyMalloc {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        GLOBAL.alloc(layout)
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: GlobalAlloc's contract is Allocator::dealloc's.
+        unsafe { GLOBAL.dealloc(ptr, layout) }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        GLOBAL.alloc_zeroed(layout)
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: GlobalAlloc's contract is Allocator::realloc's.
+        unsafe { GLOBAL.realloc(ptr, layout, new_size) }
+    }
+}
+
+/// A snapshot of the global allocator's figures (all zero if [`PyMalloc`] is not installed).
+pub fn stats() -> Stats {
+    GLOBAL.stats()
+}
+
+/// Gives back to the system all of the global allocator's memory that is not in use.
+pub fn trim() {
+    GLOBAL.trim()
+}
+
+/// Checks every invariant of the global allocator, walking all its memory; for tests.
+pub fn check() -> Result<(), &'static str> {
+    GLOBAL.check()
+}

@@ -1,0 +1,200 @@
+//! Helpers shared by the integration tests and the examples: fill patterns, RSS, and the
+//! multi-thread churn workload. Each user includes what it needs; the rest is unused there.
+#![allow(dead_code)]
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::sync::{Barrier, Mutex};
+
+/// The bytes of a block that [`fill`] writes: all of the first 256, one per page up to 64 KiB,
+/// one per 64 KiB beyond, and the last. A big block thus has some of its pages touched, not
+/// all; the positions below any given length do not depend on the block's size, so a prefix
+/// kept by a realloc can be checked.
+fn sample_positions(size: usize) -> impl Iterator<Item = usize> {
+    let head = 0..size.min(256);
+    let pages = (4096..size.min(64 << 10)).step_by(4096);
+    let far = ((64 << 10)..size).step_by(64 << 10);
+    head.chain(pages).chain(far).chain(size.checked_sub(1))
+}
+
+fn pattern(seed: u64, i: usize) -> u8 {
+    (seed
+        .wrapping_add(i as u64)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        >> 56) as u8
+}
+
+/// Writes the block's pattern for `seed`.
+///
+/// # Safety
+/// `ptr` points to `size` writable bytes.
+pub unsafe fn fill(ptr: *mut u8, size: usize, seed: u64) {
+    for i in sample_positions(size) {
+        // SAFETY: i < size (caller).
+        unsafe { ptr.add(i).write(pattern(seed, i)) };
+    }
+}
+
+/// Whether a block of `size` bytes filled for `seed` still holds its pattern.
+///
+/// # Safety
+/// `ptr` points to `size` readable bytes.
+pub unsafe fn holds(ptr: *const u8, size: usize, seed: u64) -> bool {
+    // SAFETY: as the caller guarantees.
+    unsafe { holds_prefix(ptr, size, size, seed) }
+}
+
+/// Whether the first `len` bytes of a block once filled with `size` bytes for `seed` (and
+/// since moved or resized) still hold their pattern.
+///
+/// # Safety
+/// `ptr` points to `len` readable bytes.
+pub unsafe fn holds_prefix(ptr: *const u8, size: usize, len: usize, seed: u64) -> bool {
+    // SAFETY: i < len (caller).
+    sample_positions(size)
+        .filter(|&i| i < len)
+        .all(|i| unsafe { ptr.add(i).read() } == pattern(seed, i))
+}
+
+/// Resident set size of this process, in bytes.
+pub fn rss_bytes() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
+    let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize
+}
+
+/// A small, fast, deterministic generator (xorshift64*).
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    /// Log-uniform in `lo..=hi`.
+    pub fn log_uniform(&mut self, lo: usize, hi: usize) -> usize {
+        let (a, b) = ((lo as f64).ln(), (hi as f64 + 1.0).ln());
+        let x = a + (b - a) * (self.next() >> 11) as f64 / (1u64 << 53) as f64;
+        (x.exp() as usize).clamp(lo, hi)
+    }
+}
+
+/// A layout from the churn's distribution: mostly small, some medium, a few large up to
+/// `max_size`; alignments mostly ≤ 16, some up to `max_align`.
+pub fn random_layout(rng: &mut Rng, max_size: usize, max_align: usize) -> Layout {
+    let size = match rng.below(100) {
+        0..80 => rng.log_uniform(1, 512),
+        80..95 => rng.log_uniform(513, 64 << 10),
+        _ => rng.log_uniform(64 << 10, max_size),
+    };
+    let align_log = if rng.below(100) < 85 {
+        rng.below(5)
+    } else {
+        rng.below(max_align.trailing_zeros() as u64 + 1)
+    };
+    Layout::from_size_align(size, 1 << align_log).unwrap()
+}
+
+/// A live block in the churn.
+pub struct Block {
+    ptr: usize,
+    layout: Layout,
+    seed: u64,
+}
+
+/// What a churn run saw.
+#[derive(Debug, Default)]
+pub struct ChurnReport {
+    pub ops: u64,
+    pub remote_frees: u64,
+    pub corrupt: u64,
+    pub failed_allocs: u64,
+}
+
+/// `threads` threads each do `ops` random operations on `slots` slots of their own: each op
+/// frees (after checking its pattern) or hands to the next thread (one time in ten) the
+/// block in a random slot, and allocates a new one there. Blocks handed over are checked and
+/// freed by the receiving thread. Everything is freed at the end.
+pub fn churn<A: GlobalAlloc + Sync>(
+    a: &A,
+    threads: usize,
+    ops: u64,
+    slots: usize,
+    max_size: usize,
+    max_align: usize,
+) -> ChurnReport {
+    let inboxes: Vec<Mutex<Vec<Block>>> = (0..threads).map(|_| Mutex::new(Vec::new())).collect();
+    let report = Mutex::new(ChurnReport::default());
+    let barrier = Barrier::new(threads);
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let (inboxes, report, barrier) = (&inboxes, &report, &barrier);
+            s.spawn(move || {
+                let mut r = ChurnReport::default();
+                let mut rng = Rng::new(t as u64 + 1);
+                let free = |b: Block, r: &mut ChurnReport| {
+                    // SAFETY: `b` is a live block of `a` with this layout, filled with its seed.
+                    unsafe {
+                        if !holds(b.ptr as *const u8, b.layout.size(), b.seed) {
+                            r.corrupt += 1;
+                        }
+                        a.dealloc(b.ptr as *mut u8, b.layout);
+                    }
+                };
+                let mut mine: Vec<Option<Block>> = (0..slots).map(|_| None).collect();
+                for op in 0..ops {
+                    let i = rng.below(slots as u64) as usize;
+                    if let Some(b) = mine[i].take() {
+                        if rng.below(10) == 0 {
+                            inboxes[(t + 1) % threads].lock().unwrap().push(b);
+                            r.remote_frees += 1;
+                        } else {
+                            free(b, &mut r);
+                        }
+                    }
+                    let layout = random_layout(&mut rng, max_size, max_align);
+                    // SAFETY: the layout has a non-zero size.
+                    let ptr = unsafe { a.alloc(layout) };
+                    if ptr.is_null() {
+                        r.failed_allocs += 1;
+                    } else {
+                        let seed = rng.next();
+                        // SAFETY: a fresh block of layout.size() bytes.
+                        unsafe { fill(ptr, layout.size(), seed) };
+                        if ptr as usize % layout.align() != 0 {
+                            r.corrupt += 1;
+                        }
+                        mine[i] = Some(Block {
+                            ptr: ptr as usize,
+                            layout,
+                            seed,
+                        });
+                    }
+                    if op % 64 == 0 {
+                        let received = std::mem::take(&mut *inboxes[t].lock().unwrap());
+                        received.into_iter().for_each(|b| free(b, &mut r));
+                    }
+                    r.ops += 1;
+                }
+                mine.into_iter().flatten().for_each(|b| free(b, &mut r));
+                barrier.wait(); // nobody sends any more
+                let received = std::mem::take(&mut *inboxes[t].lock().unwrap());
+                received.into_iter().for_each(|b| free(b, &mut r));
+                let mut total = report.lock().unwrap();
+                total.ops += r.ops;
+                total.remote_frees += r.remote_frees;
+                total.corrupt += r.corrupt;
+                total.failed_allocs += r.failed_allocs;
+            });
+        }
+    });
+    report.into_inner().unwrap()
+}

@@ -1,0 +1,382 @@
+//! Random sequences of alloc / alloc_zeroed / realloc / dealloc (sizes 1 B to 4 MiB,
+//! alignments 1 B to 64 KiB) on an instance over the test platform, checked against a model
+//! of the live blocks: no two overlap, contents survive, alignment holds, zeroed memory reads
+//! zero, the stats agree with the model, and the bytes the stats say are mapped are exactly
+//! what the platform has handed out.
+
+mod common;
+
+use std::alloc::Layout;
+use std::collections::BTreeMap;
+
+use common::{fill, holds, holds_prefix};
+use pymalloc::Allocator;
+use pymalloc_arena::{TEST_PAGE_SIZE, TestPlatform};
+use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
+
+const MAX_SIZE: usize = 4 << 20;
+const MAX_ALIGN_LOG: u8 = 16;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Alloc {
+        size: usize,
+        align_log: u8,
+        zeroed: bool,
+    },
+    Realloc {
+        pick: usize,
+        size: usize,
+    },
+    Free {
+        pick: usize,
+    },
+    Check,
+}
+
+fn arbitrary_size(g: &mut Gen) -> usize {
+    let max = match u8::arbitrary(g) % 20 {
+        0..12 => 512,
+        12..17 => 64 << 10,
+        _ => MAX_SIZE,
+    };
+    // Log-uniform below `max`: every magnitude is visited.
+    let bits = 1 + u32::arbitrary(g) % max.ilog2();
+    (usize::arbitrary(g) % (1 << bits)).clamp(1, max)
+}
+
+impl Arbitrary for Op {
+    fn arbitrary(g: &mut Gen) -> Op {
+        match u8::arbitrary(g) % 10 {
+            0..5 => Op::Alloc {
+                size: arbitrary_size(g),
+                align_log: if bool::arbitrary(g) {
+                    u8::arbitrary(g) % 5
+                } else {
+                    u8::arbitrary(g) % (MAX_ALIGN_LOG + 1)
+                },
+                zeroed: bool::arbitrary(g),
+            },
+            5..7 => Op::Realloc {
+                pick: usize::arbitrary(g),
+                size: arbitrary_size(g),
+            },
+            7..9 => Op::Free {
+                pick: usize::arbitrary(g),
+            },
+            _ => Op::Check,
+        }
+    }
+}
+
+struct Live {
+    ptr: *mut u8,
+    layout: Layout,
+    seed: u64,
+}
+
+/// What the model says the stats must show: blocks per small class, large blocks and bytes.
+fn expected(live: &[Live]) -> ([usize; 32], usize, usize) {
+    let mut classes = [0; 32];
+    let (mut large, mut large_bytes) = (0, 0);
+    for b in live {
+        let padded = b.layout.size() + b.layout.align().saturating_sub(16);
+        if padded <= 512 {
+            classes[padded.saturating_sub(1) / 16] += 1;
+        } else {
+            large += 1;
+            large_bytes += b.layout.size().next_multiple_of(TEST_PAGE_SIZE);
+        }
+    }
+    (classes, large, large_bytes)
+}
+
+fn agree(a: &Allocator<TestPlatform>, live: &[Live]) -> Result<(), String> {
+    a.check()?;
+    let stats = a.stats();
+    let (classes, large, large_bytes) = expected(live);
+    for (i, &n) in classes.iter().enumerate() {
+        if stats.classes[i].blocks_in_use != n {
+            return Err(format!(
+                "class {i}: stats say {} blocks, model {n}",
+                stats.classes[i].blocks_in_use
+            ));
+        }
+    }
+    if (stats.large_blocks, stats.large_bytes) != (large, large_bytes) {
+        return Err(format!(
+            "large: stats {:?}, model {:?}",
+            (stats.large_blocks, stats.large_bytes),
+            (large, large_bytes)
+        ));
+    }
+    if stats.bytes_mapped != a.platform().live_bytes() {
+        return Err(format!(
+            "stats map {} bytes, the platform {}",
+            stats.bytes_mapped,
+            a.platform().live_bytes()
+        ));
+    }
+    Ok(())
+}
+
+/// Registers `[p, p + size)` as live; an error if it overlaps a live range.
+fn claim(ranges: &mut BTreeMap<usize, usize>, p: *mut u8, size: usize) -> Result<(), String> {
+    let (start, end) = (p as usize, p as usize + size.max(1));
+    if let Some((&s, &e)) = ranges.range(..end).next_back() {
+        if e > start {
+            return Err(format!(
+                "block {start:#x}..{end:#x} overlaps live {s:#x}..{e:#x}"
+            ));
+        }
+    }
+    ranges.insert(start, end);
+    Ok(())
+}
+
+fn is_zero(p: *const u8, size: usize) -> bool {
+    let step = if size <= 64 << 10 { 1 } else { 61 };
+    // SAFETY: i < size, within a block just handed out.
+    (0..size)
+        .step_by(step)
+        .chain(size.checked_sub(1))
+        .all(|i| unsafe { p.add(i).read() } == 0)
+}
+
+fn run(ops: Vec<Op>) -> Result<(), String> {
+    let a = Allocator::new(TestPlatform::new());
+    let mut live: Vec<Live> = Vec::new();
+    let mut ranges = BTreeMap::new();
+    let mut seed = 0u64;
+    for op in ops {
+        seed += 1;
+        match op {
+            Op::Alloc {
+                size,
+                align_log,
+                zeroed,
+            } => {
+                let layout = Layout::from_size_align(size, 1 << align_log).unwrap();
+                let p = if zeroed {
+                    a.alloc_zeroed(layout)
+                } else {
+                    a.alloc(layout)
+                };
+                if p.is_null() {
+                    return Err(format!("alloc({layout:?}) failed"));
+                }
+                if p as usize % layout.align() != 0 {
+                    return Err(format!("{p:?} is not aligned for {layout:?}"));
+                }
+                if zeroed && !is_zero(p, size) {
+                    return Err(format!("alloc_zeroed({layout:?}) is not zero"));
+                }
+                claim(&mut ranges, p, size)?;
+                // SAFETY: a fresh block of `size` bytes.
+                unsafe { fill(p, size, seed) };
+                live.push(Live {
+                    ptr: p,
+                    layout,
+                    seed,
+                });
+            }
+            Op::Realloc { pick, size } if !live.is_empty() => {
+                let i = pick % live.len();
+                let b = &mut live[i];
+                ranges.remove(&(b.ptr as usize));
+                // SAFETY: a live block of this layout.
+                let p = unsafe { a.realloc(b.ptr, b.layout, size) };
+                if p.is_null() {
+                    return Err(format!("realloc to {size} failed"));
+                }
+                let kept = size.min(b.layout.size());
+                // SAFETY: the new block holds at least `kept` bytes.
+                if !unsafe { holds_prefix(p, b.layout.size(), kept, b.seed) } {
+                    return Err(format!(
+                        "realloc {} -> {size} lost contents",
+                        b.layout.size()
+                    ));
+                }
+                if p as usize % b.layout.align() != 0 {
+                    return Err("realloc lost the alignment".into());
+                }
+                b.ptr = p;
+                b.layout = Layout::from_size_align(size, b.layout.align()).unwrap();
+                b.seed = seed;
+                // SAFETY: the block holds `size` bytes.
+                unsafe { fill(p, size, seed) };
+                claim(&mut ranges, p, size)?;
+            }
+            Op::Free { pick } if !live.is_empty() => {
+                let b = live.swap_remove(pick % live.len());
+                ranges.remove(&(b.ptr as usize));
+                // SAFETY: a live block of this layout, filled with its seed.
+                unsafe {
+                    if !holds(b.ptr, b.layout.size(), b.seed) {
+                        return Err(format!("block of {:?} corrupted", b.layout));
+                    }
+                    a.dealloc(b.ptr, b.layout);
+                }
+            }
+            Op::Check => agree(&a, &live)?,
+            _ => {}
+        }
+    }
+    agree(&a, &live)?;
+    for b in live.drain(..) {
+        // SAFETY: a live block of this layout.
+        unsafe { a.dealloc(b.ptr, b.layout) };
+    }
+    agree(&a, &live)?;
+    a.trim();
+    agree(&a, &live)?;
+    let stats = a.stats();
+    if stats.arenas != 0 || stats.large_cached_blocks != 0 || stats.bytes_in_use != 0 {
+        return Err(format!("trim left memory behind:\n{stats}"));
+    }
+    Ok(())
+}
+
+fn prop(ops: Vec<Op>) -> TestResult {
+    match run(ops) {
+        Ok(()) => TestResult::passed(),
+        Err(e) => TestResult::error(e),
+    }
+}
+
+#[test]
+fn short_sequences_match_the_model() {
+    QuickCheck::new()
+        .tests(300)
+        .quickcheck(prop as fn(Vec<Op>) -> TestResult);
+}
+
+#[test]
+fn long_sequences_match_the_model() {
+    // Long enough for pools to fill and empty, arenas to come and go, and purges to run.
+    QuickCheck::new()
+        .tests(12)
+        .rng(Gen::new(6000))
+        .quickcheck(prop as fn(Vec<Op>) -> TestResult);
+}
+
+#[test]
+fn every_size_up_to_two_pages_and_every_alignment_round_trips() {
+    let a = Allocator::new(TestPlatform::new());
+    let mut live = Vec::new();
+    let mut ranges = BTreeMap::new();
+    for align_log in 0..=MAX_ALIGN_LOG {
+        for size in (1..=600).chain([1000, 4095, 4096, 4097, 8192]) {
+            let layout = Layout::from_size_align(size, 1 << align_log).unwrap();
+            let p = a.alloc(layout);
+            assert!(
+                !p.is_null() && p as usize % layout.align() == 0,
+                "{layout:?}"
+            );
+            claim(&mut ranges, p, size).unwrap();
+            // SAFETY: a fresh block of `size` bytes.
+            unsafe { fill(p, size, size as u64) };
+            live.push(Live {
+                ptr: p,
+                layout,
+                seed: size as u64,
+            });
+        }
+    }
+    agree(&a, &live).unwrap();
+    for b in live.drain(..) {
+        // SAFETY: live blocks of these layouts.
+        unsafe {
+            assert!(holds(b.ptr, b.layout.size(), b.seed));
+            a.dealloc(b.ptr, b.layout);
+        }
+    }
+    agree(&a, &live).unwrap();
+}
+
+#[test]
+fn zero_sized_requests_get_distinct_blocks() {
+    let a = Allocator::new(TestPlatform::new());
+    for align in [1, 16, 64, 4096, 1 << 16] {
+        let layout = Layout::from_size_align(0, align).unwrap();
+        let (p, q) = (a.alloc(layout), a.alloc(layout));
+        assert!(!p.is_null() && !q.is_null() && p != q);
+        assert_eq!(p as usize % align, 0);
+        // SAFETY: live blocks of this layout.
+        unsafe {
+            a.dealloc(p, layout);
+            a.dealloc(q, layout);
+        }
+    }
+    a.check().unwrap();
+}
+
+/// Waves of many blocks of a few sizes, so that pools fill (and rejoin their lists when a
+/// block comes back), empty pools move between classes, arenas empty out and purges run;
+/// the model is checked after every wave, and the test asserts that those states were met.
+#[test]
+fn waves_fill_and_empty_pools_across_classes() {
+    let a = Allocator::new(TestPlatform::new());
+    let mut rng = common::Rng::new(42);
+    let mut live: Vec<Live> = Vec::new();
+    let mut ranges = BTreeMap::new();
+    let (mut saw_full, mut saw_many_arenas) = (false, false);
+    for wave in 0..6u64 {
+        // Each wave favours other sizes, so that freed pools are taken by other classes.
+        let sizes = [16 + 16 * wave as usize, 512 - 32 * wave as usize, 100, 3000];
+        for i in 0..30_000u64 {
+            let size = sizes[rng.below(sizes.len() as u64) as usize];
+            let layout = Layout::from_size_align(size, 8).unwrap();
+            let p = a.alloc(layout);
+            assert!(!p.is_null());
+            claim(&mut ranges, p, size).unwrap();
+            let seed = wave << 32 | i;
+            // SAFETY: a fresh block of `size` bytes.
+            unsafe { fill(p, size, seed) };
+            live.push(Live {
+                ptr: p,
+                layout,
+                seed,
+            });
+        }
+        let stats = a.stats();
+        saw_full |= stats.pools_full > 0;
+        saw_many_arenas |= stats.arenas > pymalloc_arena::MAX_EMPTY_ARENAS + 2;
+        agree(&a, &live).unwrap();
+        // Free a random 80%.
+        let mut kept = Vec::new();
+        for b in live.drain(..) {
+            if rng.below(10) < 8 {
+                ranges.remove(&(b.ptr as usize));
+                // SAFETY: a live block of this layout, filled with its seed.
+                unsafe {
+                    assert!(holds(b.ptr, b.layout.size(), b.seed));
+                    a.dealloc(b.ptr, b.layout);
+                }
+            } else {
+                kept.push(b);
+            }
+        }
+        live = kept;
+        agree(&a, &live).unwrap();
+    }
+    assert!(
+        saw_full && saw_many_arenas,
+        "the waves did not reach the states they are for"
+    );
+    for b in live.drain(..) {
+        // SAFETY: a live block of this layout.
+        unsafe { a.dealloc(b.ptr, b.layout) };
+    }
+    agree(&a, &live).unwrap();
+    let stats = a.stats();
+    assert!(
+        a.platform().decommits() > 0,
+        "freeing everything decommitted nothing"
+    );
+    assert!(stats.arenas <= pymalloc_arena::MAX_EMPTY_ARENAS, "{stats}");
+    assert!(
+        stats.pools_free_dirty <= pymalloc_arena::DIRTY_LIMIT,
+        "{stats}"
+    );
+}
