@@ -15,7 +15,7 @@ use pymalloc_arena::{Arenas, Platform};
 use pymalloc_pool::{ALIGNMENT, PoolPtr, SizeClass, fatal};
 
 use crate::heap::Heap;
-use crate::large::Large;
+use crate::large::{Large, mapping_len};
 use crate::stats::Stats;
 
 /// How a layout is served.
@@ -79,14 +79,10 @@ impl<P: Platform> Allocator<P> {
     /// A block for `layout`, with whether it reads zero; `None` if it cannot be had.
     #[inline]
     fn allocate(&self, layout: Layout) -> Option<(NonNull<u8>, bool)> {
-        let mut guard = self.state();
-        let State {
-            heap,
-            arenas,
-            large,
-        } = &mut *guard;
         match Route::of(layout) {
             Route::Small(class) => {
+                let mut guard = self.state();
+                let State { heap, arenas, .. } = &mut *guard;
                 let (block, zeroed) = heap.alloc(class, arenas, &self.platform)?;
                 let aligned = block
                     .as_ptr()
@@ -94,8 +90,19 @@ impl<P: Platform> Allocator<P> {
                 // SAFETY: aligning up a non-null address stays inside the padded block.
                 Some((unsafe { NonNull::new_unchecked(aligned) }, zeroed))
             }
-            Route::Large => large.alloc(&self.platform, layout.size(), layout.align()),
+            Route::Large => self.allocate_large(layout),
         }
+    }
+
+    /// A large block: from the cache, else mapped with the lock released.
+    fn allocate_large(&self, layout: Layout) -> Option<(NonNull<u8>, bool)> {
+        let len = mapping_len(layout.size(), self.platform.page_size())?;
+        if let Some(cached) = self.state().large.take_cached(len, layout.align()) {
+            return Some((cached, false));
+        }
+        let fresh = self.platform.reserve(len, layout.align())?;
+        self.state().large.count_new(len);
+        Some((fresh, P::ZERO_FILLED))
     }
 
     /// Allocates a block for `layout`; null if it cannot be served. Like
@@ -128,14 +135,10 @@ impl<P: Platform> Allocator<P> {
     #[inline]
     pub unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         let Some(ptr) = NonNull::new(ptr) else { return };
-        let mut guard = self.state();
-        let State {
-            heap,
-            arenas,
-            large,
-        } = &mut *guard;
         match Route::of(layout) {
             Route::Small(class) => {
+                let mut guard = self.state();
+                let State { heap, arenas, .. } = &mut *guard;
                 if cfg!(debug_assertions) {
                     check_small_block(arenas, ptr, class);
                 }
@@ -148,8 +151,14 @@ impl<P: Platform> Allocator<P> {
                 // SAFETY: `block` starts a block in use from this heap (caller).
                 unsafe { heap.dealloc(block, arenas, &self.platform) }
             }
-            // SAFETY: a large block allocated with this size (caller).
-            Route::Large => unsafe { large.dealloc(&self.platform, ptr, layout.size()) },
+            Route::Large => {
+                let Some(len) = mapping_len(layout.size(), self.platform.page_size()) else {
+                    fatal("dealloc: a large size that was never allocated");
+                };
+                let unmap = self.state().large.retire(ptr, len);
+                // SAFETY: the freed block and the cache entries evicted for it are unused.
+                unsafe { unmap.release(&self.platform) };
+            }
         }
     }
 
@@ -167,18 +176,8 @@ impl<P: Platform> Allocator<P> {
         match (Route::of(layout), Route::of(new_layout), NonNull::new(ptr)) {
             (Route::Small(a), Route::Small(b), Some(_)) if a == b => return ptr,
             (Route::Large, Route::Large, Some(block)) => {
-                let mut state = self.state();
                 // SAFETY: a large block in use of this layout (caller).
-                let resized = unsafe {
-                    state.large.realloc(
-                        &self.platform,
-                        block,
-                        layout.size(),
-                        layout.align(),
-                        new_size,
-                    )
-                };
-                if let Some(resized) = resized {
+                if let Some(resized) = unsafe { self.resize_large(block, layout, new_size) } {
                     return resized.as_ptr();
                 }
             }
@@ -194,6 +193,35 @@ impl<P: Platform> Allocator<P> {
             }
         }
         new
+    }
+
+    /// Resizes a large block without copying: in place if its mapping length does not change,
+    /// else by remapping (with the lock released). `None` if it must move by copy, in which
+    /// case the block is unchanged.
+    ///
+    /// # Safety
+    /// `block` is a large block in use of `layout`.
+    unsafe fn resize_large(
+        &self,
+        block: NonNull<u8>,
+        layout: Layout,
+        new_size: usize,
+    ) -> Option<NonNull<u8>> {
+        let page = self.platform.page_size();
+        let old = mapping_len(layout.size(), page)?;
+        let new = mapping_len(new_size, page)?;
+        if old == new {
+            return Some(block);
+        }
+        if !P::CAN_REMAP {
+            return None;
+        }
+        // The system places a moved mapping on a page boundary, no more: over-aligned blocks
+        // may only be resized in place.
+        // SAFETY: `block` starts a live mapping of `old` bytes (L1), ours alone (caller).
+        let resized = unsafe { self.platform.remap(block, old, new, layout.align() <= page) }?;
+        self.state().large.count_resized(old, new);
+        Some(resized)
     }
 
     /// A snapshot of this instance's figures.
@@ -214,7 +242,10 @@ impl<P: Platform> Allocator<P> {
     pub fn trim(&self) {
         let mut state = self.state();
         state.arenas.trim(&self.platform);
-        state.large.trim(&self.platform);
+        let unmap = state.large.trim();
+        drop(state);
+        // SAFETY: cached mappings are used by nobody.
+        unsafe { unmap.release(&self.platform) };
     }
 }
 
@@ -234,8 +265,10 @@ impl<P: Platform> Drop for Allocator<P> {
     /// tracked and stay mapped: drop an instance only once everything is freed.
     fn drop(&mut self) {
         let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
-        state.large.trim(&self.platform);
         // SAFETY: the instance is going away; nothing it handed out may be used any more.
-        unsafe { state.arenas.release_all(&self.platform) };
+        unsafe {
+            state.large.trim().release(&self.platform);
+            state.arenas.release_all(&self.platform);
+        }
     }
 }

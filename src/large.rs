@@ -2,6 +2,9 @@
 //! mapping of its own straight from the platform, with a small cache of freed mappings so
 //! that repeated large allocations do not each pay for a system call and fresh page faults.
 //!
+//! [`Large`] is only bookkeeping; the allocator makes the system calls (reserve, remap,
+//! release) with its lock released.
+//!
 //! Invariants:
 //! - L1 a large block of layout (size, align) starts a mapping of exactly
 //!   [`mapping_len`]`(size)` bytes, aligned to `max(align, page)`: its layout alone says how
@@ -60,6 +63,42 @@ pub(crate) struct LargeStats {
     pub cached_bytes: usize,
 }
 
+/// Mappings to unmap once the allocator's lock is released.
+pub(crate) struct Unmap {
+    items: [Cached; CACHE_ENTRIES + 1],
+    len: usize,
+}
+
+impl Unmap {
+    const NONE: Unmap = Unmap {
+        items: [VACANT; CACHE_ENTRIES + 1],
+        len: 0,
+    };
+
+    fn push(&mut self, mapping: Cached) {
+        match self.items.get_mut(self.len) {
+            Some(slot) => *slot = mapping,
+            None => fatal("large: more mappings to unmap than the cache holds"),
+        }
+        self.len += 1;
+    }
+
+    /// Unmaps them all.
+    ///
+    /// # Safety
+    /// The mappings are no longer used by anyone (they were cached, or just freed).
+    pub(crate) unsafe fn release<P: Platform>(self, platform: &P) {
+        for m in &self.items[..self.len] {
+            if let Some(ptr) = NonNull::new(m.ptr) {
+                // SAFETY: a whole mapping of `len` bytes that nobody uses (caller, L1).
+                unsafe { platform.release(ptr, m.len) };
+            }
+        }
+    }
+}
+
+/// The bookkeeping of large blocks: what is in use, and the cache. It makes no system call,
+/// so that the allocator can hold its lock only around this, never around `mmap`.
 impl Large {
     pub(crate) const fn new() -> Large {
         Large {
@@ -72,103 +111,8 @@ impl Large {
         }
     }
 
-    /// A block of `size` bytes aligned to `align`, with whether it reads zero.
-    pub(crate) fn alloc<P: Platform>(
-        &mut self,
-        platform: &P,
-        size: usize,
-        align: usize,
-    ) -> Option<(NonNull<u8>, bool)> {
-        let len = mapping_len(size, platform.page_size())?;
-        let block = match self.take_cached(len, align) {
-            Some(ptr) => (ptr, false),
-            None => (platform.reserve(len, align)?, P::ZERO_FILLED),
-        };
-        self.blocks += 1;
-        self.bytes += len;
-        Some(block)
-    }
-
-    /// Frees a block, into the cache if it fits there.
-    ///
-    /// # Safety
-    /// `ptr` is a large block in use, allocated here with `size`.
-    pub(crate) unsafe fn dealloc<P: Platform>(
-        &mut self,
-        platform: &P,
-        ptr: NonNull<u8>,
-        size: usize,
-    ) {
-        let Some(len) = mapping_len(size, platform.page_size()) else {
-            fatal("large dealloc: a size that was never allocated");
-        };
-        self.blocks -= 1;
-        self.bytes -= len;
-        if len <= CACHE_BYTES {
-            self.make_room(platform, len);
-            self.cache[self.next] = Cached {
-                ptr: ptr.as_ptr(),
-                len,
-            };
-            self.next = (self.next + 1) % CACHE_ENTRIES;
-            self.cached_bytes += len;
-            self.cached_blocks += 1;
-        } else {
-            // SAFETY: a mapping of `len` bytes that is no longer used (L1, caller).
-            unsafe { platform.release(ptr, len) };
-        }
-    }
-
-    /// Resizes a block without copying: in place if the mapping length does not change, else
-    /// by remapping. `None` if it must move by copy; the block is then unchanged.
-    ///
-    /// # Safety
-    /// `ptr` is a large block in use, allocated here with `old_size` and `align`.
-    pub(crate) unsafe fn realloc<P: Platform>(
-        &mut self,
-        platform: &P,
-        ptr: NonNull<u8>,
-        old_size: usize,
-        align: usize,
-        new_size: usize,
-    ) -> Option<NonNull<u8>> {
-        let page = platform.page_size();
-        let old = mapping_len(old_size, page)?;
-        let new = mapping_len(new_size, page)?;
-        if old == new {
-            return Some(ptr);
-        }
-        if !P::CAN_REMAP {
-            return None;
-        }
-        // The system places a moved mapping on a page boundary, no more: over-aligned blocks
-        // may only be resized in place.
-        // SAFETY: `ptr` starts a live mapping of `old` bytes (L1).
-        let resized = unsafe { platform.remap(ptr, old, new, align <= page) }?;
-        self.bytes = self.bytes - old + new;
-        Some(resized)
-    }
-
-    /// Evicts the oldest cached mappings until `len` more bytes fit and the next entry is free.
-    fn make_room<P: Platform>(&mut self, platform: &P, len: usize) {
-        let mut i = self.next;
-        while self.cached_bytes + len > CACHE_BYTES || !self.cache[self.next].ptr.is_null() {
-            self.evict(platform, i);
-            i = (i + 1) % CACHE_ENTRIES;
-        }
-    }
-
-    fn evict<P: Platform>(&mut self, platform: &P, i: usize) {
-        let entry = core::mem::replace(&mut self.cache[i], VACANT);
-        if let Some(ptr) = NonNull::new(entry.ptr) {
-            self.cached_bytes -= entry.len;
-            self.cached_blocks -= 1;
-            // SAFETY: a cached mapping of `len` bytes, in use by nobody (L2).
-            unsafe { platform.release(ptr, entry.len) };
-        }
-    }
-
-    fn take_cached(&mut self, len: usize, align: usize) -> Option<NonNull<u8>> {
+    /// A cached mapping of `len` bytes aligned to `align`, now counted in use, if there is one.
+    pub(crate) fn take_cached(&mut self, len: usize, align: usize) -> Option<NonNull<u8>> {
         let i = self
             .cache
             .iter()
@@ -176,14 +120,64 @@ impl Large {
         let entry = core::mem::replace(&mut self.cache[i], VACANT);
         self.cached_bytes -= len;
         self.cached_blocks -= 1;
+        self.count_new(len);
         NonNull::new(entry.ptr)
     }
 
-    /// Unmaps every cached mapping.
-    pub(crate) fn trim<P: Platform>(&mut self, platform: &P) {
-        for i in 0..CACHE_ENTRIES {
-            self.evict(platform, i);
+    /// Counts a new mapping of `len` bytes in use.
+    pub(crate) fn count_new(&mut self, len: usize) {
+        self.blocks += 1;
+        self.bytes += len;
+    }
+
+    /// Counts a block in use resized from `old` to `new` bytes of mapping.
+    pub(crate) fn count_resized(&mut self, old: usize, new: usize) {
+        self.bytes = self.bytes - old + new;
+    }
+
+    /// Takes back a freed block of `len` bytes of mapping: into the cache if it fits there.
+    /// Returns what must be unmapped (the block itself, or cached mappings evicted for it).
+    pub(crate) fn retire(&mut self, ptr: NonNull<u8>, len: usize) -> Unmap {
+        self.blocks -= 1;
+        self.bytes -= len;
+        let mut unmap = Unmap::NONE;
+        let block = Cached {
+            ptr: ptr.as_ptr(),
+            len,
+        };
+        if len > CACHE_BYTES {
+            unmap.push(block);
+            return unmap;
         }
+        // Evict the oldest until the block fits and its entry is vacant.
+        let mut i = self.next;
+        while self.cached_bytes + len > CACHE_BYTES || !self.cache[self.next].ptr.is_null() {
+            self.evict(i, &mut unmap);
+            i = (i + 1) % CACHE_ENTRIES;
+        }
+        self.cache[self.next] = block;
+        self.next = (self.next + 1) % CACHE_ENTRIES;
+        self.cached_bytes += len;
+        self.cached_blocks += 1;
+        unmap
+    }
+
+    fn evict(&mut self, i: usize, unmap: &mut Unmap) {
+        let entry = core::mem::replace(&mut self.cache[i], VACANT);
+        if !entry.ptr.is_null() {
+            self.cached_bytes -= entry.len;
+            self.cached_blocks -= 1;
+            unmap.push(entry);
+        }
+    }
+
+    /// Empties the cache; returns what must be unmapped.
+    pub(crate) fn trim(&mut self) -> Unmap {
+        let mut unmap = Unmap::NONE;
+        for i in 0..CACHE_ENTRIES {
+            self.evict(i, &mut unmap);
+        }
+        unmap
     }
 
     pub(crate) fn stats(&self) -> LargeStats {

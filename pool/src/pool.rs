@@ -237,7 +237,7 @@ impl PoolPtr {
         if size != class.block_size() {
             return Err("pool: block size does not match its class");
         }
-        if bump < POOL_OVERHEAD || bump > POOL_SIZE || (bump - POOL_OVERHEAD) % size != 0 {
+        if !(POOL_OVERHEAD..=POOL_SIZE).contains(&bump) || (bump - POOL_OVERHEAD) % size != 0 {
             return Err("pool: bump offset off the block grid");
         }
         let carved = (bump - POOL_OVERHEAD) / size;

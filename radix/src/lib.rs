@@ -42,6 +42,15 @@ pub unsafe trait NodeAlloc {
     unsafe fn free_node(&self, node: NonNull<u8>, bytes: usize);
 }
 
+/// Why an insert failed; the tree is unchanged either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InsertError {
+    /// The address is beyond [`ADDRESS_BITS`].
+    OutOfRange,
+    /// The node allocator refused memory for a node.
+    NoMemory,
+}
+
 /// A node: `1 << bits` atomic pointers to the next level (or, in a leaf, to owners).
 type Slot = AtomicPtr<u8>;
 
@@ -151,16 +160,23 @@ impl<T, const GRANULE_SHIFT: u32> RadixTree<T, GRANULE_SHIFT> {
 
     /// Maps the granule holding `addr` to `owner`, creating nodes as needed. Fails (and
     /// changes nothing visible) if the address is beyond the tree or a node cannot be had.
-    pub fn insert(&self, addr: usize, owner: NonNull<T>, nodes: &impl NodeAlloc) -> Result<(), ()> {
-        let [i, j, k] = Self::split(addr).ok_or(())?;
-        let root = self.child(&self.root, Self::ROOT_BITS, nodes).ok_or(())?;
+    pub fn insert(
+        &self,
+        addr: usize,
+        owner: NonNull<T>,
+        nodes: &impl NodeAlloc,
+    ) -> Result<(), InsertError> {
+        let [i, j, k] = Self::split(addr).ok_or(InsertError::OutOfRange)?;
+        let root = self
+            .child(&self.root, Self::ROOT_BITS, nodes)
+            .ok_or(InsertError::NoMemory)?;
         // SAFETY: `root` and `mid` are live nodes of their level (R1); indices come from split.
         let result = unsafe {
             self.child(Self::entry(root, i), Self::LOW_BITS, nodes)
                 .and_then(|mid| self.child(Self::entry(mid, j), Self::LOW_BITS, nodes))
                 .map(|leaf| Self::entry(leaf, k).store(owner.as_ptr().cast(), Ordering::Release))
         };
-        result.ok_or(())
+        result.ok_or(InsertError::NoMemory)
     }
 
     /// Unmaps the granule holding `addr`. Nodes stay (R1).

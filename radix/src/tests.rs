@@ -37,8 +37,8 @@ unsafe impl NodeAlloc for TestNodes {
 }
 
 fn owner(v: u64) -> NonNull<u64> {
-    // Owners are opaque to the tree; any non-null, aligned pointer value will do.
-    NonNull::new(((v as usize + 1) * 8) as *mut u64).unwrap()
+    // Owners are opaque to the tree: a non-null, aligned address with no provenance will do.
+    NonNull::new(std::ptr::without_provenance_mut((v as usize + 1) * 8)).unwrap()
 }
 
 fn quickcheck_tests() -> u64 {
@@ -85,7 +85,10 @@ fn the_whole_57_bit_space_is_covered_and_beyond_is_not_ours() {
     assert_eq!(tree.get(1 << SHIFT), Some(owner(8)));
     assert_eq!(tree.get(top + 1), None);
     assert_eq!(tree.get(usize::MAX), None);
-    assert!(tree.insert(1 << ADDRESS_BITS, owner(9), &nodes).is_err());
+    assert_eq!(
+        tree.insert(1 << ADDRESS_BITS, owner(9), &nodes),
+        Err(InsertError::OutOfRange)
+    );
     // SAFETY: every node came from `nodes`; no lookups follow.
     unsafe { tree.release_nodes(&nodes) };
     assert_eq!(nodes.live.get(), 0);
@@ -98,7 +101,7 @@ fn a_refused_node_fails_the_insert_cleanly() {
         nodes.fail_call.set(Some(fail));
         let mut tree = Tree::new();
         let a = 0x5555_0000_0000usize;
-        assert!(tree.insert(a, owner(1), &nodes).is_err());
+        assert_eq!(tree.insert(a, owner(1), &nodes), Err(InsertError::NoMemory));
         assert_eq!(tree.get(a), None);
         // The next try works.
         tree.insert(a, owner(1), &nodes).unwrap();
@@ -172,7 +175,8 @@ impl quickcheck::Arbitrary for Op {
                 (1 << 57) - (64 << SHIFT),
             ])
             .unwrap();
-        let a = cluster + (usize::arbitrary(g) % 64 << SHIFT) + usize::arbitrary(g) % (1 << SHIFT);
+        let a =
+            cluster + ((usize::arbitrary(g) % 64) << SHIFT) + usize::arbitrary(g) % (1 << SHIFT);
         match u8::arbitrary(g) % 3 {
             0 => Op::Insert(a, u64::arbitrary(g) % 1000),
             1 => Op::Remove(a),

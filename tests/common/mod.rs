@@ -198,3 +198,25 @@ pub fn churn<A: GlobalAlloc + Sync>(
     });
     report.into_inner().unwrap()
 }
+
+/// A pymalloc instance seen through `GlobalAlloc`, so the churn can drive instances that are
+/// not the process's global allocator.
+pub struct Via<'a, P: pymalloc::Platform>(pub &'a pymalloc::Allocator<P>);
+
+// SAFETY: forwards to the instance, whose methods have GlobalAlloc's contract.
+unsafe impl<P: pymalloc::Platform> GlobalAlloc for Via<'_, P> {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        self.0.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller keeps GlobalAlloc's contract.
+        unsafe { self.0.dealloc(ptr, layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        self.0.alloc_zeroed(layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller keeps GlobalAlloc's contract.
+        unsafe { self.0.realloc(ptr, layout, new_size) }
+    }
+}
