@@ -220,3 +220,14 @@ unsafe impl<P: pymalloc::Platform> GlobalAlloc for Via<'_, P> {
         unsafe { self.0.realloc(ptr, layout, new_size) }
     }
 }
+
+/// Peak resident set size of this process so far (`VmHWM`), in bytes.
+pub fn peak_rss_bytes() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM");
+    let kib: usize = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib << 10
+}

@@ -1,0 +1,305 @@
+//! The real workloads of the benchmark, and the worker that runs one of them in a process
+//! whose global allocator is the allocator under test (see `src/bin/worker-*.rs`).
+//!
+//! Each workload returns a checksum that does not depend on the allocator; the runner checks
+//! that every allocator produced the same one.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::hint::black_box;
+use std::sync::{Mutex, mpsc};
+use std::time::Instant;
+
+use common::{Rng, peak_rss_bytes, rss_bytes};
+
+/// The allocators compared, the baseline first.
+pub const ALLOCATORS: [&str; 4] = ["system", "pymalloc", "mimalloc", "jemalloc"];
+
+/// How much work: `--quick` or the full run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scale {
+    Quick,
+    Full,
+}
+
+impl Scale {
+    fn pick(self, quick: usize, full: usize) -> usize {
+        match self {
+            Scale::Quick => quick,
+            Scale::Full => full,
+        }
+    }
+}
+
+/// One real workload.
+pub struct Workload {
+    pub name: &'static str,
+    pub what: &'static str,
+    pub run: fn(Scale) -> u64,
+}
+
+pub const WORKLOADS: &[Workload] = &[
+    Workload {
+        name: "binary-trees",
+        what: "Box-heavy binary trees, built and walked",
+        run: binary_trees,
+    },
+    Workload {
+        name: "btreemap",
+        what: "BTreeMap<String, String>: inserts and removes",
+        run: btreemap,
+    },
+    Workload {
+        name: "word-count",
+        what: "HashMap<String, Vec<u32>> word count",
+        run: word_count,
+    },
+    Workload {
+        name: "json",
+        what: "serde_json parse and print of a generated document",
+        run: json,
+    },
+    Workload {
+        name: "fragmentation",
+        what: "random-sized buffers, a random 60% freed each round",
+        run: fragmentation,
+    },
+    Workload {
+        name: "producer-consumer",
+        what: "2 producers, 2 consumers: every free is remote",
+        run: producer_consumer,
+    },
+    Workload {
+        name: "larson",
+        what: "4 threads replace random slots of a shared array",
+        run: larson,
+    },
+];
+
+enum Tree {
+    Leaf,
+    Node(Box<Tree>, Box<Tree>),
+}
+
+fn build(depth: u32) -> Tree {
+    if depth == 0 {
+        Tree::Leaf
+    } else {
+        Tree::Node(Box::new(build(depth - 1)), Box::new(build(depth - 1)))
+    }
+}
+
+fn count(t: &Tree) -> u64 {
+    match t {
+        Tree::Leaf => 1,
+        Tree::Node(l, r) => 1 + count(l) + count(r),
+    }
+}
+
+fn binary_trees(scale: Scale) -> u64 {
+    let max = scale.pick(16, 18) as u32;
+    let long_lived = build(max);
+    let mut total = 0;
+    for depth in (4..=max).step_by(2) {
+        for _ in 0..1u32 << (max - depth) {
+            total += count(&black_box(build(depth)));
+        }
+    }
+    total + count(&long_lived)
+}
+
+fn btreemap(scale: Scale) -> u64 {
+    let mut rng = Rng::new(1);
+    let mut map = BTreeMap::new();
+    for i in 0..scale.pick(400_000, 1_500_000) as u64 {
+        let key = format!("key-{:x}", rng.below(200_000));
+        if i % 3 == 0 {
+            map.remove(&key);
+        } else {
+            map.insert(key, format!("value-{i}"));
+        }
+    }
+    map.len() as u64 + map.values().map(|v| v.len() as u64).sum::<u64>()
+}
+
+fn word_count(scale: Scale) -> u64 {
+    let mut rng = Rng::new(2);
+    let words: Vec<String> = (0..20_000).map(|i| format!("word{i}")).collect();
+    let text: Vec<&str> = (0..scale.pick(1_000_000, 4_000_000))
+        .map(|_| words[rng.log_uniform(1, words.len()) - 1].as_str())
+        .collect();
+    let mut counts: HashMap<String, Vec<u32>> = HashMap::new();
+    for (pos, w) in text.iter().enumerate() {
+        counts.entry((*w).to_owned()).or_default().push(pos as u32);
+    }
+    counts.len() as u64 + counts.values().map(|v| v.len() as u64).sum::<u64>()
+}
+
+fn json(scale: Scale) -> u64 {
+    let mut rng = Rng::new(3);
+    let records = scale.pick(60_000, 200_000);
+    let mut doc = String::from("[");
+    for i in 0..records {
+        let tags: Vec<String> = (0..rng.below(6))
+            .map(|t| format!("\"tag{}\"", t * 7 + i as u64 % 13))
+            .collect();
+        doc.push_str(&format!(
+            "{}{{\"id\":{i},\"name\":\"user-{}\",\"score\":{}.{},\"tags\":[{}],\"nested\":{{\"x\":[{},{},{}],\"ok\":{}}},\"bio\":\"{}\"}}",
+            if i == 0 { "" } else { "," },
+            rng.below(1 << 20),
+            rng.below(1000),
+            rng.below(100),
+            tags.join(","),
+            rng.below(10),
+            rng.below(100),
+            rng.below(1000),
+            i % 2 == 0,
+            "lorem ipsum ".repeat(rng.below(12) as usize),
+        ));
+    }
+    doc.push(']');
+    let value: serde_json::Value = serde_json::from_str(&doc).expect("generated JSON parses");
+    let out = serde_json::to_string(&value).expect("JSON prints");
+    doc.len() as u64 + out.len() as u64
+}
+
+fn fragmentation(scale: Scale) -> u64 {
+    let mut rng = Rng::new(4);
+    let mut live: Vec<Vec<u8>> = Vec::new();
+    let mut checksum = 0u64;
+    for _ in 0..scale.pick(20, 60) {
+        for _ in 0..20_000 {
+            let len = rng.log_uniform(16, 16 << 10);
+            live.push(vec![len as u8; len]);
+        }
+        live.retain(|b| {
+            checksum += b[b.len() - 1] as u64;
+            rng.below(10) >= 6
+        });
+    }
+    checksum + live.len() as u64
+}
+
+fn producer_consumer(scale: Scale) -> u64 {
+    let messages = scale.pick(400_000, 2_000_000);
+    let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(4096);
+    let rx = Mutex::new(rx);
+    std::thread::scope(|s| {
+        for p in 0..2u64 {
+            let tx = tx.clone();
+            s.spawn(move || {
+                let mut rng = Rng::new(10 + p);
+                for _ in 0..messages / 2 {
+                    let len = rng.log_uniform(8, 2048);
+                    tx.send(vec![len as u8; len]).unwrap();
+                }
+            });
+        }
+        drop(tx);
+        let consumers: Vec<_> = (0..2)
+            .map(|_| {
+                let rx = &rx;
+                s.spawn(move || {
+                    let mut sum = 0u64;
+                    while let Ok(m) = { rx.lock().unwrap().recv() } {
+                        sum += m[0] as u64 + m.len() as u64;
+                    }
+                    sum
+                })
+            })
+            .collect();
+        consumers.into_iter().map(|c| c.join().unwrap()).sum()
+    })
+}
+
+fn larson(scale: Scale) -> u64 {
+    let slots: Vec<Mutex<Box<[u8]>>> = (0..10_000)
+        .map(|_| Mutex::new(vec![0u8; 8].into_boxed_slice()))
+        .collect();
+    let ops = scale.pick(500_000, 2_000_000);
+    std::thread::scope(|s| {
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let slots = &slots;
+                s.spawn(move || {
+                    let mut rng = Rng::new(20 + t);
+                    let mut allocated = 0u64;
+                    for _ in 0..ops / 4 {
+                        let len = rng.log_uniform(8, 1024);
+                        let fresh = vec![len as u8; len].into_boxed_slice();
+                        let i = rng.below(slots.len() as u64) as usize;
+                        let old = std::mem::replace(&mut *slots[i].lock().unwrap(), fresh);
+                        drop(black_box(old)); // most often allocated by another thread
+                        allocated += len as u64;
+                    }
+                    allocated
+                })
+            })
+            .collect();
+        // Which block ends in which slot depends on scheduling; the bytes allocated do not.
+        threads.into_iter().map(|t| t.join().unwrap()).sum()
+    })
+}
+
+/// What one run of a workload measured.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    pub time_ns: u64,
+    pub peak_rss: u64,
+    pub end_rss: u64,
+    pub check: u64,
+}
+
+impl Sample {
+    /// The line a worker prints, and the runner parses.
+    pub fn to_line(self) -> String {
+        format!(
+            "result time_ns={} peak_rss={} end_rss={} check={}",
+            self.time_ns, self.peak_rss, self.end_rss, self.check
+        )
+    }
+
+    pub fn parse(line: &str) -> Option<Sample> {
+        let mut fields = line
+            .strip_prefix("result ")?
+            .split(' ')
+            .map(|f| f.split_once('=').and_then(|(_, v)| v.parse().ok()));
+        Some(Sample {
+            time_ns: fields.next()??,
+            peak_rss: fields.next()??,
+            end_rss: fields.next()??,
+            check: fields.next()??,
+        })
+    }
+}
+
+/// `worker-<allocator> <workload> <quick|full>`: runs one workload once and prints its
+/// [`Sample`]. The process is fresh, so its peak RSS is the workload's own.
+pub fn worker_main(allocator: &str) {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(name), Some(scale)) = (args.get(1), args.get(2)) else {
+        eprintln!("usage: worker-{allocator} <workload> <quick|full>");
+        std::process::exit(2);
+    };
+    let Some(workload) = WORKLOADS.iter().find(|w| w.name == name) else {
+        eprintln!("unknown workload {name}");
+        std::process::exit(2);
+    };
+    let scale = if scale == "full" {
+        Scale::Full
+    } else {
+        Scale::Quick
+    };
+    let start = Instant::now();
+    let check = (workload.run)(scale);
+    let time_ns = start.elapsed().as_nanos() as u64;
+    let sample = Sample {
+        time_ns,
+        peak_rss: peak_rss_bytes() as u64,
+        end_rss: rss_bytes() as u64,
+        check,
+    };
+    println!("{}", sample.to_line());
+}

@@ -1,0 +1,350 @@
+//! The benchmark runner: every workload on every allocator, interleaved (system, pymalloc,
+//! mimalloc, jemalloc, system, …), several runs each, medians; prints one table of time, peak
+//! RSS and RSS after freeing, each also as a ratio to the system allocator; writes
+//! `docs/benchmarks.md` and `docs/benchmarks.svg`.
+//!
+//! `cargo run --release -p pymalloc-bench -- [--quick] [--runs N] [--only WORKLOAD]`
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use pymalloc_bench::{ALLOCATORS, Sample, WORKLOADS};
+
+struct Options {
+    quick: bool,
+    runs: usize,
+    only: Option<String>,
+}
+
+fn options() -> Options {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let runs = value("--runs")
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(if quick { 3 } else { 5 });
+    Options {
+        quick,
+        runs,
+        only: value("--only"),
+    }
+}
+
+/// Builds the four worker binaries (one per global allocator) next to this one.
+fn build_workers() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "pymalloc-bench",
+            "--bins",
+        ])
+        .status()
+        .expect("run cargo to build the workers");
+    assert!(status.success(), "building the workers failed");
+    std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn run_worker(dir: &Path, allocator: &str, workload: &str, quick: bool) -> Sample {
+    let out = Command::new(dir.join(format!("worker-{allocator}")))
+        .args([workload, if quick { "quick" } else { "full" }])
+        .output()
+        .expect("start a worker");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    match stdout.lines().find_map(Sample::parse) {
+        Some(s) if out.status.success() => s,
+        _ => panic!(
+            "worker-{allocator} {workload} failed: {:?}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// Medians per (workload, allocator): time in ns, peak RSS, RSS after freeing.
+type Medians = BTreeMap<(&'static str, &'static str), [u64; 3]>;
+
+const MEASURES: [(&str, &str); 3] = [
+    ("time", "ms"),
+    ("peak RSS", "MiB"),
+    ("RSS after freeing", "MiB"),
+];
+
+fn shown(measure: usize, value: u64) -> String {
+    match measure {
+        0 => format!("{:.1}", value as f64 / 1e6),
+        _ => format!("{:.1}", value as f64 / (1 << 20) as f64),
+    }
+}
+
+fn table(medians: &Medians, workloads: &[&'static str]) -> String {
+    let mut t = String::new();
+    for (m, (measure, unit)) in MEASURES.iter().enumerate() {
+        writeln!(
+            t,
+            "\n**{measure}** ({unit}; × = ratio to the system allocator, lower is better)\n"
+        )
+        .unwrap();
+        writeln!(t, "| workload | {} |", ALLOCATORS.join(" | ")).unwrap();
+        writeln!(t, "|---|{}", "---:|".repeat(ALLOCATORS.len())).unwrap();
+        let mut logs = [0f64; ALLOCATORS.len()];
+        for w in workloads {
+            let base = medians[&(*w, ALLOCATORS[0])][m].max(1) as f64;
+            let cells: Vec<String> = ALLOCATORS
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    let v = medians[&(*w, *a)][m];
+                    logs[i] += (v.max(1) as f64 / base).ln();
+                    if i == 0 {
+                        shown(m, v)
+                    } else {
+                        format!("{} ({:.2}×)", shown(m, v), v.max(1) as f64 / base)
+                    }
+                })
+                .collect();
+            writeln!(t, "| {w} | {} |", cells.join(" | ")).unwrap();
+        }
+        let geo: Vec<String> = logs
+            .iter()
+            .map(|l| format!("{:.2}×", (l / workloads.len() as f64).exp()))
+            .collect();
+        writeln!(t, "| *geometric mean of ratios* | {} |", geo.join(" | ")).unwrap();
+    }
+    t
+}
+
+/// Horizontal bars of each allocator's time and peak-RSS ratio to the system allocator, on a
+/// log scale from 1/16 to 16 (beyond is drawn at the edge), one group per workload.
+fn chart(medians: &Medians, workloads: &[&'static str]) -> String {
+    const COLORS: [&str; 4] = ["#888888", "#d62728", "#1f77b4", "#2ca02c"];
+    let (label_w, panel_w, panel_gap, bar_h, gap) = (150.0, 360.0, 60.0, 7.0, 10.0);
+    let group_h = bar_h * ALLOCATORS.len() as f64 + gap;
+    let height = 60.0 + group_h * workloads.len() as f64 + 30.0;
+    let width = label_w + 2.0 * (panel_w + panel_gap);
+    let x_of = |ratio: f64, panel: usize| {
+        let r = ratio.clamp(1.0 / 16.0, 16.0);
+        label_w + panel as f64 * (panel_w + panel_gap) + panel_w * (r.log2() + 4.0) / 8.0
+    };
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    for (panel, title) in [
+        "time ÷ system (lower is better)",
+        "peak RSS ÷ system (lower is better)",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let x0 = label_w + panel as f64 * (panel_w + panel_gap);
+        writeln!(
+            s,
+            "<text x=\"{}\" y=\"18\" text-anchor=\"middle\" font-weight=\"bold\">{title}</text>",
+            x0 + panel_w / 2.0
+        )
+        .unwrap();
+        for r in [0.0625, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0] {
+            let x = x_of(r, panel);
+            let stroke = if r == 1.0 { "#000" } else { "#ddd" };
+            writeln!(
+                s,
+                "<line x1=\"{x}\" y1=\"40\" x2=\"{x}\" y2=\"{}\" stroke=\"{stroke}\"/>",
+                height - 30.0
+            )
+            .unwrap();
+            let label = if r < 1.0 {
+                format!("1/{}", (1.0 / r) as u32)
+            } else {
+                format!("{r}")
+            };
+            writeln!(
+                s,
+                "<text x=\"{x}\" y=\"34\" text-anchor=\"middle\">{label}×</text>"
+            )
+            .unwrap();
+        }
+    }
+    for (g, w) in workloads.iter().enumerate() {
+        let y0 = 45.0 + g as f64 * group_h;
+        writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{w}</text>",
+            label_w - 8.0,
+            y0 + group_h / 2.0
+        )
+        .unwrap();
+        for (i, a) in ALLOCATORS.iter().enumerate() {
+            let y = y0 + i as f64 * bar_h;
+            for (panel, m) in [(0usize, 0usize), (1, 1)] {
+                let ratio = medians[&(*w, *a)][m].max(1) as f64
+                    / medians[&(*w, ALLOCATORS[0])][m].max(1) as f64;
+                let (x1, x2) = (x_of(1.0, panel), x_of(ratio, panel));
+                writeln!(
+                    s,
+                    "<rect x=\"{}\" y=\"{y}\" width=\"{}\" height=\"{}\" fill=\"{}\"><title>{w} {a}: {ratio:.2}×</title></rect>",
+                    x1.min(x2),
+                    (x2 - x1).abs().max(1.0),
+                    bar_h - 1.0,
+                    COLORS[i]
+                )
+                .unwrap();
+            }
+        }
+    }
+    for (i, a) in ALLOCATORS.iter().enumerate() {
+        let x = label_w + i as f64 * 110.0;
+        writeln!(
+            s,
+            "<rect x=\"{x}\" y=\"{}\" width=\"12\" height=\"10\" fill=\"{}\"/>",
+            height - 20.0,
+            COLORS[i]
+        )
+        .unwrap();
+        writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\">{a}</text>",
+            x + 16.0,
+            height - 11.0
+        )
+        .unwrap();
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn command_output(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']))
+        .unwrap_or("unknown CPU");
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    format!(
+        "{model}, {cores} cores, {:.0} GiB, {}",
+        mem_kib as f64 / (1 << 20) as f64,
+        command_output("uname", &["-sr"])
+    )
+}
+
+fn main() {
+    let opts = options();
+    let workloads: Vec<&'static str> = WORKLOADS
+        .iter()
+        .map(|w| w.name)
+        .filter(|n| opts.only.as_deref().is_none_or(|o| o == *n))
+        .collect();
+    assert!(!workloads.is_empty(), "no workload named {:?}", opts.only);
+    eprintln!("building the workers …");
+    let dir = build_workers();
+    let total = workloads.len() * opts.runs * ALLOCATORS.len();
+    let mut samples: BTreeMap<(&str, &str), Vec<Sample>> = BTreeMap::new();
+    let mut k = 0;
+    for w in &workloads {
+        for run in 1..=opts.runs {
+            for a in ALLOCATORS {
+                k += 1;
+                eprint!(
+                    "\r[{k:>3}/{total}] {w:<18} {a:<9} run {run}/{}   ",
+                    opts.runs
+                );
+                let sample = run_worker(&dir, a, w, opts.quick);
+                samples.entry((*w, a)).or_default().push(sample);
+            }
+        }
+        let checks: Vec<u64> = ALLOCATORS
+            .iter()
+            .flat_map(|a| samples[&(*w, *a)].iter().map(|s| s.check))
+            .collect();
+        assert!(
+            checks.windows(2).all(|p| p[0] == p[1]),
+            "{w}: allocators computed different results: {checks:?}"
+        );
+    }
+    eprintln!();
+    let medians: Medians = samples
+        .iter()
+        .map(|(&key, v)| {
+            (
+                key,
+                [
+                    median(v.iter().map(|s| s.time_ns).collect()),
+                    median(v.iter().map(|s| s.peak_rss).collect()),
+                    median(v.iter().map(|s| s.end_rss).collect()),
+                ],
+            )
+        })
+        .collect();
+    let table = table(&medians, &workloads);
+    println!("{table}");
+
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+    let commit = command_output(
+        "git",
+        &[
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "describe",
+            "--always",
+            "--dirty",
+        ],
+    );
+    let date = command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
+    let mut md = String::from("# Benchmarks\n\n");
+    writeln!(md, "pymalloc beside the system allocator (glibc), mimalloc and jemalloc, each the global allocator of its own worker process, run interleaved; medians of {} runs.\n", opts.runs).unwrap();
+    writeln!(
+        md,
+        "- command: `cargo run --release -p pymalloc-bench --{}`",
+        if opts.quick { " --quick" } else { "" }
+    )
+    .unwrap();
+    writeln!(
+        md,
+        "- machine: {}\n- date: {date}\n- commit: `{commit}`",
+        machine()
+    )
+    .unwrap();
+    writeln!(md, "\n| workload | what it does |\n|---|---|").unwrap();
+    for w in WORKLOADS.iter().filter(|w| workloads.contains(&w.name)) {
+        writeln!(md, "| {} | {} |", w.name, w.what).unwrap();
+    }
+    md.push_str(&table);
+    md.push_str("\n![time and peak RSS as ratios to the system allocator](benchmarks.svg)\n");
+    std::fs::write(docs.join("benchmarks.md"), md).expect("write docs/benchmarks.md");
+    std::fs::write(docs.join("benchmarks.svg"), chart(&medians, &workloads))
+        .expect("write docs/benchmarks.svg");
+    eprintln!("wrote docs/benchmarks.md and docs/benchmarks.svg");
+}
