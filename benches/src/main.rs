@@ -325,10 +325,10 @@ fn main() {
     let date = command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
     let mut md = String::from("# Benchmarks\n\n");
     writeln!(md, "pymalloc beside the system allocator (glibc), mimalloc and jemalloc, each the global allocator of its own worker process, run interleaved; medians of {} runs.\n", opts.runs).unwrap();
+    let flags = if opts.quick { " -- --quick" } else { "" };
     writeln!(
         md,
-        "- command: `cargo run --release -p pymalloc-bench --{}`",
-        if opts.quick { " --quick" } else { "" }
+        "- command: `cargo run --release -p pymalloc-bench{flags}`"
     )
     .unwrap();
     writeln!(
