@@ -3,8 +3,9 @@
 //! allocator, is a static instance over the operating system; tests make their own instances
 //! over `TestPlatform`.
 //!
-//! Every `Layout` is routed by its size and alignment alone ([`Route`]): what fits a small
-//! class once padded for its alignment is a pool block; anything else is a large block.
+//! Every `Layout` is routed by its size and alignment alone ([`Route`]): what fits a size
+//! class (up to 256 KiB) once padded for its alignment is a pool block; anything else is a
+//! large block.
 //! Nothing here allocates, panics or unwinds: a request that cannot be served gets null.
 
 use core::alloc::Layout;
@@ -21,9 +22,9 @@ use crate::stats::Stats;
 /// How a layout is served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Route {
-    /// A block of this class; over-aligned layouts get a block padded by `align - 16` and a
-    /// pointer aligned inside it.
-    Small(SizeClass),
+    /// A block of this class (small or medium); over-aligned layouts get a block padded by
+    /// `align - 16` and a pointer aligned inside it.
+    Pooled(SizeClass),
     /// A mapping of its own.
     Large,
 }
@@ -34,7 +35,7 @@ impl Route {
         // `Layout` guarantees size + align - 1 <= isize::MAX, so this cannot overflow.
         let padded = layout.size() + layout.align().saturating_sub(ALIGNMENT);
         match SizeClass::for_size(padded) {
-            Some(class) => Route::Small(class),
+            Some(class) => Route::Pooled(class),
             None => Route::Large,
         }
     }
@@ -80,7 +81,7 @@ impl<P: Platform> Allocator<P> {
     #[inline]
     fn allocate(&self, layout: Layout) -> Option<(NonNull<u8>, bool)> {
         match Route::of(layout) {
-            Route::Small(class) => {
+            Route::Pooled(class) => {
                 let mut guard = self.state();
                 let State { heap, arenas, .. } = &mut *guard;
                 let (block, zeroed) = heap.alloc(class, arenas, &self.platform)?;
@@ -136,20 +137,20 @@ impl<P: Platform> Allocator<P> {
     pub unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         let Some(ptr) = NonNull::new(ptr) else { return };
         match Route::of(layout) {
-            Route::Small(class) => {
+            Route::Pooled(class) => {
                 let mut guard = self.state();
                 let State { heap, arenas, .. } = &mut *guard;
                 if cfg!(debug_assertions) {
-                    check_small_block(arenas, ptr, class);
+                    check_pooled_block(arenas, ptr, class);
                 }
                 let block = if layout.align() > ALIGNMENT {
-                    // SAFETY: `ptr` lies inside a block of a live pool (caller).
-                    unsafe { PoolPtr::containing(ptr).block_start(ptr) }
+                    // SAFETY: `ptr` lies inside a block of a live pool of `class` (caller).
+                    unsafe { PoolPtr::containing(ptr, class).block_start(ptr) }
                 } else {
                     ptr
                 };
-                // SAFETY: `block` starts a block in use from this heap (caller).
-                unsafe { heap.dealloc(block, arenas, &self.platform) }
+                // SAFETY: `block` starts a block of `class` in use from this heap (caller).
+                unsafe { heap.dealloc(block, class, arenas, &self.platform) }
             }
             Route::Large => {
                 let Some(len) = mapping_len(layout.size(), self.platform.page_size()) else {
@@ -174,7 +175,7 @@ impl<P: Platform> Allocator<P> {
             return ptr::null_mut();
         };
         match (Route::of(layout), Route::of(new_layout), NonNull::new(ptr)) {
-            (Route::Small(a), Route::Small(b), Some(_)) if a == b => return ptr,
+            (Route::Pooled(a), Route::Pooled(b), Some(_)) if a == b => return ptr,
             (Route::Large, Route::Large, Some(block)) => {
                 // SAFETY: a large block in use of this layout (caller).
                 if let Some(resized) = unsafe { self.resize_large(block, layout, new_size) } {
@@ -250,12 +251,12 @@ impl<P: Platform> Allocator<P> {
 }
 
 /// In debug builds: the block being freed must lie in a pool in use, of the layout's class.
-fn check_small_block(arenas: &Arenas, ptr: NonNull<u8>, class: SizeClass) {
-    let Some(slot) = arenas.pool_slot(ptr.addr().get()) else {
+fn check_pooled_block(arenas: &Arenas, ptr: NonNull<u8>, class: SizeClass) {
+    let Some(memory) = arenas.pool_slot(ptr.addr().get()) else {
         fatal("dealloc: pointer is in no pool of this allocator (wrong pointer or layout?)");
     };
-    // SAFETY: the radix tree says the slot holds a live pool.
-    if unsafe { PoolPtr::containing(slot).class() } != class {
+    // SAFETY: the arenas say a live pool starts there.
+    if unsafe { PoolPtr::at(memory).class() } != class {
         fatal("dealloc: layout does not match the size class the block was allocated with");
     }
 }

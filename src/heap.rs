@@ -3,7 +3,8 @@
 //! Invariants (checked by [`Heap::check`]):
 //! - H1 a pool is in its class's list exactly when it has a block in use and a block to hand
 //!   out; full pools are in no list; a pool whose last block comes back goes straight back
-//!   to the arenas, where any class may take it next (O(1): one bit and one list move);
+//!   to the arenas, where any class may take its slots next (O(1): a few bit operations and
+//!   list moves);
 //! - H2 every listed pool is a pool slot in use in the arenas the heap was given.
 //!
 //! The fast path is [`Heap::alloc`] and [`Heap::dealloc`]: a freelist pop or push, with the
@@ -66,53 +67,61 @@ impl Heap {
         arenas: &mut Arenas,
         platform: &P,
     ) -> Option<PoolPtr> {
-        let (slot, fresh) = arenas.alloc_pool(platform)?;
-        // SAFETY: the arenas hand out aligned, exclusively owned pool slots; `fresh` says
-        // whether the slot reads zero.
-        let pool = unsafe { PoolPtr::init(slot, class, fresh) };
+        let (memory, fresh) = arenas.alloc_pool(class.span_slots(), platform)?;
+        // SAFETY: the arenas hand out pools aligned to their size and exclusively ours;
+        // `fresh` says whether the memory reads zero.
+        let pool = unsafe { PoolPtr::init(memory, class, fresh) };
         // SAFETY: a new pool in no list.
         unsafe { self.list(class).push_front(pool) };
         Some(pool)
     }
 
-    /// Returns a block to its pool.
+    /// Returns a block of `class` to its pool.
     ///
     /// # Safety
-    /// `block` is the start of a block in use, handed out by this heap with these arenas.
+    /// `block` is the start of a block of `class` in use, handed out by this heap with these
+    /// arenas.
     #[inline(always)]
     pub(crate) unsafe fn dealloc<P: Platform>(
         &mut self,
         block: NonNull<u8>,
+        class: SizeClass,
         arenas: &mut Arenas,
         platform: &P,
     ) {
-        let pool = PoolPtr::containing(block);
+        let pool = PoolPtr::containing(block, class);
         // SAFETY: the block is in use in a live pool of ours (caller).
-        match unsafe { pool.free(block) } {
-            Freed::InUse => {}
-            // SAFETY: the pool was full, so in no list (H1).
-            Freed::WasFull => unsafe { self.rejoin(pool) },
-            // SAFETY: the pool was usable, so in its list (H1), and now holds nothing.
-            Freed::Empty => unsafe { self.retire(pool, arenas, platform) },
+        let freed = unsafe { pool.free(block) };
+        if freed.changed_state() {
+            // SAFETY: `freed` describes what just happened to this live pool of ours.
+            unsafe { self.pool_changed_state(pool, class, freed, arenas, platform) }
         }
     }
 
+    /// A full pool rejoins its class's list; an empty one goes back to the arenas.
+    ///
     /// # Safety
-    /// `pool` is live, ours, and in no list.
+    /// `pool` is live and ours, and `freed` is what its last free reported.
     #[cold]
-    unsafe fn rejoin(&mut self, pool: PoolPtr) {
-        // SAFETY: as the caller guarantees.
-        unsafe { self.list(pool.class()).push_front(pool) }
-    }
-
-    /// # Safety
-    /// `pool` is live, ours, in its class's list, and has no block in use.
-    #[cold]
-    unsafe fn retire<P: Platform>(&mut self, pool: PoolPtr, arenas: &mut Arenas, platform: &P) {
-        // SAFETY: as the caller guarantees; the slot came from `arenas` and is no longer used.
+    unsafe fn pool_changed_state<P: Platform>(
+        &mut self,
+        pool: PoolPtr,
+        class: SizeClass,
+        freed: Freed,
+        arenas: &mut Arenas,
+        platform: &P,
+    ) {
+        // SAFETY: a pool that was full is in no list, one that was not is in its class's
+        // list (H1); an empty pool's memory came from `arenas` and is no longer used.
         unsafe {
-            self.list(pool.class()).remove(pool);
-            arenas.free_pool(pool.slot(), platform);
+            match (freed.was_full, freed.now_empty) {
+                (true, false) => self.list(class).push_front(pool),
+                (false, true) => self.list(class).remove(pool),
+                _ => {}
+            }
+            if freed.now_empty {
+                arenas.free_pool(pool.memory(), platform);
+            }
         }
     }
 
@@ -129,8 +138,9 @@ impl Heap {
                     if result.is_err() {
                         return;
                     }
-                    result = if arenas.pool_slot(pool.slot().addr().get()) != Some(pool.slot()) {
-                        Err("heap: a listed pool is not a pool slot in use")
+                    result = if arenas.pool_slot(pool.memory().addr().get()) != Some(pool.memory())
+                    {
+                        Err("heap: a listed pool is not a pool in use")
                     } else if pool.class().index() != index {
                         Err("heap: pool listed under the wrong class")
                     } else if pool.is_full() || pool.used() == 0 {
@@ -143,9 +153,10 @@ impl Heap {
             result?;
         }
         let mut usable = 0;
-        arenas.for_each_pool(|slot| {
-            let pool = PoolPtr::containing(slot);
-            // SAFETY: slots in use by the arenas hold live pools of this heap.
+        arenas.for_each_pool(|memory| {
+            // SAFETY: pools in use in the arenas are live pools of this heap.
+            let pool = unsafe { PoolPtr::at(memory) };
+            // SAFETY: as above.
             unsafe {
                 if result.is_ok() {
                     result = pool.check();

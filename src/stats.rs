@@ -1,7 +1,7 @@
 //! [`Stats`]: a snapshot of an allocator's figures, in the spirit of CPython's
 //! `sys._debugmallocstats()`. Every field is public; `Display` prints it as a table.
 //!
-//! Small-block figures are counted by walking every pool, so they are exact, not estimates.
+//! Pooled-block figures are counted by walking every pool, so they are exact, not estimates.
 
 use core::fmt;
 
@@ -41,10 +41,10 @@ pub struct Stats {
     pub pools_free_clean: usize,
     /// Per size class, indexed by `SizeClass::index`.
     pub classes: [ClassStats; NUM_CLASSES],
-    /// Small blocks in use.
-    pub small_blocks: usize,
-    /// Bytes of small blocks in use (block sizes, not requested sizes).
-    pub small_bytes: usize,
+    /// Pooled blocks (small and medium classes) in use.
+    pub pooled_blocks: usize,
+    /// Bytes of pooled blocks in use (block sizes, not requested sizes).
+    pub pooled_bytes: usize,
     /// Large blocks in use.
     pub large_blocks: usize,
     /// Bytes mapped for large blocks in use.
@@ -53,7 +53,7 @@ pub struct Stats {
     pub large_cached_blocks: usize,
     /// Bytes of freed large mappings kept for reuse.
     pub large_cached_bytes: usize,
-    /// Bytes handed out: `small_bytes + large_bytes`.
+    /// Bytes handed out: `pooled_bytes + large_bytes`.
     pub bytes_in_use: usize,
     /// Bytes mapped from the system: arenas, radix-tree nodes, large blocks and the cache.
     pub bytes_mapped: usize,
@@ -65,9 +65,10 @@ impl Stats {
         for (class, stats) in SizeClass::all().zip(classes.iter_mut()) {
             stats.block_size = class.block_size();
         }
-        state.arenas.for_each_pool(|slot| {
-            let pool = PoolPtr::containing(slot);
-            // SAFETY: slots in use hold live pools, and the caller holds the allocator's lock.
+        state.arenas.for_each_pool(|memory| {
+            // SAFETY: the arenas' pools in use are live, and the caller holds the lock.
+            let pool = unsafe { PoolPtr::at(memory) };
+            // SAFETY: as above.
             let (class, used, full) = unsafe { (pool.class(), pool.used(), pool.is_full()) };
             let c = &mut classes[class.index()];
             c.pools += 1;
@@ -77,8 +78,8 @@ impl Stats {
         });
         let arenas = state.arenas.stats();
         let large = state.large.stats();
-        let small_blocks = classes.iter().map(|c| c.blocks_in_use).sum();
-        let small_bytes = classes
+        let pooled_blocks = classes.iter().map(|c| c.blocks_in_use).sum();
+        let pooled_bytes = classes
             .iter()
             .map(|c| c.blocks_in_use * c.block_size)
             .sum::<usize>();
@@ -91,13 +92,13 @@ impl Stats {
             pools_free_dirty: arenas.free_dirty_slots,
             pools_free_clean: arenas.free_clean_slots,
             classes,
-            small_blocks,
-            small_bytes,
+            pooled_blocks,
+            pooled_bytes,
             large_blocks: large.blocks,
             large_bytes: large.bytes,
             large_cached_blocks: large.cached_blocks,
             large_cached_bytes: large.cached_bytes,
-            bytes_in_use: small_bytes + large.bytes,
+            bytes_in_use: pooled_bytes + large.bytes,
             bytes_mapped: arenas.mapped_bytes + large.bytes + large.cached_bytes,
         }
     }
@@ -136,8 +137,8 @@ impl fmt::Display for Stats {
         )?;
         writeln!(
             f,
-            "# small blocks in use        {:>14} ({} bytes)",
-            self.small_blocks, self.small_bytes
+            "# pooled blocks in use       {:>14} ({} bytes)",
+            self.pooled_blocks, self.pooled_bytes
         )?;
         writeln!(
             f,

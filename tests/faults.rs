@@ -20,6 +20,7 @@ fn workload() -> Vec<Layout> {
     for i in 0..40usize {
         layouts.push(Layout::from_size_align(1 + i * 13 % 512, 8).unwrap());
         layouts.push(Layout::from_size_align(600 + i * 4096, 16).unwrap());
+        layouts.push(Layout::from_size_align(300_000 + i * 4096, 16).unwrap());
         layouts.push(Layout::from_size_align(100, 1 << (i % 13)).unwrap());
     }
     layouts
@@ -82,7 +83,7 @@ fn the_kth_refused_reservation_fails_one_allocation_and_the_next_ones_work() {
 fn with_every_reservation_refused_only_memory_at_hand_is_served() {
     let a = Allocator::new(TestPlatform::new());
     let small = Layout::from_size_align(64, 8).unwrap();
-    let large = Layout::from_size_align(10_000, 8).unwrap();
+    let large = Layout::from_size_align(300_000, 8).unwrap();
     let (p, q) = (alloc_filled(&a, small), alloc_filled(&a, large));
     a.platform().set_fail_reserves(true);
     // The pool at hand still serves its class; a new class needs a pool from the arena at hand.
@@ -92,7 +93,7 @@ fn with_every_reservation_refused_only_memory_at_hand_is_served() {
     let o = alloc_filled(&a, other);
     assert!(!o.is_null());
     assert!(
-        a.alloc(Layout::from_size_align(50_000, 8).unwrap())
+        a.alloc(Layout::from_size_align(500_000, 8).unwrap())
             .is_null()
     );
     // A realloc that must move gets null and leaves the block as it was.
@@ -103,7 +104,7 @@ fn with_every_reservation_refused_only_memory_at_hand_is_served() {
     }
     a.check().unwrap();
     a.platform().set_fail_reserves(false);
-    let r = alloc_filled(&a, Layout::from_size_align(50_000, 8).unwrap());
+    let r = alloc_filled(&a, Layout::from_size_align(500_000, 8).unwrap());
     assert!(!r.is_null());
     free_all(
         &a,
@@ -112,7 +113,7 @@ fn with_every_reservation_refused_only_memory_at_hand_is_served() {
             (q, large),
             (more, small),
             (o, other),
-            (r, Layout::from_size_align(50_000, 8).unwrap()),
+            (r, Layout::from_size_align(500_000, 8).unwrap()),
         ],
     );
 }

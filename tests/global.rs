@@ -23,7 +23,7 @@ fn collections_and_strings_run_on_pymalloc() {
     tree.retain(|k, _| k.len() % 2 == 0);
     let during = pymalloc::stats();
     assert!(
-        during.small_blocks > before.small_blocks + 10_000,
+        during.pooled_blocks > before.pooled_blocks + 10_000,
         "{during}"
     );
     assert!(

@@ -75,17 +75,31 @@ struct Live {
     seed: u64,
 }
 
-/// What the model says the stats must show: blocks per small class, large blocks and bytes.
-fn expected(live: &[Live]) -> ([usize; 32], usize, usize) {
-    let mut classes = [0; 32];
+/// The size class the spec gives a padded request: 16-byte steps to 512 bytes, then eight
+/// classes per power of two up to 256 KiB; `None` for a large block.
+fn class_of(padded: usize) -> Option<usize> {
+    match padded {
+        0..=512 => Some(padded.saturating_sub(1) / 16),
+        513..=262_144 => {
+            let log = (padded - 1).ilog2() as usize;
+            Some(32 + (log - 9) * 8 + ((padded - 1) >> (log - 3)) % 8)
+        }
+        _ => None,
+    }
+}
+
+/// What the model says the stats must show: blocks per class, large blocks and bytes.
+fn expected(live: &[Live]) -> ([usize; 104], usize, usize) {
+    let mut classes = [0; 104];
     let (mut large, mut large_bytes) = (0, 0);
     for b in live {
         let padded = b.layout.size() + b.layout.align().saturating_sub(16);
-        if padded <= 512 {
-            classes[padded.saturating_sub(1) / 16] += 1;
-        } else {
-            large += 1;
-            large_bytes += b.layout.size().next_multiple_of(TEST_PAGE_SIZE);
+        match class_of(padded) {
+            Some(c) => classes[c] += 1,
+            None => {
+                large += 1;
+                large_bytes += b.layout.size().next_multiple_of(TEST_PAGE_SIZE);
+            }
         }
     }
     (classes, large, large_bytes)

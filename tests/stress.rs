@@ -17,7 +17,7 @@ fn threads_trading_blocks_see_no_corruption_and_everything_comes_back() {
         a.check().unwrap();
         let stats = a.stats();
         assert_eq!(
-            (stats.bytes_in_use, stats.small_blocks, stats.large_blocks),
+            (stats.bytes_in_use, stats.pooled_blocks, stats.large_blocks),
             (0, 0, 0),
             "{stats}"
         );

@@ -1,15 +1,24 @@
 //! Arenas: [`ARENA_SIZE`]-aligned mappings cut into [`POOL_SIZE`] slots, and the manager that
-//! hands single slots to the heaps and takes them back.
+//! hands pools to the heaps — one slot, or an aligned span of 2, 4 … [`MAX_SPAN_SLOTS`] slots
+//! — and takes them back.
 //!
 //! Slot 0 of every arena holds its [`Header`] (only the header's page is ever touched); slots
-//! 1.. are pool slots. Each arena keeps two bitmaps: `free` (slot not in use as a pool) and
-//! `dirty` (free slot whose memory was written since it was last fresh or decommitted).
+//! 1.. are pool slots. Each arena keeps three bitmaps: `free` (slot not in a pool), `dirty`
+//! (free slot written since it was last fresh or decommitted) and `heads` (slot that starts a
+//! pool), and the span length of each pool.
+//!
+//! A pool of `k` slots sits at a slot index that is a multiple of `k`, so that with arenas
+//! aligned to their size every pool is aligned to its own size (its header is found by
+//! masking a block's address). Finding such a run is a few shift-and-mask steps on `free`.
 //!
 //! Policies:
 //! - *Fullest first*: arenas sit in buckets by their number of free slots, with a bitmap of the
-//!   non-empty buckets, so finding the fullest arena that has room is one `trailing_zeros`, and
+//!   non-empty buckets, so the fullest arena with a free slot is one `trailing_zeros` away, and
 //!   moving an arena when its count changes is O(1). Sparse arenas thus drain and can go back.
-//! - *Dirty before fresh*: inside an arena a dirty slot is reused first (no page faults).
+//! - *Spans in O(1)*: for each span length above one, a list holds the arenas that have a free,
+//!   aligned run of that length; an arena's membership is recomputed (a few bit operations per
+//!   length) whenever its `free` bitmap changes.
+//! - *Dirty before fresh*: a single slot is taken dirty first (no page faults).
 //! - *Decommit with hysteresis*: once more than [`DIRTY_LIMIT`] free slots are dirty, the
 //!   oldest are decommitted until half that remains, so a pool freed and taken again in a loop
 //!   costs no system call, yet a program that frees a lot gets its memory back.
@@ -19,14 +28,17 @@
 //! Invariants (checked by [`Arenas::check`]):
 //! - A1 every arena is in exactly one bucket, the one for its number of free slots; bit `n` of
 //!   `nonempty` is set exactly when bucket `n` is not empty;
-//! - A2 `dirty ⊆ free ⊆ USABLE` (slot 0 is never free);
-//! - A3 an arena is in the dirty list exactly when its `dirty` is not zero, and
-//!   `dirty_slots` is the sum of their dirty bits; `empty` counts the arenas with every slot free;
-//! - A4 the radix tree maps every arena's granule to its header, and nothing else.
+//! - A2 `dirty ⊆ free ⊆ USABLE` (slot 0 is never free); the pools (a head and its span) tile
+//!   exactly the slots that are not free, each aligned to its length;
+//! - A3 an arena is in the dirty list exactly when its `dirty` is not zero, and `dirty_slots`
+//!   is the sum of their dirty bits; `empty` counts the arenas with every slot free;
+//! - A4 an arena is in the run list of a span length exactly when it has a free aligned run of
+//!   that length;
+//! - A5 the radix tree maps every arena's granule to its header, and nothing else.
 
 use core::ptr::{self, NonNull};
 
-use pymalloc_pool::{POOL_SIZE, ensure};
+use pymalloc_pool::{MAX_SPAN_SLOTS, POOL_SIZE, ensure};
 use pymalloc_radix::{NodeAlloc, RadixTree};
 
 use crate::Platform;
@@ -44,9 +56,16 @@ pub const MAX_EMPTY_ARENAS: usize = 4;
 /// Dirty free slots allowed before the oldest are decommitted (4 MiB of pools).
 pub const DIRTY_LIMIT: usize = (4 << 20) / POOL_SIZE;
 
+/// Span lengths above one slot: 2, 4, … MAX_SPAN_SLOTS.
+const SPAN_LENGTHS: usize = MAX_SPAN_SLOTS.trailing_zeros() as usize;
+
 const _: () = assert!(
     SLOTS >= 2 && SLOTS <= u64::BITS as usize,
     "slot bitmaps are one u64"
+);
+const _: () = assert!(
+    MAX_SPAN_SLOTS < SLOTS,
+    "the longest span must fit beside the header slot"
 );
 const _: () = assert!(size_of::<Header>() <= POOL_SIZE);
 
@@ -54,31 +73,70 @@ const ALL_SLOTS: u64 = u64::MAX >> (u64::BITS as usize - SLOTS);
 /// Every slot but slot 0, the header's.
 const USABLE: u64 = ALL_SLOTS & !1;
 
+/// Bits `start .. start + len` set.
+const fn run_mask(start: u32, len: u32) -> u64 {
+    (u64::MAX >> (u64::BITS - len)) << start
+}
+
+/// Bit `i` set iff slots `i .. i + len` are all free and `i` is a multiple of `len` (a power of
+/// two). Constant time: log2(len) shift-and-mask steps.
+const fn aligned_runs(free: u64, len: u32) -> u64 {
+    let mut runs = free;
+    let mut width = 1;
+    while width < len {
+        runs &= runs >> width;
+        width *= 2;
+    }
+    // Multiples of `len`: the repeating pattern 0…01 of period `len`.
+    runs & (u64::MAX / (u64::MAX >> (u64::BITS - len)))
+}
+
 /// Links of one intrusive list.
 struct Links {
     prev: *mut Header,
     next: *mut Header,
 }
 
+const UNLINKED: Links = Links {
+    prev: ptr::null_mut(),
+    next: ptr::null_mut(),
+};
+
 /// The header in slot 0 of every arena.
 pub struct Header {
     free: u64,
     dirty: u64,
+    heads: u64,
+    /// Bit `i` set iff the arena is in the run list of span length `2 << i`.
+    in_run_lists: u8,
+    /// Span length of the pool starting at each slot (meaningful for heads only).
+    span: [u8; SLOTS],
     bucket: Links,
     dirty_list: Links,
+    run_lists: [Links; SPAN_LENGTHS],
 }
 
-/// Which links of a header a list uses.
-type LinksOf = fn(*mut Header) -> *mut Links;
-
-fn bucket_links(h: *mut Header) -> *mut Links {
-    // SAFETY: only called on live headers; a raw place projection creates no reference.
-    unsafe { &raw mut (*h).bucket }
+/// Which of a header's links a list uses.
+#[derive(Clone, Copy)]
+enum Chain {
+    Bucket,
+    Dirty,
+    Runs(usize),
 }
 
-fn dirty_links(h: *mut Header) -> *mut Links {
-    // SAFETY: as above.
-    unsafe { &raw mut (*h).dirty_list }
+impl Chain {
+    /// # Safety
+    /// `h` is a live header.
+    unsafe fn links(self, h: *mut Header) -> *mut Links {
+        // SAFETY: a live header (caller); raw place projections create no reference.
+        unsafe {
+            match self {
+                Chain::Bucket => &raw mut (*h).bucket,
+                Chain::Dirty => &raw mut (*h).dirty_list,
+                Chain::Runs(i) => (&raw mut (*h).run_lists).cast::<Links>().add(i),
+            }
+        }
+    }
 }
 
 /// A doubly-linked list of arena headers, FIFO.
@@ -94,18 +152,18 @@ impl List {
     };
 
     /// # Safety
-    /// `h` is a live header in no list of this kind.
-    unsafe fn push_back(&mut self, h: *mut Header, links: LinksOf) {
+    /// `h` is a live header in no list of this chain.
+    unsafe fn push_back(&mut self, h: *mut Header, chain: Chain) {
         // SAFETY: `h` and the tail are live headers (caller, list invariant).
         unsafe {
-            *links(h) = Links {
+            *chain.links(h) = Links {
                 prev: self.tail,
                 next: ptr::null_mut(),
             };
             if self.tail.is_null() {
                 self.head = h;
             } else {
-                (*links(self.tail)).next = h;
+                (*chain.links(self.tail)).next = h;
             }
         }
         self.tail = h;
@@ -113,19 +171,19 @@ impl List {
 
     /// # Safety
     /// `h` is a live header in this list.
-    unsafe fn remove(&mut self, h: *mut Header, links: LinksOf) {
+    unsafe fn remove(&mut self, h: *mut Header, chain: Chain) {
         // SAFETY: `h` and its neighbours are live headers of this list (caller).
         unsafe {
-            let Links { prev, next } = links(h).read();
+            let Links { prev, next } = chain.links(h).read();
             if prev.is_null() {
                 self.head = next;
             } else {
-                (*links(prev)).next = next;
+                (*chain.links(prev)).next = next;
             }
             if next.is_null() {
                 self.tail = prev;
             } else {
-                (*links(next)).prev = prev;
+                (*chain.links(next)).prev = prev;
             }
         }
     }
@@ -134,11 +192,11 @@ impl List {
     ///
     /// # Safety
     /// Every header in the list is live.
-    unsafe fn for_each(&self, links: LinksOf, mut f: impl FnMut(*mut Header)) {
+    unsafe fn for_each(&self, chain: Chain, mut f: impl FnMut(*mut Header)) {
         let mut h = self.head;
         while !h.is_null() {
             // SAFETY: live header (caller); the next link is read before `f` runs.
-            let next = unsafe { (*links(h)).next };
+            let next = unsafe { (*chain.links(h)).next };
             f(h);
             h = next;
         }
@@ -176,8 +234,10 @@ pub struct ArenaStats {
     pub arenas: usize,
     /// Arenas with every pool slot free.
     pub empty_arenas: usize,
-    /// Pool slots in use by pools.
+    /// Pools (of one slot or a span of several) in use.
     pub pools_in_use: usize,
+    /// Slots in use by pools.
+    pub slots_in_use: usize,
     /// Free pool slots whose memory is still committed.
     pub free_dirty_slots: usize,
     /// Free pool slots that are fresh or decommitted.
@@ -192,6 +252,8 @@ pub struct Arenas {
     by_free: [List; SLOTS],
     /// Bit `n` set iff `by_free[n]` is not empty.
     nonempty: u64,
+    /// `with_run[i]`: arenas with a free aligned run of `2 << i` slots.
+    with_run: [List; SPAN_LENGTHS],
     /// Arenas with dirty free slots, the oldest first.
     dirty: List,
     dirty_slots: usize,
@@ -216,6 +278,7 @@ impl Arenas {
         Arenas {
             by_free: [const { List::EMPTY }; SLOTS],
             nonempty: 0,
+            with_run: [const { List::EMPTY }; SPAN_LENGTHS],
             dirty: List::EMPTY,
             dirty_slots: 0,
             arenas: 0,
@@ -244,7 +307,11 @@ impl Arenas {
     /// `h` is a live arena header in no bucket, with `n` free slots.
     unsafe fn bucket_in(&mut self, h: *mut Header, n: usize) {
         // SAFETY: `n <= POOLS_PER_ARENA < SLOTS`, and `h` is in no bucket (caller).
-        unsafe { self.by_free.get_unchecked_mut(n).push_back(h, bucket_links) };
+        unsafe {
+            self.by_free
+                .get_unchecked_mut(n)
+                .push_back(h, Chain::Bucket)
+        };
         self.nonempty |= 1 << n;
     }
 
@@ -254,62 +321,109 @@ impl Arenas {
         // SAFETY: `n < SLOTS` and `h` is in that bucket (caller).
         let list = unsafe { self.by_free.get_unchecked_mut(n) };
         // SAFETY: as above.
-        unsafe { list.remove(h, bucket_links) };
+        unsafe { list.remove(h, Chain::Bucket) };
         if list.head.is_null() {
             self.nonempty &= !(1 << n);
         }
     }
 
-    /// Hands out one pool slot: `POOL_SIZE` bytes, `POOL_SIZE`-aligned, exclusively the
-    /// caller's until given back with [`Arenas::free_pool`], with whether it reads zero.
-    /// `None` if the platform refuses memory; the manager is unchanged but for a possibly
-    /// new, empty arena.
-    pub fn alloc_pool<P: Platform>(&mut self, platform: &P) -> Option<(NonNull<u8>, bool)> {
-        // Bucket 0 holds full arenas; the lowest other bucket holds the fullest with room.
-        let with_room = self.nonempty & !1;
-        let h = if with_room != 0 {
-            // SAFETY: bit n set means bucket n is not empty (A1).
+    /// Brings the arena's run-list memberships in line with its `free` bitmap (A4).
+    ///
+    /// # Safety
+    /// `h` is a live arena header of this manager.
+    unsafe fn update_run_lists(&mut self, h: *mut Header) {
+        for (i, list) in self.with_run.iter_mut().enumerate() {
+            // SAFETY: a live header (caller); membership follows its `in_run_lists` bit.
             unsafe {
-                self.by_free
-                    .get_unchecked(with_room.trailing_zeros() as usize)
-                    .head
+                let has = aligned_runs((*h).free, 2 << i) != 0;
+                let member = (*h).in_run_lists & (1 << i) != 0;
+                if has && !member {
+                    list.push_back(h, Chain::Runs(i));
+                } else if !has && member {
+                    list.remove(h, Chain::Runs(i));
+                }
+                (*h).in_run_lists ^= ((has != member) as u8) << i;
+            }
+        }
+    }
+
+    /// Hands out one pool of `slots` slots (a power of two up to [`MAX_SPAN_SLOTS`]):
+    /// `slots * POOL_SIZE` bytes aligned to that size, exclusively the caller's until given
+    /// back with [`Arenas::free_pool`], with whether they read zero. `None` if the platform
+    /// refuses memory; the manager is unchanged but for a possibly new, empty arena.
+    pub fn alloc_pool<P: Platform>(
+        &mut self,
+        slots: usize,
+        platform: &P,
+    ) -> Option<(NonNull<u8>, bool)> {
+        ensure(
+            slots.is_power_of_two() && slots <= MAX_SPAN_SLOTS,
+            "alloc_pool: bad span length",
+        );
+        let len = slots as u32;
+        let h = if len == 1 {
+            // Bucket 0 holds full arenas; the lowest other bucket holds the fullest with room.
+            let with_room = self.nonempty & !1;
+            if with_room != 0 {
+                // SAFETY: bit n set means bucket n is not empty (A1).
+                unsafe {
+                    self.by_free
+                        .get_unchecked(with_room.trailing_zeros() as usize)
+                        .head
+                }
+            } else {
+                self.new_arena(platform)?
             }
         } else {
-            self.new_arena(platform)?
+            // SAFETY: `len` is 2 ..= MAX_SPAN_SLOTS, so the index is below SPAN_LENGTHS.
+            let head = unsafe {
+                self.with_run
+                    .get_unchecked(len.trailing_zeros() as usize - 1)
+                    .head
+            };
+            if head.is_null() {
+                self.new_arena(platform)?
+            } else {
+                head
+            }
         };
-        // SAFETY: `h` is a live arena with a free slot (bucket >= 1); the slot chosen is free
-        // and becomes the caller's.
+        // SAFETY: `h` is a live arena with a free aligned run of `len` slots (its list, or a new
+        // arena); the run chosen becomes the caller's.
         unsafe {
             let (free, dirty) = ((*h).free, (*h).dirty);
-            let was_dirty = dirty != 0;
-            let index = if was_dirty {
+            let start = if len == 1 && dirty != 0 {
                 dirty.trailing_zeros()
             } else {
-                free.trailing_zeros()
+                aligned_runs(free, len).trailing_zeros()
             };
-            let slot = Self::slot(h, index);
-            if !was_dirty && !platform.commit(slot, POOL_SIZE) {
+            let run = run_mask(start, len);
+            let pool = Self::slot(h, start);
+            let dirty_in_run = dirty & run;
+            if dirty_in_run != run && !platform.commit(pool, slots * POOL_SIZE) {
                 return None;
             }
             let n = Self::free_count(h);
             self.bucket_out(h, n);
-            (*h).free &= !(1 << index);
-            if was_dirty {
-                (*h).dirty &= !(1 << index);
-                self.dirty_slots -= 1;
+            (*h).free &= !run;
+            (*h).heads |= 1 << start;
+            (*h).span[start as usize] = len as u8;
+            if dirty_in_run != 0 {
+                (*h).dirty &= !run;
+                self.dirty_slots -= dirty_in_run.count_ones() as usize;
                 if (*h).dirty == 0 {
-                    self.dirty.remove(h, dirty_links);
+                    self.dirty.remove(h, Chain::Dirty);
                 }
             }
             if n == POOLS_PER_ARENA {
                 self.empty -= 1;
             }
-            self.bucket_in(h, n - 1);
-            Some((slot, !was_dirty && P::ZERO_FILLED))
+            self.bucket_in(h, n - slots);
+            self.update_run_lists(h);
+            Some((pool, dirty_in_run == 0 && P::ZERO_FILLED))
         }
     }
 
-    /// Maps, registers and buckets a new, empty arena.
+    /// Maps, registers and lists a new, empty arena.
     fn new_arena<P: Platform>(&mut self, platform: &P) -> Option<*mut Header> {
         let base = platform.reserve(ARENA_SIZE, ARENA_SIZE)?;
         let h = base.cast::<Header>();
@@ -318,14 +432,12 @@ impl Arenas {
             h.write(Header {
                 free: USABLE,
                 dirty: 0,
-                bucket: Links {
-                    prev: ptr::null_mut(),
-                    next: ptr::null_mut(),
-                },
-                dirty_list: Links {
-                    prev: ptr::null_mut(),
-                    next: ptr::null_mut(),
-                },
+                heads: 0,
+                in_run_lists: 0,
+                span: [0; SLOTS],
+                bucket: UNLINKED,
+                dirty_list: UNLINKED,
+                run_lists: [const { UNLINKED }; SPAN_LENGTHS],
             });
         }
         if self
@@ -339,45 +451,48 @@ impl Arenas {
         }
         self.arenas += 1;
         self.empty += 1;
-        // SAFETY: a live header in no bucket, every pool slot free.
-        unsafe { self.bucket_in(h.as_ptr(), POOLS_PER_ARENA) };
+        // SAFETY: a live header in no list, every pool slot free.
+        unsafe {
+            self.bucket_in(h.as_ptr(), POOLS_PER_ARENA);
+            self.update_run_lists(h.as_ptr());
+        }
         Some(h.as_ptr())
     }
 
-    /// Takes back a pool slot. Its contents are given up; it may go to any size class next.
+    /// Takes back a pool. Its contents are given up; its slots may go to any class next.
     ///
     /// # Safety
-    /// `slot` came from [`Arenas::alloc_pool`] on this manager and is no longer used.
-    pub unsafe fn free_pool<P: Platform>(&mut self, slot: NonNull<u8>, platform: &P) {
-        let h = Self::header_of(slot);
-        let index = (slot.addr().get() - h.addr()) / POOL_SIZE;
-        let bit = 1u64 << index;
-        // SAFETY: `slot` is a pool slot of a live arena of ours (caller), so `h` is its header.
+    /// `pool` came from [`Arenas::alloc_pool`] on this manager and is no longer used.
+    pub unsafe fn free_pool<P: Platform>(&mut self, pool: NonNull<u8>, platform: &P) {
+        let h = Self::header_of(pool);
+        let start = ((pool.addr().get() - h.addr()) / POOL_SIZE) as u32;
+        // SAFETY: `pool` starts a pool of a live arena of ours (caller), so `h` is its header.
         unsafe {
             ensure(
-                slot.addr().get() % POOL_SIZE == 0,
-                "free_pool: not a slot address",
+                pool.addr().get() % POOL_SIZE == 0 && (*h).heads & (1 << start) != 0,
+                "free_pool: not the start of a pool in use",
             );
-            ensure(
-                USABLE & bit != 0 && (*h).free & bit == 0,
-                "free_pool: slot is not in use",
-            );
+            let len = (*h).span[start as usize] as u32;
+            let run = run_mask(start, len);
             let n = Self::free_count(h);
             self.bucket_out(h, n);
-            (*h).free |= bit;
+            (*h).free |= run;
+            (*h).heads &= !(1 << start);
             if (*h).dirty == 0 {
-                self.dirty.push_back(h, dirty_links);
+                self.dirty.push_back(h, Chain::Dirty);
             }
-            (*h).dirty |= bit;
-            self.dirty_slots += 1;
-            if n + 1 == POOLS_PER_ARENA {
+            (*h).dirty |= run;
+            self.dirty_slots += len as usize;
+            let n = n + len as usize;
+            if n == POOLS_PER_ARENA {
                 self.empty += 1;
                 if self.empty > MAX_EMPTY_ARENAS {
                     self.release_arena(h, platform);
                     return;
                 }
             }
-            self.bucket_in(h, n + 1);
+            self.bucket_in(h, n);
+            self.update_run_lists(h);
         }
         if self.dirty_slots > DIRTY_LIMIT {
             self.purge(platform, DIRTY_LIMIT / 2);
@@ -393,7 +508,12 @@ impl Arenas {
         unsafe {
             if (*h).dirty != 0 {
                 self.dirty_slots -= (*h).dirty.count_ones() as usize;
-                self.dirty.remove(h, dirty_links);
+                self.dirty.remove(h, Chain::Dirty);
+            }
+            for (i, list) in self.with_run.iter_mut().enumerate() {
+                if (*h).in_run_lists & (1 << i) != 0 {
+                    list.remove(h, Chain::Runs(i));
+                }
             }
             self.radix.remove(h.addr());
             self.arenas -= 1;
@@ -417,14 +537,13 @@ impl Arenas {
                     let d = (*h).dirty;
                     let start = d.trailing_zeros();
                     let len = (!(d >> start)).trailing_zeros();
-                    let run = (u64::MAX >> (u64::BITS - len)) << start;
                     if !platform.decommit(Self::slot(h, start), len as usize * POOL_SIZE) {
                         return;
                     }
-                    (*h).dirty &= !run;
+                    (*h).dirty &= !run_mask(start, len);
                     self.dirty_slots -= len as usize;
                 }
-                self.dirty.remove(h, dirty_links);
+                self.dirty.remove(h, Chain::Dirty);
             }
         }
     }
@@ -444,27 +563,29 @@ impl Arenas {
         self.purge(platform, 0);
     }
 
-    /// The pool slot in use that contains `addr`, found through the radix tree; `None` if the
-    /// address is in no arena or in a slot that is not a pool.
+    /// The start of the pool in use that contains `addr`, found through the radix tree; `None`
+    /// if the address is in no arena or in no pool.
     pub fn pool_slot(&self, addr: usize) -> Option<NonNull<u8>> {
         let h = self.radix.get(addr)?.as_ptr();
-        let index = (addr - h.addr()) / POOL_SIZE;
-        // SAFETY: the radix tree maps only live arenas (A4), and reading the bitmap is
+        let index = ((addr - h.addr()) / POOL_SIZE) as u32;
+        // SAFETY: the radix tree maps only live arenas (A5), and reading the header is
         // serialised with its writers by the caller's `&self`.
-        let in_use = unsafe { USABLE & !(*h).free } & (1 << index) != 0;
-        in_use.then(|| Self::slot(h, index as u32))
+        let (heads, span) = unsafe { ((*h).heads, &(*h).span) };
+        let at_or_below = heads & (u64::MAX >> (u64::BITS - 1 - index));
+        let start = at_or_below.checked_ilog2()?;
+        (index < start + span[start as usize] as u32).then(|| Self::slot(h, start))
     }
 
-    /// Visits every pool slot in use.
+    /// Visits the start of every pool in use.
     pub fn for_each_pool(&self, mut f: impl FnMut(NonNull<u8>)) {
         for list in &self.by_free {
             // SAFETY: bucketed headers are live (A1).
             unsafe {
-                list.for_each(bucket_links, |h| {
-                    let mut used = USABLE & !(*h).free;
-                    while used != 0 {
-                        f(Self::slot(h, used.trailing_zeros()));
-                        used &= used - 1;
+                list.for_each(Chain::Bucket, |h| {
+                    let mut heads = (*h).heads;
+                    while heads != 0 {
+                        f(Self::slot(h, heads.trailing_zeros()));
+                        heads &= heads - 1;
                     }
                 });
             }
@@ -473,27 +594,85 @@ impl Arenas {
 
     /// Current figures.
     pub fn stats(&self) -> ArenaStats {
-        let free_slots: usize = (0..SLOTS).map(|n| n * self.bucket_len(n)).sum();
+        let (mut free_slots, mut pools) = (0, 0);
+        for (n, list) in self.by_free.iter().enumerate() {
+            // SAFETY: bucketed headers are live (A1).
+            unsafe {
+                list.for_each(Chain::Bucket, |h| {
+                    free_slots += n;
+                    pools += (*h).heads.count_ones() as usize;
+                })
+            };
+        }
         ArenaStats {
             arenas: self.arenas,
             empty_arenas: self.empty,
-            pools_in_use: self.arenas * POOLS_PER_ARENA - free_slots,
+            pools_in_use: pools,
+            slots_in_use: self.arenas * POOLS_PER_ARENA - free_slots,
             free_dirty_slots: self.dirty_slots,
             free_clean_slots: free_slots - self.dirty_slots,
             mapped_bytes: self.arenas * ARENA_SIZE + self.radix.node_bytes_in_use(),
         }
     }
 
-    fn bucket_len(&self, n: usize) -> usize {
-        let mut len = 0;
-        // SAFETY: bucketed headers are live (A1).
-        unsafe { self.by_free[n].for_each(bucket_links, |_| len += 1) };
-        len
+    /// Checks the invariants of one arena in bucket `n`: A2, A4 and its radix entry.
+    ///
+    /// # Safety
+    /// `h` is a live arena header of this manager.
+    unsafe fn check_arena(&self, h: *mut Header, n: usize) -> Result<(), &'static str> {
+        // SAFETY: a live header (caller).
+        let (free, dirty, heads, in_runs, span) = unsafe {
+            (
+                (*h).free,
+                (*h).dirty,
+                (*h).heads,
+                (*h).in_run_lists,
+                &(*h).span,
+            )
+        };
+        if free.count_ones() as usize != n {
+            return Err("arenas: arena in the wrong bucket");
+        }
+        if free & !USABLE != 0 || dirty & !free != 0 || heads & (free | !USABLE) != 0 {
+            return Err("arenas: dirty slots not free, a head slot free, or the header slot free");
+        }
+        let mut tiled = 0u64;
+        let mut rest = heads;
+        while rest != 0 {
+            let start = rest.trailing_zeros();
+            let len = span[start as usize] as u32;
+            if !len.is_power_of_two()
+                || len as usize > MAX_SPAN_SLOTS
+                || start % len != 0
+                || start + len > SLOTS as u32
+            {
+                return Err("arenas: a pool's span is misshapen or misaligned");
+            }
+            let run = run_mask(start, len);
+            if run & (tiled | free) != 0 {
+                return Err("arenas: pools overlap each other or free slots");
+            }
+            tiled |= run;
+            rest &= rest - 1;
+        }
+        if tiled != USABLE & !free {
+            return Err("arenas: slots in use that belong to no pool");
+        }
+        for i in 0..SPAN_LENGTHS {
+            if (aligned_runs(free, 2 << i) != 0) != (in_runs & (1 << i) != 0) {
+                return Err("arenas: run-list membership disagrees with the free slots");
+            }
+        }
+        if self.radix.get(h.addr()).map(NonNull::as_ptr) != Some(h) {
+            return Err("arenas: radix tree does not map the arena to its header");
+        }
+        Ok(())
     }
 
-    /// Checks invariants A1 to A4.
+    /// Checks invariants A1 to A5.
     pub fn check(&self) -> Result<(), &'static str> {
         let (mut arenas, mut empty, mut dirty_slots, mut dirty_arenas) = (0, 0, 0, 0);
+        let mut in_runs = [0usize; SPAN_LENGTHS];
         let mut result = Ok(());
         for (n, list) in self.by_free.iter().enumerate() {
             if (self.nonempty >> n & 1 == 1) == list.head.is_null() {
@@ -501,18 +680,16 @@ impl Arenas {
             }
             // SAFETY: bucketed headers are live (A1).
             unsafe {
-                list.for_each(bucket_links, |h| {
-                    let (free, dirty) = ((*h).free, (*h).dirty);
+                list.for_each(Chain::Bucket, |h| {
                     arenas += 1;
                     empty += (n == POOLS_PER_ARENA) as usize;
-                    dirty_slots += dirty.count_ones() as usize;
-                    dirty_arenas += (dirty != 0) as usize;
-                    if free.count_ones() as usize != n {
-                        result = Err("arenas: arena in the wrong bucket");
-                    } else if free & !USABLE != 0 || dirty & !free != 0 {
-                        result = Err("arenas: dirty slots not free, or header slot free");
-                    } else if self.radix.get(h.addr()).map(NonNull::as_ptr) != Some(h) {
-                        result = Err("arenas: radix tree does not map the arena to its header");
+                    dirty_slots += (*h).dirty.count_ones() as usize;
+                    dirty_arenas += ((*h).dirty != 0) as usize;
+                    for (i, count) in in_runs.iter_mut().enumerate() {
+                        *count += ((*h).in_run_lists >> i & 1) as usize;
+                    }
+                    if result.is_ok() {
+                        result = self.check_arena(h, n);
                     }
                 });
             }
@@ -522,13 +699,21 @@ impl Arenas {
         // SAFETY: headers in the dirty list are live (A3).
         unsafe {
             self.dirty
-                .for_each(dirty_links, |h| listed += ((*h).dirty != 0) as usize)
+                .for_each(Chain::Dirty, |h| listed += ((*h).dirty != 0) as usize)
         };
         if arenas != self.arenas || empty != self.empty {
             return Err("arenas: arena or empty-arena count is off");
         }
         if dirty_slots != self.dirty_slots || listed != dirty_arenas {
             return Err("arenas: dirty slot count or dirty list is off");
+        }
+        for (i, list) in self.with_run.iter().enumerate() {
+            let mut len = 0;
+            // SAFETY: headers in run lists are live (A4).
+            unsafe { list.for_each(Chain::Runs(i), |_| len += 1) };
+            if len != in_runs[i] {
+                return Err("arenas: a run list's length disagrees with its members");
+            }
         }
         Ok(())
     }
@@ -550,5 +735,36 @@ impl Arenas {
         // SAFETY: every node came from PlatformNodes over this platform; no lookup follows.
         unsafe { self.radix.release_nodes(&PlatformNodes(platform)) };
         *self = Arenas::new();
+    }
+}
+
+#[cfg(test)]
+mod bit_tests {
+    use super::*;
+
+    #[test]
+    fn aligned_runs_finds_exactly_the_aligned_free_runs() {
+        for len in [1u32, 2, 4, 8, 16, 32] {
+            for free in [
+                USABLE,
+                0,
+                0xF0F0_F0F0_F0F0_F0F0,
+                0xFFFF_0000_FFFF_0000,
+                0x0000_FFFF_FFFF_0000,
+                1 << 63,
+            ] {
+                let runs = aligned_runs(free, len);
+                for i in 0..64u32 {
+                    let expected = i % len == 0
+                        && i + len <= 64
+                        && free & run_mask(i, len) == run_mask(i, len);
+                    assert_eq!(
+                        runs >> i & 1 == 1,
+                        expected,
+                        "free {free:#x} len {len} slot {i}"
+                    );
+                }
+            }
+        }
     }
 }

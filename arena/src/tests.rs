@@ -20,7 +20,10 @@ impl Fixture {
         }
     }
     fn alloc(&mut self) -> Option<(NonNull<u8>, bool)> {
-        let r = self.arenas.alloc_pool(&self.platform);
+        self.alloc_span(1)
+    }
+    fn alloc_span(&mut self, slots: usize) -> Option<(NonNull<u8>, bool)> {
+        let r = self.arenas.alloc_pool(slots, &self.platform);
         self.check_step();
         r
     }
@@ -232,28 +235,107 @@ fn refused_memory_gives_none_and_leaves_the_manager_consistent() {
     assert!(f.arenas.stats().free_dirty_slots <= DIRTY_LIMIT / 2);
 }
 
-/// Random sequences of taking and giving back slots, against a model of the slots in use.
+#[test]
+fn spans_are_aligned_to_their_size_and_found_from_any_of_their_slots() {
+    let mut f = Fixture::new();
+    let mut taken = Vec::new();
+    for round in 0..3 {
+        for slots in [1, 2, 4, 8, 16, 32, 4, 1, 2] {
+            let (p, zeroed) = f.alloc_span(slots).unwrap();
+            let bytes = slots * POOL_SIZE;
+            assert_eq!(
+                p.addr().get() % bytes,
+                0,
+                "a {slots}-slot pool is aligned to its size"
+            );
+            assert!(zeroed || round > 0);
+            for i in 0..slots {
+                let inside = p.addr().get() + i * POOL_SIZE + 123;
+                assert_eq!(f.arenas.pool_slot(inside), Some(p));
+            }
+            // SAFETY: the pool's memory is ours.
+            unsafe { p.as_ptr().write_bytes(0xAB, bytes) };
+            taken.push((p, slots));
+        }
+        // Give back every other pool, so that later spans must find aligned room.
+        let mut kept = Vec::new();
+        for (i, (p, slots)) in taken.drain(..).enumerate() {
+            if i % 2 == 0 {
+                f.free(p);
+                assert_eq!(f.arenas.pool_slot(p.addr().get()), None);
+            } else {
+                kept.push((p, slots));
+            }
+        }
+        taken = kept;
+    }
+    let in_use: usize = taken.iter().map(|&(_, s)| s).sum();
+    let stats = f.arenas.stats();
+    assert_eq!(
+        (stats.pools_in_use, stats.slots_in_use),
+        (taken.len(), in_use)
+    );
+    // Pools never overlap.
+    taken.sort_by_key(|&(p, _)| p.addr());
+    for pair in taken.windows(2) {
+        assert!(pair[0].0.addr().get() + pair[0].1 * POOL_SIZE <= pair[1].0.addr().get());
+    }
+}
+
+#[test]
+fn an_emptied_span_serves_single_slots_and_the_reverse() {
+    let mut f = Fixture::new();
+    let (big, _) = f.alloc_span(32).unwrap();
+    f.free(big);
+    // The 32 freed slots are dirty: single slots come from them first.
+    let singles: Vec<_> = (0..32).map(|_| f.alloc().unwrap()).collect();
+    assert!(
+        singles
+            .iter()
+            .all(|&(s, zeroed)| !zeroed && f.arenas.pool_slot(s.addr().get()) == Some(s))
+    );
+    assert!(
+        singles
+            .iter()
+            .all(|&(s, _)| s.addr().get() - big.addr().get() < 32 * POOL_SIZE)
+    );
+    for (s, _) in singles {
+        f.free(s);
+    }
+    assert_eq!(f.alloc_span(32).unwrap().0, big);
+}
+
+/// Random sequences of taking and giving back pools of every span length, against a model
+/// of the slots in use.
 #[test]
 fn manager_matches_a_model() {
     fn prop(ops: Vec<(u8, u16)>) -> TestResult {
         let mut f = Fixture::new();
-        let mut live: Vec<NonNull<u8>> = Vec::new();
+        let mut live: Vec<(NonNull<u8>, usize)> = Vec::new();
         for (op, pick) in ops {
             match op % 4 {
                 // Allocate more often than free, in bursts, so that arenas fill and empty.
                 0 | 1 => {
-                    for _ in 0..1 + pick % 40 {
-                        let (s, zeroed) = f.alloc().unwrap();
-                        if live.contains(&s) {
-                            return TestResult::error("slot handed out twice");
+                    for i in 0..1 + pick % 40 {
+                        let slots = if i % 3 == 0 {
+                            1 << (pick as usize + i as usize) % 6
+                        } else {
+                            1
+                        };
+                        let (p, zeroed) = f.alloc_span(slots).unwrap();
+                        let (start, end) = (p.addr().get(), p.addr().get() + slots * POOL_SIZE);
+                        if live.iter().any(|&(q, n)| {
+                            q.addr().get() < end && start < q.addr().get() + n * POOL_SIZE
+                        }) {
+                            return TestResult::error("pool overlaps a live one");
                         }
-                        // SAFETY: the slot is ours.
-                        if zeroed && unsafe { s.as_ptr().add(POOL_SIZE - 1).read() } != 0 {
-                            return TestResult::error("zeroed slot is not zero");
+                        // SAFETY: the pool is ours.
+                        if zeroed && unsafe { p.as_ptr().add(slots * POOL_SIZE - 1).read() } != 0 {
+                            return TestResult::error("zeroed pool is not zero");
                         }
-                        // SAFETY: the slot is ours.
-                        unsafe { s.as_ptr().add(POOL_SIZE - 1).write(1) };
-                        live.push(s);
+                        // SAFETY: the pool is ours.
+                        unsafe { p.as_ptr().add(slots * POOL_SIZE - 1).write(1) };
+                        live.push((p, slots));
                     }
                 }
                 2 if !live.is_empty() => {
@@ -261,20 +343,23 @@ fn manager_matches_a_model() {
                         if live.is_empty() {
                             break;
                         }
-                        let s = live.swap_remove(pick as usize % live.len());
-                        f.free(s);
+                        let (p, _) = live.swap_remove(pick as usize % live.len());
+                        f.free(p);
                     }
                 }
                 _ => f.arenas.purge(&f.platform, pick as usize % DIRTY_LIMIT),
             }
-            if f.arenas.stats().pools_in_use != live.len() {
-                return TestResult::error("pools in use disagree with the model");
+            let stats = f.arenas.stats();
+            if stats.pools_in_use != live.len()
+                || stats.slots_in_use != live.iter().map(|l| l.1).sum::<usize>()
+            {
+                return TestResult::error("pools or slots in use disagree with the model");
             }
             if live
                 .iter()
-                .any(|s| f.arenas.pool_slot(s.addr().get()) != Some(*s))
+                .any(|&(p, n)| f.arenas.pool_slot(p.addr().get() + n * POOL_SIZE - 1) != Some(p))
             {
-                return TestResult::error("radix lookup lost a slot");
+                return TestResult::error("radix lookup lost a pool");
             }
         }
         TestResult::passed()

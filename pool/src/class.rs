@@ -1,30 +1,127 @@
-//! Small size classes: 16-byte steps up to 512 bytes, exactly as CPython's obmalloc.
+//! Size classes, all derived here from a handful of constants.
+//!
+//! - *Small* classes: 16-byte steps up to [`SMALL_MAX`] = 512 bytes, exactly as CPython's
+//!   obmalloc (32 classes).
+//! - *Medium* classes: eight per power of two from 512 bytes up to [`POOLED_MAX`] = 256 KiB
+//!   (72 classes), so that a request never wastes more than 12.5% of itself: the step in
+//!   `(2^k, 2^(k+1)]` is `2^(k-3)`, at most an eighth of any size in that range.
+//!
+//! Each class's pool spans `span_slots()` slots of [`POOL_SIZE`] bytes, a power of two no
+//! larger than [`MAX_SPAN_SLOTS`]: the smallest whose unused tail is at most an eighth of it,
+//! or else the one that wastes the least. Pools are aligned to their own size, so the pool
+//! of a block is found by masking the block's address with `pool_bytes()`.
 //!
 //! Invariant: a [`SizeClass`] always holds an index below [`NUM_CLASSES`], so tables of
 //! `NUM_CLASSES` entries may be indexed by it without a bounds check.
 
-/// Alignment of every block, and the step between size classes.
-pub const ALIGNMENT: usize = 16;
-/// The largest request served by a small size class.
-pub const SMALL_MAX: usize = 512;
-/// Number of small size classes.
-pub const NUM_CLASSES: usize = SMALL_MAX / ALIGNMENT;
+use crate::pool::{POOL_OVERHEAD, POOL_SIZE};
 
-/// One small size class: blocks of `(index + 1) * ALIGNMENT` bytes.
+/// Alignment of every block, and the step between small classes.
+pub const ALIGNMENT: usize = 16;
+/// The largest request served by a small class.
+pub const SMALL_MAX: usize = 512;
+/// Medium classes per power of two.
+const MEDIUM_PER_DOUBLING: usize = 8;
+/// log2 of the largest request served from pools.
+const POOLED_MAX_LOG: u32 = 18;
+/// The largest request served from pools; anything larger is a large block.
+pub const POOLED_MAX: usize = 1 << POOLED_MAX_LOG;
+/// The most slots one pool may span (a power of two).
+pub const MAX_SPAN_SLOTS: usize = 32;
+
+const SMALL_CLASSES: usize = SMALL_MAX / ALIGNMENT;
+const SMALL_MAX_LOG: u32 = SMALL_MAX.ilog2();
+/// Number of size classes, small and medium.
+pub const NUM_CLASSES: usize =
+    SMALL_CLASSES + MEDIUM_PER_DOUBLING * (POOLED_MAX_LOG - SMALL_MAX_LOG) as usize;
+
+const _: () = assert!(NUM_CLASSES <= u8::MAX as usize + 1);
+const _: () = assert!(MAX_SPAN_SLOTS.is_power_of_two());
+
+/// Block size of class `index`.
+const fn block_size_of(index: usize) -> usize {
+    if index < SMALL_CLASSES {
+        (index + 1) * ALIGNMENT
+    } else {
+        let m = index - SMALL_CLASSES;
+        let log = SMALL_MAX_LOG as usize + m / MEDIUM_PER_DOUBLING;
+        (1 << log) + (m % MEDIUM_PER_DOUBLING + 1) * (1 << (log - 3))
+    }
+}
+
+/// Bytes a pool of `slots` slots leaves unused with blocks of `size`.
+const fn tail_waste(slots: usize, size: usize) -> usize {
+    let room = slots * POOL_SIZE - POOL_OVERHEAD;
+    room - room / size * size + POOL_OVERHEAD
+}
+
+/// Slots a pool of blocks of `size` spans (see the module documentation).
+const fn span_slots_of(size: usize) -> usize {
+    let mut best = 0;
+    let mut slots = 1;
+    while slots <= MAX_SPAN_SLOTS {
+        if slots * POOL_SIZE - POOL_OVERHEAD >= size {
+            if tail_waste(slots, size) * 8 <= slots * POOL_SIZE {
+                return slots;
+            }
+            // Least waste as a fraction of the span: a/b < c/d  <=>  a*d < c*b.
+            if best == 0
+                || tail_waste(slots, size) * best * POOL_SIZE
+                    < tail_waste(best, size) * slots * POOL_SIZE
+            {
+                best = slots;
+            }
+        }
+        slots *= 2;
+    }
+    best
+}
+
+const BLOCK_SIZES: [u32; NUM_CLASSES] = {
+    let mut t = [0; NUM_CLASSES];
+    let mut i = 0;
+    while i < NUM_CLASSES {
+        t[i] = block_size_of(i) as u32;
+        i += 1;
+    }
+    t
+};
+
+const SPAN_SLOTS: [u8; NUM_CLASSES] = {
+    let mut t = [0; NUM_CLASSES];
+    let mut i = 0;
+    while i < NUM_CLASSES {
+        t[i] = span_slots_of(block_size_of(i)) as u8;
+        assert!(
+            t[i] != 0,
+            "every class fits a pool of at most MAX_SPAN_SLOTS slots"
+        );
+        i += 1;
+    }
+    t
+};
+
+const _: () = assert!(block_size_of(NUM_CLASSES - 1) == POOLED_MAX);
+
+/// One size class.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SizeClass(u8);
 
-const _: () = assert!(NUM_CLASSES <= u8::MAX as usize + 1);
-
 impl SizeClass {
     /// The smallest class whose blocks hold `size` bytes (a zero size takes the first class),
-    /// or `None` above [`SMALL_MAX`]. No loop, no table: one shift.
+    /// or `None` above [`POOLED_MAX`]. No loop, no table: a shift, or a log and two shifts.
     #[inline(always)]
     pub const fn for_size(size: usize) -> Option<SizeClass> {
-        if size > SMALL_MAX {
-            None
-        } else {
+        if size <= SMALL_MAX {
             Some(SizeClass((size.saturating_sub(1) / ALIGNMENT) as u8))
+        } else if size <= POOLED_MAX {
+            let x = size - 1;
+            let log = x.ilog2();
+            let step = (x >> (log - 3)) & (MEDIUM_PER_DOUBLING - 1);
+            let index = SMALL_CLASSES + (log - SMALL_MAX_LOG) as usize * MEDIUM_PER_DOUBLING + step;
+            Some(SizeClass(index as u8))
+        } else {
+            None
         }
     }
 
@@ -47,7 +144,19 @@ impl SizeClass {
     /// Bytes in each block of this class.
     #[inline(always)]
     pub const fn block_size(self) -> usize {
-        (self.0 as usize + 1) * ALIGNMENT
+        BLOCK_SIZES[self.0 as usize] as usize
+    }
+
+    /// Slots of [`POOL_SIZE`] bytes that a pool of this class spans (a power of two).
+    #[inline(always)]
+    pub const fn span_slots(self) -> usize {
+        SPAN_SLOTS[self.0 as usize] as usize
+    }
+
+    /// Bytes of a pool of this class; pools are aligned to it.
+    #[inline(always)]
+    pub const fn pool_bytes(self) -> usize {
+        self.span_slots() * POOL_SIZE
     }
 
     /// Every class, smallest first.
@@ -61,25 +170,79 @@ mod tests {
     use super::*;
 
     #[test]
-    fn classes_cover_every_small_size_exactly() {
-        assert_eq!(NUM_CLASSES, 32);
+    fn classes_cover_every_pooled_size_with_at_most_an_eighth_wasted() {
+        assert_eq!(NUM_CLASSES, 32 + 72);
         assert_eq!(SizeClass::for_size(0).unwrap().block_size(), 16);
-        for size in 1..=SMALL_MAX {
+        let mut previous = SizeClass::for_size(1).unwrap();
+        let step = if cfg!(miri) { 97 } else { 1 };
+        for size in (1..=POOLED_MAX).step_by(step).chain([POOLED_MAX]) {
             let class = SizeClass::for_size(size).unwrap();
-            assert!(class.block_size() >= size);
-            assert!(class.block_size() - size < ALIGNMENT, "size {size}");
-            assert_eq!(class.block_size() % ALIGNMENT, 0);
+            assert!(class.block_size() >= size, "size {size}");
+            assert!(
+                (class.block_size() - size) * 8 <= size.max(ALIGNMENT * 8),
+                "size {size} wastes too much"
+            );
+            assert!(class >= previous, "classes grow with sizes");
+            if class.index() > 0 {
+                let smaller = SizeClass::from_index(class.index() - 1).unwrap();
+                assert!(
+                    smaller.block_size() < size,
+                    "size {size}: a smaller class would do"
+                );
+            }
+            previous = class;
         }
-        assert_eq!(SizeClass::for_size(SMALL_MAX + 1), None);
+        assert_eq!(SizeClass::for_size(POOLED_MAX + 1), None);
         assert_eq!(SizeClass::for_size(usize::MAX), None);
     }
 
     #[test]
-    fn indices_round_trip() {
+    fn small_classes_are_obmallocs() {
+        for size in 1..=SMALL_MAX {
+            assert_eq!(
+                SizeClass::for_size(size).unwrap().block_size(),
+                size.next_multiple_of(16)
+            );
+        }
+    }
+
+    #[test]
+    fn every_block_size_maps_to_its_own_class() {
         for (i, class) in SizeClass::all().enumerate() {
             assert_eq!(class.index(), i);
             assert_eq!(SizeClass::from_index(i), Some(class));
+            assert_eq!(SizeClass::for_size(class.block_size()), Some(class));
+            assert_eq!(class.block_size() % ALIGNMENT, 0);
         }
         assert_eq!(SizeClass::from_index(NUM_CLASSES), None);
+    }
+
+    #[test]
+    fn pool_spans_are_powers_of_two_that_fit_their_blocks() {
+        for class in SizeClass::all() {
+            let slots = class.span_slots();
+            assert!(
+                slots.is_power_of_two() && slots <= MAX_SPAN_SLOTS,
+                "{class:?}"
+            );
+            let room = class.pool_bytes() - POOL_OVERHEAD;
+            assert!(
+                room >= class.block_size(),
+                "{class:?} does not fit its pool"
+            );
+            if slots > 1 {
+                // A smaller span would fit fewer blocks or waste more than an eighth.
+                let half = tail_waste(slots / 2, class.block_size());
+                assert!(
+                    slots / 2 * POOL_SIZE - POOL_OVERHEAD < class.block_size()
+                        || half * 8 > slots / 2 * POOL_SIZE
+                );
+            }
+        }
+        assert_eq!(SizeClass::for_size(512).unwrap().span_slots(), 1);
+        assert_eq!(
+            SizeClass::for_size(POOLED_MAX).unwrap().span_slots(),
+            MAX_SPAN_SLOTS
+        );
     }
 }

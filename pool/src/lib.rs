@@ -1,15 +1,17 @@
 //! # pymalloc-pool
 //!
-//! The small-object half of pymalloc's design, after CPython's obmalloc: 32 size classes in
-//! 16-byte steps up to 512 bytes ([`SizeClass`]), and the 16 KiB *pool* that serves one class
-//! from its own singly-linked freelist ([`PoolPtr`]), carved lazily from a bump offset.
+//! The pooled half of pymalloc's design, after CPython's obmalloc: size classes
+//! ([`SizeClass`]) — obmalloc's 32 small classes in 16-byte steps up to 512 bytes, then eight
+//! medium classes per power of two up to 256 KiB — and the *pool* that serves one class from
+//! its own singly-linked freelist ([`PoolPtr`]), carved lazily from a bump offset. A pool is
+//! one 16 KiB slot, or for larger classes a span of several, always aligned to its own size.
 //!
 //! A pool is in one of three states, with obmalloc's transitions:
 //! - *used*: some blocks in use and some available; it sits in its class's [`PoolList`];
 //! - *full*: nothing left to hand out; it is in no list and rejoins on its first free
-//!   ([`Freed::WasFull`]);
-//! - *empty*: no block in use ([`Freed::Empty`]); its slot goes back to the arena, which may
-//!   give it to any class next.
+//!   ([`Freed::was_full`]);
+//! - *empty*: no block in use ([`Freed::now_empty`]); its slots go back to the arena, which
+//!   may give them to any class next.
 //!
 //! This crate knows nothing of where slots come from (the `pymalloc-arena` crate) nor of
 //! which heap owns a pool (the `pymalloc` crate). It is also home to [`fatal`], the
@@ -21,7 +23,7 @@ mod class;
 mod fatal;
 mod pool;
 
-pub use class::{ALIGNMENT, NUM_CLASSES, SMALL_MAX, SizeClass};
+pub use class::{ALIGNMENT, MAX_SPAN_SLOTS, NUM_CLASSES, POOLED_MAX, SMALL_MAX, SizeClass};
 pub use fatal::{ensure, fatal};
 pub use pool::{Freed, POOL_OVERHEAD, POOL_SIZE, Pool, PoolList, PoolPtr, blocks_per_pool};
 

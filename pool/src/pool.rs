@@ -1,14 +1,15 @@
-//! The pool: one [`POOL_SIZE`]-aligned slot of memory carved into blocks of one size class.
+//! The pool: `class.pool_bytes()` of memory — one slot of [`POOL_SIZE`] bytes, or a span of
+//! several — aligned to its own size and carved into blocks of one size class.
 //!
 //! ```text
 //! | Pool header | pad to POOL_OVERHEAD | block 0 | block 1 | ... | never used ... |
-//! ^ POOL_SIZE-aligned                                          ^ bump
+//! ^ aligned to the pool's size                                 ^ bump          ^ limit
 //! ```
 //!
 //! Invariants of a live pool (checked by [`PoolPtr::check`]):
-//! - P1 the header sits at the pool's `POOL_SIZE`-aligned start, so the header of any block
-//!   is found by masking the block's address ([`PoolPtr::containing`]).
-//! - P2 every block starts at `POOL_OVERHEAD + k * size` and ends by `POOL_SIZE`.
+//! - P1 the header sits at the pool's start, aligned to the pool's size, so the header of any
+//!   block is found by masking the block's address ([`PoolPtr::containing`]).
+//! - P2 every block starts at `POOL_OVERHEAD + k * size` and ends by `limit`, the pool's size.
 //! - P3 blocks below `bump` are either in use or on the freelist, never both; blocks at or
 //!   above `bump` have never been handed out (the pool is carved lazily, like obmalloc's).
 //! - P4 `used` + freelist length = number of blocks below `bump`.
@@ -20,20 +21,18 @@ use core::ptr::{self, NonNull};
 use crate::class::{ALIGNMENT, SizeClass};
 use crate::fatal::ensure;
 
-/// Bytes in one pool. A power of two: pool headers are found by masking block addresses.
+/// Bytes in one slot — the unit arenas hand out, and the size of a single-slot pool. A power
+/// of two, like every pool's size.
 pub const POOL_SIZE: usize = 16 * 1024;
 
 /// Bytes at the start of every pool taken by its header, rounded up to the block alignment.
 pub const POOL_OVERHEAD: usize = size_of::<Pool>().next_multiple_of(ALIGNMENT);
 
 const _: () = assert!(POOL_SIZE.is_power_of_two());
-// Every class has room for at least two blocks, so one free cannot both leave a full pool
-// and empty it: `Freed::WasFull` and `Freed::Empty` are exclusive.
-const _: () = assert!(blocks_per_pool(SizeClass::from_index(crate::NUM_CLASSES - 1).unwrap()) >= 2);
 
 /// Number of blocks of `class` that fit in one pool.
 pub const fn blocks_per_pool(class: SizeClass) -> usize {
-    (POOL_SIZE - POOL_OVERHEAD) / class.block_size()
+    (class.pool_bytes() - POOL_OVERHEAD) / class.block_size()
 }
 
 /// The header at the start of every pool.
@@ -48,8 +47,10 @@ pub struct Pool {
     used: u32,
     /// Offset of the first never-used block.
     bump: u32,
-    /// Block size of `class`, kept here so the fast path need not compute it.
+    /// Block size of `class`, kept here so the fast path need not look it up.
     size: u32,
+    /// Bytes of the pool: `class.pool_bytes()`.
+    limit: u32,
     class: SizeClass,
     /// Whether the never-used part of the pool reads zero (invariant P6).
     fresh: bool,
@@ -57,33 +58,42 @@ pub struct Pool {
 
 /// What a free did to its pool's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Freed {
-    /// The pool still has blocks in use and was not full before.
-    InUse,
-    /// The pool was full: it is usable again and must rejoin its class's list.
-    WasFull,
-    /// The last block in use came back: the whole pool is free.
-    Empty,
+pub struct Freed {
+    /// The pool was full before (so it was in no list, and now has a block to hand out).
+    pub was_full: bool,
+    /// The last block in use came back: the whole pool is free. A pool of one block is both
+    /// `was_full` and `now_empty`.
+    pub now_empty: bool,
+}
+
+impl Freed {
+    /// Whether the pool changed state: it was full, or it is now empty.
+    #[inline(always)]
+    pub fn changed_state(self) -> bool {
+        self.was_full | self.now_empty
+    }
 }
 
 /// A pointer to a live pool header. All access goes through raw pointers that carry the
-/// provenance of the whole slot, so blocks derived from it may cover the entire pool.
+/// provenance of the whole pool, so blocks derived from it may cover the entire pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolPtr(NonNull<Pool>);
 
 impl PoolPtr {
-    /// Formats `slot` as an empty pool of `class`.
+    /// Formats `memory` as an empty pool of `class`.
     ///
     /// # Safety
-    /// `slot` is `POOL_SIZE`-aligned, points to `POOL_SIZE` writable bytes that the caller owns
-    /// exclusively and that stay mapped while the pool is used; if `fresh`, they read zero.
-    pub unsafe fn init(slot: NonNull<u8>, class: SizeClass, fresh: bool) -> PoolPtr {
+    /// `memory` is aligned to `class.pool_bytes()` and points to that many writable bytes that
+    /// the caller owns exclusively and that stay mapped while the pool is used; if `fresh`,
+    /// they read zero.
+    pub unsafe fn init(memory: NonNull<u8>, class: SizeClass, fresh: bool) -> PoolPtr {
+        let limit = class.pool_bytes();
         ensure(
-            slot.addr().get() % POOL_SIZE == 0,
-            "pool slot is not POOL_SIZE-aligned",
+            memory.addr().get() % limit == 0,
+            "pool memory is not aligned to its size",
         );
-        let pool = slot.cast::<Pool>();
-        // SAFETY: the caller guarantees the slot is writable and ours; the header fits in it.
+        let pool = memory.cast::<Pool>();
+        // SAFETY: the caller guarantees the memory is writable and ours; the header fits in it.
         unsafe {
             pool.write(Pool {
                 free: ptr::null_mut(),
@@ -92,6 +102,7 @@ impl PoolPtr {
                 used: 0,
                 bump: POOL_OVERHEAD as u32,
                 size: class.block_size() as u32,
+                limit: limit as u32,
                 class,
                 fresh,
             });
@@ -99,19 +110,28 @@ impl PoolPtr {
         PoolPtr(pool)
     }
 
-    /// The pool that contains `block` (invariant P1). Pure address arithmetic: the result is
-    /// only meaningful if `block` lies in a pool.
+    /// The pool of `class` that contains `block` (invariant P1). Pure address arithmetic: the
+    /// result is only meaningful if `block` lies in a pool of that class.
     #[inline(always)]
-    pub fn containing(block: NonNull<u8>) -> PoolPtr {
-        let base = block.as_ptr().map_addr(|a| a & !(POOL_SIZE - 1));
+    pub fn containing(block: NonNull<u8>, class: SizeClass) -> PoolPtr {
+        let base = block.as_ptr().map_addr(|a| a & !(class.pool_bytes() - 1));
         // SAFETY: a block lies at least POOL_OVERHEAD bytes above its pool's start, and the
         // pool itself is mapped memory, so the masked address is not zero.
         PoolPtr(unsafe { NonNull::new_unchecked(base.cast()) })
     }
 
-    /// The pool's slot: the address it was created at.
+    /// The pool that starts at `memory`.
+    ///
+    /// # Safety
+    /// A live pool starts at `memory`.
+    #[inline]
+    pub unsafe fn at(memory: NonNull<u8>) -> PoolPtr {
+        PoolPtr(memory.cast())
+    }
+
+    /// The pool's memory: the address it was created at.
     #[inline(always)]
-    pub fn slot(self) -> NonNull<u8> {
+    pub fn memory(self) -> NonNull<u8> {
         self.0.cast()
     }
 
@@ -131,12 +151,12 @@ impl PoolPtr {
                 (*p).used += 1;
                 return Some((block, false));
             }
-            let bump = (*p).bump as usize;
-            let next = bump + (*p).size as usize;
-            if next <= POOL_SIZE {
-                (*p).bump = next as u32;
+            let bump = (*p).bump;
+            let next = bump + (*p).size;
+            if next <= (*p).limit {
+                (*p).bump = next;
                 (*p).used += 1;
-                return Some((self.0.cast::<u8>().add(bump), (*p).fresh));
+                return Some((self.0.cast::<u8>().add(bump as usize), (*p).fresh));
             }
         }
         None
@@ -150,7 +170,7 @@ impl PoolPtr {
     pub unsafe fn is_full(self) -> bool {
         let p = self.0.as_ptr();
         // SAFETY: the pool is live (caller).
-        unsafe { (*p).free.is_null() && (*p).bump as usize + (*p).size as usize > POOL_SIZE }
+        unsafe { (*p).free.is_null() && (*p).bump + (*p).size > (*p).limit }
     }
 
     /// Returns `block` to the freelist.
@@ -172,12 +192,9 @@ impl PoolPtr {
             block.cast::<*mut u8>().write((*p).free);
             (*p).free = block.as_ptr();
             (*p).used -= 1;
-            if (*p).used == 0 {
-                Freed::Empty
-            } else if was_full {
-                Freed::WasFull
-            } else {
-                Freed::InUse
+            Freed {
+                was_full,
+                now_empty: (*p).used == 0,
             }
         }
     }
@@ -218,26 +235,24 @@ impl PoolPtr {
         unsafe { (*self.0.as_ptr()).used as usize }
     }
 
-    /// Checks invariants P2 to P5 by walking the freelist.
+    /// Checks invariants P1 to P5 by walking the freelist.
     ///
     /// # Safety
     /// `self` is a live pool the caller has exclusive access to.
     pub unsafe fn check(self) -> Result<(), &'static str> {
         // SAFETY: the pool is live and ours (caller).
-        let (class, size, bump, used, mut free) = unsafe {
+        let (class, size, limit, bump, used, mut free) = unsafe {
             let p = self.0.as_ptr();
-            (
-                (*p).class,
-                (*p).size as usize,
-                (*p).bump as usize,
-                (*p).used as usize,
-                (*p).free,
-            )
+            let (size, limit, bump) = ((*p).size as usize, (*p).limit as usize, (*p).bump as usize);
+            ((*p).class, size, limit, bump, (*p).used as usize, (*p).free)
         };
-        if size != class.block_size() {
-            return Err("pool: block size does not match its class");
+        if size != class.block_size() || limit != class.pool_bytes() {
+            return Err("pool: block or pool size does not match its class");
         }
-        if !(POOL_OVERHEAD..=POOL_SIZE).contains(&bump) || (bump - POOL_OVERHEAD) % size != 0 {
+        if self.0.addr().get() % limit != 0 {
+            return Err("pool: not aligned to its size");
+        }
+        if !(POOL_OVERHEAD..=limit).contains(&bump) || (bump - POOL_OVERHEAD) % size != 0 {
             return Err("pool: bump offset off the block grid");
         }
         let carved = (bump - POOL_OVERHEAD) / size;

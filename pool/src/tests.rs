@@ -6,24 +6,22 @@ use quickcheck::{QuickCheck, TestResult};
 
 use super::*;
 
-/// A pool-sized, pool-aligned, zeroed slot owned by the test.
-struct Slot(NonNull<u8>);
+/// Zeroed memory for one pool of a class, aligned to its size, owned by the test.
+struct Mem(NonNull<u8>, Layout);
 
-impl Slot {
-    fn new() -> Slot {
+impl Mem {
+    fn new(class: SizeClass) -> Mem {
+        let layout = Layout::from_size_align(class.pool_bytes(), class.pool_bytes()).unwrap();
         // SAFETY: the layout has a non-zero size.
-        let p = unsafe { alloc_zeroed(Self::layout()) };
-        Slot(NonNull::new(p).expect("test slot"))
-    }
-    fn layout() -> Layout {
-        Layout::from_size_align(POOL_SIZE, POOL_SIZE).unwrap()
+        let p = unsafe { alloc_zeroed(layout) };
+        Mem(NonNull::new(p).expect("test memory"), layout)
     }
 }
 
-impl Drop for Slot {
+impl Drop for Mem {
     fn drop(&mut self) {
-        // SAFETY: allocated in `new` with the same layout.
-        unsafe { dealloc(self.0.as_ptr(), Self::layout()) }
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { dealloc(self.0.as_ptr(), self.1) }
     }
 }
 
@@ -33,9 +31,14 @@ fn quickcheck_tests() -> u64 {
 
 #[test]
 fn carves_every_block_once_then_reports_full() {
-    for class in SizeClass::all() {
-        let slot = Slot::new();
-        // SAFETY: the slot is ours, aligned, zeroed.
+    // Under Miri, a sample of the classes (the big ones take long to carve and check).
+    let step = if cfg!(miri) { 13 } else { 1 };
+    for class in SizeClass::all()
+        .step_by(step)
+        .chain(SizeClass::from_index(NUM_CLASSES - 1))
+    {
+        let slot = Mem::new(class);
+        // SAFETY: the memory is ours, aligned, zeroed.
         let pool = unsafe { PoolPtr::init(slot.0, class, true) };
         let mut seen = BTreeSet::new();
         let capacity = blocks_per_pool(class);
@@ -45,9 +48,14 @@ fn carves_every_block_once_then_reports_full() {
             assert!(zeroed, "never-used block of a fresh pool is zero");
             let offset = block.addr().get() - slot.0.addr().get();
             assert_eq!(offset, POOL_OVERHEAD + i * class.block_size());
-            assert!(offset + class.block_size() <= POOL_SIZE);
+            assert!(offset + class.block_size() <= class.pool_bytes());
             assert_eq!(block.addr().get() % ALIGNMENT, 0);
-            assert_eq!(PoolPtr::containing(block), pool);
+            assert_eq!(PoolPtr::containing(block, class), pool);
+            // SAFETY: the last byte of a block just handed out.
+            assert_eq!(
+                PoolPtr::containing(unsafe { block.add(class.block_size() - 1) }, class),
+                pool
+            );
             assert!(seen.insert(offset));
             // SAFETY: live pool.
             assert_eq!(unsafe { pool.is_full() }, i + 1 == capacity);
@@ -63,9 +71,9 @@ fn carves_every_block_once_then_reports_full() {
 
 #[test]
 fn state_transitions_follow_obmalloc() {
-    let slot = Slot::new();
     let class = SizeClass::for_size(512).unwrap();
-    // SAFETY: the slot is ours; every block freed below was handed out by this pool.
+    let slot = Mem::new(class);
+    // SAFETY: the memory is ours; every block freed below was handed out by this pool.
     unsafe {
         let pool = PoolPtr::init(slot.0, class, false);
         let blocks: Vec<_> = std::iter::from_fn(|| pool.alloc()).collect();
@@ -74,21 +82,33 @@ fn state_transitions_follow_obmalloc() {
             blocks.iter().all(|&(_, zeroed)| !zeroed),
             "pool was not fresh"
         );
-        assert_eq!(pool.free(blocks[3].0), Freed::WasFull);
-        assert_eq!(pool.free(blocks[5].0), Freed::InUse);
+        let in_use = Freed {
+            was_full: false,
+            now_empty: false,
+        };
+        assert_eq!(
+            pool.free(blocks[3].0),
+            Freed {
+                was_full: true,
+                now_empty: false
+            }
+        );
+        assert_eq!(pool.free(blocks[5].0), in_use);
         // LIFO reuse of freed blocks, not marked zero.
         assert_eq!(pool.alloc(), Some((blocks[5].0, false)));
-        assert_eq!(pool.free(blocks[5].0), Freed::InUse);
+        assert_eq!(pool.free(blocks[5].0), in_use);
         for (i, &(b, _)) in blocks.iter().enumerate() {
             if i == 3 || i == 5 {
                 continue;
             }
-            let expected = if pool.used() == 1 {
-                Freed::Empty
-            } else {
-                Freed::InUse
-            };
-            assert_eq!(pool.free(b), expected);
+            let last = pool.used() == 1;
+            assert_eq!(
+                pool.free(b),
+                Freed {
+                    was_full: false,
+                    now_empty: last
+                }
+            );
         }
         assert_eq!(pool.used(), 0);
         assert_eq!(pool.check(), Ok(()));
@@ -97,9 +117,9 @@ fn state_transitions_follow_obmalloc() {
 
 #[test]
 fn block_start_finds_the_block_of_an_interior_pointer() {
-    let slot = Slot::new();
     let class = SizeClass::for_size(96).unwrap();
-    // SAFETY: the slot is ours and the pointers stay inside handed-out blocks.
+    let slot = Mem::new(class);
+    // SAFETY: the memory is ours and the pointers stay inside handed-out blocks.
     unsafe {
         let pool = PoolPtr::init(slot.0, class, true);
         for _ in 0..10 {
@@ -113,9 +133,9 @@ fn block_start_finds_the_block_of_an_interior_pointer() {
 
 #[test]
 fn check_catches_a_corrupted_freelist() {
-    let slot = Slot::new();
     let class = SizeClass::for_size(32).unwrap();
-    // SAFETY: the slot is ours; the corruption writes inside a freed block.
+    let slot = Mem::new(class);
+    // SAFETY: the memory is ours; the corruption writes inside a freed block.
     unsafe {
         let pool = PoolPtr::init(slot.0, class, true);
         let (a, _) = pool.alloc().unwrap();
@@ -133,8 +153,8 @@ fn check_catches_a_corrupted_freelist() {
 
 #[test]
 fn pool_list_links_and_unlinks() {
-    let slots: Vec<Slot> = (0..3).map(|_| Slot::new()).collect();
     let class = SizeClass::for_size(16).unwrap();
+    let slots: Vec<Mem> = (0..3).map(|_| Mem::new(class)).collect();
     // SAFETY: every slot is ours and each pool is in the list at most once.
     unsafe {
         let pools: Vec<PoolPtr> = slots
@@ -166,7 +186,7 @@ fn pool_list_links_and_unlinks() {
 fn pool_matches_a_model() {
     fn prop(class_index: u8, ops: Vec<(bool, u16)>) -> TestResult {
         let class = SizeClass::from_index(class_index as usize % NUM_CLASSES).unwrap();
-        let slot = Slot::new();
+        let slot = Mem::new(class);
         let capacity = blocks_per_pool(class);
         let mut live: Vec<NonNull<u8>> = Vec::new();
         let mut offsets = BTreeSet::new();
@@ -193,7 +213,7 @@ fn pool_matches_a_model() {
                     let b = live.swap_remove(pick as usize % live.len());
                     offsets.remove(&b.addr().get());
                     let expected_empty = live.is_empty();
-                    if (pool.free(b) == Freed::Empty) != expected_empty {
+                    if pool.free(b).now_empty != expected_empty {
                         return TestResult::error("Empty reported wrongly");
                     }
                 }
@@ -210,4 +230,45 @@ fn pool_matches_a_model() {
     QuickCheck::new()
         .tests(quickcheck_tests())
         .quickcheck(prop as fn(u8, Vec<(bool, u16)>) -> TestResult);
+}
+
+#[test]
+fn a_pool_of_one_block_is_full_and_empty_in_turn() {
+    let class = SizeClass::for_size(POOLED_MAX).unwrap();
+    assert_eq!(blocks_per_pool(class), 1);
+    let mem = Mem::new(class);
+    // SAFETY: the memory is ours; the block is freed once.
+    unsafe {
+        let pool = PoolPtr::init(mem.0, class, true);
+        let (b, zeroed) = pool.alloc().unwrap();
+        assert!(zeroed && pool.is_full());
+        assert_eq!(
+            pool.free(b),
+            Freed {
+                was_full: true,
+                now_empty: true
+            }
+        );
+        assert_eq!(pool.check(), Ok(()));
+    }
+}
+
+#[test]
+fn blocks_of_a_multi_slot_pool_find_its_header() {
+    let class = SizeClass::for_size(20_000).unwrap();
+    assert!(class.span_slots() > 1);
+    let mem = Mem::new(class);
+    // SAFETY: the memory is ours; pointers stay inside handed-out blocks.
+    unsafe {
+        let pool = PoolPtr::init(mem.0, class, true);
+        while let Some((b, _)) = pool.alloc() {
+            assert_eq!(
+                PoolPtr::containing(b.add(class.block_size() - 1), class),
+                pool
+            );
+            assert!(b.addr().get() + class.block_size() <= mem.0.addr().get() + class.pool_bytes());
+        }
+        assert_eq!(pool.used(), blocks_per_pool(class));
+        assert_eq!(pool.check(), Ok(()));
+    }
 }
