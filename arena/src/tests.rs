@@ -318,7 +318,7 @@ fn manager_matches_a_model() {
                 0 | 1 => {
                     for i in 0..1 + pick % 40 {
                         let slots = if i % 3 == 0 {
-                            1 << (pick as usize + i as usize) % 6
+                            1 << ((pick as usize + i as usize) % 6)
                         } else {
                             1
                         };
