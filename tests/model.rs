@@ -394,3 +394,51 @@ fn waves_fill_and_empty_pools_across_classes() {
         "{stats}"
     );
 }
+
+/// A buffer doubling from 1 byte to 64 MiB (on the operating system, so large blocks use
+/// `mremap`): it never moves while its class stays the same, so it is copied at most once per
+/// class change, and its contents always survive.
+#[test]
+fn realloc_moves_only_when_the_class_changes() {
+    let a = Allocator::new(pymalloc::OsPlatform);
+    let mut layout = Layout::from_size_align(1, 1).unwrap();
+    let mut p = a.alloc(layout);
+    // SAFETY: a fresh block of one byte.
+    unsafe { fill(p, 1, 7) };
+    let (mut moves, mut class_changes) = (0, 0);
+    while layout.size() < 64 << 20 {
+        for new_size in [layout.size() + layout.size() / 2, layout.size() * 2] {
+            let same_class = match (class_of(layout.size()), class_of(new_size)) {
+                (Some(a), Some(b)) => a == b,
+                _ => false,
+            };
+            // SAFETY: a live block of `layout`.
+            let q = unsafe { a.realloc(p, layout, new_size) };
+            assert!(!q.is_null());
+            if same_class {
+                assert_eq!(
+                    q,
+                    p,
+                    "{} -> {new_size} stays in its class and in place",
+                    layout.size()
+                );
+            }
+            class_changes += !same_class as usize;
+            moves += (q != p) as usize;
+            // SAFETY: the block holds `new_size` bytes, the first `layout.size()` filled.
+            unsafe {
+                assert!(holds_prefix(q, layout.size(), layout.size(), 7));
+                fill(q, new_size, 7);
+            }
+            p = q;
+            layout = Layout::from_size_align(new_size, 1).unwrap();
+        }
+    }
+    assert!(
+        moves <= class_changes,
+        "{moves} moves for {class_changes} class changes"
+    );
+    // SAFETY: a live block of `layout`.
+    unsafe { a.dealloc(p, layout) };
+    a.check().unwrap();
+}

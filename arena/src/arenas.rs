@@ -16,9 +16,12 @@
 //!   non-empty buckets, so the fullest arena with a free slot is one `trailing_zeros` away, and
 //!   moving an arena when its count changes is O(1). Sparse arenas thus drain and can go back.
 //! - *Spans in O(1)*: for each span length above one, a list holds the arenas that have a free,
-//!   aligned run of that length; an arena's membership is recomputed (a few bit operations per
-//!   length) whenever its `free` bitmap changes.
-//! - *Dirty before fresh*: a single slot is taken dirty first (no page faults).
+//!   aligned run of that length, and another those with such a run wholly dirty; an arena's
+//!   memberships are recomputed (a few bit operations per length) whenever its bitmaps change.
+//!   A span is taken from a dirty run when there is one anywhere, so freed memory is reused
+//!   before fresh memory is faulted in (and long before it would be decommitted).
+//! - *Dirty before fresh*: a single slot, or a run wholly dirty, is taken first (no page
+//!   faults).
 //! - *Decommit with hysteresis*: once more than [`DIRTY_LIMIT`] free slots are dirty, the
 //!   oldest are decommitted until half that remains, so a pool freed and taken again in a loop
 //!   costs no system call, yet a program that frees a lot gets its memory back.
@@ -33,7 +36,7 @@
 //! - A3 an arena is in the dirty list exactly when its `dirty` is not zero, and `dirty_slots`
 //!   is the sum of their dirty bits; `empty` counts the arenas with every slot free;
 //! - A4 an arena is in the run list of a span length exactly when it has a free aligned run of
-//!   that length;
+//!   that length, and in the dirty-run list exactly when it has a wholly dirty one;
 //! - A5 the radix tree maps every arena's granule to its header, and nothing else.
 
 use core::ptr::{self, NonNull};
@@ -58,6 +61,8 @@ pub const DIRTY_LIMIT: usize = (4 << 20) / POOL_SIZE;
 
 /// Span lengths above one slot: 2, 4, … MAX_SPAN_SLOTS.
 const SPAN_LENGTHS: usize = MAX_SPAN_SLOTS.trailing_zeros() as usize;
+/// Run lists: one per span length for free runs, then one per span length for dirty runs.
+const RUN_LISTS: usize = 2 * SPAN_LENGTHS;
 
 const _: () = assert!(
     SLOTS >= 2 && SLOTS <= u64::BITS as usize,
@@ -107,13 +112,13 @@ pub struct Header {
     free: u64,
     dirty: u64,
     heads: u64,
-    /// Bit `i` set iff the arena is in the run list of span length `2 << i`.
-    in_run_lists: u8,
+    /// Bit `i` set iff the arena is in run list `i` (see [`Arenas::with_run`]).
+    in_run_lists: u16,
     /// Span length of the pool starting at each slot (meaningful for heads only).
     span: [u8; SLOTS],
     bucket: Links,
     dirty_list: Links,
-    run_lists: [Links; SPAN_LENGTHS],
+    run_lists: [Links; RUN_LISTS],
 }
 
 /// Which of a header's links a list uses.
@@ -252,11 +257,14 @@ pub struct Arenas {
     by_free: [List; SLOTS],
     /// Bit `n` set iff `by_free[n]` is not empty.
     nonempty: u64,
-    /// `with_run[i]`: arenas with a free aligned run of `2 << i` slots.
-    with_run: [List; SPAN_LENGTHS],
+    /// `with_run[i]`: arenas with a free aligned run of `2 << i` slots; `with_run[SPAN_LENGTHS
+    /// + i]`: arenas with a wholly dirty one.
+    with_run: [List; RUN_LISTS],
     /// Arenas with dirty free slots, the oldest first.
     dirty: List,
     dirty_slots: usize,
+    /// Slots in pools in use, over all arenas.
+    slots_in_use: usize,
     arenas: usize,
     empty: usize,
     radix: RadixTree<Header, ARENA_SHIFT>,
@@ -278,9 +286,10 @@ impl Arenas {
         Arenas {
             by_free: [const { List::EMPTY }; SLOTS],
             nonempty: 0,
-            with_run: [const { List::EMPTY }; SPAN_LENGTHS],
+            with_run: [const { List::EMPTY }; RUN_LISTS],
             dirty: List::EMPTY,
             dirty_slots: 0,
+            slots_in_use: 0,
             arenas: 0,
             empty: 0,
             radix: RadixTree::new(),
@@ -327,6 +336,22 @@ impl Arenas {
         }
     }
 
+    /// Whether the arena belongs in run list `i` (A4).
+    ///
+    /// # Safety
+    /// `h` is a live arena header.
+    unsafe fn belongs_in_run_list(h: *mut Header, i: usize) -> bool {
+        // SAFETY: a live header (caller).
+        let bits = unsafe {
+            if i < SPAN_LENGTHS {
+                (*h).free
+            } else {
+                (*h).dirty
+            }
+        };
+        aligned_runs(bits, 2 << (i % SPAN_LENGTHS)) != 0
+    }
+
     /// Brings the arena's run-list memberships in line with its `free` bitmap (A4).
     ///
     /// # Safety
@@ -335,14 +360,14 @@ impl Arenas {
         for (i, list) in self.with_run.iter_mut().enumerate() {
             // SAFETY: a live header (caller); membership follows its `in_run_lists` bit.
             unsafe {
-                let has = aligned_runs((*h).free, 2 << i) != 0;
+                let has = Self::belongs_in_run_list(h, i);
                 let member = (*h).in_run_lists & (1 << i) != 0;
                 if has && !member {
                     list.push_back(h, Chain::Runs(i));
                 } else if !has && member {
                     list.remove(h, Chain::Runs(i));
                 }
-                (*h).in_run_lists ^= ((has != member) as u8) << i;
+                (*h).in_run_lists ^= ((has != member) as u16) << i;
             }
         }
     }
@@ -375,27 +400,35 @@ impl Arenas {
                 self.new_arena(platform)?
             }
         } else {
-            // SAFETY: `len` is 2 ..= MAX_SPAN_SLOTS, so the index is below SPAN_LENGTHS.
-            let head = unsafe {
-                self.with_run
-                    .get_unchecked(len.trailing_zeros() as usize - 1)
-                    .head
+            // A wholly dirty run anywhere, else any free run, else a new arena. `len` is
+            // 2 ..= MAX_SPAN_SLOTS, so both indices are below RUN_LISTS.
+            let i = len.trailing_zeros() as usize - 1;
+            // SAFETY: as above.
+            let (dirty, any) = unsafe {
+                let lists = &self.with_run;
+                (
+                    lists.get_unchecked(SPAN_LENGTHS + i).head,
+                    lists.get_unchecked(i).head,
+                )
             };
-            if head.is_null() {
-                self.new_arena(platform)?
-            } else {
-                head
+            match (dirty.is_null(), any.is_null()) {
+                (false, _) => dirty,
+                (true, false) => any,
+                (true, true) => self.new_arena(platform)?,
             }
         };
         // SAFETY: `h` is a live arena with a free aligned run of `len` slots (its list, or a new
         // arena); the run chosen becomes the caller's.
         unsafe {
             let (free, dirty) = ((*h).free, (*h).dirty);
-            let start = if len == 1 && dirty != 0 {
-                dirty.trailing_zeros()
+            // A wholly dirty run first (`dirty ⊆ free`), else any free run.
+            let dirty_runs = aligned_runs(dirty, len);
+            let runs = if dirty_runs != 0 {
+                dirty_runs
             } else {
-                aligned_runs(free, len).trailing_zeros()
+                aligned_runs(free, len)
             };
+            let start = runs.trailing_zeros();
             let run = run_mask(start, len);
             let pool = Self::slot(h, start);
             let dirty_in_run = dirty & run;
@@ -405,6 +438,7 @@ impl Arenas {
             let n = Self::free_count(h);
             self.bucket_out(h, n);
             (*h).free &= !run;
+            self.slots_in_use += slots;
             (*h).heads |= 1 << start;
             (*h).span[start as usize] = len as u8;
             if dirty_in_run != 0 {
@@ -437,7 +471,7 @@ impl Arenas {
                 span: [0; SLOTS],
                 bucket: UNLINKED,
                 dirty_list: UNLINKED,
-                run_lists: [const { UNLINKED }; SPAN_LENGTHS],
+                run_lists: [const { UNLINKED }; RUN_LISTS],
             });
         }
         if self
@@ -477,6 +511,7 @@ impl Arenas {
             let n = Self::free_count(h);
             self.bucket_out(h, n);
             (*h).free |= run;
+            self.slots_in_use -= len as usize;
             (*h).heads &= !(1 << start);
             if (*h).dirty == 0 {
                 self.dirty.push_back(h, Chain::Dirty);
@@ -532,18 +567,26 @@ impl Arenas {
             }
             // SAFETY: `h` is a live arena in the dirty list; its dirty slots are free, so their
             // contents are ours to give up.
-            unsafe {
-                while (*h).dirty != 0 {
+            let refused = unsafe {
+                let mut refused = false;
+                while (*h).dirty != 0 && !refused {
                     let d = (*h).dirty;
                     let start = d.trailing_zeros();
                     let len = (!(d >> start)).trailing_zeros();
-                    if !platform.decommit(Self::slot(h, start), len as usize * POOL_SIZE) {
-                        return;
+                    refused = !platform.decommit(Self::slot(h, start), len as usize * POOL_SIZE);
+                    if !refused {
+                        (*h).dirty &= !run_mask(start, len);
+                        self.dirty_slots -= len as usize;
                     }
-                    (*h).dirty &= !run_mask(start, len);
-                    self.dirty_slots -= len as usize;
                 }
-                self.dirty.remove(h, Chain::Dirty);
+                if (*h).dirty == 0 {
+                    self.dirty.remove(h, Chain::Dirty);
+                }
+                self.update_run_lists(h);
+                refused
+            };
+            if refused {
+                return;
             }
         }
     }
@@ -608,7 +651,7 @@ impl Arenas {
             arenas: self.arenas,
             empty_arenas: self.empty,
             pools_in_use: pools,
-            slots_in_use: self.arenas * POOLS_PER_ARENA - free_slots,
+            slots_in_use: self.slots_in_use,
             free_dirty_slots: self.dirty_slots,
             free_clean_slots: free_slots - self.dirty_slots,
             mapped_bytes: self.arenas * ARENA_SIZE + self.radix.node_bytes_in_use(),
@@ -658,9 +701,10 @@ impl Arenas {
         if tiled != USABLE & !free {
             return Err("arenas: slots in use that belong to no pool");
         }
-        for i in 0..SPAN_LENGTHS {
-            if (aligned_runs(free, 2 << i) != 0) != (in_runs & (1 << i) != 0) {
-                return Err("arenas: run-list membership disagrees with the free slots");
+        for i in 0..RUN_LISTS {
+            // SAFETY: a live header (caller).
+            if unsafe { Self::belongs_in_run_list(h, i) } != (in_runs & (1 << i) != 0) {
+                return Err("arenas: run-list membership disagrees with the bitmaps");
             }
         }
         if self.radix.get(h.addr()).map(NonNull::as_ptr) != Some(h) {
@@ -672,7 +716,7 @@ impl Arenas {
     /// Checks invariants A1 to A5.
     pub fn check(&self) -> Result<(), &'static str> {
         let (mut arenas, mut empty, mut dirty_slots, mut dirty_arenas) = (0, 0, 0, 0);
-        let mut in_runs = [0usize; SPAN_LENGTHS];
+        let mut in_runs = [0usize; RUN_LISTS];
         let mut result = Ok(());
         for (n, list) in self.by_free.iter().enumerate() {
             if (self.nonempty >> n & 1 == 1) == list.head.is_null() {
@@ -706,6 +750,17 @@ impl Arenas {
         }
         if dirty_slots != self.dirty_slots || listed != dirty_arenas {
             return Err("arenas: dirty slot count or dirty list is off");
+        }
+        let free_slots: usize = (0..SLOTS)
+            .map(|n| {
+                let mut len = 0;
+                // SAFETY: bucketed headers are live (A1).
+                unsafe { self.by_free[n].for_each(Chain::Bucket, |_| len += 1) };
+                n * len
+            })
+            .sum();
+        if self.slots_in_use != self.arenas * POOLS_PER_ARENA - free_slots {
+            return Err("arenas: count of slots in use is off");
         }
         for (i, list) in self.with_run.iter().enumerate() {
             let mut len = 0;

@@ -62,6 +62,21 @@ pub const WORKLOADS: &[Workload] = &[
         run: json,
     },
     Workload {
+        name: "vec-growth",
+        what: "Vec<u8> and String grown by pushes to 200 KiB, many times",
+        run: vec_growth,
+    },
+    Workload {
+        name: "vec-growth-large",
+        what: "Vec<u8> and String grown by pushes to 4 MiB (past the pooled sizes)",
+        run: vec_growth_large,
+    },
+    Workload {
+        name: "medium-random",
+        what: "random sizes from 513 B to 256 KiB, each page written, replaced in 2000 slots",
+        run: medium_random,
+    },
+    Workload {
         name: "fragmentation",
         what: "random-sized buffers, a random 60% freed each round",
         run: fragmentation,
@@ -163,6 +178,52 @@ fn json(scale: Scale) -> u64 {
     let value: serde_json::Value = serde_json::from_str(&doc).expect("generated JSON parses");
     let out = serde_json::to_string(&value).expect("JSON prints");
     doc.len() as u64 + out.len() as u64
+}
+
+/// `rounds` times, a `Vec<u8>` pushed byte by byte and a `String` by 8-byte pieces to about
+/// `target` bytes each.
+fn grow(rounds: usize, target: usize) -> u64 {
+    let mut total = 0;
+    for round in 0..rounds {
+        let target = target - round % 100 * 64;
+        let mut bytes: Vec<u8> = Vec::new();
+        let mut text = String::new();
+        while bytes.len() < target {
+            bytes.push(bytes.len() as u8);
+            if bytes.len() % 8 == 0 {
+                text.push_str("pymalloc");
+            }
+        }
+        total += black_box(bytes).len() as u64 + black_box(text).len() as u64;
+    }
+    total
+}
+
+fn vec_growth(scale: Scale) -> u64 {
+    grow(scale.pick(400, 1600), 200 << 10)
+}
+
+fn vec_growth_large(scale: Scale) -> u64 {
+    grow(scale.pick(60, 240), 4 << 20)
+}
+
+fn medium_random(scale: Scale) -> u64 {
+    let mut rng = Rng::new(5);
+    let mut slots: Vec<Vec<u8>> = (0..2000).map(|_| Vec::new()).collect();
+    let mut checksum = 0u64;
+    for _ in 0..scale.pick(300_000, 1_200_000) {
+        let i = rng.below(slots.len() as u64) as usize;
+        let len = rng.log_uniform(513, 256 << 10);
+        let mut block: Vec<u8> = Vec::with_capacity(len);
+        // Written as a buffer in use would be: every page, and the last byte.
+        let spare = block.spare_capacity_mut();
+        for at in (0..len).step_by(4096).chain([len - 1]) {
+            spare[at].write(at as u8);
+        }
+        let old = std::mem::replace(&mut slots[i], block);
+        checksum += old.capacity() as u64;
+    }
+    checksum + slots.iter().map(|s| s.capacity() as u64).sum::<u64>()
 }
 
 fn fragmentation(scale: Scale) -> u64 {
