@@ -8,10 +8,12 @@
 //! static GLOBAL: pymalloc::PyMalloc = pymalloc::PyMalloc;
 //! ```
 //!
-//! Requests up to 512 bytes (after padding for alignment) are served from 16 KiB *pools* of
-//! one size class, each with its own freelist, carved from 1 MiB *arenas* that a radix tree
-//! maps; whole-empty pools are recycled across size classes in O(1), and memory goes back to
-//! the system with hysteresis. Larger requests get their own mappings, with a small cache.
+//! Requests up to 256 KiB (after padding for alignment) are served from *pools* of one size
+//! class — obmalloc's 16-byte classes to 512 bytes, then eight per power of two — each with its
+//! own freelist; a pool is a 16 KiB slot, or an aligned span of several, in 1 MiB *arenas* that
+//! a radix tree maps. Whole-empty pools are recycled across size classes in O(1), and memory
+//! goes back to the system with hysteresis. Larger requests get their own mappings, with a
+//! small cache.
 //! [`stats()`] returns a snapshot of the figures. See `docs/design.md`.
 //!
 //! The crates underneath: `pymalloc-pool` (size classes, pools), `pymalloc-arena` (platform

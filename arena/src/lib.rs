@@ -3,10 +3,10 @@
 //! Where pymalloc's pools live. The [`Platform`] trait is the operating-system layer
 //! ([`OsPlatform`] for real, `TestPlatform` under the `test-platform` feature for tests that
 //! inject failures); [`Arenas`] maps 1 MiB arenas through it, hands their 16 KiB slots to the
-//! heaps one pool at a time, recycles a whole-empty pool for any size class in O(1), and
-//! gives memory back to the system with enough hysteresis that a free-then-allocate loop
-//! does not call the system each time. A radix tree (`pymalloc-radix`) maps every arena's
-//! addresses to it.
+//! heaps one pool at a time (a slot, or an aligned span of up to 32), recycles a whole-empty
+//! pool for any size class in O(1), and gives memory back to the system with enough hysteresis
+//! that a free-then-allocate loop does not call the system each time. A radix tree
+//! (`pymalloc-radix`) maps every arena's addresses to it.
 #![cfg_attr(not(any(test, feature = "test-platform")), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
