@@ -12,7 +12,8 @@ use std::hint::black_box;
 use std::sync::{Mutex, mpsc};
 use std::time::Instant;
 
-use common::{Rng, peak_rss_bytes, rss_bytes};
+pub use common::rss_bytes;
+use common::{Rng, peak_rss_bytes};
 
 /// The allocators compared, the baseline first.
 pub const ALLOCATORS: [&str; 4] = ["system", "pymalloc", "mimalloc", "jemalloc"];
