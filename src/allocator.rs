@@ -15,6 +15,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use pymalloc_arena::{Arenas, Platform};
 use pymalloc_pool::{ALIGNMENT, PoolPtr, SizeClass, fatal};
 
+use crate::debug;
 use crate::heap::Heap;
 use crate::large::{Large, mapping_len};
 use crate::stats::Stats;
@@ -79,7 +80,7 @@ impl<P: Platform> Allocator<P> {
 
     /// A block for `layout`, with whether it reads zero; `None` if it cannot be had.
     #[inline]
-    fn allocate(&self, layout: Layout) -> Option<(NonNull<u8>, bool)> {
+    pub(crate) fn allocate(&self, layout: Layout) -> Option<(NonNull<u8>, bool)> {
         match Route::of(layout) {
             Route::Pooled(class) => {
                 let mut guard = self.state();
@@ -110,6 +111,9 @@ impl<P: Platform> Allocator<P> {
     /// [`GlobalAlloc::alloc`](core::alloc::GlobalAlloc::alloc), but a zero size is allowed.
     #[inline]
     pub fn alloc(&self, layout: Layout) -> *mut u8 {
+        if cfg!(feature = "debug") {
+            return debug::alloc(self, layout, false);
+        }
         self.allocate(layout)
             .map_or(ptr::null_mut(), |(p, _)| p.as_ptr())
     }
@@ -117,6 +121,9 @@ impl<P: Platform> Allocator<P> {
     /// As [`Allocator::alloc`], with the block zero-filled; memory known to be fresh from the
     /// system is not written.
     pub fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if cfg!(feature = "debug") {
+            return debug::alloc(self, layout, true);
+        }
         match self.allocate(layout) {
             Some((p, true)) => p.as_ptr(),
             Some((p, false)) => {
@@ -136,6 +143,22 @@ impl<P: Platform> Allocator<P> {
     #[inline]
     pub unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         let Some(ptr) = NonNull::new(ptr) else { return };
+        let layout = if cfg!(feature = "debug") {
+            // SAFETY: a block of ours for `layout`, allocated with a debug trailer (caller).
+            unsafe { debug::check_and_poison(ptr, layout) }
+        } else {
+            layout
+        };
+        // SAFETY: as the caller guarantees.
+        unsafe { self.free_block(ptr, layout) }
+    }
+
+    /// Frees a block of exactly `layout` as allocated (with the debug trailer, if any).
+    ///
+    /// # Safety
+    /// As [`Allocator::dealloc`].
+    #[inline]
+    pub(crate) unsafe fn free_block(&self, ptr: NonNull<u8>, layout: Layout) {
         match Route::of(layout) {
             Route::Pooled(class) => {
                 let mut guard = self.state();
@@ -174,7 +197,9 @@ impl<P: Platform> Allocator<P> {
         let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
             return ptr::null_mut();
         };
+        // Under `debug`, every resize moves, so that both blocks' trailers are checked.
         match (Route::of(layout), Route::of(new_layout), NonNull::new(ptr)) {
+            _ if cfg!(feature = "debug") => {}
             (Route::Pooled(a), Route::Pooled(b), Some(_)) if a == b => return ptr,
             (Route::Large, Route::Large, Some(block)) => {
                 // SAFETY: a large block in use of this layout (caller).

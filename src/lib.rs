@@ -16,11 +16,16 @@
 //! small cache.
 //! [`stats()`] returns a snapshot of the figures. See `docs/design.md`.
 //!
+//! The `debug` cargo feature adds fill patterns, guard bytes checked on free, and
+//! double-free and wrong-layout detection, each reported with a message and an abort (see
+//! `src/debug.rs`).
+//!
 //! The crates underneath: `pymalloc-pool` (size classes, pools), `pymalloc-arena` (platform
 //! layer, arenas), `pymalloc-radix` (the address → arena map).
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod allocator;
+mod debug;
 mod heap;
 mod large;
 mod stats;

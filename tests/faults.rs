@@ -5,10 +5,8 @@
 mod common;
 
 use std::alloc::Layout;
-use std::os::unix::process::ExitStatusExt;
-use std::process::Command;
 
-use common::{fill, holds};
+use common::{expect_abort, fill, holds, in_child};
 use pymalloc::{Allocator, OsPlatform};
 use pymalloc_arena::{DIRTY_LIMIT, TestPlatform};
 
@@ -202,31 +200,6 @@ fn layouts_that_cannot_be_served_give_null() {
         os.dealloc(p, layout);
     }
     os.check().unwrap();
-}
-
-/// Runs `test` in a child process with `PYMALLOC_CHILD` set, expecting it to abort with a
-/// message containing `expected` on standard error.
-fn expect_abort(test: &str, expected: &str) {
-    if std::env::var_os("PYMALLOC_CHILD").is_some() {
-        return;
-    }
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env("PYMALLOC_CHILD", "1")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.signal(),
-        Some(libc::SIGABRT),
-        "{test}: {:?}\n{stderr}",
-        out.status
-    );
-    assert!(stderr.contains(expected), "{test}: stderr was:\n{stderr}");
-}
-
-fn in_child() -> bool {
-    std::env::var_os("PYMALLOC_CHILD").is_some()
 }
 
 #[test]

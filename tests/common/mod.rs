@@ -231,3 +231,28 @@ pub fn peak_rss_bytes() -> usize {
     let kib: usize = line.split_whitespace().nth(1).unwrap().parse().unwrap();
     kib << 10
 }
+
+/// Runs `test` in a child process with `PYMALLOC_CHILD` set, expecting it to abort with a
+/// message containing `expected` on standard error.
+pub fn expect_abort(test: &str, expected: &str) {
+    if std::env::var_os("PYMALLOC_CHILD").is_some() {
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env("PYMALLOC_CHILD", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(libc::SIGABRT),
+        "{test}: {:?}\n{stderr}",
+        out.status
+    );
+    assert!(stderr.contains(expected), "{test}: stderr was:\n{stderr}");
+}
+
+pub fn in_child() -> bool {
+    std::env::var_os("PYMALLOC_CHILD").is_some()
+}
