@@ -637,16 +637,12 @@ impl Arenas {
 
     /// Current figures.
     pub fn stats(&self) -> ArenaStats {
-        let (mut free_slots, mut pools) = (0, 0);
-        for (n, list) in self.by_free.iter().enumerate() {
+        let mut pools = 0;
+        for list in &self.by_free {
             // SAFETY: bucketed headers are live (A1).
-            unsafe {
-                list.for_each(Chain::Bucket, |h| {
-                    free_slots += n;
-                    pools += (*h).heads.count_ones() as usize;
-                })
-            };
+            unsafe { list.for_each(Chain::Bucket, |h| pools += (*h).heads.count_ones() as usize) };
         }
+        let free_slots = self.arenas * POOLS_PER_ARENA - self.slots_in_use;
         ArenaStats {
             arenas: self.arenas,
             empty_arenas: self.empty,
@@ -716,6 +712,7 @@ impl Arenas {
     /// Checks invariants A1 to A5.
     pub fn check(&self) -> Result<(), &'static str> {
         let (mut arenas, mut empty, mut dirty_slots, mut dirty_arenas) = (0, 0, 0, 0);
+        let mut free_slots = 0;
         let mut in_runs = [0usize; RUN_LISTS];
         let mut result = Ok(());
         for (n, list) in self.by_free.iter().enumerate() {
@@ -726,6 +723,7 @@ impl Arenas {
             unsafe {
                 list.for_each(Chain::Bucket, |h| {
                     arenas += 1;
+                    free_slots += n;
                     empty += (n == POOLS_PER_ARENA) as usize;
                     dirty_slots += (*h).dirty.count_ones() as usize;
                     dirty_arenas += ((*h).dirty != 0) as usize;
@@ -751,14 +749,6 @@ impl Arenas {
         if dirty_slots != self.dirty_slots || listed != dirty_arenas {
             return Err("arenas: dirty slot count or dirty list is off");
         }
-        let free_slots: usize = (0..SLOTS)
-            .map(|n| {
-                let mut len = 0;
-                // SAFETY: bucketed headers are live (A1).
-                unsafe { self.by_free[n].for_each(Chain::Bucket, |_| len += 1) };
-                n * len
-            })
-            .sum();
         if self.slots_in_use != self.arenas * POOLS_PER_ARENA - free_slots {
             return Err("arenas: count of slots in use is off");
         }
