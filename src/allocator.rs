@@ -86,9 +86,9 @@ impl<P: Platform> Allocator<P> {
                 let mut guard = self.state();
                 let State { heap, arenas, .. } = &mut *guard;
                 let (block, zeroed) = heap.alloc(class, arenas, &self.platform)?;
-                let aligned = block
-                    .as_ptr()
-                    .map_addr(|a| a.next_multiple_of(layout.align()));
+                // `Layout` alignments are powers of two: round up with a mask, not a division.
+                let mask = layout.align() - 1;
+                let aligned = block.as_ptr().map_addr(|a| (a + mask) & !mask);
                 // SAFETY: aligning up a non-null address stays inside the padded block.
                 Some((unsafe { NonNull::new_unchecked(aligned) }, zeroed))
             }
