@@ -1,7 +1,10 @@
-//! [`Allocator`]: one pymalloc instance over a [`Platform`] — a heap of small-block pools,
-//! the arenas under it, and the large blocks — behind one lock. `PyMalloc`, the global
-//! allocator, is a static instance over the operating system; tests make their own instances
-//! over `TestPlatform`.
+//! [`Allocator`]: one pymalloc instance over a [`Platform`] — its heaps, and what they share
+//! behind one lock: the arenas and the large blocks. `PyMalloc`, the global allocator, is a
+//! static instance over the operating system whose threads each hold a heap (`thread.rs`);
+//! tests make their own instances over `TestPlatform`.
+//!
+//! Lock order: a heap's claim, then the shared lock. Code that holds the shared lock only
+//! ever *tries* a claim, so nothing waits in the other order.
 //!
 //! Every `Layout` is routed by its size and alignment alone ([`Route`]): what fits a size
 //! class (up to 256 KiB) once padded for its alignment is a pool block; anything else is a
@@ -10,14 +13,15 @@
 
 use core::alloc::Layout;
 use core::ptr::{self, NonNull};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use core::sync::atomic::{AtomicPtr, Ordering};
 
 use pymalloc_arena::{Arenas, Platform};
 use pymalloc_pool::{ALIGNMENT, PoolPtr, SizeClass, fatal};
 
 use crate::debug;
-use crate::heap::Heap;
+use crate::heap::{self, HeapCell, SharedAccess};
 use crate::large::{Large, mapping_len};
+use crate::lock::{SpinGuard, SpinLock};
 use crate::stats::Stats;
 
 /// How a layout is served.
@@ -42,16 +46,32 @@ impl Route {
     }
 }
 
-pub(crate) struct State {
-    pub(crate) heap: Heap,
+/// What all heaps share, behind the allocator's lock: the arenas, the large blocks, and the
+/// stack of heaps that no thread holds.
+pub(crate) struct Shared {
     pub(crate) arenas: Arenas,
     pub(crate) large: Large,
+    free_heaps: *mut HeapCell,
 }
 
+// SAFETY: the arenas and the cached mappings are owned by this value; the heaps on the free
+// stack live as long as the allocator.
+unsafe impl Send for Shared {}
+
 /// A pymalloc instance over the platform `P`.
+///
+/// Its own methods (`alloc`, `dealloc`, ...) serve every thread from one *fallback* heap,
+/// claimed around each call; [`Allocator::local_heap`] hands out heaps of its own to a
+/// caller, which uses them without any lock (the global [`crate::PyMalloc`] gives one to
+/// each thread). A block from any heap may be freed through any other, or through the
+/// instance.
 pub struct Allocator<P: Platform> {
-    platform: P,
-    state: Mutex<State>,
+    pub(crate) platform: P,
+    shared: SpinLock<Shared>,
+    fallback: HeapCell,
+    /// Every heap made for threads and local heaps, newest first, linked through `next_all`;
+    /// heaps are only ever added.
+    heaps: AtomicPtr<HeapCell>,
 }
 
 impl<P: Platform> Allocator<P> {
@@ -59,11 +79,13 @@ impl<P: Platform> Allocator<P> {
     pub const fn new(platform: P) -> Self {
         Allocator {
             platform,
-            state: Mutex::new(State {
-                heap: Heap::new(),
+            shared: SpinLock::new(Shared {
                 arenas: Arenas::new(),
                 large: Large::new(),
+                free_heaps: ptr::null_mut(),
             }),
+            fallback: HeapCell::new(),
+            heaps: AtomicPtr::new(ptr::null_mut()),
         }
     }
 
@@ -72,118 +94,45 @@ impl<P: Platform> Allocator<P> {
         &self.platform
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
-        // Nothing panics while holding the lock, so poisoning cannot happen; if it somehow
-        // did, the state is still consistent between operations.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Locks what all heaps share.
+    pub(crate) fn shared(&self) -> SpinGuard<'_, Shared> {
+        self.shared.lock()
     }
 
-    /// A block for `layout`, with whether it reads zero; `None` if it cannot be had.
+    /// Runs `f` with the fallback heap claimed.
     #[inline]
-    pub(crate) fn allocate(&self, layout: Layout) -> Option<(NonNull<u8>, bool)> {
-        match Route::of(layout) {
-            Route::Pooled(class) => {
-                let mut guard = self.state();
-                let State { heap, arenas, .. } = &mut *guard;
-                let (block, zeroed) = heap.alloc(class, arenas, &self.platform)?;
-                // `Layout` alignments are powers of two: round up with a mask, not a division.
-                let mask = layout.align() - 1;
-                let aligned = block.as_ptr().map_addr(|a| (a + mask) & !mask);
-                // SAFETY: aligning up a non-null address stays inside the padded block.
-                Some((unsafe { NonNull::new_unchecked(aligned) }, zeroed))
-            }
-            Route::Large => self.allocate_large(layout),
+    pub(crate) fn with_fallback<'a, R>(&'a self, f: impl FnOnce(Session<'a, P>) -> R) -> R {
+        self.fallback.claim().lock();
+        // SAFETY: just claimed; released below.
+        let result = f(unsafe { Session::new(self, &self.fallback) });
+        // SAFETY: claimed above.
+        unsafe { self.fallback.claim().unlock() };
+        if self.fallback.has_remote() {
+            heap::collect(&self.fallback, self);
         }
-    }
-
-    /// A large block: from the cache, else mapped with the lock released.
-    fn allocate_large(&self, layout: Layout) -> Option<(NonNull<u8>, bool)> {
-        let len = mapping_len(layout.size(), self.platform.page_size())?;
-        if let Some(cached) = self.state().large.take_cached(len, layout.align()) {
-            return Some((cached, false));
-        }
-        let fresh = self.platform.reserve(len, layout.align())?;
-        self.state().large.count_new(len);
-        Some((fresh, P::ZERO_FILLED))
+        result
     }
 
     /// Allocates a block for `layout`; null if it cannot be served. Like
     /// [`GlobalAlloc::alloc`](core::alloc::GlobalAlloc::alloc), but a zero size is allowed.
-    #[inline]
     pub fn alloc(&self, layout: Layout) -> *mut u8 {
-        if cfg!(feature = "debug") {
-            return debug::alloc(self, layout, false);
-        }
-        self.allocate(layout)
-            .map_or(ptr::null_mut(), |(p, _)| p.as_ptr())
+        self.with_fallback(|s| s.alloc(layout))
     }
 
     /// As [`Allocator::alloc`], with the block zero-filled; memory known to be fresh from the
     /// system is not written.
     pub fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if cfg!(feature = "debug") {
-            return debug::alloc(self, layout, true);
-        }
-        match self.allocate(layout) {
-            Some((p, true)) => p.as_ptr(),
-            Some((p, false)) => {
-                // SAFETY: a block of at least `layout.size()` bytes, just handed to us.
-                unsafe { p.as_ptr().write_bytes(0, layout.size()) };
-                p.as_ptr()
-            }
-            None => ptr::null_mut(),
-        }
+        self.with_fallback(|s| s.alloc_zeroed(layout))
     }
 
     /// Frees a block.
     ///
     /// # Safety
-    /// `ptr` was returned by this instance for `layout` (or resized to it) and is not used
-    /// after this call.
-    #[inline]
+    /// `ptr` was returned by this instance (or one of its heaps) for `layout` (or resized to
+    /// it) and is not used after this call.
     pub unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let Some(ptr) = NonNull::new(ptr) else { return };
-        let layout = if cfg!(feature = "debug") {
-            // SAFETY: a block of ours for `layout`, allocated with a debug trailer (caller).
-            unsafe { debug::check_and_poison(ptr, layout) }
-        } else {
-            layout
-        };
         // SAFETY: as the caller guarantees.
-        unsafe { self.free_block(ptr, layout) }
-    }
-
-    /// Frees a block of exactly `layout` as allocated (with the debug trailer, if any).
-    ///
-    /// # Safety
-    /// As [`Allocator::dealloc`].
-    #[inline]
-    pub(crate) unsafe fn free_block(&self, ptr: NonNull<u8>, layout: Layout) {
-        match Route::of(layout) {
-            Route::Pooled(class) => {
-                let mut guard = self.state();
-                let State { heap, arenas, .. } = &mut *guard;
-                if cfg!(debug_assertions) {
-                    check_pooled_block(arenas, ptr, class);
-                }
-                let block = if layout.align() > ALIGNMENT {
-                    // SAFETY: `ptr` lies inside a block of a live pool of `class` (caller).
-                    unsafe { PoolPtr::containing(ptr, class).block_start(ptr) }
-                } else {
-                    ptr
-                };
-                // SAFETY: `block` starts a block of `class` in use from this heap (caller).
-                unsafe { heap.dealloc(block, class, arenas, &self.platform) }
-            }
-            Route::Large => {
-                let Some(len) = mapping_len(layout.size(), self.platform.page_size()) else {
-                    fatal("dealloc: a large size that was never allocated");
-                };
-                let unmap = self.state().large.retire(ptr, len);
-                // SAFETY: the freed block and the cache entries evicted for it are unused.
-                unsafe { unmap.release(&self.platform) };
-            }
-        }
+        self.with_fallback(|s| unsafe { s.dealloc(ptr, layout) })
     }
 
     /// Resizes a block to `new_size`, keeping its alignment and contents up to the smaller
@@ -194,31 +143,115 @@ impl<P: Platform> Allocator<P> {
     /// # Safety
     /// As [`Allocator::dealloc`] for `ptr` and `layout`.
     pub unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
-            return ptr::null_mut();
-        };
-        // Under `debug`, every resize moves, so that both blocks' trailers are checked.
-        match (Route::of(layout), Route::of(new_layout), NonNull::new(ptr)) {
-            _ if cfg!(feature = "debug") => {}
-            (Route::Pooled(a), Route::Pooled(b), Some(_)) if a == b => return ptr,
-            (Route::Large, Route::Large, Some(block)) => {
-                // SAFETY: a large block in use of this layout (caller).
-                if let Some(resized) = unsafe { self.resize_large(block, layout, new_size) } {
-                    return resized.as_ptr();
+        // SAFETY: as the caller guarantees.
+        self.with_fallback(|s| unsafe { s.realloc(ptr, layout, new_size) })
+    }
+
+    /// A heap of this instance for the caller alone: its allocations and frees of its own
+    /// blocks take no lock. `None` if the memory for it cannot be had. Dropping it hands the
+    /// heap on to the next caller; its blocks stay valid and may be freed anywhere.
+    pub fn local_heap(&self) -> Option<LocalHeap<'_, P>> {
+        let cell = self.acquire_heap()?;
+        // SAFETY: `acquire_heap` claimed it; `LocalHeap::drop` releases it.
+        Some(LocalHeap {
+            session: unsafe { Session::new(self, cell) },
+        })
+    }
+
+    /// Claims a heap no thread holds, or makes a new one.
+    pub(crate) fn acquire_heap(&self) -> Option<&HeapCell> {
+        let mut shared = self.shared();
+        if let Some(cell) = NonNull::new(shared.free_heaps) {
+            // SAFETY: heaps on the free stack live as long as the allocator.
+            let cell = unsafe { cell.as_ref() };
+            shared.free_heaps = cell.next_free.load(Ordering::Relaxed);
+            // Unbound heaps are only claimed under the lock we hold (`heap::collect`).
+            if !cell.claim().try_lock() {
+                fatal("heap: an unbound heap was claimed outside the lock");
+            }
+            return Some(cell);
+        }
+        drop(shared);
+        let bytes = size_of::<HeapCell>().next_multiple_of(self.platform.page_size());
+        let cell = self
+            .platform
+            .reserve(bytes, align_of::<HeapCell>())?
+            .cast::<HeapCell>();
+        // SAFETY: fresh memory of the right size and alignment, ours alone until published
+        // by the swap below; after that only `next_all`'s readers see it, and it never changes.
+        unsafe {
+            cell.write(HeapCell::new());
+            if !cell.as_ref().claim().try_lock() {
+                fatal("heap: a new heap was already claimed");
+            }
+            let mut head = self.heaps.load(Ordering::Relaxed);
+            loop {
+                (*cell.as_ptr()).next_all = head;
+                match self.heaps.compare_exchange_weak(
+                    head,
+                    cell.as_ptr(),
+                    Ordering::Release,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => break,
+                    Err(current) => head = current,
                 }
             }
-            _ => {}
+            Some(cell.as_ref())
         }
-        let new = self.alloc(new_layout);
-        if !new.is_null() {
-            // SAFETY: both blocks are live, distinct, and hold at least the bytes copied; the
-            // old one is then freed with its own layout (caller).
-            unsafe {
-                ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
-                self.dealloc(ptr, layout);
-            }
+    }
+
+    /// Hands a heap on: its remotely freed blocks taken back, its kept empty pools returned,
+    /// it goes on the stack of unbound heaps for the next thread.
+    ///
+    /// # Safety
+    /// The caller claimed `cell` with [`Allocator::acquire_heap`] and no longer uses it.
+    pub(crate) unsafe fn release_heap(&self, cell: &HeapCell) {
+        let mut shared = SharedAccess::new(self);
+        // SAFETY: claimed (caller).
+        unsafe { cell.tidy(&mut shared) };
+        let guard = shared.get();
+        cell.next_free.store(guard.free_heaps, Ordering::Relaxed);
+        guard.free_heaps = ptr::from_ref(cell).cast_mut();
+        // SAFETY: claimed (caller); released under the lock, like every unbound heap's claim.
+        unsafe { cell.claim().unlock() };
+        drop(shared);
+        heap::collect(cell, self);
+    }
+
+    /// Visits every heap: the fallback, then those made for threads.
+    pub(crate) fn for_each_heap(&self, mut f: impl FnMut(&HeapCell)) {
+        f(&self.fallback);
+        let mut next = self.heaps.load(Ordering::Acquire).cast_const();
+        // SAFETY: heaps live as long as the allocator; `next_all` never changes once published.
+        while let Some(cell) = unsafe { next.as_ref() } {
+            f(cell);
+            next = cell.next_all;
         }
-        new
+    }
+
+    /// A large block: from the cache, else mapped with the lock released.
+    fn allocate_large(&self, layout: Layout) -> Option<(NonNull<u8>, bool)> {
+        let len = mapping_len(layout.size(), self.platform.page_size())?;
+        if let Some(cached) = self.shared().large.take_cached(len, layout.align()) {
+            return Some((cached, false));
+        }
+        let fresh = self.platform.reserve(len, layout.align())?;
+        self.shared().large.count_new(len);
+        Some((fresh, P::ZERO_FILLED))
+    }
+
+    /// Frees a large block of `layout`.
+    ///
+    /// # Safety
+    /// `ptr` is a large block in use of `layout`, not used after this call.
+    unsafe fn free_large(&self, ptr: NonNull<u8>, layout: Layout) {
+        let Some(len) = mapping_len(layout.size(), self.platform.page_size()) else {
+            fatal("dealloc: a large size that was never allocated");
+        };
+        let unmap = self.shared().large.retire(ptr, len);
+        // SAFETY: the freed block and the cache entries evicted for it are unused.
+        unsafe { unmap.release(&self.platform) };
     }
 
     /// Resizes a large block without copying: in place if its mapping length does not change,
@@ -246,32 +279,288 @@ impl<P: Platform> Allocator<P> {
         // may only be resized in place.
         // SAFETY: `block` starts a live mapping of `old` bytes (L1), ours alone (caller).
         let resized = unsafe { self.platform.remap(block, old, new, layout.align() <= page) }?;
-        self.state().large.count_resized(old, new);
+        self.shared().large.count_resized(old, new);
         Some(resized)
     }
 
     /// A snapshot of this instance's figures.
     pub fn stats(&self) -> Stats {
-        let state = self.state();
-        Stats::collect(&state)
+        let shared = self.shared();
+        Stats::collect(self, &shared)
     }
 
-    /// Checks every invariant of the heap, its pools and the arenas, walking them all.
+    /// Checks every invariant of the arenas and of every heap that no other thread holds
+    /// (the caller's own, `mine`, included), walking all their memory.
+    pub(crate) fn check_with(&self, mine: Option<&HeapCell>) -> Result<(), &'static str> {
+        let shared = self.shared();
+        shared.arenas.check()?;
+        let mut result = Ok(());
+        self.for_each_heap(|cell| {
+            let is_mine = mine.is_some_and(|m| ptr::eq(m, cell));
+            if result.is_err() || !(is_mine || cell.claim().try_lock()) {
+                return;
+            }
+            // SAFETY: claimed, by the caller or just now (and released at once).
+            unsafe {
+                result = cell.check(&shared.arenas);
+                if !is_mine {
+                    cell.claim().unlock();
+                }
+            }
+        });
+        drop(shared);
+        self.for_each_heap(|cell| heap::collect(cell, self));
+        result
+    }
+
+    /// Checks every invariant of the arenas and of every heap no thread holds, walking all
+    /// their memory.
     pub fn check(&self) -> Result<(), &'static str> {
-        let state = self.state();
-        state.arenas.check()?;
-        state.heap.check(&state.arenas)
+        self.check_with(None)
     }
 
-    /// Gives back to the system all memory that is not in use: decommits free pools, unmaps
-    /// empty arenas and cached large mappings.
-    pub fn trim(&self) {
-        let mut state = self.state();
-        state.arenas.trim(&self.platform);
-        let unmap = state.large.trim();
-        drop(state);
+    /// Gives back to the system all memory that is not in use: takes back blocks freed into
+    /// heaps no thread holds (and into `mine`, the caller's own) and their kept empty pools,
+    /// decommits free pools, unmaps empty arenas and cached large mappings.
+    pub(crate) fn trim_with(&self, mine: Option<&HeapCell>) {
+        if let Some(cell) = mine {
+            // SAFETY: the caller's own heap, claimed by it.
+            unsafe { cell.tidy(&mut SharedAccess::new(self)) };
+        }
+        self.for_each_heap(|cell| {
+            heap::tidy_unclaimed(cell, self);
+        });
+        let mut shared = self.shared();
+        shared.arenas.trim(&self.platform);
+        let unmap = shared.large.trim();
+        drop(shared);
         // SAFETY: cached mappings are used by nobody.
         unsafe { unmap.release(&self.platform) };
+    }
+
+    /// Gives back to the system all memory that is not in use (see `trim_with`).
+    pub fn trim(&self) {
+        self.trim_with(None)
+    }
+
+    /// `fork` preparation: takes the fallback heap and the lock, so that no other thread is
+    /// inside either when the process is copied.
+    pub(crate) fn fork_prepare(&self) {
+        self.fallback.claim().lock();
+        self.shared.raw().lock();
+    }
+
+    /// After `fork`, in the parent: releases what [`Allocator::fork_prepare`] took.
+    ///
+    /// # Safety
+    /// Called once after `fork_prepare`, by the same thread.
+    pub(crate) unsafe fn fork_parent(&self) {
+        // SAFETY: taken by fork_prepare (caller).
+        unsafe {
+            self.shared.raw().unlock();
+            self.fallback.claim().unlock();
+        }
+    }
+
+    /// After `fork`, in the child: the same, whatever thread took them. Heaps bound to
+    /// threads of the parent stay claimed in the child: their blocks may still be freed (they
+    /// wait on the heaps' remote lists), but their memory is not reused.
+    ///
+    /// # Safety
+    /// Called once in the child of a `fork` that `fork_prepare` preceded.
+    pub(crate) unsafe fn fork_child(&self) {
+        // SAFETY: the child has one thread, outside both critical sections.
+        unsafe {
+            self.shared.raw().force_unlock();
+            self.fallback.claim().force_unlock();
+        }
+    }
+}
+
+/// Calls on an allocator through one heap that the calling thread has claimed.
+pub(crate) struct Session<'a, P: Platform> {
+    alloc: &'a Allocator<P>,
+    cell: &'a HeapCell,
+}
+
+impl<P: Platform> Clone for Session<'_, P> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<P: Platform> Copy for Session<'_, P> {}
+
+impl<'a, P: Platform> Session<'a, P> {
+    /// # Safety
+    /// The calling thread has claimed `cell`, a heap of `alloc`, for as long as the session is
+    /// used.
+    #[inline(always)]
+    pub(crate) unsafe fn new(alloc: &'a Allocator<P>, cell: &'a HeapCell) -> Self {
+        Session { alloc, cell }
+    }
+
+    /// A block for `layout`, with whether it reads zero; `None` if it cannot be had.
+    #[inline(always)]
+    pub(crate) fn allocate(self, layout: Layout) -> Option<(NonNull<u8>, bool)> {
+        match Route::of(layout) {
+            Route::Pooled(class) => {
+                // SAFETY: the heap is claimed (Session::new).
+                let (block, zeroed) = unsafe { self.cell.alloc(class, self.alloc) }?;
+                // `Layout` alignments are powers of two: round up with a mask, not a division.
+                let mask = layout.align() - 1;
+                let aligned = block.as_ptr().map_addr(|a| (a + mask) & !mask);
+                // SAFETY: aligning up a non-null address stays inside the padded block.
+                Some((unsafe { NonNull::new_unchecked(aligned) }, zeroed))
+            }
+            Route::Large => self.alloc.allocate_large(layout),
+        }
+    }
+
+    /// See [`Allocator::alloc`].
+    #[inline(always)]
+    pub(crate) fn alloc(self, layout: Layout) -> *mut u8 {
+        if cfg!(feature = "debug") {
+            return debug::alloc(self, layout, false);
+        }
+        self.allocate(layout)
+            .map_or(ptr::null_mut(), |(p, _)| p.as_ptr())
+    }
+
+    /// See [`Allocator::alloc_zeroed`].
+    #[inline]
+    pub(crate) fn alloc_zeroed(self, layout: Layout) -> *mut u8 {
+        if cfg!(feature = "debug") {
+            return debug::alloc(self, layout, true);
+        }
+        match self.allocate(layout) {
+            Some((p, true)) => p.as_ptr(),
+            Some((p, false)) => {
+                // SAFETY: a block of at least `layout.size()` bytes, just handed to us.
+                unsafe { p.as_ptr().write_bytes(0, layout.size()) };
+                p.as_ptr()
+            }
+            None => ptr::null_mut(),
+        }
+    }
+
+    /// See [`Allocator::dealloc`].
+    ///
+    /// # Safety
+    /// As [`Allocator::dealloc`].
+    #[inline(always)]
+    pub(crate) unsafe fn dealloc(self, ptr: *mut u8, layout: Layout) {
+        let Some(ptr) = NonNull::new(ptr) else { return };
+        let layout = if cfg!(feature = "debug") {
+            // SAFETY: a block of ours for `layout`, allocated with a debug trailer (caller).
+            unsafe { debug::check_and_poison(ptr, layout) }
+        } else {
+            layout
+        };
+        // SAFETY: as the caller guarantees.
+        unsafe { self.free_block(ptr, layout) }
+    }
+
+    /// Frees a block of exactly `layout` as allocated (with the debug trailer, if any).
+    ///
+    /// # Safety
+    /// As [`Allocator::dealloc`].
+    #[inline(always)]
+    pub(crate) unsafe fn free_block(self, ptr: NonNull<u8>, layout: Layout) {
+        match Route::of(layout) {
+            Route::Pooled(class) => {
+                if cfg!(debug_assertions) {
+                    check_pooled_block(&self.alloc.shared().arenas, ptr, class);
+                }
+                let block = if layout.align() > ALIGNMENT {
+                    // SAFETY: `ptr` lies inside a block of a live pool of `class` (caller).
+                    unsafe { PoolPtr::containing(ptr, class).block_start(ptr) }
+                } else {
+                    ptr
+                };
+                // SAFETY: `block` starts a block of `class` in use (caller); the heap is
+                // claimed (Session::new).
+                unsafe { self.cell.free(block, class, self.alloc) }
+            }
+            // SAFETY: a large block in use of `layout` (caller).
+            Route::Large => unsafe { self.alloc.free_large(ptr, layout) },
+        }
+    }
+
+    /// See [`Allocator::realloc`].
+    ///
+    /// # Safety
+    /// As [`Allocator::realloc`].
+    pub(crate) unsafe fn realloc(self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
+            return ptr::null_mut();
+        };
+        // Under `debug`, every resize moves, so that both blocks' trailers are checked.
+        match (Route::of(layout), Route::of(new_layout), NonNull::new(ptr)) {
+            _ if cfg!(feature = "debug") => {}
+            (Route::Pooled(a), Route::Pooled(b), Some(_)) if a == b => return ptr,
+            (Route::Large, Route::Large, Some(block)) => {
+                // SAFETY: a large block in use of this layout (caller).
+                if let Some(resized) = unsafe { self.alloc.resize_large(block, layout, new_size) } {
+                    return resized.as_ptr();
+                }
+            }
+            _ => {}
+        }
+        let new = self.alloc(new_layout);
+        if !new.is_null() {
+            // SAFETY: both blocks are live, distinct, and hold at least the bytes copied; the
+            // old one is then freed with its own layout (caller).
+            unsafe {
+                ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
+                self.dealloc(ptr, layout);
+            }
+        }
+        new
+    }
+}
+
+/// A heap of an [`Allocator`] held by one user (see [`Allocator::local_heap`]): the same
+/// calls as the allocator's, without its lock for blocks of this heap.
+pub struct LocalHeap<'a, P: Platform> {
+    session: Session<'a, P>,
+}
+
+impl<P: Platform> LocalHeap<'_, P> {
+    /// As [`Allocator::alloc`], from this heap.
+    pub fn alloc(&mut self, layout: Layout) -> *mut u8 {
+        self.session.alloc(layout)
+    }
+
+    /// As [`Allocator::alloc_zeroed`], from this heap.
+    pub fn alloc_zeroed(&mut self, layout: Layout) -> *mut u8 {
+        self.session.alloc_zeroed(layout)
+    }
+
+    /// As [`Allocator::dealloc`]: a block of this heap goes straight back; one of another heap
+    /// goes on that heap's remote list.
+    ///
+    /// # Safety
+    /// As [`Allocator::dealloc`].
+    pub unsafe fn dealloc(&mut self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as the caller guarantees.
+        unsafe { self.session.dealloc(ptr, layout) }
+    }
+
+    /// As [`Allocator::realloc`]; a block that moves moves into this heap.
+    ///
+    /// # Safety
+    /// As [`Allocator::realloc`].
+    pub unsafe fn realloc(&mut self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: as the caller guarantees.
+        unsafe { self.session.realloc(ptr, layout, new_size) }
+    }
+}
+
+impl<P: Platform> Drop for LocalHeap<'_, P> {
+    fn drop(&mut self) {
+        // SAFETY: claimed by `local_heap`, and no longer used.
+        unsafe { self.session.alloc.release_heap(self.session.cell) }
     }
 }
 
@@ -290,11 +579,21 @@ impl<P: Platform> Drop for Allocator<P> {
     /// Unmaps the arenas and cached large mappings. Large blocks still in use are not
     /// tracked and stay mapped: drop an instance only once everything is freed.
     fn drop(&mut self) {
-        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let shared = self.shared.get_mut();
         // SAFETY: the instance is going away; nothing it handed out may be used any more.
         unsafe {
-            state.large.trim().release(&self.platform);
-            state.arenas.release_all(&self.platform);
+            shared.large.trim().release(&self.platform);
+            shared.arenas.release_all(&self.platform);
+        }
+        let bytes = size_of::<HeapCell>().next_multiple_of(self.platform.page_size());
+        let mut next = *self.heaps.get_mut();
+        while let Some(cell) = NonNull::new(next) {
+            // SAFETY: every heap was reserved by `acquire_heap` with this size, and nothing
+            // uses it any more.
+            unsafe {
+                next = (*cell.as_ptr()).next_all.cast_mut();
+                self.platform.release(cell.cast(), bytes);
+            }
         }
     }
 }

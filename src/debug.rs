@@ -21,7 +21,7 @@ use core::ptr::{self, NonNull};
 use pymalloc_arena::Platform;
 use pymalloc_pool::fatal;
 
-use crate::Allocator;
+use crate::allocator::Session;
 
 /// Fill of a fresh block not asked to be zeroed.
 pub const FRESH: u8 = 0xCD;
@@ -49,8 +49,8 @@ fn inner(layout: Layout) -> Option<Layout> {
 }
 
 /// Allocates `layout` with a trailer; fills the block with [`FRESH`], or zeroes it.
-pub(crate) fn alloc<P: Platform>(a: &Allocator<P>, layout: Layout, zeroed: bool) -> *mut u8 {
-    let Some((block, fresh)) = inner(layout).and_then(|inner| a.allocate(inner)) else {
+pub(crate) fn alloc<P: Platform>(s: Session<'_, P>, layout: Layout, zeroed: bool) -> *mut u8 {
+    let Some((block, fresh)) = inner(layout).and_then(|inner| s.allocate(inner)) else {
         return ptr::null_mut();
     };
     let p = block.as_ptr();

@@ -1,135 +1,434 @@
-//! The heap: for each size class, the list of its *usable* pools (neither full nor empty).
+//! Heaps: [`HeapCell`], one heap — for each size class the list of its *usable* pools, and a
+//! few empty pools kept back — with the lock-free list of blocks other threads freed into it,
+//! and its counters.
 //!
-//! Invariants (checked by [`Heap::check`]):
+//! A heap is used by one thread at a time: the one that *claimed* it (its `claim` lock). A
+//! thread's own heap stays claimed as long as the thread is bound to it; an instance's
+//! fallback heap is claimed around each call; an unbound heap is claimed for a moment by
+//! whoever collects the blocks freed into it. Heaps are never freed while their allocator
+//! lives: a pool records its heap as its owner (pool invariant P7), and a heap is handed on
+//! whole, so that owner stays valid for every block.
+//!
+//! Invariants:
 //! - H1 a pool is in its class's list exactly when it has a block in use and a block to hand
-//!   out; full pools are in no list; a pool whose last block comes back goes straight back
-//!   to the arenas, where any class may take its slots next (O(1): a few bit operations and
-//!   list moves);
-//! - H2 every listed pool is a pool slot in use in the arenas the heap was given.
+//!   out; full pools are in no list; a pool whose last block comes back goes to the heap's
+//!   cache of empty pools or back to the arenas, where any class may take its slots (O(1));
+//! - H2 every pool listed or cached is a pool slot in use in the arenas, owned by this heap;
+//! - H3 only the claimant reads or writes the heap's pools and lists; other threads touch only
+//!   `remote` (push) and the pools' `owner` field (read);
+//! - H4 a block freed by a thread that does not own its pool is pushed on the owner's remote
+//!   list and stays in use in its pool until the owner takes the list back — when it has no
+//!   usable pool for a class, before taking new memory; a pool that was full rejoins its list
+//!   then, so no full pool is ever lost. If the owner has no thread, whoever sees that after
+//!   pushing collects the list itself (`collect`): a pusher pushes then looks at the claim, a
+//!   releasing claimant releases then looks at the list, both sequentially consistent, so at
+//!   least one of them sees the other;
+//! - H5 `counters` are written only by the claimant, with plain loads and stores (no
+//!   read-modify-write), and read by anyone: blocks handed out and blocks freed per class,
+//!   whoever's they were, so the sum over all heaps is exact.
 //!
-//! The fast path is [`Heap::alloc`] and [`Heap::dealloc`]: a freelist pop or push, with the
-//! state changes (a new pool, a full pool, an empty pool) in `#[cold]` functions. A heap is
-//! one self-contained value, so that per-thread heaps are many of them.
+//! The fast path is [`HeapCell::alloc`] and [`HeapCell::free`]: a freelist pop or push, no
+//! lock and no atomic read-modify-write; a new pool, a full or empty pool and remote frees are
+//! `#[cold]`.
 
-use core::ptr::NonNull;
+use core::cell::UnsafeCell;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 use pymalloc_arena::{Arenas, Platform};
-use pymalloc_pool::{Freed, NUM_CLASSES, PoolList, PoolPtr, SizeClass, fatal};
+use pymalloc_pool::{
+    Freed, MAX_SPAN_SLOTS, NUM_CLASSES, PoolList, PoolPtr, RemoteList, SizeClass, fatal,
+};
 
-pub(crate) struct Heap {
-    usable: [PoolList; NUM_CLASSES],
+use crate::allocator::{Allocator, Shared};
+use crate::lock::{RawLock, SpinGuard};
+
+/// Empty pools a heap keeps rather than return them to the arenas, so that a pool emptied
+/// and refilled in a loop takes no lock.
+pub const CACHED_POOLS: usize = 4;
+/// Most slots the kept pools may hold together (one span of the largest class).
+pub const CACHED_SLOTS: usize = MAX_SPAN_SLOTS;
+
+/// A heap's empty pools, with their sizes in slots.
+struct EmptyPools {
+    pools: [(*mut u8, usize); CACHED_POOLS],
+    len: usize,
+    slots: usize,
 }
 
-// SAFETY: the heap exclusively owns the pools its lists point to; moving it moves that.
-unsafe impl Send for Heap {}
-
-impl Heap {
-    pub(crate) const fn new() -> Heap {
-        Heap {
-            usable: [const { PoolList::new() }; NUM_CLASSES],
+impl EmptyPools {
+    const fn new() -> EmptyPools {
+        EmptyPools {
+            pools: [(ptr::null_mut(), 0); CACHED_POOLS],
+            len: 0,
+            slots: 0,
         }
     }
 
+    /// An empty pool of `slots` slots, if one is kept.
+    fn take(&mut self, slots: usize) -> Option<NonNull<u8>> {
+        let i = self.pools[..self.len]
+            .iter()
+            .position(|&(_, s)| s == slots)?;
+        let (memory, _) = self.pools[i];
+        self.len -= 1;
+        self.pools[i] = self.pools[self.len];
+        self.slots -= slots;
+        NonNull::new(memory)
+    }
+
+    /// Keeps an empty pool if there is room.
+    fn put(&mut self, memory: NonNull<u8>, slots: usize) -> bool {
+        if self.len == CACHED_POOLS || self.slots + slots > CACHED_SLOTS {
+            return false;
+        }
+        self.pools[self.len] = (memory.as_ptr(), slots);
+        self.len += 1;
+        self.slots += slots;
+        true
+    }
+
+    fn pop(&mut self) -> Option<NonNull<u8>> {
+        let len = self.len.checked_sub(1)?;
+        let (memory, slots) = self.pools[len];
+        self.len = len;
+        self.slots -= slots;
+        NonNull::new(memory)
+    }
+}
+
+/// What only the claimant of a heap touches.
+struct Heap {
+    usable: [PoolList; NUM_CLASSES],
+    empty: EmptyPools,
+}
+
+impl Heap {
     #[inline(always)]
     fn list(&mut self, class: SizeClass) -> &mut PoolList {
         // SAFETY: a SizeClass's index is below NUM_CLASSES.
         unsafe { self.usable.get_unchecked_mut(class.index()) }
     }
+}
+
+/// Per-class counters of one heap (H5).
+pub(crate) struct Counters {
+    /// Blocks handed out.
+    pub(crate) allocated: [AtomicUsize; NUM_CLASSES],
+    /// Blocks freed, by this heap's claimant, wherever they came from.
+    pub(crate) freed: [AtomicUsize; NUM_CLASSES],
+    /// Pools owned, not counting kept empty ones.
+    pub(crate) pools: [AtomicUsize; NUM_CLASSES],
+    /// Of those, pools with no block left to hand out.
+    pub(crate) full: [AtomicUsize; NUM_CLASSES],
+}
+
+/// Adds `delta` (wrapping) to a counter only its heap's claimant writes: a load and a store.
+#[inline(always)]
+fn bump(counters: &[AtomicUsize; NUM_CLASSES], class: SizeClass, delta: usize) {
+    // SAFETY: a SizeClass's index is below NUM_CLASSES.
+    let c = unsafe { counters.get_unchecked(class.index()) };
+    c.store(
+        c.load(Ordering::Relaxed).wrapping_add(delta),
+        Ordering::Relaxed,
+    );
+}
+
+/// The remote list on a cache line of its own, away from what the owner writes.
+#[repr(align(128))]
+struct Padded(RemoteList);
+
+/// One heap, its claim, its remote list and its counters. See the module documentation.
+pub(crate) struct HeapCell {
+    claim: RawLock,
+    heap: UnsafeCell<Heap>,
+    pub(crate) counters: Counters,
+    /// The next heap of the allocator's list of all heaps; set before the heap is published,
+    /// then never changed.
+    pub(crate) next_all: *const HeapCell,
+    /// The next heap on the allocator's stack of unbound heaps; only under its lock.
+    pub(crate) next_free: AtomicPtr<HeapCell>,
+    remote: Padded,
+}
+
+// SAFETY: the heap's own state is only touched by its claimant (H3), which the claim lock
+// makes one thread at a time; everything else is atomic or immutable.
+unsafe impl Sync for HeapCell {}
+// SAFETY: as above; the pools a heap points to are its own.
+unsafe impl Send for HeapCell {}
+
+/// Access to the allocator's shared state, locked on first use and held until dropped, so
+/// that a run of slow-path operations takes the lock once.
+pub(crate) struct SharedAccess<'a, P: Platform> {
+    pub(crate) alloc: &'a Allocator<P>,
+    guard: Option<SpinGuard<'a, Shared>>,
+}
+
+impl<'a, P: Platform> SharedAccess<'a, P> {
+    pub(crate) fn new(alloc: &'a Allocator<P>) -> Self {
+        SharedAccess { alloc, guard: None }
+    }
+
+    pub(crate) fn held(alloc: &'a Allocator<P>, guard: SpinGuard<'a, Shared>) -> Self {
+        SharedAccess {
+            alloc,
+            guard: Some(guard),
+        }
+    }
+
+    pub(crate) fn get(&mut self) -> &mut Shared {
+        self.guard.get_or_insert_with(|| self.alloc.shared())
+    }
+}
+
+impl HeapCell {
+    pub(crate) const fn new() -> HeapCell {
+        HeapCell {
+            claim: RawLock::new(),
+            heap: UnsafeCell::new(Heap {
+                usable: [const { PoolList::new() }; NUM_CLASSES],
+                empty: EmptyPools::new(),
+            }),
+            counters: Counters {
+                allocated: [const { AtomicUsize::new(0) }; NUM_CLASSES],
+                freed: [const { AtomicUsize::new(0) }; NUM_CLASSES],
+                pools: [const { AtomicUsize::new(0) }; NUM_CLASSES],
+                full: [const { AtomicUsize::new(0) }; NUM_CLASSES],
+            },
+            next_all: ptr::null(),
+            next_free: AtomicPtr::new(ptr::null_mut()),
+            remote: Padded(RemoteList::new()),
+        }
+    }
+
+    /// The heap's identity, recorded as its pools' owner.
+    #[inline(always)]
+    pub(crate) fn id(&self) -> *mut () {
+        ptr::from_ref(self).cast_mut().cast()
+    }
+
+    /// The claim lock.
+    pub(crate) fn claim(&self) -> &RawLock {
+        &self.claim
+    }
+
+    /// # Safety
+    /// The caller has claimed the heap and holds no other reference into it.
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn heap(&self) -> &mut Heap {
+        // SAFETY: the claim makes the caller the only user (H3), and the caller keeps the
+        // reference short.
+        unsafe { &mut *self.heap.get() }
+    }
 
     /// One block of `class`, with whether it reads zero; `None` if no memory can be had.
+    ///
+    /// # Safety
+    /// The caller has claimed the heap.
     #[inline(always)]
-    pub(crate) fn alloc<P: Platform>(
-        &mut self,
+    pub(crate) unsafe fn alloc<P: Platform>(
+        &self,
         class: SizeClass,
-        arenas: &mut Arenas,
-        platform: &P,
+        alloc: &Allocator<P>,
     ) -> Option<(NonNull<u8>, bool)> {
-        let pool = match self.list(class).first() {
-            Some(pool) => pool,
-            None => self.add_pool(class, arenas, platform)?,
-        };
-        // SAFETY: listed pools are live, ours, and have a block to hand out (H1).
+        // SAFETY: claimed (caller); listed pools are live, ours, and have a block to hand
+        // out (H1).
         unsafe {
+            let pool = match self.heap().list(class).first() {
+                Some(pool) => pool,
+                None => self.refill(class, alloc)?,
+            };
             let Some(block) = pool.alloc() else {
                 fatal("heap: a usable pool had no block")
             };
             if pool.is_full() {
-                self.list(class).remove(pool);
+                self.heap().list(class).remove(pool);
+                bump(&self.counters.full, class, 1);
             }
+            bump(&self.counters.allocated, class, 1);
             Some(block)
         }
     }
 
-    #[cold]
-    fn add_pool<P: Platform>(
-        &mut self,
-        class: SizeClass,
-        arenas: &mut Arenas,
-        platform: &P,
-    ) -> Option<PoolPtr> {
-        let (memory, fresh) = arenas.alloc_pool(class.span_slots(), platform)?;
-        // SAFETY: the arenas hand out pools aligned to their size and exclusively ours;
-        // `fresh` says whether the memory reads zero.
-        let pool = unsafe { PoolPtr::init(memory, class, fresh) };
-        // SAFETY: a new pool in no list.
-        unsafe { self.list(class).push_front(pool) };
-        Some(pool)
-    }
-
-    /// Returns a block of `class` to its pool.
+    /// A usable pool for `class`: from the blocks other threads freed, else a kept empty
+    /// pool, else new slots from the arenas.
     ///
     /// # Safety
-    /// `block` is the start of a block of `class` in use, handed out by this heap with these
-    /// arenas.
+    /// The caller has claimed the heap, and `class` has no usable pool.
+    #[cold]
+    unsafe fn refill<P: Platform>(
+        &self,
+        class: SizeClass,
+        alloc: &Allocator<P>,
+    ) -> Option<PoolPtr> {
+        let mut shared = SharedAccess::new(alloc);
+        // SAFETY: claimed (caller).
+        unsafe {
+            if !self.remote.0.is_empty() {
+                self.collect_remote(&mut shared);
+                if let Some(pool) = self.heap().list(class).first() {
+                    return Some(pool);
+                }
+            }
+            let slots = class.span_slots();
+            let pool = match self.heap().empty.take(slots) {
+                Some(memory) => {
+                    // A kept pool is ours, empty, and of the same size (H2).
+                    let pool = PoolPtr::at(memory);
+                    pool.reinit(class);
+                    pool
+                }
+                None => {
+                    let shared = shared.get();
+                    let (memory, fresh) = shared.arenas.alloc_pool(slots, &alloc.platform)?;
+                    // Under the lock, so that nobody reads the header half-written.
+                    PoolPtr::init(memory, class, fresh, self.id())
+                }
+            };
+            self.heap().list(class).push_front(pool);
+            bump(&self.counters.pools, class, 1);
+            Some(pool)
+        }
+    }
+
+    /// Frees a block of `class`: onto its pool's freelist if this heap owns it, else onto its
+    /// owner's remote list.
+    ///
+    /// # Safety
+    /// The caller has claimed the heap; `block` is the start of a block of `class` in use,
+    /// handed out by a heap of `alloc`, and not used after this call.
     #[inline(always)]
-    pub(crate) unsafe fn dealloc<P: Platform>(
-        &mut self,
+    pub(crate) unsafe fn free<P: Platform>(
+        &self,
         block: NonNull<u8>,
         class: SizeClass,
-        arenas: &mut Arenas,
-        platform: &P,
+        alloc: &Allocator<P>,
     ) {
         let pool = PoolPtr::containing(block, class);
-        // SAFETY: the block is in use in a live pool of ours (caller).
+        bump(&self.counters.freed, class, 1);
+        // SAFETY: the block is in use, so its pool is live (caller).
+        let owner = unsafe { pool.owner() };
+        if owner == self.id() {
+            // SAFETY: a block in use of a pool this claimed heap owns (caller).
+            unsafe { self.free_local(block, pool, alloc) }
+        } else {
+            // SAFETY: heaps live as long as their allocator, and pools record theirs (P7).
+            unsafe { free_remote(&*owner.cast::<HeapCell>(), block, pool, alloc) }
+        }
+    }
+
+    /// # Safety
+    /// The caller has claimed the heap, and `block` is a block in use of `pool`, which this
+    /// heap owns.
+    #[inline(always)]
+    unsafe fn free_local<P: Platform>(
+        &self,
+        block: NonNull<u8>,
+        pool: PoolPtr,
+        alloc: &Allocator<P>,
+    ) {
+        // SAFETY: as the caller guarantees.
         let freed = unsafe { pool.free(block) };
         if freed.changed_state() {
-            // SAFETY: `freed` describes what just happened to this live pool of ours.
-            unsafe { self.pool_changed_state(pool, class, freed, arenas, platform) }
+            // SAFETY: `freed` describes what just happened to this pool of ours.
+            unsafe { self.pool_changed_state(pool, freed, &mut SharedAccess::new(alloc)) }
         }
     }
 
-    /// A full pool rejoins its class's list; an empty one goes back to the arenas.
+    /// A full pool rejoins its class's list; an empty one is kept or goes back to the arenas.
     ///
     /// # Safety
-    /// `pool` is live and ours, and `freed` is what its last free reported.
+    /// The caller has claimed the heap; `pool` is ours and `freed` is what its last free
+    /// reported.
     #[cold]
     unsafe fn pool_changed_state<P: Platform>(
-        &mut self,
+        &self,
         pool: PoolPtr,
-        class: SizeClass,
         freed: Freed,
-        arenas: &mut Arenas,
-        platform: &P,
+        shared: &mut SharedAccess<'_, P>,
     ) {
-        // SAFETY: a pool that was full is in no list, one that was not is in its class's
-        // list (H1); an empty pool's memory came from `arenas` and is no longer used.
+        // SAFETY: claimed and ours (caller); a pool that was full is in no list, one that was
+        // not is in its class's list (H1).
         unsafe {
-            match (freed.was_full, freed.now_empty) {
-                (true, false) => self.list(class).push_front(pool),
-                (false, true) => self.list(class).remove(pool),
-                _ => {}
+            let class = pool.class();
+            if freed.was_full {
+                bump(&self.counters.full, class, 0_usize.wrapping_sub(1));
+                if !freed.now_empty {
+                    self.heap().list(class).push_front(pool);
+                }
+            } else if freed.now_empty {
+                self.heap().list(class).remove(pool);
             }
             if freed.now_empty {
-                arenas.free_pool(pool.memory(), platform);
+                bump(&self.counters.pools, class, 0_usize.wrapping_sub(1));
+                if !self.heap().empty.put(pool.memory(), class.span_slots()) {
+                    let platform = &shared.alloc.platform;
+                    shared.get().arenas.free_pool(pool.memory(), platform);
+                }
             }
         }
     }
 
-    /// Checks H1 and H2, and every pool's own invariants.
-    pub(crate) fn check(&self, arenas: &Arenas) -> Result<(), &'static str> {
+    /// Frees every block other threads pushed on this heap's remote list, as if they had been
+    /// freed here (H4).
+    ///
+    /// # Safety
+    /// The caller has claimed the heap.
+    unsafe fn collect_remote<P: Platform>(&self, shared: &mut SharedAccess<'_, P>) {
+        for (block, pool) in self.remote.0.take_all() {
+            // SAFETY: pushed blocks are in use in live pools of this heap (R1, H4).
+            unsafe {
+                let freed = pool.free(block);
+                if freed.changed_state() {
+                    self.pool_changed_state(pool, freed, shared);
+                }
+            }
+        }
+    }
+
+    /// Returns the kept empty pools to the arenas.
+    ///
+    /// # Safety
+    /// The caller has claimed the heap.
+    unsafe fn release_empty<P: Platform>(&self, shared: &mut SharedAccess<'_, P>) {
+        // SAFETY: claimed (caller); kept pools are ours and empty (H2).
+        unsafe {
+            while let Some(memory) = self.heap().empty.pop() {
+                let platform = &shared.alloc.platform;
+                shared.get().arenas.free_pool(memory, platform);
+            }
+        }
+    }
+
+    /// Takes back the remotely freed blocks and returns the kept empty pools: what a heap
+    /// does before it is left without a thread, and what `trim` does.
+    ///
+    /// # Safety
+    /// The caller has claimed the heap.
+    pub(crate) unsafe fn tidy<P: Platform>(&self, shared: &mut SharedAccess<'_, P>) {
+        // SAFETY: claimed (caller).
+        unsafe {
+            self.collect_remote(shared);
+            self.release_empty(shared);
+        }
+    }
+
+    /// Whether blocks wait on the remote list.
+    pub(crate) fn has_remote(&self) -> bool {
+        !self.remote.0.is_empty()
+    }
+
+    /// Checks H1 and H2 and the pools' own invariants.
+    ///
+    /// # Safety
+    /// The caller has claimed the heap.
+    pub(crate) unsafe fn check(&self, arenas: &Arenas) -> Result<(), &'static str> {
+        // SAFETY: claimed (caller).
+        let heap = unsafe { self.heap() };
         let mut listed = 0;
         let mut result = Ok(());
-        for (index, list) in self.usable.iter().enumerate() {
+        for (index, list) in heap.usable.iter().enumerate() {
             // SAFETY: listed pools are live (H2 is what is being checked, through the arenas,
             // before anything else is read).
             unsafe {
@@ -141,6 +440,8 @@ impl Heap {
                     result = if arenas.pool_slot(pool.memory().addr().get()) != Some(pool.memory())
                     {
                         Err("heap: a listed pool is not a pool in use")
+                    } else if pool.owner() != self.id() {
+                        Err("heap: a listed pool has another owner")
                     } else if pool.class().index() != index {
                         Err("heap: pool listed under the wrong class")
                     } else if pool.is_full() || pool.used() == 0 {
@@ -152,22 +453,71 @@ impl Heap {
             }
             result?;
         }
-        let mut usable = 0;
+        let (mut usable, mut empty) = (0, 0);
         arenas.for_each_pool(|memory| {
-            // SAFETY: pools in use in the arenas are live pools of this heap.
-            let pool = unsafe { PoolPtr::at(memory) };
-            // SAFETY: as above.
+            // SAFETY: pools in use in the arenas are live; only their owner is read unless
+            // they are ours.
             unsafe {
-                if result.is_ok() {
-                    result = pool.check();
+                let pool = PoolPtr::at(memory);
+                if result.is_err() || pool.owner() != self.id() {
+                    return;
                 }
-                usable += (!pool.is_full()) as usize;
+                result = pool.check();
+                if pool.used() == 0 {
+                    empty += 1;
+                } else if !pool.is_full() {
+                    usable += 1;
+                }
             }
         });
         result?;
         if usable != listed {
             return Err("heap: a usable pool is missing from its class's list");
         }
+        if empty != heap.empty.len {
+            return Err("heap: an empty pool in use is not among the kept ones");
+        }
         Ok(())
     }
+}
+
+/// Pushes a block on its owner's remote list; if the owner has no thread at that moment,
+/// collects the list (H4).
+///
+/// # Safety
+/// `block` is a block in use of `pool`, owned by `owner`, and not used after this call.
+#[cold]
+unsafe fn free_remote<P: Platform>(
+    owner: &HeapCell,
+    block: NonNull<u8>,
+    pool: PoolPtr,
+    alloc: &Allocator<P>,
+) {
+    // SAFETY: as the caller guarantees.
+    unsafe { owner.remote.0.push(block, pool) };
+    if !owner.claim.is_locked() {
+        collect(owner, alloc);
+    }
+}
+
+/// Tidies a heap nobody holds while blocks wait on its remote list (H4).
+pub(crate) fn collect<P: Platform>(cell: &HeapCell, alloc: &Allocator<P>) {
+    while cell.has_remote() && tidy_unclaimed(cell, alloc) {}
+}
+
+/// Tidies `cell` if nobody holds it; false if somebody does. The claim is taken only under
+/// the allocator's lock, so a `fork` (whose handler holds that lock) never happens in the
+/// middle of it.
+pub(crate) fn tidy_unclaimed<P: Platform>(cell: &HeapCell, alloc: &Allocator<P>) -> bool {
+    let guard = alloc.shared();
+    if !cell.claim.try_lock() {
+        return false;
+    }
+    let mut shared = SharedAccess::held(alloc, guard);
+    // SAFETY: just claimed; released before returning.
+    unsafe {
+        cell.tidy(&mut shared);
+        cell.claim.unlock();
+    }
+    true
 }

@@ -8,6 +8,8 @@
 //! static GLOBAL: pymalloc::PyMalloc = pymalloc::PyMalloc;
 //! ```
 //!
+//! Each thread allocates from a *heap* of its own, without a lock; a block freed by another
+//! thread goes back to its heap through a lock-free list.
 //! Requests up to 256 KiB (after padding for alignment) are served from *pools* of one size
 //! class — obmalloc's 16-byte classes to 512 bytes, then eight per power of two — each with its
 //! own freelist; a pool is a 16 KiB slot, or an aligned span of several, in 1 MiB *arenas* that
@@ -28,11 +30,14 @@ mod allocator;
 mod debug;
 mod heap;
 mod large;
+mod lock;
 mod stats;
+mod thread;
 
 use core::alloc::{GlobalAlloc, Layout};
 
-pub use allocator::Allocator;
+pub use allocator::{Allocator, LocalHeap};
+pub use heap::{CACHED_POOLS, CACHED_SLOTS};
 pub use large::{CACHE_BYTES, CACHE_ENTRIES};
 pub use pymalloc_arena::{OsPlatform, Platform};
 pub use stats::{ClassStats, Stats};
@@ -49,24 +54,24 @@ pub struct PyMalloc;
 unsafe impl GlobalAlloc for PyMalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        GLOBAL.alloc(layout)
+        thread::with_session(|s| s.alloc(layout))
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: GlobalAlloc's contract is Allocator::dealloc's.
-        unsafe { GLOBAL.dealloc(ptr, layout) }
+        thread::with_session(|s| unsafe { s.dealloc(ptr, layout) })
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        GLOBAL.alloc_zeroed(layout)
+        thread::with_session(|s| s.alloc_zeroed(layout))
     }
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: GlobalAlloc's contract is Allocator::realloc's.
-        unsafe { GLOBAL.realloc(ptr, layout, new_size) }
+        thread::with_session(|s| unsafe { s.realloc(ptr, layout, new_size) })
     }
 }
 
@@ -75,12 +80,15 @@ pub fn stats() -> Stats {
     GLOBAL.stats()
 }
 
-/// Gives back to the system all of the global allocator's memory that is not in use.
+/// Gives back to the system all of the global allocator's memory that is not in use: the
+/// calling thread's heap and unbound ones are tidied; heaps other threads hold keep their
+/// few empty pools.
 pub fn trim() {
-    GLOBAL.trim()
+    GLOBAL.trim_with(thread::current())
 }
 
-/// Checks every invariant of the global allocator, walking all its memory; for tests.
+/// Checks every invariant of the global allocator — the arenas, the calling thread's heap,
+/// and every heap no other thread holds — walking all their memory; for tests.
 pub fn check() -> Result<(), &'static str> {
-    GLOBAL.check()
+    GLOBAL.check_with(thread::current())
 }

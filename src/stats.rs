@@ -1,20 +1,25 @@
 //! [`Stats`]: a snapshot of an allocator's figures, in the spirit of CPython's
 //! `sys._debugmallocstats()`. Every field is public; `Display` prints it as a table.
 //!
-//! Pooled-block figures are counted by walking every pool, so they are exact, not estimates.
+//! Pooled-block figures are sums of every heap's own counters (threads' heaps, unbound ones
+//! and the fallback), so they are exact whenever no other thread is allocating, and never
+//! out of range while one is. Blocks freed by one thread and not yet taken back by their
+//! heap's owner count as free.
 
 use core::fmt;
+use core::sync::atomic::Ordering;
 
-use pymalloc_pool::{NUM_CLASSES, PoolPtr, SizeClass, blocks_per_pool};
+use pymalloc_arena::Platform;
+use pymalloc_pool::{NUM_CLASSES, SizeClass, blocks_per_pool};
 
-use crate::allocator::State;
+use crate::allocator::{Allocator, Shared};
 
 /// Figures for one size class.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClassStats {
     /// Bytes per block.
     pub block_size: usize,
-    /// Pools of this class (used and full).
+    /// Pools of this class (used and full; not empty pools kept by heaps).
     pub pools: usize,
     /// Of those, pools with no block left to hand out.
     pub full_pools: usize,
@@ -35,6 +40,8 @@ pub struct Stats {
     pub pools_used: usize,
     /// Pools in use with no block left to hand out.
     pub pools_full: usize,
+    /// Empty pools that heaps keep for their next pool (see `heap.rs`).
+    pub pools_kept: usize,
     /// Free pool slots whose memory is still committed (reused first).
     pub pools_free_dirty: usize,
     /// Free pool slots never used or decommitted (no physical memory).
@@ -60,35 +67,50 @@ pub struct Stats {
 }
 
 impl Stats {
-    pub(crate) fn collect(state: &State) -> Stats {
+    /// Sums the counters of every heap (H5 in `heap.rs`) and reads the shared figures.
+    pub(crate) fn collect<P: Platform>(alloc: &Allocator<P>, shared: &Shared) -> Stats {
         let mut classes = [ClassStats::default(); NUM_CLASSES];
-        for (class, stats) in SizeClass::all().zip(classes.iter_mut()) {
-            stats.block_size = class.block_size();
-        }
-        state.arenas.for_each_pool(|memory| {
-            // SAFETY: the arenas' pools in use are live, and the caller holds the lock.
-            let pool = unsafe { PoolPtr::at(memory) };
-            // SAFETY: as above.
-            let (class, used, full) = unsafe { (pool.class(), pool.used(), pool.is_full()) };
-            let c = &mut classes[class.index()];
-            c.pools += 1;
-            c.full_pools += full as usize;
-            c.blocks_in_use += used;
-            c.blocks_free += blocks_per_pool(class) - used;
+        // Summed with wrapping: a block freed by another heap than the one that handed it out
+        // makes one heap's difference negative, and only the total means anything.
+        let mut totals = [[0usize; 4]; NUM_CLASSES];
+        alloc.for_each_heap(|cell| {
+            let c = &cell.counters;
+            for (i, t) in totals.iter_mut().enumerate() {
+                for (total, counter) in
+                    t.iter_mut()
+                        .zip([&c.allocated[i], &c.freed[i], &c.pools[i], &c.full[i]])
+                {
+                    *total = total.wrapping_add(counter.load(Ordering::Relaxed));
+                }
+            }
         });
-        let arenas = state.arenas.stats();
-        let large = state.large.stats();
+        for ((class, stats), [allocated, freed, pools, full]) in
+            SizeClass::all().zip(classes.iter_mut()).zip(totals)
+        {
+            // While other threads run, the counters are read at slightly different moments;
+            // keep the figures in range.
+            let in_use = clamp(allocated.wrapping_sub(freed));
+            stats.block_size = class.block_size();
+            stats.pools = clamp(pools);
+            stats.full_pools = clamp(full).min(stats.pools);
+            stats.blocks_in_use = in_use;
+            stats.blocks_free = (stats.pools * blocks_per_pool(class)).saturating_sub(in_use);
+        }
+        let arenas = shared.arenas.stats();
+        let large = shared.large.stats();
         let pooled_blocks = classes.iter().map(|c| c.blocks_in_use).sum();
         let pooled_bytes = classes
             .iter()
             .map(|c| c.blocks_in_use * c.block_size)
             .sum::<usize>();
+        let pools = classes.iter().map(|c| c.pools).sum::<usize>();
         let pools_full = classes.iter().map(|c| c.full_pools).sum();
         Stats {
             arenas: arenas.arenas,
             empty_arenas: arenas.empty_arenas,
-            pools_used: arenas.pools_in_use - pools_full,
+            pools_used: pools - pools_full,
             pools_full,
+            pools_kept: arenas.pools_in_use.saturating_sub(pools),
             pools_free_dirty: arenas.free_dirty_slots,
             pools_free_clean: arenas.free_clean_slots,
             classes,
@@ -102,6 +124,11 @@ impl Stats {
             bytes_mapped: arenas.mapped_bytes + large.bytes + large.cached_bytes,
         }
     }
+}
+
+/// A counter sum read as signed: a transiently negative one counts as zero.
+fn clamp(sum: usize) -> usize {
+    if sum > isize::MAX as usize { 0 } else { sum }
 }
 
 impl fmt::Display for Stats {
@@ -128,6 +155,7 @@ impl fmt::Display for Stats {
             "# pools used / full          {:>14} / {}",
             self.pools_used, self.pools_full
         )?;
+        writeln!(f, "# empty pools kept by heaps  {:>14}", self.pools_kept)?;
         writeln!(
             f,
             "# free pool slots            {:>14} ({} committed, {} released)",

@@ -13,19 +13,34 @@
 //! - *empty*: no block in use ([`Freed::now_empty`]); its slots go back to the arena, which
 //!   may give them to any class next.
 //!
+//! A block freed by a thread other than its pool's owner goes on the owner's [`RemoteList`],
+//! a lock-free stack that the owner empties in one swap.
+//!
 //! This crate knows nothing of where slots come from (the `pymalloc-arena` crate) nor of
-//! which heap owns a pool (the `pymalloc` crate). It is also home to [`fatal`], the
+//! what the heap that owns a pool is (the `pymalloc` crate): a pool records its owner as an
+//! opaque pointer. It is also home to [`fatal`], the
 //! non-allocating abort that every pymalloc crate uses for broken invariants.
-#![cfg_attr(not(test), no_std)]
+#![cfg_attr(not(any(test, loom)), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod class;
 mod fatal;
 mod pool;
+mod remote;
+
+/// The atomics of the remote-free protocol: `loom`'s under `--cfg loom`, so that its model
+/// checker explores their interleavings (`tests/loom.rs`).
+mod sync {
+    #[cfg(not(loom))]
+    pub(crate) use core::sync::atomic::{AtomicPtr, Ordering};
+    #[cfg(loom)]
+    pub(crate) use loom::sync::atomic::{AtomicPtr, Ordering};
+}
 
 pub use class::{ALIGNMENT, MAX_SPAN_SLOTS, NUM_CLASSES, POOLED_MAX, SMALL_MAX, SizeClass};
 pub use fatal::{ensure, fatal};
 pub use pool::{Freed, POOL_OVERHEAD, POOL_SIZE, Pool, PoolList, PoolPtr, blocks_per_pool};
+pub use remote::{Drain, RemoteList};
 
 #[cfg(test)]
 mod tests;

@@ -15,8 +15,12 @@
 //! - P4 `used` + freelist length = number of blocks below `bump`.
 //! - P5 the pool is *full* exactly when its freelist is empty and no block is left to carve.
 //! - P6 if `fresh`, the memory from `bump` to the end of the pool reads zero.
+//! - P7 `owner` is set when the pool is created or reused and does not change while a block
+//!   is in use; it is the only field other threads read (atomically), to learn where a block
+//!   they free must go. Everything else belongs to whoever owns the pool.
 
 use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicPtr, Ordering};
 
 use crate::class::{ALIGNMENT, SizeClass};
 use crate::fatal::ensure;
@@ -54,6 +58,8 @@ pub struct Pool {
     class: SizeClass,
     /// Whether the never-used part of the pool reads zero (invariant P6).
     fresh: bool,
+    /// The heap that owns the pool, opaque to this crate (invariant P7).
+    owner: AtomicPtr<()>,
 }
 
 /// What a free did to its pool's state.
@@ -80,13 +86,18 @@ impl Freed {
 pub struct PoolPtr(NonNull<Pool>);
 
 impl PoolPtr {
-    /// Formats `memory` as an empty pool of `class`.
+    /// Formats `memory` as an empty pool of `class` owned by `owner`.
     ///
     /// # Safety
     /// `memory` is aligned to `class.pool_bytes()` and points to that many writable bytes that
-    /// the caller owns exclusively and that stay mapped while the pool is used; if `fresh`,
-    /// they read zero.
-    pub unsafe fn init(memory: NonNull<u8>, class: SizeClass, fresh: bool) -> PoolPtr {
+    /// the caller owns exclusively, that no other thread reads, and that stay mapped while the
+    /// pool is used; if `fresh`, they read zero.
+    pub unsafe fn init(
+        memory: NonNull<u8>,
+        class: SizeClass,
+        fresh: bool,
+        owner: *mut (),
+    ) -> PoolPtr {
         let limit = class.pool_bytes();
         ensure(
             memory.addr().get() % limit == 0,
@@ -105,9 +116,47 @@ impl PoolPtr {
                 limit: limit as u32,
                 class,
                 fresh,
+                owner: AtomicPtr::new(owner),
             });
         }
         PoolPtr(pool)
+    }
+
+    /// Formats an empty pool of the same size as a pool of `class`, keeping its owner; its
+    /// memory is not known to read zero. Unlike [`PoolPtr::init`], this leaves the `owner`
+    /// field alone, so other threads may read it meanwhile.
+    ///
+    /// # Safety
+    /// `self` is a live pool with no block in use, exclusively the caller's, and
+    /// `class.pool_bytes()` is its size.
+    pub unsafe fn reinit(self, class: SizeClass) {
+        let p = self.0.as_ptr();
+        // SAFETY: the pool is live and the caller's (caller); each field is written on its
+        // own so that `owner` is never written non-atomically.
+        unsafe {
+            ensure(
+                (*p).limit as usize == class.pool_bytes() && (*p).used == 0,
+                "pool reused for a class of another size, or with blocks in use",
+            );
+            (*p).free = ptr::null_mut();
+            (*p).prev = ptr::null_mut();
+            (*p).next = ptr::null_mut();
+            (*p).bump = POOL_OVERHEAD as u32;
+            (*p).size = class.block_size() as u32;
+            (*p).class = class;
+            (*p).fresh = false;
+        }
+    }
+
+    /// The heap that owns the pool (invariant P7).
+    ///
+    /// # Safety
+    /// `self` is a live pool.
+    #[inline(always)]
+    pub unsafe fn owner(self) -> *mut () {
+        // SAFETY: the pool is live (caller); `owner` is only ever accessed atomically once the
+        // pool exists.
+        unsafe { (*self.0.as_ptr()).owner.load(Ordering::Relaxed) }
     }
 
     /// The pool of `class` that contains `block` (invariant P1). Pure address arithmetic: the

@@ -39,7 +39,7 @@ fn carves_every_block_once_then_reports_full() {
     {
         let slot = Mem::new(class);
         // SAFETY: the memory is ours, aligned, zeroed.
-        let pool = unsafe { PoolPtr::init(slot.0, class, true) };
+        let pool = unsafe { PoolPtr::init(slot.0, class, true, core::ptr::null_mut()) };
         let mut seen = BTreeSet::new();
         let capacity = blocks_per_pool(class);
         for i in 0..capacity {
@@ -75,7 +75,7 @@ fn state_transitions_follow_obmalloc() {
     let slot = Mem::new(class);
     // SAFETY: the memory is ours; every block freed below was handed out by this pool.
     unsafe {
-        let pool = PoolPtr::init(slot.0, class, false);
+        let pool = PoolPtr::init(slot.0, class, false, core::ptr::null_mut());
         let blocks: Vec<_> = std::iter::from_fn(|| pool.alloc()).collect();
         assert_eq!(blocks.len(), blocks_per_pool(class));
         assert!(
@@ -121,7 +121,7 @@ fn block_start_finds_the_block_of_an_interior_pointer() {
     let slot = Mem::new(class);
     // SAFETY: the memory is ours and the pointers stay inside handed-out blocks.
     unsafe {
-        let pool = PoolPtr::init(slot.0, class, true);
+        let pool = PoolPtr::init(slot.0, class, true, core::ptr::null_mut());
         for _ in 0..10 {
             let (block, _) = pool.alloc().unwrap();
             for delta in [0, 1, 15, 16, 95] {
@@ -137,7 +137,7 @@ fn check_catches_a_corrupted_freelist() {
     let slot = Mem::new(class);
     // SAFETY: the memory is ours; the corruption writes inside a freed block.
     unsafe {
-        let pool = PoolPtr::init(slot.0, class, true);
+        let pool = PoolPtr::init(slot.0, class, true, core::ptr::null_mut());
         let (a, _) = pool.alloc().unwrap();
         let (b, _) = pool.alloc().unwrap();
         pool.free(a);
@@ -159,7 +159,7 @@ fn pool_list_links_and_unlinks() {
     unsafe {
         let pools: Vec<PoolPtr> = slots
             .iter()
-            .map(|s| PoolPtr::init(s.0, class, true))
+            .map(|s| PoolPtr::init(s.0, class, true, core::ptr::null_mut()))
             .collect();
         let mut list = PoolList::new();
         assert!(list.first().is_none());
@@ -192,7 +192,7 @@ fn pool_matches_a_model() {
         let mut offsets = BTreeSet::new();
         // SAFETY: the slot is ours; only live blocks of this pool are freed.
         unsafe {
-            let pool = PoolPtr::init(slot.0, class, true);
+            let pool = PoolPtr::init(slot.0, class, true, core::ptr::null_mut());
             for (is_alloc, pick) in ops {
                 if is_alloc {
                     match pool.alloc() {
@@ -239,7 +239,7 @@ fn a_pool_of_one_block_is_full_and_empty_in_turn() {
     let mem = Mem::new(class);
     // SAFETY: the memory is ours; the block is freed once.
     unsafe {
-        let pool = PoolPtr::init(mem.0, class, true);
+        let pool = PoolPtr::init(mem.0, class, true, core::ptr::null_mut());
         let (b, zeroed) = pool.alloc().unwrap();
         assert!(zeroed && pool.is_full());
         assert_eq!(
@@ -260,7 +260,7 @@ fn blocks_of_a_multi_slot_pool_find_its_header() {
     let mem = Mem::new(class);
     // SAFETY: the memory is ours; pointers stay inside handed-out blocks.
     unsafe {
-        let pool = PoolPtr::init(mem.0, class, true);
+        let pool = PoolPtr::init(mem.0, class, true, core::ptr::null_mut());
         while let Some((b, _)) = pool.alloc() {
             assert_eq!(
                 PoolPtr::containing(b.add(class.block_size() - 1), class),

@@ -1,0 +1,117 @@
+//! [`RemoteList`]: blocks freed by threads that do not own them, on their way back to the
+//! owner — a lock-free stack that any thread pushes onto and only the owner empties, all at
+//! once.
+//!
+//! Each block on the list carries two words in its own memory (every block holds at least
+//! [`ALIGNMENT`] = 16 bytes): the next block, and the pool the block belongs to, so that the
+//! owner can free a block of any class without looking anything up.
+//!
+//! Invariants:
+//! - R1 a block is pushed only while it is in use in its pool (the pool stays live until the
+//!   owner takes the block back), and the pusher never touches it again;
+//! - R2 the list is emptied only by [`RemoteList::take_all`], which swaps the head for null:
+//!   no single block is ever popped, so no ABA can occur (a head that is compared and swapped
+//!   by a pusher can only have gained blocks, never lost and regained one);
+//! - R3 a push publishes its block's words with release ordering, and `take_all` acquires
+//!   them, so the owner reads every word that every pusher wrote (and the data the freeing
+//!   thread last wrote into the block).
+
+use core::ptr::{self, NonNull};
+
+use crate::class::ALIGNMENT;
+use crate::pool::PoolPtr;
+use crate::sync::{AtomicPtr, Ordering};
+
+const _: () = assert!(ALIGNMENT >= 2 * size_of::<*mut u8>());
+
+/// A stack of blocks freed remotely. See the module documentation.
+#[derive(Debug)]
+pub struct RemoteList {
+    head: AtomicPtr<u8>,
+}
+
+impl Default for RemoteList {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RemoteList {
+    /// An empty list.
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        RemoteList {
+            head: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+
+    /// An empty list (loom's atomics cannot be built in a `const fn`).
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        RemoteList {
+            head: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+
+    /// Pushes `block`, a block in use of `pool`. Sequentially consistent, so that a pusher
+    /// that then finds the owner gone and an owner that leaves and then looks at the list
+    /// cannot both miss the block.
+    ///
+    /// # Safety
+    /// As R1: `block` is the start of a block in use of the live pool `pool`, at least 16
+    /// bytes, which the caller gives up.
+    #[inline]
+    pub unsafe fn push(&self, block: NonNull<u8>, pool: PoolPtr) {
+        let words = block.cast::<*mut u8>().as_ptr();
+        // SAFETY: the block is ours to overwrite and holds two words (caller, ALIGNMENT).
+        unsafe { words.add(1).write(pool.memory().as_ptr()) };
+        let mut head = self.head.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: as above; the block is not yet visible to anyone else.
+            unsafe { words.write(head) };
+            match self.head.compare_exchange_weak(
+                head,
+                block.as_ptr(),
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(current) => head = current,
+            }
+        }
+    }
+
+    /// Whether the list looks empty (a hint: a push may land right after).
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.head.load(Ordering::SeqCst).is_null()
+    }
+
+    /// Takes every block pushed so far, newest first.
+    pub fn take_all(&self) -> Drain {
+        Drain {
+            next: self.head.swap(ptr::null_mut(), Ordering::SeqCst),
+        }
+    }
+}
+
+/// The blocks taken by [`RemoteList::take_all`], each with its pool.
+#[derive(Debug)]
+pub struct Drain {
+    next: *mut u8,
+}
+
+impl Iterator for Drain {
+    type Item = (NonNull<u8>, PoolPtr);
+
+    fn next(&mut self) -> Option<(NonNull<u8>, PoolPtr)> {
+        let block = NonNull::new(self.next)?;
+        let words = block.cast::<*mut u8>().as_ptr();
+        // SAFETY: a pushed block holds its successor and its pool in its first two words,
+        // written before the push that published it (R3); no one else reads them now.
+        let (next, pool) = unsafe { (words.read(), words.add(1).read()) };
+        self.next = next;
+        // SAFETY: a pushed block's pool is live (R1) and not null.
+        Some((block, unsafe { PoolPtr::at(NonNull::new_unchecked(pool)) }))
+    }
+}

@@ -1,0 +1,126 @@
+//! Thread binding for the global allocator: each thread claims a heap of [`GLOBAL`] on its
+//! first allocation and uses it without a lock until it exits; then the heap goes on the
+//! stack of unbound heaps, for the next new thread.
+//!
+//! A thread is in one of four states (`STATE`):
+//! - *unbound*: no heap yet; the next allocation binds one;
+//! - *binding*: setting up. Registering the thread-exit hook may allocate; such a reentrant
+//!   call is served by the fallback heap (claimed with a lock), never recursed into binding;
+//! - *bound*: `CURRENT` holds the thread's heap; the fast path is a thread-local read;
+//! - *exited*: the exit hook has released the heap; calls made by later thread-local
+//!   destructors use the fallback heap.
+//!
+//! Blocks outlive their thread: a heap keeps its pools when it is released, its blocks are
+//! freed into its remote list from anywhere, and whoever finds the heap unbound collects
+//! that list (H4 in `heap.rs`).
+//!
+//! `fork`: handlers registered with `pthread_atfork` on the first binding take the fallback
+//! heap and the shared lock before the process is copied and release them after, in parent
+//! and child, so the child can allocate at once.
+
+use core::cell::Cell;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use pymalloc_arena::OsPlatform;
+
+use crate::GLOBAL;
+use crate::allocator::Session;
+use crate::heap::HeapCell;
+
+const UNBOUND: u8 = 0;
+const BINDING: u8 = 1;
+const BOUND: u8 = 2;
+const EXITED: u8 = 3;
+
+thread_local! {
+    /// The thread's heap, once bound. No destructor, so reading it never registers one.
+    static CURRENT: Cell<Option<&'static HeapCell>> = const { Cell::new(None) };
+    static STATE: Cell<u8> = const { Cell::new(UNBOUND) };
+    /// Touched once bound; its destructor hands the heap on at thread exit.
+    static EXIT: ExitHook = const { ExitHook };
+}
+
+struct ExitHook;
+
+impl Drop for ExitHook {
+    fn drop(&mut self) {
+        STATE.set(EXITED);
+        if let Some(cell) = CURRENT.take() {
+            // SAFETY: the thread claimed this heap when it bound it, and is done with it.
+            unsafe { GLOBAL.release_heap(cell) };
+        }
+    }
+}
+
+/// Runs `f` with a session on the calling thread's heap, binding one first if need be, or
+/// on the fallback heap where the thread cannot have one.
+#[inline(always)]
+pub(crate) fn with_session<R>(f: impl FnOnce(Session<'static, OsPlatform>) -> R) -> R {
+    match CURRENT.get() {
+        // SAFETY: the thread claimed its heap when binding and holds it until exit.
+        Some(cell) => f(unsafe { Session::new(&GLOBAL, cell) }),
+        None => with_new_session(f),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn with_new_session<R>(f: impl FnOnce(Session<'static, OsPlatform>) -> R) -> R {
+    match bind() {
+        // SAFETY: just bound and claimed.
+        Some(cell) => f(unsafe { Session::new(&GLOBAL, cell) }),
+        None => GLOBAL.with_fallback(f),
+    }
+}
+
+/// Binds the thread to a heap, unless it is binding already, has exited, or no memory can
+/// be had.
+fn bind() -> Option<&'static HeapCell> {
+    if STATE.get() != UNBOUND {
+        return None;
+    }
+    STATE.set(BINDING);
+    register_fork_handlers();
+    let Some(cell) = GLOBAL.acquire_heap() else {
+        STATE.set(UNBOUND);
+        return None;
+    };
+    // Registering the destructor may allocate: that call finds the state `BINDING`.
+    if EXIT.try_with(|_| ()).is_err() {
+        // Thread-local storage is being torn down: no exit hook can be had.
+        // SAFETY: claimed by acquire_heap just now, and not used.
+        unsafe { GLOBAL.release_heap(cell) };
+        STATE.set(EXITED);
+        return None;
+    }
+    CURRENT.set(Some(cell));
+    STATE.set(BOUND);
+    Some(cell)
+}
+
+/// The calling thread's heap, if it has one.
+pub(crate) fn current() -> Option<&'static HeapCell> {
+    CURRENT.get()
+}
+
+static FORK_HANDLERS: AtomicBool = AtomicBool::new(false);
+
+fn register_fork_handlers() {
+    if FORK_HANDLERS.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    extern "C" fn prepare() {
+        GLOBAL.fork_prepare();
+    }
+    extern "C" fn parent() {
+        // SAFETY: runs after `prepare`, in the thread that forked.
+        unsafe { GLOBAL.fork_parent() }
+    }
+    extern "C" fn child() {
+        // SAFETY: runs in the child after `prepare`.
+        unsafe { GLOBAL.fork_child() }
+    }
+    // SAFETY: the handlers are plain functions that neither allocate nor unwind. Failure
+    // (ENOMEM) leaves fork unprotected, as it was before; nothing else depends on it.
+    unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+}
