@@ -172,7 +172,7 @@ impl<P: Platform> Allocator<P> {
             return Some(cell);
         }
         drop(shared);
-        let bytes = size_of::<HeapCell>().next_multiple_of(self.platform.page_size());
+        let bytes = self.heap_bytes();
         let cell = self
             .platform
             .reserve(bytes, align_of::<HeapCell>())?
@@ -199,6 +199,11 @@ impl<P: Platform> Allocator<P> {
             }
             Some(cell.as_ref())
         }
+    }
+
+    /// Bytes mapped for each heap made for a thread.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        size_of::<HeapCell>().next_multiple_of(self.platform.page_size())
     }
 
     /// Hands a heap on: its remotely freed blocks taken back, its kept empty pools returned,
@@ -585,7 +590,7 @@ impl<P: Platform> Drop for Allocator<P> {
             shared.large.trim().release(&self.platform);
             shared.arenas.release_all(&self.platform);
         }
-        let bytes = size_of::<HeapCell>().next_multiple_of(self.platform.page_size());
+        let bytes = self.heap_bytes();
         let mut next = *self.heaps.get_mut();
         while let Some(cell) = NonNull::new(next) {
             // SAFETY: every heap was reserved by `acquire_heap` with this size, and nothing

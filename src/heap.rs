@@ -10,9 +10,12 @@
 //! whole, so that owner stays valid for every block.
 //!
 //! Invariants:
-//! - H1 a pool is in its class's list exactly when it has a block in use and a block to hand
-//!   out; full pools are in no list; a pool whose last block comes back goes to the heap's
-//!   cache of empty pools or back to the arenas, where any class may take its slots (O(1));
+//! - H1 a pool is in its class's list exactly when it has a block to hand out and a block in
+//!   use — or it is a one-slot pool that emptied at the head of the list, which stays there
+//!   (so that one block allocated and freed in a loop never leaves the fast path) until
+//!   another pool is pushed in front of it; full pools are in no list; any other pool whose
+//!   last block comes back goes to the heap's few kept empty pools or back to the arenas,
+//!   where any class may take its slots (O(1));
 //! - H2 every pool listed or cached is a pool slot in use in the arenas, owned by this heap;
 //! - H3 only the claimant reads or writes the heap's pools and lists; other threads touch only
 //!   `remote` (push) and the pools' `owner` field (read);
@@ -257,6 +260,7 @@ impl HeapCell {
     /// # Safety
     /// The caller has claimed the heap, and `class` has no usable pool.
     #[cold]
+    #[inline(never)]
     unsafe fn refill<P: Platform>(
         &self,
         class: SizeClass,
@@ -328,11 +332,27 @@ impl HeapCell {
         pool: PoolPtr,
         alloc: &Allocator<P>,
     ) {
-        // SAFETY: as the caller guarantees.
-        let freed = unsafe { pool.free(block) };
-        if freed.changed_state() {
-            // SAFETY: `freed` describes what just happened to this pool of ours.
-            unsafe { self.pool_changed_state(pool, freed, &mut SharedAccess::new(alloc)) }
+        // SAFETY: as the caller guarantees; `freed` describes what then happened to this
+        // pool of ours.
+        unsafe {
+            let freed = pool.free(block);
+            if freed.changed_state() && !(freed.now_empty && self.keeps_empty(pool)) {
+                self.pool_changed_state(pool, freed, &mut SharedAccess::new(alloc))
+            }
+        }
+    }
+
+    /// Whether a pool that has just emptied stays listed: a one-slot pool at the head of its
+    /// class's list, where the next allocation of the class will look (H1).
+    ///
+    /// # Safety
+    /// The caller has claimed the heap, and `pool` is ours and empty.
+    #[inline(always)]
+    unsafe fn keeps_empty(&self, pool: PoolPtr) -> bool {
+        // SAFETY: claimed (caller).
+        unsafe {
+            let class = pool.class();
+            self.heap().list(class).first() == Some(pool) && class.span_slots() == 1
         }
     }
 
@@ -342,6 +362,7 @@ impl HeapCell {
     /// The caller has claimed the heap; `pool` is ours and `freed` is what its last free
     /// reported.
     #[cold]
+    #[inline(never)]
     unsafe fn pool_changed_state<P: Platform>(
         &self,
         pool: PoolPtr,
@@ -355,17 +376,38 @@ impl HeapCell {
             if freed.was_full {
                 bump(&self.counters.full, class, 0_usize.wrapping_sub(1));
                 if !freed.now_empty {
+                    // An empty pool may only be listed at the head: it makes way.
+                    if let Some(head) = self.heap().list(class).first() {
+                        if head.used() == 0 {
+                            self.heap().list(class).remove(head);
+                            self.retire(head, shared);
+                        }
+                    }
                     self.heap().list(class).push_front(pool);
+                    return;
                 }
-            } else if freed.now_empty {
+            } else {
+                if self.keeps_empty(pool) {
+                    return;
+                }
                 self.heap().list(class).remove(pool);
             }
-            if freed.now_empty {
-                bump(&self.counters.pools, class, 0_usize.wrapping_sub(1));
-                if !self.heap().empty.put(pool.memory(), class.span_slots()) {
-                    let platform = &shared.alloc.platform;
-                    shared.get().arenas.free_pool(pool.memory(), platform);
-                }
+            self.retire(pool, shared);
+        }
+    }
+
+    /// An empty pool, in no list, leaves the heap's pools: kept, or back to the arenas.
+    ///
+    /// # Safety
+    /// The caller has claimed the heap; `pool` is ours, empty and in no list.
+    unsafe fn retire<P: Platform>(&self, pool: PoolPtr, shared: &mut SharedAccess<'_, P>) {
+        // SAFETY: as the caller guarantees.
+        unsafe {
+            let class = pool.class();
+            bump(&self.counters.pools, class, 0_usize.wrapping_sub(1));
+            if !self.heap().empty.put(pool.memory(), class.span_slots()) {
+                let platform = &shared.alloc.platform;
+                shared.get().arenas.free_pool(pool.memory(), platform);
             }
         }
     }
@@ -387,13 +429,22 @@ impl HeapCell {
         }
     }
 
-    /// Returns the kept empty pools to the arenas.
+    /// Returns the empty pools, listed or kept, to the arenas.
     ///
     /// # Safety
     /// The caller has claimed the heap.
     unsafe fn release_empty<P: Platform>(&self, shared: &mut SharedAccess<'_, P>) {
-        // SAFETY: claimed (caller); kept pools are ours and empty (H2).
+        // SAFETY: claimed (caller); listed and kept pools are ours (H2).
         unsafe {
+            for class in SizeClass::all() {
+                let list = self.heap().list(class);
+                if let Some(head) = list.first().filter(|head| head.used() == 0) {
+                    list.remove(head);
+                    bump(&self.counters.pools, class, 0_usize.wrapping_sub(1));
+                    let platform = &shared.alloc.platform;
+                    shared.get().arenas.free_pool(head.memory(), platform);
+                }
+            }
             while let Some(memory) = self.heap().empty.pop() {
                 let platform = &shared.alloc.platform;
                 shared.get().arenas.free_pool(memory, platform);
@@ -426,9 +477,10 @@ impl HeapCell {
     pub(crate) unsafe fn check(&self, arenas: &Arenas) -> Result<(), &'static str> {
         // SAFETY: claimed (caller).
         let heap = unsafe { self.heap() };
-        let mut listed = 0;
+        let (mut listed, mut listed_empty) = (0, 0);
         let mut result = Ok(());
         for (index, list) in heap.usable.iter().enumerate() {
+            let mut empty_here = 0;
             // SAFETY: listed pools are live (H2 is what is being checked, through the arenas,
             // before anything else is read).
             unsafe {
@@ -444,14 +496,23 @@ impl HeapCell {
                         Err("heap: a listed pool has another owner")
                     } else if pool.class().index() != index {
                         Err("heap: pool listed under the wrong class")
-                    } else if pool.is_full() || pool.used() == 0 {
-                        Err("heap: a full or empty pool is listed as usable")
+                    } else if pool.is_full() {
+                        Err("heap: a full pool is listed as usable")
+                    } else if pool.used() == 0
+                        && (pool.class().span_slots() != 1 || list.first() != Some(pool))
+                    {
+                        Err("heap: an empty pool is listed other than at a one-slot head")
                     } else {
+                        empty_here += (pool.used() == 0) as usize;
                         Ok(())
                     };
                 });
             }
             result?;
+            if empty_here > 1 {
+                return Err("heap: more than one empty pool listed for a class");
+            }
+            listed_empty += empty_here;
         }
         let (mut usable, mut empty) = (0, 0);
         arenas.for_each_pool(|memory| {
@@ -471,11 +532,11 @@ impl HeapCell {
             }
         });
         result?;
-        if usable != listed {
+        if usable + listed_empty != listed {
             return Err("heap: a usable pool is missing from its class's list");
         }
-        if empty != heap.empty.len {
-            return Err("heap: an empty pool in use is not among the kept ones");
+        if empty != listed_empty + heap.empty.len {
+            return Err("heap: an empty pool in use is neither listed nor kept");
         }
         Ok(())
     }
@@ -487,6 +548,7 @@ impl HeapCell {
 /// # Safety
 /// `block` is a block in use of `pool`, owned by `owner`, and not used after this call.
 #[cold]
+#[inline(never)]
 unsafe fn free_remote<P: Platform>(
     owner: &HeapCell,
     block: NonNull<u8>,

@@ -54,24 +54,40 @@ pub struct PyMalloc;
 unsafe impl GlobalAlloc for PyMalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        thread::with_session(|s| s.alloc(layout))
+        match thread::session() {
+            Some(s) => s.alloc(layout),
+            None => thread::with_new_session(|s| s.alloc(layout)),
+        }
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: GlobalAlloc's contract is Allocator::dealloc's.
-        thread::with_session(|s| unsafe { s.dealloc(ptr, layout) })
+        unsafe {
+            match thread::session() {
+                Some(s) => s.dealloc(ptr, layout),
+                None => thread::with_new_session(|s| s.dealloc(ptr, layout)),
+            }
+        }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        thread::with_session(|s| s.alloc_zeroed(layout))
+        match thread::session() {
+            Some(s) => s.alloc_zeroed(layout),
+            None => thread::with_new_session(|s| s.alloc_zeroed(layout)),
+        }
     }
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: GlobalAlloc's contract is Allocator::realloc's.
-        thread::with_session(|s| unsafe { s.realloc(ptr, layout, new_size) })
+        unsafe {
+            match thread::session() {
+                Some(s) => s.realloc(ptr, layout, new_size),
+                None => thread::with_new_session(|s| s.realloc(ptr, layout, new_size)),
+            }
+        }
     }
 }
 

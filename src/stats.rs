@@ -32,6 +32,9 @@ pub struct ClassStats {
 /// A snapshot of an allocator. See [`crate::stats`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stats {
+    /// Heaps made for threads and local heaps (the fallback heap not counted); a heap is
+    /// handed on when its thread exits, so this is the most threads ever alive at once.
+    pub heaps: usize,
     /// Arenas mapped.
     pub arenas: usize,
     /// Arenas with no pool in use (kept mapped to absorb the next burst).
@@ -62,7 +65,8 @@ pub struct Stats {
     pub large_cached_bytes: usize,
     /// Bytes handed out: `pooled_bytes + large_bytes`.
     pub bytes_in_use: usize,
-    /// Bytes mapped from the system: arenas, radix-tree nodes, large blocks and the cache.
+    /// Bytes mapped from the system: arenas, radix-tree nodes, large blocks and the cache, and
+    /// the heaps.
     pub bytes_mapped: usize,
 }
 
@@ -73,7 +77,9 @@ impl Stats {
         // Summed with wrapping: a block freed by another heap than the one that handed it out
         // makes one heap's difference negative, and only the total means anything.
         let mut totals = [[0usize; 4]; NUM_CLASSES];
+        let mut heaps = 0;
         alloc.for_each_heap(|cell| {
+            heaps += 1;
             let c = &cell.counters;
             for (i, t) in totals.iter_mut().enumerate() {
                 for (total, counter) in
@@ -106,6 +112,7 @@ impl Stats {
         let pools = classes.iter().map(|c| c.pools).sum::<usize>();
         let pools_full = classes.iter().map(|c| c.full_pools).sum();
         Stats {
+            heaps: heaps - 1,
             arenas: arenas.arenas,
             empty_arenas: arenas.empty_arenas,
             pools_used: pools - pools_full,
@@ -121,7 +128,10 @@ impl Stats {
             large_cached_blocks: large.cached_blocks,
             large_cached_bytes: large.cached_bytes,
             bytes_in_use: pooled_bytes + large.bytes,
-            bytes_mapped: arenas.mapped_bytes + large.bytes + large.cached_bytes,
+            bytes_mapped: arenas.mapped_bytes
+                + large.bytes
+                + large.cached_bytes
+                + (heaps - 1) * alloc.heap_bytes(),
         }
     }
 }
@@ -145,6 +155,7 @@ impl fmt::Display for Stats {
                 c.block_size, c.pools, c.full_pools, c.blocks_in_use, c.blocks_free
             )?;
         }
+        writeln!(f, "# heaps                      {:>14}", self.heaps)?;
         writeln!(
             f,
             "# arenas mapped              {:>14} ({} empty)",

@@ -52,20 +52,20 @@ impl Drop for ExitHook {
     }
 }
 
-/// Runs `f` with a session on the calling thread's heap, binding one first if need be, or
-/// on the fallback heap where the thread cannot have one.
+/// A session on the calling thread's heap, if it is bound: the fast path.
 #[inline(always)]
-pub(crate) fn with_session<R>(f: impl FnOnce(Session<'static, OsPlatform>) -> R) -> R {
-    match CURRENT.get() {
-        // SAFETY: the thread claimed its heap when binding and holds it until exit.
-        Some(cell) => f(unsafe { Session::new(&GLOBAL, cell) }),
-        None => with_new_session(f),
-    }
+pub(crate) fn session() -> Option<Session<'static, OsPlatform>> {
+    // SAFETY: the thread claimed its heap when binding and holds it until exit.
+    CURRENT
+        .get()
+        .map(|cell| unsafe { Session::new(&GLOBAL, cell) })
 }
 
+/// Runs `f` for a thread with no heap: binds one, or uses the fallback heap where the thread
+/// cannot have one.
 #[cold]
 #[inline(never)]
-fn with_new_session<R>(f: impl FnOnce(Session<'static, OsPlatform>) -> R) -> R {
+pub(crate) fn with_new_session<R>(f: impl FnOnce(Session<'static, OsPlatform>) -> R) -> R {
     match bind() {
         // SAFETY: just bound and claimed.
         Some(cell) => f(unsafe { Session::new(&GLOBAL, cell) }),

@@ -10,12 +10,15 @@ use std::alloc::Layout;
 use std::collections::BTreeMap;
 
 use common::{fill, holds, holds_prefix};
-use pymalloc::Allocator;
+use pymalloc::{Allocator, LocalHeap};
 use pymalloc_arena::{TEST_PAGE_SIZE, TestPlatform};
 use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
 
 const MAX_SIZE: usize = 4 << 20;
 const MAX_ALIGN_LOG: u8 = 16;
+
+/// Local heaps the model drives besides the instance's own calls.
+const HEAPS: usize = 3;
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -23,15 +26,34 @@ enum Op {
         size: usize,
         align_log: u8,
         zeroed: bool,
+        via: Via,
     },
     Realloc {
         pick: usize,
         size: usize,
+        via: Via,
     },
     Free {
         pick: usize,
+        via: Via,
+    },
+    /// Hands local heap `k` back and takes another (likely the same one again).
+    Rebind {
+        k: usize,
     },
     Check,
+}
+
+/// Who makes a call: the instance itself (`None`) or one of its local heaps, so that blocks
+/// are freed by heaps that do not own them.
+#[derive(Clone, Copy, Debug)]
+struct Via(Option<usize>);
+
+impl Arbitrary for Via {
+    fn arbitrary(g: &mut Gen) -> Via {
+        let k = usize::arbitrary(g) % (HEAPS + 1);
+        Via((k < HEAPS).then_some(k))
+    }
 }
 
 fn arbitrary_size(g: &mut Gen) -> usize {
@@ -56,13 +78,19 @@ impl Arbitrary for Op {
                     u8::arbitrary(g) % (MAX_ALIGN_LOG + 1)
                 },
                 zeroed: bool::arbitrary(g),
+                via: Via::arbitrary(g),
             },
             5..7 => Op::Realloc {
                 pick: usize::arbitrary(g),
                 size: arbitrary_size(g),
+                via: Via::arbitrary(g),
             },
             7..9 => Op::Free {
                 pick: usize::arbitrary(g),
+                via: Via::arbitrary(g),
+            },
+            _ if bool::arbitrary(g) => Op::Rebind {
+                k: usize::arbitrary(g) % HEAPS,
             },
             _ => Op::Check,
         }
@@ -157,8 +185,47 @@ fn is_zero(p: *const u8, size: usize) -> bool {
         .all(|i| unsafe { p.add(i).read() } == 0)
 }
 
+/// The calls of one [`Via`].
+struct Caller<'h, 'a> {
+    heap: Option<&'h mut LocalHeap<'a, TestPlatform>>,
+    a: &'a Allocator<TestPlatform>,
+}
+
+impl Caller<'_, '_> {
+    fn alloc(&mut self, layout: Layout, zeroed: bool) -> *mut u8 {
+        match (&mut self.heap, zeroed) {
+            (Some(h), false) => h.alloc(layout),
+            (Some(h), true) => h.alloc_zeroed(layout),
+            (None, false) => self.a.alloc(layout),
+            (None, true) => self.a.alloc_zeroed(layout),
+        }
+    }
+
+    unsafe fn realloc(&mut self, p: *mut u8, layout: Layout, size: usize) -> *mut u8 {
+        // SAFETY: as the caller guarantees.
+        unsafe {
+            match &mut self.heap {
+                Some(h) => h.realloc(p, layout, size),
+                None => self.a.realloc(p, layout, size),
+            }
+        }
+    }
+
+    unsafe fn dealloc(&mut self, p: *mut u8, layout: Layout) {
+        // SAFETY: as the caller guarantees.
+        unsafe {
+            match &mut self.heap {
+                Some(h) => h.dealloc(p, layout),
+                None => self.a.dealloc(p, layout),
+            }
+        }
+    }
+}
+
 fn run(ops: Vec<Op>) -> Result<(), String> {
     let a = Allocator::new(TestPlatform::new());
+    let mut heaps: Vec<LocalHeap<'_, TestPlatform>> =
+        (0..HEAPS).map(|_| a.local_heap().unwrap()).collect();
     let mut live: Vec<Live> = Vec::new();
     let mut ranges = BTreeMap::new();
     let mut seed = 0u64;
@@ -169,13 +236,14 @@ fn run(ops: Vec<Op>) -> Result<(), String> {
                 size,
                 align_log,
                 zeroed,
+                via,
             } => {
                 let layout = Layout::from_size_align(size, 1 << align_log).unwrap();
-                let p = if zeroed {
-                    a.alloc_zeroed(layout)
-                } else {
-                    a.alloc(layout)
+                let mut caller = Caller {
+                    heap: via.0.map(|k| &mut heaps[k]),
+                    a: &a,
                 };
+                let p = caller.alloc(layout, zeroed);
                 if p.is_null() {
                     return Err(format!("alloc({layout:?}) failed"));
                 }
@@ -194,12 +262,16 @@ fn run(ops: Vec<Op>) -> Result<(), String> {
                     seed,
                 });
             }
-            Op::Realloc { pick, size } if !live.is_empty() => {
+            Op::Realloc { pick, size, via } if !live.is_empty() => {
                 let i = pick % live.len();
                 let b = &mut live[i];
                 ranges.remove(&(b.ptr as usize));
+                let mut caller = Caller {
+                    heap: via.0.map(|k| &mut heaps[k]),
+                    a: &a,
+                };
                 // SAFETY: a live block of this layout.
-                let p = unsafe { a.realloc(b.ptr, b.layout, size) };
+                let p = unsafe { caller.realloc(b.ptr, b.layout, size) };
                 if p.is_null() {
                     return Err(format!("realloc to {size} failed"));
                 }
@@ -221,16 +293,23 @@ fn run(ops: Vec<Op>) -> Result<(), String> {
                 unsafe { fill(p, size, seed) };
                 claim(&mut ranges, p, size)?;
             }
-            Op::Free { pick } if !live.is_empty() => {
+            Op::Free { pick, via } if !live.is_empty() => {
                 let b = live.swap_remove(pick % live.len());
                 ranges.remove(&(b.ptr as usize));
+                let mut caller = Caller {
+                    heap: via.0.map(|k| &mut heaps[k]),
+                    a: &a,
+                };
                 // SAFETY: a live block of this layout, filled with its seed.
                 unsafe {
                     if !holds(b.ptr, b.layout.size(), b.seed) {
                         return Err(format!("block of {:?} corrupted", b.layout));
                     }
-                    a.dealloc(b.ptr, b.layout);
+                    caller.dealloc(b.ptr, b.layout);
                 }
+            }
+            Op::Rebind { k } => {
+                heaps[k] = a.local_heap().ok_or("no memory for a heap")?;
             }
             Op::Check => agree(&a, &live)?,
             _ => {}
@@ -241,6 +320,7 @@ fn run(ops: Vec<Op>) -> Result<(), String> {
         // SAFETY: a live block of this layout.
         unsafe { a.dealloc(b.ptr, b.layout) };
     }
+    drop(heaps);
     agree(&a, &live)?;
     a.trim();
     agree(&a, &live)?;
@@ -388,9 +468,11 @@ fn waves_fill_and_empty_pools_across_classes() {
         a.platform().decommits() > 0,
         "freeing everything decommitted nothing"
     );
-    // Each empty pool the heap keeps may hold one arena that is otherwise empty.
+    // Each empty pool the heap keeps — among its spare ones, or as its class's only, listed
+    // pool (at most one per class) — may hold one arena that is otherwise empty.
+    assert!(stats.pools_used <= stats.classes.len(), "{stats}");
     assert!(
-        stats.arenas <= pymalloc_arena::MAX_EMPTY_ARENAS + stats.pools_kept,
+        stats.arenas <= pymalloc_arena::MAX_EMPTY_ARENAS + stats.pools_kept + stats.pools_used,
         "{stats}"
     );
     assert!(stats.pools_kept <= pymalloc::CACHED_POOLS, "{stats}");
@@ -446,4 +528,34 @@ fn realloc_moves_only_when_the_class_changes() {
     // SAFETY: a live block of `layout`.
     unsafe { a.dealloc(p, layout) };
     a.check().unwrap();
+}
+
+/// A pool that is full when another heap frees one of its blocks is not lost: its owner takes
+/// the block back when it next needs one of that class, and reuses that very pool.
+#[test]
+fn a_full_pool_that_receives_a_remote_free_returns_to_use() {
+    let a = Allocator::new(TestPlatform::new());
+    let (mut owner, mut other) = (a.local_heap().unwrap(), a.local_heap().unwrap());
+    let layout = Layout::from_size_align(64, 8).unwrap();
+    let per_pool = pymalloc_pool::blocks_per_pool(pymalloc_pool::SizeClass::for_size(64).unwrap());
+    let blocks: Vec<*mut u8> = (0..per_pool).map(|_| owner.alloc(layout)).collect();
+    let stats = a.stats();
+    assert_eq!((stats.pools_full, stats.pools_used), (1, 0), "{stats}");
+    let victim = blocks[per_pool / 2];
+    // SAFETY: a live block of this layout, freed once, by the heap that does not own it.
+    unsafe { other.dealloc(victim, layout) };
+    assert_eq!(a.stats().classes[3].blocks_in_use, per_pool - 1);
+    a.check().unwrap();
+    // The owner has no usable pool of the class: it collects the remote free first.
+    let again = owner.alloc(layout);
+    assert_eq!(again, victim, "the full pool's freed block was not reused");
+    assert_eq!(a.stats().pools_full, 1);
+    for p in blocks.into_iter().filter(|&p| p != victim).chain([again]) {
+        // SAFETY: live blocks of this layout, each freed once.
+        unsafe { other.dealloc(p, layout) };
+    }
+    drop((owner, other));
+    a.check().unwrap();
+    let stats = a.stats();
+    assert_eq!((stats.pooled_blocks, stats.pools_full), (0, 0), "{stats}");
 }

@@ -83,6 +83,11 @@ pub const WORKLOADS: &[Workload] = &[
         run: fragmentation,
     },
     Workload {
+        name: "small-churn",
+        what: "each thread replaces random slots of its own 1000 blocks of 8 B to 512 B",
+        run: small_churn,
+    },
+    Workload {
         name: "producer-consumer",
         what: "2 producers, 2 consumers: every free is remote",
         run: producer_consumer,
@@ -242,6 +247,43 @@ fn fragmentation(scale: Scale) -> u64 {
         });
     }
     checksum + live.len() as u64
+}
+
+/// Threads for [`small_churn`]: `PYMALLOC_BENCH_THREADS`, else one.
+pub const THREADS_VAR: &str = "PYMALLOC_BENCH_THREADS";
+
+/// Operations per thread of [`small_churn`].
+pub fn churn_ops(scale: Scale) -> usize {
+    scale.pick(2_000_000, 10_000_000)
+}
+
+fn small_churn(scale: Scale) -> u64 {
+    let threads: u64 = std::env::var(THREADS_VAR)
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(1);
+    let ops = churn_ops(scale);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    let mut rng = Rng::new(30 + t);
+                    let mut slots: Vec<Vec<u8>> = (0..1000).map(|_| vec![0u8; 8]).collect();
+                    let mut sum = 0u64;
+                    for _ in 0..ops {
+                        let len = 8 + rng.below(505) as usize;
+                        let i = rng.below(slots.len() as u64) as usize;
+                        let mut fresh = Vec::with_capacity(len);
+                        fresh.push(len as u8);
+                        let old = std::mem::replace(&mut slots[i], black_box(fresh));
+                        sum += old[0] as u64;
+                    }
+                    sum
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    })
 }
 
 fn producer_consumer(scale: Scale) -> u64 {

@@ -1,0 +1,163 @@
+//! Model check of the remote-free protocol with `loom`, which runs each test under every
+//! interleaving of its threads' atomic operations (within loom's bounds):
+//!
+//! `RUSTFLAGS="--cfg loom" cargo test -p pymalloc-pool --test loom --release`
+//!
+//! Covered: the remote list (pushes racing with the owner's `take_all`: every block arrives
+//! exactly once, with its pool) and the full-pool hand-back (a pool that is full when a
+//! block is freed remotely rejoins its list once the owner collects, and its blocks are all
+//! accounted for). The rest of the allocator is not modelled.
+#![cfg(loom)]
+
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::collections::BTreeSet;
+use std::ptr::NonNull;
+
+use loom::sync::Arc;
+use loom::sync::atomic::{AtomicUsize, Ordering};
+use loom::thread;
+use pymalloc_pool::{PoolList, PoolPtr, RemoteList, SizeClass, blocks_per_pool};
+
+/// One pool's worth of memory, aligned to its size, for one model run.
+struct PoolMemory {
+    ptr: NonNull<u8>,
+    layout: Layout,
+}
+
+impl PoolMemory {
+    fn new(class: SizeClass) -> PoolMemory {
+        let layout = Layout::from_size_align(class.pool_bytes(), class.pool_bytes()).unwrap();
+        // SAFETY: a non-zero layout.
+        let ptr = NonNull::new(unsafe { alloc_zeroed(layout) }).unwrap();
+        PoolMemory { ptr, layout }
+    }
+}
+
+impl Drop for PoolMemory {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+/// Addresses cross threads as integers: the blocks are only ever touched by one thread at a
+/// time, which the protocol (and loom) is checking.
+#[derive(Clone, Copy)]
+struct Addr(usize);
+
+fn block(addr: Addr) -> NonNull<u8> {
+    NonNull::new(addr.0 as *mut u8).unwrap()
+}
+
+/// A class whose pools hold three or four blocks: few enough to model.
+fn small_pool_class() -> SizeClass {
+    SizeClass::all()
+        .find(|&c| (3..=4).contains(&blocks_per_pool(c)))
+        .unwrap()
+}
+
+#[test]
+fn pushes_racing_with_take_all_deliver_every_block_once() {
+    loom::model(|| {
+        let class = small_pool_class();
+        let memory = PoolMemory::new(class);
+        // SAFETY: fresh memory of the pool's size and alignment, ours alone.
+        let pool = unsafe { PoolPtr::init(memory.ptr, class, true, std::ptr::null_mut()) };
+        // SAFETY: the pool is ours; it is empty, so it has blocks to hand out.
+        let blocks: Vec<Addr> = (0..2)
+            .map(|_| unsafe { pool.alloc() }.map(|(b, _)| Addr(b.as_ptr() as usize)))
+            .collect::<Option<_>>()
+            .unwrap();
+        let list = Arc::new(RemoteList::new());
+        let pool_addr = Addr(pool.memory().as_ptr() as usize);
+        let pushers: Vec<_> = blocks
+            .iter()
+            .copied()
+            .map(|b| {
+                let list = list.clone();
+                thread::spawn(move || {
+                    // SAFETY: a block in use of the live pool, given up by this thread.
+                    let pool = unsafe { PoolPtr::at(block(pool_addr)) };
+                    unsafe { list.push(block(b), pool) };
+                })
+            })
+            .collect();
+        let mut seen = BTreeSet::new();
+        for (b, p) in list.take_all() {
+            assert_eq!(p, pool);
+            assert!(seen.insert(b.as_ptr() as usize), "a block arrived twice");
+        }
+        pushers.into_iter().for_each(|t| t.join().unwrap());
+        for (b, p) in list.take_all() {
+            assert_eq!(p, pool);
+            assert!(seen.insert(b.as_ptr() as usize), "a block arrived twice");
+        }
+        let expected: BTreeSet<usize> = blocks.iter().map(|b| b.0).collect();
+        assert_eq!(seen, expected, "a block was lost");
+        drop(memory);
+    });
+}
+
+#[test]
+fn a_full_pool_freed_into_remotely_rejoins_its_list() {
+    loom::model(|| {
+        let class = small_pool_class();
+        let memory = PoolMemory::new(class);
+        // SAFETY: fresh memory of the pool's size and alignment, ours alone.
+        let pool = unsafe { PoolPtr::init(memory.ptr, class, true, std::ptr::null_mut()) };
+        let mut usable = PoolList::new();
+        // SAFETY: the owner thread (this one) has the pool to itself.
+        unsafe { usable.push_front(pool) };
+        // The owner fills the pool: it leaves the list, as the heap does with full pools.
+        let mut blocks = Vec::new();
+        // SAFETY: as above.
+        while let Some((b, _)) = unsafe { pool.alloc() } {
+            blocks.push(Addr(b.as_ptr() as usize));
+        }
+        // SAFETY: as above.
+        unsafe {
+            assert!(pool.is_full());
+            usable.remove(pool);
+        }
+        let list = Arc::new(RemoteList::new());
+        let pushed = Arc::new(AtomicUsize::new(0));
+        let pool_addr = Addr(pool.memory().as_ptr() as usize);
+        // Another thread frees the first two blocks remotely.
+        let remote = {
+            let (list, pushed) = (list.clone(), pushed.clone());
+            let mine = blocks[..2.min(blocks.len())].to_vec();
+            thread::spawn(move || {
+                // SAFETY: blocks in use of the live pool, given up by this thread.
+                let pool = unsafe { PoolPtr::at(block(pool_addr)) };
+                for b in mine {
+                    unsafe { list.push(block(b), pool) };
+                    pushed.fetch_add(1, Ordering::Release);
+                }
+            })
+        };
+        // The owner collects whenever it looks, as a heap does when it needs a block.
+        let mut freed = 0;
+        let mut collect = |usable: &mut PoolList| {
+            for (b, p) in list.take_all() {
+                // SAFETY: a pushed block is in use in its live pool, now the owner's again.
+                let state = unsafe { p.free(b) };
+                if state.was_full {
+                    // SAFETY: a full pool is in no list.
+                    unsafe { usable.push_front(p) };
+                }
+                freed += 1;
+            }
+        };
+        collect(&mut usable);
+        remote.join().unwrap();
+        collect(&mut usable);
+        assert_eq!(freed, pushed.load(Ordering::Acquire));
+        assert_eq!(usable.first(), Some(pool), "the full pool was lost");
+        // SAFETY: the owner's pool.
+        unsafe {
+            assert_eq!(pool.used(), blocks.len() - freed);
+            assert!(pool.check().is_ok());
+        }
+        drop(memory);
+    });
+}
