@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 seconds=${1:-600}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(ops global oom radix)
+[ ${#targets[@]} -gt 0 ] || targets=(ops global oom heaps radix)
 jobs=${JOBS:-$(nproc)}
 logs=$(mktemp -d)
 cargo +nightly fuzz build >/dev/null || exit 1

@@ -16,7 +16,7 @@ use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, Ordering};
 
 use pymalloc_arena::{Arenas, Platform};
-use pymalloc_pool::{ALIGNMENT, PoolPtr, SizeClass, fatal};
+use pymalloc_pool::{ALIGNMENT, NUM_CLASSES, PoolPtr, SizeClass, fatal};
 
 use crate::debug;
 use crate::heap::{self, HeapCell, SharedAccess};
@@ -295,27 +295,49 @@ impl<P: Platform> Allocator<P> {
     }
 
     /// Checks every invariant of the arenas and of every heap that no other thread holds
-    /// (the caller's own, `mine`, included), walking all their memory.
+    /// (the caller's own, `mine`, included), walking all their memory. Each checked heap
+    /// first takes back its remotely freed blocks; then, if every heap could be checked, the
+    /// blocks in use in all pools must be what the heaps' counters say, class by class, so a
+    /// block that went missing between two heaps is found.
     pub(crate) fn check_with(&self, mine: Option<&HeapCell>) -> Result<(), &'static str> {
-        let shared = self.shared();
-        shared.arenas.check()?;
-        let mut result = Ok(());
+        let guard = self.shared();
+        let mut shared = SharedAccess::held(self, guard);
+        let mut result = shared.get().arenas.check();
+        let mut used = [0usize; NUM_CLASSES];
+        let mut all_checked = true;
         self.for_each_heap(|cell| {
             let is_mine = mine.is_some_and(|m| ptr::eq(m, cell));
-            if result.is_err() || !(is_mine || cell.claim().try_lock()) {
+            if result.is_err() {
+                return;
+            }
+            if !(is_mine || cell.claim().try_lock()) {
+                all_checked = false;
                 return;
             }
             // SAFETY: claimed, by the caller or just now (and released at once).
             unsafe {
-                result = cell.check(&shared.arenas);
+                cell.collect_remote(&mut shared);
+                result = cell.check(&shared.get().arenas, &mut used);
                 if !is_mine {
                     cell.claim().unlock();
                 }
             }
         });
+        result?;
+        if all_checked {
+            let counted = Stats::collect(self, shared.get());
+            let mismatch = counted
+                .classes
+                .iter()
+                .zip(used)
+                .any(|(c, used)| c.blocks_in_use != used);
+            if mismatch {
+                return Err("heaps: blocks in use in the pools differ from the heaps' counts");
+            }
+        }
         drop(shared);
         self.for_each_heap(|cell| heap::collect(cell, self));
-        result
+        Ok(())
     }
 
     /// Checks every invariant of the arenas and of every heap no thread holds, walking all

@@ -417,7 +417,7 @@ impl HeapCell {
     ///
     /// # Safety
     /// The caller has claimed the heap.
-    unsafe fn collect_remote<P: Platform>(&self, shared: &mut SharedAccess<'_, P>) {
+    pub(crate) unsafe fn collect_remote<P: Platform>(&self, shared: &mut SharedAccess<'_, P>) {
         for (block, pool) in self.remote.0.take_all() {
             // SAFETY: pushed blocks are in use in live pools of this heap (R1, H4).
             unsafe {
@@ -470,11 +470,16 @@ impl HeapCell {
         !self.remote.0.is_empty()
     }
 
-    /// Checks H1 and H2 and the pools' own invariants.
+    /// Checks H1 and H2 and the pools' own invariants, and adds up the blocks in use of the
+    /// heap's pools per class into `used`.
     ///
     /// # Safety
     /// The caller has claimed the heap.
-    pub(crate) unsafe fn check(&self, arenas: &Arenas) -> Result<(), &'static str> {
+    pub(crate) unsafe fn check(
+        &self,
+        arenas: &Arenas,
+        used: &mut [usize; NUM_CLASSES],
+    ) -> Result<(), &'static str> {
         // SAFETY: claimed (caller).
         let heap = unsafe { self.heap() };
         let (mut listed, mut listed_empty) = (0, 0);
@@ -524,6 +529,7 @@ impl HeapCell {
                     return;
                 }
                 result = pool.check();
+                used[pool.class().index()] += pool.used();
                 if pool.used() == 0 {
                     empty += 1;
                 } else if !pool.is_full() {

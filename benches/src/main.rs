@@ -3,19 +3,24 @@
 //! RSS and RSS after freeing, each also as a ratio to the system allocator; writes
 //! `docs/benchmarks.md` and `docs/benchmarks.svg`.
 //!
-//! `cargo run --release -p pymalloc-bench -- [--quick] [--runs N] [--only WORKLOAD]`
+//! Then `small-churn` again at 1, 2, 4, … up to `--threads` threads (default: the number of
+//! cores), as a table of throughput and speed-up.
+//!
+//! `cargo run --release -p pymalloc-bench -- [--quick] [--runs N] [--only WORKLOAD] [--threads N]`
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use pymalloc_bench::{ALLOCATORS, Sample, WORKLOADS};
+use pymalloc_bench::{ALLOCATORS, Sample, THREADS_VAR, WORKLOADS, churn_ops};
 
 struct Options {
     quick: bool,
     runs: usize,
     only: Option<String>,
+    /// Most threads of the scaling table.
+    threads: usize,
 }
 
 fn options() -> Options {
@@ -30,10 +35,14 @@ fn options() -> Options {
     let runs = value("--runs")
         .and_then(|r| r.parse().ok())
         .unwrap_or(if quick { 3 } else { 5 });
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     Options {
         quick,
         runs,
         only: value("--only"),
+        threads: value("--threads")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(cores.max(2)),
     }
 }
 
@@ -59,9 +68,10 @@ fn build_workers() -> PathBuf {
         .to_path_buf()
 }
 
-fn run_worker(dir: &Path, allocator: &str, workload: &str, quick: bool) -> Sample {
+fn run_worker(dir: &Path, allocator: &str, workload: &str, quick: bool, threads: usize) -> Sample {
     let out = Command::new(dir.join(format!("worker-{allocator}")))
         .args([workload, if quick { "quick" } else { "full" }])
+        .env(THREADS_VAR, threads.to_string())
         .output()
         .expect("start a worker");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -131,6 +141,111 @@ fn table(medians: &Medians, workloads: &[&'static str]) -> String {
         writeln!(t, "| *geometric mean of ratios* | {} |", geo.join(" | ")).unwrap();
     }
     t
+}
+
+/// Thread counts of the scaling table: powers of two up to `max`, and `max`.
+fn thread_counts(max: usize) -> Vec<usize> {
+    let mut counts: Vec<usize> = (0..).map(|k| 1 << k).take_while(|&t| t < max).collect();
+    counts.push(max);
+    counts
+}
+
+/// `small-churn` at 1 to `opts.threads` threads, each thread doing the same work: total
+/// throughput per allocator, pymalloc's ratio to the system allocator, and each allocator's
+/// speed-up over its own one-thread run.
+fn scaling(dir: &Path, opts: &Options) -> String {
+    let counts = thread_counts(opts.threads);
+    let mut mops: BTreeMap<(usize, &str), f64> = BTreeMap::new();
+    let total = counts.len() * opts.runs * ALLOCATORS.len();
+    let mut k = 0;
+    for &t in &counts {
+        let mut times: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+        for run in 1..=opts.runs {
+            for a in ALLOCATORS {
+                k += 1;
+                eprint!("\r[{k:>3}/{total}] small-churn × {t:<3} {a:<9} run {run}   ");
+                let sample = run_worker(dir, a, "small-churn", opts.quick, t);
+                times.entry(a).or_default().push(sample.time_ns);
+            }
+        }
+        let ops = (t * churn_ops(if opts.quick {
+            pymalloc_bench::Scale::Quick
+        } else {
+            pymalloc_bench::Scale::Full
+        })) as f64;
+        for (a, v) in times {
+            mops.insert((t, a), ops / median(v) as f64 * 1e3);
+        }
+    }
+    eprintln!();
+    let ceiling: Vec<f64> = counts
+        .iter()
+        .map(|&t| spin_rate(t) / spin_rate(1))
+        .collect();
+    let mut out = String::from(
+        "\n**Thread scaling**: `small-churn` with every thread doing the same work; million \
+         operations (a free and an allocation) per second, all threads together; higher is \
+         better. *× system*: pymalloc's throughput over the system allocator's; *speed-up*: \
+         each allocator's throughput over its own one-thread figure; *machine*: the speed-up of \
+         a loop that does not allocate at all, the most this machine's cores can give.\n\n",
+    );
+    writeln!(
+        out,
+        "| threads | {} | pymalloc × system | speed-up: {} | machine |",
+        ALLOCATORS.join(" | "),
+        ALLOCATORS.join(" / ")
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "|---:|{}---:|---:|---:|",
+        "---:|".repeat(ALLOCATORS.len())
+    )
+    .unwrap();
+    for (&t, machine) in counts.iter().zip(ceiling) {
+        let cells: Vec<String> = ALLOCATORS
+            .iter()
+            .map(|a| format!("{:.1}", mops[&(t, *a)]))
+            .collect();
+        let speedups: Vec<String> = ALLOCATORS
+            .iter()
+            .map(|a| format!("{:.2}", mops[&(t, *a)] / mops[&(1, *a)]))
+            .collect();
+        writeln!(
+            out,
+            "| {t} | {} | {:.2}× | {} | {machine:.2} |",
+            cells.join(" | "),
+            mops[&(t, "pymalloc")] / mops[&(t, "system")],
+            speedups.join(" / ")
+        )
+        .unwrap();
+    }
+    out
+}
+
+/// Iterations per second of an arithmetic loop on `threads` threads together (the median of
+/// three runs): the machine's own scaling, with no allocator involved.
+fn spin_rate(threads: usize) -> f64 {
+    const ITERATIONS: u64 = 200_000_000;
+    let mut rates: Vec<u64> = (0..3)
+        .map(|_| {
+            let start = std::time::Instant::now();
+            std::thread::scope(|s| {
+                for t in 0..threads as u64 {
+                    s.spawn(move || {
+                        let mut x = t;
+                        for i in 0..ITERATIONS {
+                            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(i);
+                        }
+                        std::hint::black_box(x);
+                    });
+                }
+            });
+            (threads as u64 * ITERATIONS * 1000) / start.elapsed().as_micros().max(1) as u64
+        })
+        .collect();
+    rates.sort_unstable();
+    rates[1] as f64
 }
 
 /// Horizontal bars of each allocator's time and peak-RSS ratio to the system allocator, on a
@@ -281,7 +396,7 @@ fn main() {
                     "\r[{k:>3}/{total}] {w:<18} {a:<9} run {run}/{}   ",
                     opts.runs
                 );
-                let sample = run_worker(&dir, a, w, opts.quick);
+                let sample = run_worker(&dir, a, w, opts.quick, 1);
                 samples.entry((*w, a)).or_default().push(sample);
             }
         }
@@ -308,7 +423,10 @@ fn main() {
             )
         })
         .collect();
-    let table = table(&medians, &workloads);
+    let mut table = table(&medians, &workloads);
+    if opts.only.as_deref().is_none_or(|o| o == "small-churn") {
+        table.push_str(&scaling(&dir, &opts));
+    }
     println!("{table}");
 
     let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");

@@ -1,4 +1,4 @@
-//! The interpreter shared by the `ops`, `global` and `oom` targets: a byte string decoded as
+//! The interpreter shared by the `ops`, `global`, `oom` and `heaps` targets: a byte string decoded as
 //! alloc / alloc_zeroed / realloc / dealloc / check (and, where the target allows, refused
 //! memory), run against a shadow model of the live blocks. Every block is filled with its own
 //! byte and checked before it is freed or moved; at the end everything is freed and the
@@ -22,6 +22,10 @@ pub trait Target {
     }
     /// Bytes in use, for the final check.
     fn bytes_in_use(&self) -> usize;
+    /// Called before each op: a target with several heaps picks the one that runs it.
+    fn select(&self, _op: &[u8]) {}
+    /// Called before the final frees and check: a target with heaps hands them all back.
+    fn finish(&self) {}
 }
 
 struct Live {
@@ -59,6 +63,7 @@ pub fn run(a: &impl Target, data: &[u8]) {
     let mut live: Vec<Live> = Vec::new();
     for (n, op) in data.chunks_exact(5).enumerate() {
         let byte = n as u8 | 1;
+        a.select(op);
         match op[0] % 8 {
             0..=2 => {
                 let layout = Layout::from_size_align(size_from(&op[1..4]), 1 << (op[4] % 17)).unwrap();
@@ -105,6 +110,7 @@ pub fn run(a: &impl Target, data: &[u8]) {
         // SAFETY: a live block of this layout.
         unsafe { a.dealloc(b.ptr, b.layout) };
     }
+    a.finish();
     a.check();
     assert_eq!(a.bytes_in_use(), before, "bytes in use after freeing everything");
 }
