@@ -272,3 +272,46 @@ fn blocks_of_a_multi_slot_pool_find_its_header() {
         assert_eq!(pool.check(), Ok(()));
     }
 }
+
+#[test]
+fn remote_list_returns_every_block_with_its_pool_newest_first() {
+    let classes = [
+        SizeClass::from_index(0).unwrap(),
+        SizeClass::from_index(40).unwrap(),
+    ];
+    let mems: Vec<Mem> = classes.iter().map(|&c| Mem::new(c)).collect();
+    // SAFETY: each memory is ours, aligned to its class's pool size, zeroed.
+    let pools: Vec<PoolPtr> = mems
+        .iter()
+        .zip(classes)
+        .map(|(m, c)| unsafe { PoolPtr::init(m.0, c, true, core::ptr::null_mut()) })
+        .collect();
+    let list = RemoteList::new();
+    assert!(list.is_empty());
+    let mut pushed = Vec::new();
+    for k in 0..6 {
+        let pool = pools[k % 2];
+        // SAFETY: the pools are ours and have blocks to hand out; each block is pushed once
+        // while in use.
+        unsafe {
+            let (block, _) = pool.alloc().unwrap();
+            list.push(block, pool);
+            pushed.push((block, pool));
+        }
+    }
+    assert!(!list.is_empty());
+    let taken: Vec<_> = list.take_all().collect();
+    assert!(list.is_empty());
+    pushed.reverse();
+    assert_eq!(taken, pushed);
+    for (block, pool) in taken {
+        // SAFETY: blocks in use of their pools, freed once.
+        unsafe { pool.free(block) };
+    }
+    // SAFETY: the pools are ours.
+    assert!(
+        pools
+            .iter()
+            .all(|p| unsafe { p.used() == 0 && p.check().is_ok() })
+    );
+}
