@@ -27,7 +27,7 @@
 //!   releasing claimant releases then looks at the list, both sequentially consistent, so at
 //!   least one of them sees the other;
 //! - H5 `counters` are written only by the claimant, with plain loads and stores (no
-//!   read-modify-write), and read by anyone: blocks handed out and blocks freed per class,
+//!   read-modify-write), and read by anyone: per class, blocks handed out less blocks freed,
 //!   whoever's they were, so the sum over all heaps is exact.
 //!
 //! The fast path is [`HeapCell::alloc`] and [`HeapCell::free`]: a freelist pop or push, no
@@ -116,10 +116,9 @@ impl Heap {
 
 /// Per-class counters of one heap (H5).
 pub(crate) struct Counters {
-    /// Blocks handed out.
-    pub(crate) allocated: [AtomicUsize; NUM_CLASSES],
-    /// Blocks freed, by this heap's claimant, wherever they came from.
-    pub(crate) freed: [AtomicUsize; NUM_CLASSES],
+    /// Blocks handed out by this heap less blocks freed by its claimant, wherever they came
+    /// from (so one heap's figure may wrap below zero; the sum over all heaps is exact).
+    pub(crate) live: [AtomicUsize; NUM_CLASSES],
     /// Pools owned, not counting kept empty ones.
     pub(crate) pools: [AtomicUsize; NUM_CLASSES],
     /// Of those, pools with no block left to hand out.
@@ -193,8 +192,7 @@ impl HeapCell {
                 empty: EmptyPools::new(),
             }),
             counters: Counters {
-                allocated: [const { AtomicUsize::new(0) }; NUM_CLASSES],
-                freed: [const { AtomicUsize::new(0) }; NUM_CLASSES],
+                live: [const { AtomicUsize::new(0) }; NUM_CLASSES],
                 pools: [const { AtomicUsize::new(0) }; NUM_CLASSES],
                 full: [const { AtomicUsize::new(0) }; NUM_CLASSES],
             },
@@ -249,7 +247,7 @@ impl HeapCell {
                 self.heap().list(class).remove(pool);
                 bump(&self.counters.full, class, 1);
             }
-            bump(&self.counters.allocated, class, 1);
+            bump(&self.counters.live, class, 1);
             Some(block)
         }
     }
@@ -310,7 +308,7 @@ impl HeapCell {
         alloc: &Allocator<P>,
     ) {
         let pool = PoolPtr::containing(block, class);
-        bump(&self.counters.freed, class, 1);
+        bump(&self.counters.live, class, 0_usize.wrapping_sub(1));
         // SAFETY: the block is in use, so its pool is live (caller).
         let owner = unsafe { pool.owner() };
         if owner == self.id() {

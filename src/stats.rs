@@ -76,26 +76,23 @@ impl Stats {
         let mut classes = [ClassStats::default(); NUM_CLASSES];
         // Summed with wrapping: a block freed by another heap than the one that handed it out
         // makes one heap's difference negative, and only the total means anything.
-        let mut totals = [[0usize; 4]; NUM_CLASSES];
+        let mut totals = [[0usize; 3]; NUM_CLASSES];
         let mut heaps = 0;
         alloc.for_each_heap(|cell| {
             heaps += 1;
             let c = &cell.counters;
             for (i, t) in totals.iter_mut().enumerate() {
-                for (total, counter) in
-                    t.iter_mut()
-                        .zip([&c.allocated[i], &c.freed[i], &c.pools[i], &c.full[i]])
-                {
+                for (total, counter) in t.iter_mut().zip([&c.live[i], &c.pools[i], &c.full[i]]) {
                     *total = total.wrapping_add(counter.load(Ordering::Relaxed));
                 }
             }
         });
-        for ((class, stats), [allocated, freed, pools, full]) in
+        for ((class, stats), [live, pools, full]) in
             SizeClass::all().zip(classes.iter_mut()).zip(totals)
         {
             // While other threads run, the counters are read at slightly different moments;
             // keep the figures in range.
-            let in_use = clamp(allocated.wrapping_sub(freed));
+            let in_use = clamp(live);
             stats.block_size = class.block_size();
             stats.pools = clamp(pools);
             stats.full_pools = clamp(full).min(stats.pools);
