@@ -405,7 +405,7 @@ impl HeapCell {
             bump(&self.counters.pools, class, 0_usize.wrapping_sub(1));
             if !self.heap().empty.put(pool.memory(), class.span_slots()) {
                 let platform = &shared.alloc.platform;
-                shared.get().arenas.free_pool(pool.memory(), platform);
+                shared.get().arenas.free_pool(pool.retire(), platform);
             }
         }
     }
@@ -440,12 +440,15 @@ impl HeapCell {
                     list.remove(head);
                     bump(&self.counters.pools, class, 0_usize.wrapping_sub(1));
                     let platform = &shared.alloc.platform;
-                    shared.get().arenas.free_pool(head.memory(), platform);
+                    shared.get().arenas.free_pool(head.retire(), platform);
                 }
             }
             while let Some(memory) = self.heap().empty.pop() {
                 let platform = &shared.alloc.platform;
-                shared.get().arenas.free_pool(memory, platform);
+                shared
+                    .get()
+                    .arenas
+                    .free_pool(PoolPtr::at(memory).retire(), platform);
             }
         }
     }

@@ -23,6 +23,7 @@
 #![cfg_attr(not(any(test, loom)), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod asan;
 mod class;
 mod fatal;
 mod pool;

@@ -22,6 +22,7 @@
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, Ordering};
 
+use crate::asan;
 use crate::class::{ALIGNMENT, SizeClass};
 use crate::fatal::ensure;
 
@@ -119,7 +120,22 @@ impl PoolPtr {
                 owner: AtomicPtr::new(owner),
             });
         }
+        asan::poison(
+            memory.as_ptr().wrapping_add(POOL_OVERHEAD),
+            limit - POOL_OVERHEAD,
+        );
         PoolPtr(pool)
+    }
+
+    /// The pool's memory, to go back to the arenas: the pool is no more.
+    ///
+    /// # Safety
+    /// `self` is a live pool with no block in use, exclusively the caller's.
+    pub unsafe fn retire(self) -> NonNull<u8> {
+        // SAFETY: the pool is live (caller).
+        let limit = unsafe { (*self.0.as_ptr()).limit } as usize;
+        asan::unpoison(self.0.as_ptr().cast(), limit);
+        self.memory()
     }
 
     /// Formats an empty pool of the same size as a pool of `class`, keeping its owner; its
@@ -145,6 +161,11 @@ impl PoolPtr {
             (*p).size = class.block_size() as u32;
             (*p).class = class;
             (*p).fresh = false;
+            let limit = (*p).limit as usize;
+            asan::poison(
+                self.0.as_ptr().cast::<u8>().add(POOL_OVERHEAD),
+                limit - POOL_OVERHEAD,
+            );
         }
     }
 
@@ -196,6 +217,7 @@ impl PoolPtr {
         // whose first word holds the next entry (P3), and carving stays inside the pool (P2).
         unsafe {
             if let Some(block) = NonNull::new((*p).free) {
+                asan::unpoison(block.as_ptr(), (*p).size as usize);
                 (*p).free = block.cast::<*mut u8>().read();
                 (*p).used += 1;
                 return Some((block, false));
@@ -205,7 +227,9 @@ impl PoolPtr {
             if next <= (*p).limit {
                 (*p).bump = next;
                 (*p).used += 1;
-                return Some((self.0.cast::<u8>().add(bump as usize), (*p).fresh));
+                let block = self.0.cast::<u8>().add(bump as usize);
+                asan::unpoison(block.as_ptr(), (*p).size as usize);
+                return Some((block, (*p).fresh));
             }
         }
         None
@@ -239,6 +263,7 @@ impl PoolPtr {
             );
             let was_full = self.is_full();
             block.cast::<*mut u8>().write((*p).free);
+            asan::poison(block.as_ptr(), (*p).size as usize);
             (*p).free = block.as_ptr();
             (*p).used -= 1;
             Freed {
@@ -316,8 +341,12 @@ impl PoolPtr {
             if listed > carved {
                 return Err("pool: freelist longer than the carved blocks (cycle?)");
             }
+            let link = size_of::<*mut u8>();
+            asan::unpoison(free, link);
             // SAFETY: `free` was just checked to be a carved block of this live pool.
-            free = unsafe { free.cast::<*mut u8>().read() };
+            let next = unsafe { free.cast::<*mut u8>().read() };
+            asan::poison(free, link);
+            free = next;
         }
         if used + listed != carved {
             return Err("pool: blocks in use plus free blocks differ from blocks carved");
