@@ -72,7 +72,15 @@ fn the_kth_refused_reservation_fails_one_allocation_and_the_next_ones_work() {
                 blocks.push((p, layout));
             }
         }
-        assert_eq!(nulls, 1, "refusing reservation {k} of {calls}");
+        // Radix-tree nodes are reserved as the arenas' addresses require, and the test
+        // platform's addresses come from the system allocator, so a run may make fewer
+        // reservations than the first one: a refusal that never came fails nothing.
+        let reached = a.platform().reserve_calls() >= k;
+        assert_eq!(
+            nulls,
+            usize::from(reached),
+            "refusing reservation {k} of {calls}"
+        );
         free_all(&a, blocks);
     }
 }
