@@ -4,6 +4,8 @@
 //! dangling pointer — is reported. Pools are unpoisoned whole when they go back to the arenas.
 //! Without the feature these are empty functions.
 
+// SAFETY: AddressSanitizer's public interface (`sanitizer/asan_interface.h`), with these
+// signatures; the feature is only for builds linked with it.
 #[cfg(feature = "asan")]
 unsafe extern "C" {
     fn __asan_poison_memory_region(addr: *const u8, size: usize);
