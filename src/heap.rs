@@ -127,11 +127,11 @@ pub(crate) struct Counters {
 
 /// Adds `delta` (wrapping) to a counter only its heap's claimant writes: a load and a store.
 #[inline(always)]
-fn bump(counters: &[AtomicUsize; NUM_CLASSES], class: SizeClass, delta: usize) {
+fn bump(counters: &[AtomicUsize; NUM_CLASSES], class: SizeClass, delta: isize) {
     // SAFETY: a SizeClass's index is below NUM_CLASSES.
     let c = unsafe { counters.get_unchecked(class.index()) };
     c.store(
-        c.load(Ordering::Relaxed).wrapping_add(delta),
+        c.load(Ordering::Relaxed).wrapping_add_signed(delta),
         Ordering::Relaxed,
     );
 }
@@ -180,6 +180,20 @@ impl<'a, P: Platform> SharedAccess<'a, P> {
 
     pub(crate) fn get(&mut self) -> &mut Shared {
         self.guard.get_or_insert_with(|| self.alloc.shared())
+    }
+
+    /// Gives an empty pool's slots back to the arenas.
+    ///
+    /// # Safety
+    /// `pool` is a live pool of this allocator with no block in use, in no list and no cache,
+    /// and nobody uses it any more.
+    unsafe fn free_pool(&mut self, pool: PoolPtr) {
+        let platform = &self.alloc.platform;
+        // SAFETY: as the caller guarantees; the slots came from these arenas.
+        unsafe {
+            let memory = pool.retire();
+            self.get().arenas.free_pool(memory, platform);
+        }
     }
 }
 
@@ -308,7 +322,7 @@ impl HeapCell {
         alloc: &Allocator<P>,
     ) {
         let pool = PoolPtr::containing(block, class);
-        bump(&self.counters.live, class, 0_usize.wrapping_sub(1));
+        bump(&self.counters.live, class, -1);
         // SAFETY: the block is in use, so its pool is live (caller).
         let owner = unsafe { pool.owner() };
         if owner == self.id() {
@@ -330,13 +344,28 @@ impl HeapCell {
         pool: PoolPtr,
         alloc: &Allocator<P>,
     ) {
-        // SAFETY: as the caller guarantees; `freed` describes what then happened to this
-        // pool of ours.
+        // SAFETY: as the caller guarantees; the change of state is this pool's.
         unsafe {
-            let freed = pool.free(block);
-            if freed.changed_state() && !(freed.now_empty && self.keeps_empty(pool)) {
+            if let Some(freed) = self.put_back(block, pool) {
                 self.pool_changed_state(pool, freed, &mut SharedAccess::new(alloc))
             }
+        }
+    }
+
+    /// Returns a block to its pool, which this heap owns: the one free path for blocks freed
+    /// here and for those taken back from the remote list. Returns the pool's change of state
+    /// if `pool_changed_state` must deal with it (not a one-slot pool staying listed empty).
+    ///
+    /// # Safety
+    /// The caller has claimed the heap, and `block` is a block in use of `pool`, which this
+    /// heap owns.
+    #[inline(always)]
+    unsafe fn put_back(&self, block: NonNull<u8>, pool: PoolPtr) -> Option<Freed> {
+        // SAFETY: as the caller guarantees.
+        unsafe {
+            let freed = pool.free(block);
+            let stays = freed.now_empty && self.keeps_empty(pool);
+            (freed.changed_state() && !stays).then_some(freed)
         }
     }
 
@@ -354,11 +383,12 @@ impl HeapCell {
         }
     }
 
-    /// A full pool rejoins its class's list; an empty one is kept or goes back to the arenas.
+    /// A full pool rejoins its class's list; an empty one that does not stay listed
+    /// ([`HeapCell::keeps_empty`]) is kept or goes back to the arenas.
     ///
     /// # Safety
     /// The caller has claimed the heap; `pool` is ours and `freed` is what its last free
-    /// reported.
+    /// reported, as passed on by `put_back`.
     #[cold]
     #[inline(never)]
     unsafe fn pool_changed_state<P: Platform>(
@@ -372,7 +402,7 @@ impl HeapCell {
         unsafe {
             let class = pool.class();
             if freed.was_full {
-                bump(&self.counters.full, class, 0_usize.wrapping_sub(1));
+                bump(&self.counters.full, class, -1);
                 if !freed.now_empty {
                     // An empty pool may only be listed at the head: it makes way.
                     if let Some(head) = self.heap().list(class).first() {
@@ -385,9 +415,6 @@ impl HeapCell {
                     return;
                 }
             } else {
-                if self.keeps_empty(pool) {
-                    return;
-                }
                 self.heap().list(class).remove(pool);
             }
             self.retire(pool, shared);
@@ -402,10 +429,9 @@ impl HeapCell {
         // SAFETY: as the caller guarantees.
         unsafe {
             let class = pool.class();
-            bump(&self.counters.pools, class, 0_usize.wrapping_sub(1));
+            bump(&self.counters.pools, class, -1);
             if !self.heap().empty.put(pool.memory(), class.span_slots()) {
-                let platform = &shared.alloc.platform;
-                shared.get().arenas.free_pool(pool.retire(), platform);
+                shared.free_pool(pool);
             }
         }
     }
@@ -419,8 +445,7 @@ impl HeapCell {
         for (block, pool) in self.remote.0.take_all() {
             // SAFETY: pushed blocks are in use in live pools of this heap (R1, H4).
             unsafe {
-                let freed = pool.free(block);
-                if freed.changed_state() {
+                if let Some(freed) = self.put_back(block, pool) {
                     self.pool_changed_state(pool, freed, shared);
                 }
             }
@@ -438,17 +463,12 @@ impl HeapCell {
                 let list = self.heap().list(class);
                 if let Some(head) = list.first().filter(|head| head.used() == 0) {
                     list.remove(head);
-                    bump(&self.counters.pools, class, 0_usize.wrapping_sub(1));
-                    let platform = &shared.alloc.platform;
-                    shared.get().arenas.free_pool(head.retire(), platform);
+                    bump(&self.counters.pools, class, -1);
+                    shared.free_pool(head);
                 }
             }
             while let Some(memory) = self.heap().empty.pop() {
-                let platform = &shared.alloc.platform;
-                shared
-                    .get()
-                    .arenas
-                    .free_pool(PoolPtr::at(memory).retire(), platform);
+                shared.free_pool(PoolPtr::at(memory));
             }
         }
     }

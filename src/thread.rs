@@ -55,10 +55,9 @@ impl Drop for ExitHook {
 /// A session on the calling thread's heap, if it is bound: the fast path.
 #[inline(always)]
 pub(crate) fn session() -> Option<Session<'static, OsPlatform>> {
+    let cell = CURRENT.get()?;
     // SAFETY: the thread claimed its heap when binding and holds it until exit.
-    CURRENT
-        .get()
-        .map(|cell| unsafe { Session::new(&GLOBAL, cell) })
+    Some(unsafe { Session::new(&GLOBAL, cell) })
 }
 
 /// Runs `f` for a thread with no heap: binds one, or uses the fallback heap where the thread

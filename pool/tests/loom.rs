@@ -49,20 +49,22 @@ fn block(addr: Addr) -> NonNull<u8> {
     NonNull::new(addr.0 as *mut u8).unwrap()
 }
 
-/// A class whose pools hold three or four blocks: few enough to model.
-fn small_pool_class() -> SizeClass {
-    SizeClass::all()
+/// A fresh pool of a class whose pools hold three or four blocks (few enough to model), with
+/// the memory that holds it.
+fn small_pool() -> (PoolMemory, PoolPtr) {
+    let class = SizeClass::all()
         .find(|&c| (3..=4).contains(&blocks_per_pool(c)))
-        .unwrap()
+        .unwrap();
+    let memory = PoolMemory::new(class);
+    // SAFETY: fresh memory of the pool's size and alignment, ours alone.
+    let pool = unsafe { PoolPtr::init(memory.ptr, class, true, std::ptr::null_mut()) };
+    (memory, pool)
 }
 
 #[test]
 fn pushes_racing_with_take_all_deliver_every_block_once() {
     loom::model(|| {
-        let class = small_pool_class();
-        let memory = PoolMemory::new(class);
-        // SAFETY: fresh memory of the pool's size and alignment, ours alone.
-        let pool = unsafe { PoolPtr::init(memory.ptr, class, true, std::ptr::null_mut()) };
+        let (memory, pool) = small_pool();
         // SAFETY: the pool is ours; it is empty, so it has blocks to hand out.
         let blocks: Vec<Addr> = (0..2)
             .map(|_| unsafe { pool.alloc() }.map(|(b, _)| Addr(b.as_ptr() as usize)))
@@ -101,10 +103,7 @@ fn pushes_racing_with_take_all_deliver_every_block_once() {
 #[test]
 fn a_full_pool_freed_into_remotely_rejoins_its_list() {
     loom::model(|| {
-        let class = small_pool_class();
-        let memory = PoolMemory::new(class);
-        // SAFETY: fresh memory of the pool's size and alignment, ours alone.
-        let pool = unsafe { PoolPtr::init(memory.ptr, class, true, std::ptr::null_mut()) };
+        let (memory, pool) = small_pool();
         let mut usable = PoolList::new();
         // SAFETY: the owner thread (this one) has the pool to itself.
         unsafe { usable.push_front(pool) };
