@@ -15,7 +15,7 @@ use core::alloc::Layout;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, Ordering};
 
-use pymalloc_arena::{Arenas, Platform};
+use pymalloc_arena::{ArenaMap, Arenas, Platform};
 use pymalloc_pool::{ALIGNMENT, NUM_CLASSES, PoolPtr, SizeClass, fatal};
 
 use crate::debug;
@@ -67,6 +67,8 @@ unsafe impl Send for Shared {}
 /// instance.
 pub struct Allocator<P: Platform> {
     pub(crate) platform: P,
+    /// The arenas' address map, read without the lock (written under it).
+    pub(crate) map: ArenaMap,
     shared: SpinLock<Shared>,
     fallback: HeapCell,
     /// Every heap made for threads and local heaps, newest first, linked through `next_all`;
@@ -79,6 +81,7 @@ impl<P: Platform> Allocator<P> {
     pub const fn new(platform: P) -> Self {
         Allocator {
             platform,
+            map: ArenaMap::new(),
             shared: SpinLock::new(Shared {
                 arenas: Arenas::new(),
                 large: Large::new(),
@@ -145,6 +148,40 @@ impl<P: Platform> Allocator<P> {
     pub unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: as the caller guarantees.
         self.with_fallback(|s| unsafe { s.realloc(ptr, layout, new_size) })
+    }
+
+    /// Frees a block without its layout, as C's `free`: the address alone tells which pool or
+    /// large mapping holds it. A pointer that is no block of this instance is reported and
+    /// aborts (as far as it can be told: see `ArenaMap`).
+    ///
+    /// # Safety
+    /// `ptr` was returned by this instance (or one of its heaps) and is not used after this
+    /// call.
+    pub unsafe fn dealloc_unsized(&self, ptr: NonNull<u8>) {
+        // SAFETY: as the caller guarantees.
+        self.with_fallback(|s| unsafe { s.dealloc_unsized(ptr) })
+    }
+
+    /// Resizes a block without its layout, as C's `realloc`: the result is a block of layout
+    /// `(new_size, ALIGNMENT)`, with the contents kept up to the smaller size; it stays in place
+    /// when its size class (or mapping length) does not change. Null if it cannot be served;
+    /// the old block is then untouched.
+    ///
+    /// # Safety
+    /// As [`Allocator::dealloc_unsized`].
+    pub unsafe fn realloc_unsized(&self, ptr: NonNull<u8>, new_size: usize) -> *mut u8 {
+        // SAFETY: as the caller guarantees.
+        self.with_fallback(|s| unsafe { s.realloc_unsized(ptr, new_size) })
+    }
+
+    /// The bytes usable at `ptr`, at least the size it was allocated with, as C's
+    /// `malloc_usable_size`.
+    ///
+    /// # Safety
+    /// `ptr` was returned by this instance (or one of its heaps) and is in use.
+    pub unsafe fn usable_size(&self, ptr: NonNull<u8>) -> usize {
+        // SAFETY: as the caller guarantees.
+        self.with_fallback(|s| unsafe { s.usable_size(ptr) })
     }
 
     /// A heap of this instance for the caller alone: its allocations and frees of its own
@@ -235,28 +272,63 @@ impl<P: Platform> Allocator<P> {
         }
     }
 
-    /// A large block: from the cache, else mapped with the lock released.
+    /// A large block, registered: from the cache, else mapped with the lock released.
     fn allocate_large(&self, layout: Layout) -> Option<(NonNull<u8>, bool)> {
         let len = mapping_len(layout.size(), self.platform.page_size())?;
-        if let Some(cached) = self.shared().large.take_cached(len, layout.align()) {
-            return Some((cached, false));
+        {
+            let mut shared = self.shared();
+            if !shared.large.make_room(&self.platform) {
+                return None;
+            }
+            if let Some(cached) = shared.large.take_cached(len, layout.align()) {
+                return Some((cached, false));
+            }
         }
         let fresh = self.platform.reserve(len, layout.align())?;
-        self.shared().large.count_new(len);
+        let mut shared = self.shared();
+        if !shared.large.make_room(&self.platform) {
+            drop(shared);
+            // SAFETY: just mapped, never handed out.
+            unsafe { self.platform.release(fresh, len) };
+            return None;
+        }
+        shared.large.register(fresh, len);
         Some((fresh, P::ZERO_FILLED))
     }
 
-    /// Frees a large block of `layout`.
+    /// Frees a large block; with `expected`, its mapping length must be that. A pointer that
+    /// starts no large block in use, or one of another length, is reported and aborts.
     ///
     /// # Safety
-    /// `ptr` is a large block in use of `layout`, not used after this call.
-    unsafe fn free_large(&self, ptr: NonNull<u8>, layout: Layout) {
-        let Some(len) = mapping_len(layout.size(), self.platform.page_size()) else {
-            fatal("dealloc: a large size that was never allocated");
+    /// If `ptr` is a large block in use, it is not used after this call.
+    unsafe fn free_large(&self, ptr: NonNull<u8>, expected: Option<usize>) {
+        let Some((len, unmap)) = self.shared().large.retire(ptr) else {
+            fatal("free: pointer is no block of this allocator (invalid or freed twice)");
         };
-        let unmap = self.shared().large.retire(ptr, len);
+        if expected.is_some_and(|e| e != len) {
+            fatal("dealloc: layout does not match the large block's size");
+        }
         // SAFETY: the freed block and the cache entries evicted for it are unused.
         unsafe { unmap.release(&self.platform) };
+    }
+
+    /// The pool and start of the block that `ptr` was handed out as, found from the address
+    /// alone, without a lock; `None` if `ptr` is in no pool in use, or is not a pointer that
+    /// was handed out (it points inside a block). Exact for a block the caller holds; for
+    /// other addresses, a best effort.
+    fn pooled_block(&self, ptr: NonNull<u8>) -> Option<(PoolPtr, NonNull<u8>)> {
+        let memory = self.map.pool_of(ptr.addr().get())?;
+        // SAFETY: a pool in use starts there (the map); its geometry does not change while a
+        // block of it is in use.
+        let (pool, start) = unsafe {
+            let pool = PoolPtr::at(memory);
+            (pool, pool.block_holding(ptr)?)
+        };
+        // Handed out means: the block's start, or that start aligned up to the layout's
+        // alignment, a power of two that `ptr` has and that exceeds the distance.
+        let offset = ptr.addr().get() - start.addr().get();
+        let handed_out = offset == 0 || offset < 1 << ptr.addr().get().trailing_zeros();
+        handed_out.then_some((pool, start))
     }
 
     /// Resizes a large block without copying: in place if its mapping length does not change,
@@ -284,7 +356,7 @@ impl<P: Platform> Allocator<P> {
         // may only be resized in place.
         // SAFETY: `block` starts a live mapping of `old` bytes (L1), ours alone (caller).
         let resized = unsafe { self.platform.remap(block, old, new, layout.align() <= page) }?;
-        self.shared().large.count_resized(old, new);
+        self.shared().large.moved(block, resized, new);
         Some(resized)
     }
 
@@ -302,7 +374,11 @@ impl<P: Platform> Allocator<P> {
     pub(crate) fn check_with(&self, mine: Option<&HeapCell>) -> Result<(), &'static str> {
         let guard = self.shared();
         let mut shared = SharedAccess::held(self, guard);
-        let mut result = shared.get().arenas.check();
+        let mut result = shared
+            .get()
+            .arenas
+            .check(&self.map)
+            .and(shared.get().large.check());
         let mut used = [0usize; NUM_CLASSES];
         let mut all_checked = true;
         self.for_each_heap(|cell| {
@@ -317,7 +393,7 @@ impl<P: Platform> Allocator<P> {
             // SAFETY: claimed, by the caller or just now (and released at once).
             unsafe {
                 cell.collect_remote(&mut shared);
-                result = cell.check(&shared.get().arenas, &mut used);
+                result = cell.check(&shared.get().arenas, &self.map, &mut used);
                 if !is_mine {
                     cell.claim().unlock();
                 }
@@ -358,7 +434,7 @@ impl<P: Platform> Allocator<P> {
             heap::tidy_unclaimed(cell, self);
         });
         let mut shared = self.shared();
-        shared.arenas.trim(&self.platform);
+        shared.arenas.trim(&self.platform, &self.map);
         let unmap = shared.large.trim();
         drop(shared);
         // SAFETY: cached mappings are used by nobody.
@@ -497,7 +573,7 @@ impl<'a, P: Platform> Session<'a, P> {
         match Route::of(layout) {
             Route::Pooled(class) => {
                 if cfg!(debug_assertions) {
-                    check_pooled_block(&self.alloc.shared().arenas, ptr, class);
+                    check_pooled_block(&self.alloc.map, ptr, class);
                 }
                 let block = if layout.align() > ALIGNMENT {
                     // SAFETY: `ptr` lies inside a block of a live pool of `class` (caller).
@@ -510,8 +586,91 @@ impl<'a, P: Platform> Session<'a, P> {
                 unsafe { self.cell.free(block, class, self.alloc) }
             }
             // SAFETY: a large block in use of `layout` (caller).
-            Route::Large => unsafe { self.alloc.free_large(ptr, layout) },
+            Route::Large => unsafe {
+                let expected = mapping_len(layout.size(), self.alloc.platform.page_size());
+                self.alloc.free_large(ptr, expected)
+            },
         }
+    }
+
+    /// See [`Allocator::usable_size`].
+    ///
+    /// # Safety
+    /// As [`Allocator::usable_size`].
+    pub(crate) unsafe fn usable_size(self, ptr: NonNull<u8>) -> usize {
+        if let Some((pool, start)) = self.alloc.pooled_block(ptr) {
+            // SAFETY: a live pool (`pooled_block`).
+            let size = unsafe { pool.class() }.block_size();
+            return start.addr().get() + size - ptr.addr().get();
+        }
+        match self.alloc.shared().large.len_of(ptr.as_ptr()) {
+            Some(len) => len,
+            None => fatal("malloc_usable_size: pointer is no block of this allocator"),
+        }
+    }
+
+    /// See [`Allocator::dealloc_unsized`].
+    ///
+    /// # Safety
+    /// As [`Allocator::dealloc_unsized`].
+    pub(crate) unsafe fn dealloc_unsized(self, ptr: NonNull<u8>) {
+        if let Some((pool, start)) = self.alloc.pooled_block(ptr) {
+            // SAFETY: `start` is a block of the pool, in use (caller); the heap is claimed
+            // (Session::new).
+            unsafe { self.cell.free(start, pool.class(), self.alloc) };
+        } else {
+            // SAFETY: a large block in use, or (checked there) no block at all (caller).
+            unsafe { self.alloc.free_large(ptr, None) };
+        }
+    }
+
+    /// See [`Allocator::realloc_unsized`].
+    ///
+    /// # Safety
+    /// As [`Allocator::realloc_unsized`].
+    pub(crate) unsafe fn realloc_unsized(self, ptr: NonNull<u8>, new_size: usize) -> *mut u8 {
+        let Ok(new_layout) = Layout::from_size_align(new_size, ALIGNMENT) else {
+            return ptr::null_mut();
+        };
+        let in_place = !cfg!(feature = "debug");
+        let old_size = if let Some((pool, start)) = self.alloc.pooled_block(ptr) {
+            // SAFETY: a live pool (`pooled_block`).
+            let class = unsafe { pool.class() };
+            let usable = start.addr().get() + class.block_size() - ptr.addr().get();
+            // Only a block's start stays: the block is then one of `new_layout`, which a sized
+            // free may name (an over-aligned pointer inside its block would not be).
+            if in_place && ptr == start && Route::of(new_layout) == Route::Pooled(class) {
+                return ptr.as_ptr();
+            }
+            usable
+        } else {
+            let Some(len) = self.alloc.shared().large.len_of(ptr.as_ptr()) else {
+                fatal("realloc: pointer is no block of this allocator");
+            };
+            if in_place && Route::of(new_layout) == Route::Large {
+                // C asks only malloc's alignment of a resized block: the mapping may move to
+                // any page.
+                let page = self.alloc.platform.page_size();
+                if let Ok(layout) = Layout::from_size_align(len, page) {
+                    // SAFETY: a large block in use with this mapping length (L1, L2).
+                    let resized = unsafe { self.alloc.resize_large(ptr, layout, new_size) };
+                    if let Some(resized) = resized {
+                        return resized.as_ptr();
+                    }
+                }
+            }
+            len
+        };
+        let new = self.alloc(new_layout);
+        if !new.is_null() {
+            // SAFETY: both blocks are live and distinct and hold at least the bytes copied;
+            // the old one is then freed (caller).
+            unsafe {
+                ptr::copy_nonoverlapping(ptr.as_ptr(), new, old_size.min(new_size));
+                self.dealloc_unsized(ptr);
+            }
+        }
+        new
     }
 
     /// See [`Allocator::realloc`].
@@ -574,6 +733,24 @@ impl<P: Platform> LocalHeap<'_, P> {
         unsafe { self.session.dealloc(ptr, layout) }
     }
 
+    /// As [`Allocator::dealloc_unsized`].
+    ///
+    /// # Safety
+    /// As [`Allocator::dealloc_unsized`].
+    pub unsafe fn dealloc_unsized(&mut self, ptr: NonNull<u8>) {
+        // SAFETY: as the caller guarantees.
+        unsafe { self.session.dealloc_unsized(ptr) }
+    }
+
+    /// As [`Allocator::realloc_unsized`]; a block that moves moves into this heap.
+    ///
+    /// # Safety
+    /// As [`Allocator::dealloc_unsized`].
+    pub unsafe fn realloc_unsized(&mut self, ptr: NonNull<u8>, new_size: usize) -> *mut u8 {
+        // SAFETY: as the caller guarantees.
+        unsafe { self.session.realloc_unsized(ptr, new_size) }
+    }
+
     /// As [`Allocator::realloc`]; a block that moves moves into this heap.
     ///
     /// # Safety
@@ -592,8 +769,8 @@ impl<P: Platform> Drop for LocalHeap<'_, P> {
 }
 
 /// In debug builds: the block being freed must lie in a pool in use, of the layout's class.
-fn check_pooled_block(arenas: &Arenas, ptr: NonNull<u8>, class: SizeClass) {
-    let Some(memory) = arenas.pool_slot(ptr.addr().get()) else {
+fn check_pooled_block(map: &ArenaMap, ptr: NonNull<u8>, class: SizeClass) {
+    let Some(memory) = map.pool_of(ptr.addr().get()) else {
         fatal("dealloc: pointer is in no pool of this allocator (wrong pointer or layout?)");
     };
     // SAFETY: the arenas say a live pool starts there.
@@ -603,14 +780,15 @@ fn check_pooled_block(arenas: &Arenas, ptr: NonNull<u8>, class: SizeClass) {
 }
 
 impl<P: Platform> Drop for Allocator<P> {
-    /// Unmaps the arenas and cached large mappings. Large blocks still in use are not
-    /// tracked and stay mapped: drop an instance only once everything is freed.
+    /// Unmaps everything: arenas, large blocks (in use or cached), heaps. Nothing the instance
+    /// handed out may be used afterwards.
     fn drop(&mut self) {
         let shared = self.shared.get_mut();
         // SAFETY: the instance is going away; nothing it handed out may be used any more.
         unsafe {
             shared.large.trim().release(&self.platform);
-            shared.arenas.release_all(&self.platform);
+            shared.large.release_in_use(&self.platform);
+            shared.arenas.release_all(&self.platform, &mut self.map);
         }
         let bytes = self.heap_bytes();
         let mut next = *self.heaps.get_mut();

@@ -38,7 +38,7 @@ use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
-use pymalloc_arena::{Arenas, Platform};
+use pymalloc_arena::{ArenaMap, Arenas, Platform};
 use pymalloc_pool::{
     Freed, MAX_SPAN_SLOTS, NUM_CLASSES, PoolList, PoolPtr, RemoteList, SizeClass, fatal,
 };
@@ -188,11 +188,11 @@ impl<'a, P: Platform> SharedAccess<'a, P> {
     /// `pool` is a live pool of this allocator with no block in use, in no list and no cache,
     /// and nobody uses it any more.
     unsafe fn free_pool(&mut self, pool: PoolPtr) {
-        let platform = &self.alloc.platform;
+        let (platform, map) = (&self.alloc.platform, &self.alloc.map);
         // SAFETY: as the caller guarantees; the slots came from these arenas.
         unsafe {
             let memory = pool.retire();
-            self.get().arenas.free_pool(memory, platform);
+            self.get().arenas.free_pool(memory, platform, map);
         }
     }
 }
@@ -297,7 +297,10 @@ impl HeapCell {
                 }
                 None => {
                     let shared = shared.get();
-                    let (memory, fresh) = shared.arenas.alloc_pool(slots, &alloc.platform)?;
+                    let (memory, fresh) =
+                        shared
+                            .arenas
+                            .alloc_pool(slots, &alloc.platform, &alloc.map)?;
                     // Under the lock, so that nobody reads the header half-written.
                     PoolPtr::init(memory, class, fresh, self.id())
                 }
@@ -499,6 +502,7 @@ impl HeapCell {
     pub(crate) unsafe fn check(
         &self,
         arenas: &Arenas,
+        map: &ArenaMap,
         used: &mut [usize; NUM_CLASSES],
     ) -> Result<(), &'static str> {
         // SAFETY: claimed (caller).
@@ -515,8 +519,7 @@ impl HeapCell {
                     if result.is_err() {
                         return;
                     }
-                    result = if arenas.pool_slot(pool.memory().addr().get()) != Some(pool.memory())
-                    {
+                    result = if map.pool_of(pool.memory().addr().get()) != Some(pool.memory()) {
                         Err("heap: a listed pool is not a pool in use")
                     } else if pool.owner() != self.id() {
                         Err("heap: a listed pool has another owner")

@@ -2,14 +2,17 @@
 //! mapping of its own straight from the platform, with a small cache of freed mappings so
 //! that repeated large allocations do not each pay for a system call and fresh page faults.
 //!
-//! [`Large`] is only bookkeeping; the allocator makes the system calls (reserve, remap,
-//! release) with its lock released.
+//! [`Large`] is bookkeeping; the allocator makes the system calls for blocks (reserve, remap,
+//! release) with its lock released. Only the table of blocks in use ([`Registry`]) takes
+//! memory under the lock, when it doubles.
 //!
 //! Invariants:
 //! - L1 a large block of layout (size, align) starts a mapping of exactly
-//!   [`mapping_len`]`(size)` bytes, aligned to `max(align, page)`: its layout alone says how
-//!   to unmap it, so large blocks carry no header;
-//! - L2 the cache holds at most [`CACHE_ENTRIES`] mappings and [`CACHE_BYTES`] bytes, none of
+//!   [`mapping_len`]`(size)` bytes, aligned to `max(align, page)`, so large blocks carry no
+//!   header;
+//! - L2 every large block in use is registered, by its start, with its mapping length; no
+//!   other address is;
+//! - L3 the cache holds at most [`CACHE_ENTRIES`] mappings and [`CACHE_BYTES`] bytes, none of
 //!   them in use; a cached mapping is handed out again only for the same length and an
 //!   alignment its address already has.
 
@@ -17,6 +20,8 @@ use core::ptr::{self, NonNull};
 
 use pymalloc_arena::Platform;
 use pymalloc_pool::fatal;
+
+use crate::registry::Registry;
 
 /// Freed mappings kept for reuse.
 pub const CACHE_ENTRIES: usize = 8;
@@ -47,8 +52,8 @@ pub(crate) struct Large {
     next: usize,
     cached_bytes: usize,
     cached_blocks: usize,
-    blocks: usize,
-    bytes: usize,
+    /// The blocks in use (L2).
+    in_use: Registry,
 }
 
 // SAFETY: cached mappings are owned exclusively by this value.
@@ -61,6 +66,8 @@ pub(crate) struct LargeStats {
     pub bytes: usize,
     pub cached_blocks: usize,
     pub cached_bytes: usize,
+    /// Bytes of the table of blocks in use.
+    pub table_bytes: usize,
 }
 
 /// Mappings to unmap once the allocator's lock is released.
@@ -97,8 +104,9 @@ impl Unmap {
     }
 }
 
-/// The bookkeeping of large blocks: what is in use, and the cache. It makes no system call,
-/// so that the allocator can hold its lock only around this, never around `mmap`.
+/// The bookkeeping of large blocks: what is in use, and the cache. It makes no system call
+/// for blocks, so that the allocator can hold its lock only around this, never around
+/// `mmap` of a block.
 impl Large {
     pub(crate) const fn new() -> Large {
         Large {
@@ -106,12 +114,17 @@ impl Large {
             next: 0,
             cached_bytes: 0,
             cached_blocks: 0,
-            blocks: 0,
-            bytes: 0,
+            in_use: Registry::new(),
         }
     }
 
-    /// A cached mapping of `len` bytes aligned to `align`, now counted in use, if there is one.
+    /// Makes sure one more block can be registered; `false` if the table cannot grow.
+    pub(crate) fn make_room<P: Platform>(&mut self, platform: &P) -> bool {
+        self.in_use.make_room(platform)
+    }
+
+    /// A cached mapping of `len` bytes aligned to `align`, now registered in use, if there is
+    /// one. Call [`Large::make_room`] first.
     pub(crate) fn take_cached(&mut self, len: usize, align: usize) -> Option<NonNull<u8>> {
         let i = self
             .cache
@@ -120,26 +133,35 @@ impl Large {
         let entry = core::mem::replace(&mut self.cache[i], VACANT);
         self.cached_bytes -= len;
         self.cached_blocks -= 1;
-        self.count_new(len);
-        NonNull::new(entry.ptr)
+        let block = NonNull::new(entry.ptr)?;
+        self.in_use.insert(block, len);
+        Some(block)
     }
 
-    /// Counts a new mapping of `len` bytes in use.
-    pub(crate) fn count_new(&mut self, len: usize) {
-        self.blocks += 1;
-        self.bytes += len;
+    /// Registers a new mapping of `len` bytes in use. Call [`Large::make_room`] first.
+    pub(crate) fn register(&mut self, block: NonNull<u8>, len: usize) {
+        self.in_use.insert(block, len);
     }
 
-    /// Counts a block in use resized from `old` to `new` bytes of mapping.
-    pub(crate) fn count_resized(&mut self, old: usize, new: usize) {
-        self.bytes = self.bytes - old + new;
+    /// The mapping length of the large block in use at `ptr`, if there is one.
+    pub(crate) fn len_of(&self, ptr: *mut u8) -> Option<usize> {
+        self.in_use.len_of(ptr)
     }
 
-    /// Takes back a freed block of `len` bytes of mapping: into the cache if it fits there.
-    /// Returns what must be unmapped (the block itself, or cached mappings evicted for it).
-    pub(crate) fn retire(&mut self, ptr: NonNull<u8>, len: usize) -> Unmap {
-        self.blocks -= 1;
-        self.bytes -= len;
+    /// Records that the block at `old` was remapped to `new`, `len` bytes long.
+    pub(crate) fn moved(&mut self, old: NonNull<u8>, new: NonNull<u8>, len: usize) {
+        if self.in_use.remove(old.as_ptr()).is_none() {
+            fatal("large: a resized block was not registered");
+        }
+        // One out, one in: the table has room.
+        self.in_use.insert(new, len);
+    }
+
+    /// Takes back a freed block: unregistered, then into the cache if it fits there. Returns
+    /// its mapping length (`None`, changing nothing, if `ptr` is no large block in use) and
+    /// what must be unmapped (the block itself, or cached mappings evicted for it).
+    pub(crate) fn retire(&mut self, ptr: NonNull<u8>) -> Option<(usize, Unmap)> {
+        let len = self.in_use.remove(ptr.as_ptr())?;
         let mut unmap = Unmap::NONE;
         let block = Cached {
             ptr: ptr.as_ptr(),
@@ -147,7 +169,7 @@ impl Large {
         };
         if len > CACHE_BYTES {
             unmap.push(block);
-            return unmap;
+            return Some((len, unmap));
         }
         // Evict the oldest until the block fits and its entry is vacant.
         let mut i = self.next;
@@ -159,7 +181,7 @@ impl Large {
         self.next = (self.next + 1) % CACHE_ENTRIES;
         self.cached_bytes += len;
         self.cached_blocks += 1;
-        unmap
+        Some((len, unmap))
     }
 
     fn evict(&mut self, i: usize, unmap: &mut Unmap) {
@@ -182,10 +204,30 @@ impl Large {
 
     pub(crate) fn stats(&self) -> LargeStats {
         LargeStats {
-            blocks: self.blocks,
-            bytes: self.bytes,
+            blocks: self.in_use.count(),
+            bytes: self.in_use.bytes(),
             cached_blocks: self.cached_blocks,
             cached_bytes: self.cached_bytes,
+            table_bytes: self.in_use.table_bytes(),
+        }
+    }
+
+    /// Checks the table of blocks in use (G1 to G3 in `registry.rs`).
+    pub(crate) fn check(&self) -> Result<(), &'static str> {
+        self.in_use.check()
+    }
+
+    /// Unmaps every block still in use and the table, leaving no block registered.
+    ///
+    /// # Safety
+    /// None of the blocks is used any more.
+    pub(crate) unsafe fn release_in_use<P: Platform>(&mut self, platform: &P) {
+        let table = self.in_use.take();
+        // SAFETY: registered blocks start mappings of their length (L1, L2), unused (caller);
+        // the table came from `platform`.
+        unsafe {
+            table.for_each(|block, len| platform.release(block, len));
+            table.release(platform);
         }
     }
 }

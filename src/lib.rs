@@ -18,6 +18,9 @@
 //! small cache.
 //! [`stats()`] returns a snapshot of the figures. See `docs/design.md`.
 //!
+//! [`c_abi`] has C's `malloc` family over the same allocator, for programs that replace the C
+//! allocator (the `pymalloc-override` crate builds `libpymalloc_override.so` for `LD_PRELOAD`).
+//!
 //! The `debug` cargo feature adds fill patterns, guard bytes checked on free, and
 //! double-free and wrong-layout detection, each reported with a message and an abort (see
 //! `src/debug.rs`).
@@ -27,10 +30,13 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod allocator;
+#[cfg(target_os = "linux")]
+pub mod c_abi;
 mod debug;
 mod heap;
 mod large;
 mod lock;
+mod registry;
 mod stats;
 mod thread;
 

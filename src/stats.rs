@@ -99,7 +99,7 @@ impl Stats {
             stats.blocks_in_use = in_use;
             stats.blocks_free = (stats.pools * blocks_per_pool(class)).saturating_sub(in_use);
         }
-        let arenas = shared.arenas.stats();
+        let arenas = shared.arenas.stats(&alloc.map);
         let large = shared.large.stats();
         let pooled_blocks = classes.iter().map(|c| c.blocks_in_use).sum();
         let pooled_bytes = classes
@@ -128,6 +128,7 @@ impl Stats {
             bytes_mapped: arenas.mapped_bytes
                 + large.bytes
                 + large.cached_bytes
+                + large.table_bytes
                 + (heaps - 1) * alloc.heap_bytes(),
         }
     }

@@ -1,5 +1,6 @@
 //! Random sequences of alloc / alloc_zeroed / realloc / dealloc (sizes 1 B to 4 MiB,
-//! alignments 1 B to 64 KiB) on an instance over the test platform, checked against a model
+//! alignments 1 B to 64 KiB), sized or without the layout as C calls them, on an instance
+//! over the test platform, checked against a model
 //! of the live blocks: no two overlap, contents survive, alignment holds, zeroed memory reads
 //! zero, the stats agree with the model, and the bytes the stats say are mapped are exactly
 //! what the platform has handed out.
@@ -8,6 +9,7 @@ mod common;
 
 use std::alloc::Layout;
 use std::collections::BTreeMap;
+use std::ptr::NonNull;
 
 use common::{fill, holds, holds_prefix};
 use pymalloc::{Allocator, LocalHeap};
@@ -28,14 +30,19 @@ enum Op {
         zeroed: bool,
         via: Via,
     },
+    /// `sizeless`: as C's `realloc`, without the layout; the block's layout becomes
+    /// `(size, 16)`.
     Realloc {
         pick: usize,
         size: usize,
         via: Via,
+        sizeless: bool,
     },
+    /// `sizeless`: as C's `free`, without the layout.
     Free {
         pick: usize,
         via: Via,
+        sizeless: bool,
     },
     /// Hands local heap `k` back and takes another (likely the same one again).
     Rebind {
@@ -84,10 +91,12 @@ impl Arbitrary for Op {
                 pick: usize::arbitrary(g),
                 size: arbitrary_size(g),
                 via: Via::arbitrary(g),
+                sizeless: bool::arbitrary(g),
             },
             7..9 => Op::Free {
                 pick: usize::arbitrary(g),
                 via: Via::arbitrary(g),
+                sizeless: bool::arbitrary(g),
             },
             _ if bool::arbitrary(g) => Op::Rebind {
                 k: usize::arbitrary(g) % HEAPS,
@@ -220,6 +229,45 @@ impl Caller<'_, '_> {
             }
         }
     }
+
+    unsafe fn realloc_unsized(&mut self, p: NonNull<u8>, size: usize) -> *mut u8 {
+        // SAFETY: as the caller guarantees.
+        unsafe {
+            match &mut self.heap {
+                Some(h) => h.realloc_unsized(p, size),
+                None => self.a.realloc_unsized(p, size),
+            }
+        }
+    }
+
+    unsafe fn dealloc_unsized(&mut self, p: NonNull<u8>) {
+        // SAFETY: as the caller guarantees.
+        unsafe {
+            match &mut self.heap {
+                Some(h) => h.dealloc_unsized(p),
+                None => self.a.dealloc_unsized(p),
+            }
+        }
+    }
+}
+
+/// The bytes usable at a live block, from its address alone: at least its size, and no more
+/// than its size class (or mapping) holds.
+fn check_usable(a: &Allocator<TestPlatform>, b: &Live) -> Result<(), String> {
+    // SAFETY: a live block.
+    let usable = unsafe { a.usable_size(NonNull::new(b.ptr).unwrap()) };
+    let padded = b.layout.size() + b.layout.align().saturating_sub(16);
+    let most = match class_of(padded) {
+        Some(_) => padded.max(16).next_power_of_two(),
+        None => b.layout.size().next_multiple_of(TEST_PAGE_SIZE),
+    };
+    if usable < b.layout.size() || usable > most {
+        return Err(format!(
+            "usable size {usable} of a block of {:?} (at most {most})",
+            b.layout
+        ));
+    }
+    Ok(())
 }
 
 fn run(ops: Vec<Op>) -> Result<(), String> {
@@ -262,8 +310,14 @@ fn run(ops: Vec<Op>) -> Result<(), String> {
                     seed,
                 });
             }
-            Op::Realloc { pick, size, via } if !live.is_empty() => {
+            Op::Realloc {
+                pick,
+                size,
+                via,
+                sizeless,
+            } if !live.is_empty() => {
                 let i = pick % live.len();
+                check_usable(&a, &live[i])?;
                 let b = &mut live[i];
                 ranges.remove(&(b.ptr as usize));
                 let mut caller = Caller {
@@ -271,7 +325,13 @@ fn run(ops: Vec<Op>) -> Result<(), String> {
                     a: &a,
                 };
                 // SAFETY: a live block of this layout.
-                let p = unsafe { caller.realloc(b.ptr, b.layout, size) };
+                let p = unsafe {
+                    if sizeless {
+                        caller.realloc_unsized(NonNull::new(b.ptr).unwrap(), size)
+                    } else {
+                        caller.realloc(b.ptr, b.layout, size)
+                    }
+                };
                 if p.is_null() {
                     return Err(format!("realloc to {size} failed"));
                 }
@@ -283,18 +343,25 @@ fn run(ops: Vec<Op>) -> Result<(), String> {
                         b.layout.size()
                     ));
                 }
-                if p as usize % b.layout.align() != 0 {
+                // C's realloc promises malloc's alignment only.
+                let align = if sizeless { 16 } else { b.layout.align() };
+                if p as usize % align != 0 {
                     return Err("realloc lost the alignment".into());
                 }
                 b.ptr = p;
-                b.layout = Layout::from_size_align(size, b.layout.align()).unwrap();
+                b.layout = Layout::from_size_align(size, align).unwrap();
                 b.seed = seed;
                 // SAFETY: the block holds `size` bytes.
                 unsafe { fill(p, size, seed) };
                 claim(&mut ranges, p, size)?;
             }
-            Op::Free { pick, via } if !live.is_empty() => {
+            Op::Free {
+                pick,
+                via,
+                sizeless,
+            } if !live.is_empty() => {
                 let b = live.swap_remove(pick % live.len());
+                check_usable(&a, &b)?;
                 ranges.remove(&(b.ptr as usize));
                 let mut caller = Caller {
                     heap: via.0.map(|k| &mut heaps[k]),
@@ -305,7 +372,11 @@ fn run(ops: Vec<Op>) -> Result<(), String> {
                     if !holds(b.ptr, b.layout.size(), b.seed) {
                         return Err(format!("block of {:?} corrupted", b.layout));
                     }
-                    caller.dealloc(b.ptr, b.layout);
+                    if sizeless {
+                        caller.dealloc_unsized(NonNull::new(b.ptr).unwrap());
+                    } else {
+                        caller.dealloc(b.ptr, b.layout);
+                    }
                 }
             }
             Op::Rebind { k } => {

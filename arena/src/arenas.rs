@@ -37,14 +37,21 @@
 //!   is the sum of their dirty bits; `empty` counts the arenas with every slot free;
 //! - A4 an arena is in the run list of a span length exactly when it has a free aligned run of
 //!   that length, and in the dirty-run list exactly when it has a wholly dirty one;
-//! - A5 the radix tree maps every arena's granule to its header, and nothing else.
+//! - A5 the [`ArenaMap`] maps every arena's granule to its header, and nothing else;
+//! - A6 `pool_head[i]` is, for a slot `i` in a pool, the index of the pool's first slot, and 0
+//!   for a free slot (slot 0, the header's, starts no pool).
+//!
+//! The map lives outside the manager: the manager is used under its owner's lock, while
+//! [`ArenaMap::pool_of`] answers "which pool holds this address?" from any thread without one.
 
 use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicU8, Ordering};
 
 use pymalloc_pool::{MAX_SPAN_SLOTS, POOL_SIZE, ensure};
-use pymalloc_radix::{NodeAlloc, RadixTree};
+use pymalloc_radix::NodeAlloc;
 
 use crate::Platform;
+use crate::map::ArenaMap;
 
 /// log2 of [`ARENA_SIZE`].
 pub const ARENA_SHIFT: u32 = 20;
@@ -116,6 +123,9 @@ pub struct Header {
     in_run_lists: u16,
     /// Span length of the pool starting at each slot (meaningful for heads only).
     span: [u8; SLOTS],
+    /// For each slot in a pool, the index of the pool's first slot; 0 for free slots (A6).
+    /// Written under the manager's owner's lock, read by [`ArenaMap::pool_of`] without it.
+    pub(crate) pool_head: [AtomicU8; SLOTS],
     bucket: Links,
     dirty_list: Links,
     run_lists: [Links; RUN_LISTS],
@@ -209,7 +219,7 @@ impl List {
 }
 
 /// Node memory for the radix tree, straight from the platform (never from pymalloc).
-struct PlatformNodes<'a, P>(&'a P);
+pub(crate) struct PlatformNodes<'a, P>(pub(crate) &'a P);
 
 // SAFETY: whole pages from the platform, zero-filled here if the platform does not promise it.
 unsafe impl<P: Platform> NodeAlloc for PlatformNodes<'_, P> {
@@ -267,7 +277,6 @@ pub struct Arenas {
     slots_in_use: usize,
     arenas: usize,
     empty: usize,
-    radix: RadixTree<Header, ARENA_SHIFT>,
 }
 
 // SAFETY: the manager exclusively owns the arenas its pointers lead to; moving it to another
@@ -292,7 +301,6 @@ impl Arenas {
             slots_in_use: 0,
             arenas: 0,
             empty: 0,
-            radix: RadixTree::new(),
         }
     }
 
@@ -300,9 +308,26 @@ impl Arenas {
         addr.as_ptr().map_addr(|a| a & !(ARENA_SIZE - 1)).cast()
     }
 
-    fn slot(h: *mut Header, index: u32) -> NonNull<u8> {
+    pub(crate) fn slot(h: *mut Header, index: u32) -> NonNull<u8> {
         // SAFETY: `index < SLOTS`, so the slot lies inside the arena that starts at `h`.
         unsafe { NonNull::new_unchecked(h.cast::<u8>().add(index as usize * POOL_SIZE)) }
+    }
+
+    /// Points slots `start .. start + len` at `head` (A6): the pool's first slot, or 0.
+    ///
+    /// # Safety
+    /// `h` is a live arena header and the slots are in range.
+    unsafe fn set_pool_head(h: *mut Header, start: u32, len: u32, head: u8) {
+        for i in start..start + len {
+            // SAFETY: a live header (caller); `i < SLOTS` (caller). Relaxed suffices: a reader
+            // that holds a block of the pool got it after the pool was handed out, through
+            // whatever synchronisation passed the block along; any other reader gets no promise.
+            unsafe {
+                (*h).pool_head
+                    .get_unchecked(i as usize)
+                    .store(head, Ordering::Relaxed)
+            };
+        }
     }
 
     /// # Safety
@@ -375,11 +400,13 @@ impl Arenas {
     /// Hands out one pool of `slots` slots (a power of two up to [`MAX_SPAN_SLOTS`]):
     /// `slots * POOL_SIZE` bytes aligned to that size, exclusively the caller's until given
     /// back with [`Arenas::free_pool`], with whether they read zero. `None` if the platform
-    /// refuses memory; the manager is unchanged but for a possibly new, empty arena.
+    /// refuses memory; the manager is unchanged but for a possibly new, empty arena. New arenas
+    /// are entered in `map`, which must be the one this manager has always been given.
     pub fn alloc_pool<P: Platform>(
         &mut self,
         slots: usize,
         platform: &P,
+        map: &ArenaMap,
     ) -> Option<(NonNull<u8>, bool)> {
         ensure(
             slots.is_power_of_two() && slots <= MAX_SPAN_SLOTS,
@@ -397,7 +424,7 @@ impl Arenas {
                         .head
                 }
             } else {
-                self.new_arena(platform)?
+                self.new_arena(platform, map)?
             }
         } else {
             // A wholly dirty run anywhere, else any free run, else a new arena. `len` is
@@ -414,7 +441,7 @@ impl Arenas {
             match (dirty.is_null(), any.is_null()) {
                 (false, _) => dirty,
                 (true, false) => any,
-                (true, true) => self.new_arena(platform)?,
+                (true, true) => self.new_arena(platform, map)?,
             }
         };
         // SAFETY: `h` is a live arena with a free aligned run of `len` slots (its list, or a new
@@ -441,6 +468,7 @@ impl Arenas {
             self.slots_in_use += slots;
             (*h).heads |= 1 << start;
             (*h).span[start as usize] = len as u8;
+            Self::set_pool_head(h, start, len, start as u8);
             if dirty_in_run != 0 {
                 (*h).dirty &= !run;
                 self.dirty_slots -= dirty_in_run.count_ones() as usize;
@@ -458,7 +486,7 @@ impl Arenas {
     }
 
     /// Maps, registers and lists a new, empty arena.
-    fn new_arena<P: Platform>(&mut self, platform: &P) -> Option<*mut Header> {
+    fn new_arena<P: Platform>(&mut self, platform: &P, map: &ArenaMap) -> Option<*mut Header> {
         let base = platform.reserve(ARENA_SIZE, ARENA_SIZE)?;
         let h = base.cast::<Header>();
         // SAFETY: a fresh reservation, exclusively ours, large and aligned enough for a header.
@@ -469,12 +497,13 @@ impl Arenas {
                 heads: 0,
                 in_run_lists: 0,
                 span: [0; SLOTS],
+                pool_head: [const { AtomicU8::new(0) }; SLOTS],
                 bucket: UNLINKED,
                 dirty_list: UNLINKED,
                 run_lists: [const { UNLINKED }; RUN_LISTS],
             });
         }
-        if self
+        if map
             .radix
             .insert(base.addr().get(), h, &PlatformNodes(platform))
             .is_err()
@@ -496,8 +525,14 @@ impl Arenas {
     /// Takes back a pool. Its contents are given up; its slots may go to any class next.
     ///
     /// # Safety
-    /// `pool` came from [`Arenas::alloc_pool`] on this manager and is no longer used.
-    pub unsafe fn free_pool<P: Platform>(&mut self, pool: NonNull<u8>, platform: &P) {
+    /// `pool` came from [`Arenas::alloc_pool`] on this manager and is no longer used; `map` is
+    /// the manager's.
+    pub unsafe fn free_pool<P: Platform>(
+        &mut self,
+        pool: NonNull<u8>,
+        platform: &P,
+        map: &ArenaMap,
+    ) {
         let h = Self::header_of(pool);
         let start = ((pool.addr().get() - h.addr()) / POOL_SIZE) as u32;
         // SAFETY: `pool` starts a pool of a live arena of ours (caller), so `h` is its header.
@@ -513,6 +548,7 @@ impl Arenas {
             (*h).free |= run;
             self.slots_in_use -= len as usize;
             (*h).heads &= !(1 << start);
+            Self::set_pool_head(h, start, len, 0);
             if (*h).dirty == 0 {
                 self.dirty.push_back(h, Chain::Dirty);
             }
@@ -522,7 +558,7 @@ impl Arenas {
             if n == POOLS_PER_ARENA {
                 self.empty += 1;
                 if self.empty > MAX_EMPTY_ARENAS {
-                    self.release_arena(h, platform);
+                    self.release_arena(h, platform, map);
                     return;
                 }
             }
@@ -537,8 +573,8 @@ impl Arenas {
     /// Unmaps an empty arena that is in no bucket.
     ///
     /// # Safety
-    /// `h` is a live, empty arena of ours, in no bucket.
-    unsafe fn release_arena<P: Platform>(&mut self, h: *mut Header, platform: &P) {
+    /// `h` is a live, empty arena of ours, in no bucket; `map` is the manager's.
+    unsafe fn release_arena<P: Platform>(&mut self, h: *mut Header, platform: &P, map: &ArenaMap) {
         // SAFETY: live header (caller); after this nothing refers to the arena.
         unsafe {
             if (*h).dirty != 0 {
@@ -550,7 +586,7 @@ impl Arenas {
                     list.remove(h, Chain::Runs(i));
                 }
             }
-            self.radix.remove(h.addr());
+            map.radix.remove(h.addr());
             self.arenas -= 1;
             self.empty -= 1;
             platform.release(NonNull::new_unchecked(h.cast()), ARENA_SIZE);
@@ -592,31 +628,18 @@ impl Arenas {
     }
 
     /// Gives back what is not needed: decommits every dirty free slot and unmaps every empty
-    /// arena.
-    pub fn trim<P: Platform>(&mut self, platform: &P) {
+    /// arena (`map` is the manager's).
+    pub fn trim<P: Platform>(&mut self, platform: &P, map: &ArenaMap) {
         let bucket = POOLS_PER_ARENA;
         while self.nonempty & (1 << bucket) != 0 {
             let h = self.by_free[bucket].head;
             // SAFETY: `h` is a live, empty arena in bucket `bucket`.
             unsafe {
                 self.bucket_out(h, bucket);
-                self.release_arena(h, platform);
+                self.release_arena(h, platform, map);
             }
         }
         self.purge(platform, 0);
-    }
-
-    /// The start of the pool in use that contains `addr`, found through the radix tree; `None`
-    /// if the address is in no arena or in no pool.
-    pub fn pool_slot(&self, addr: usize) -> Option<NonNull<u8>> {
-        let h = self.radix.get(addr)?.as_ptr();
-        let index = ((addr - h.addr()) / POOL_SIZE) as u32;
-        // SAFETY: the radix tree maps only live arenas (A5), and reading the header is
-        // serialised with its writers by the caller's `&self`.
-        let (heads, span) = unsafe { ((*h).heads, &(*h).span) };
-        let at_or_below = heads & (u64::MAX >> (u64::BITS - 1 - index));
-        let start = at_or_below.checked_ilog2()?;
-        (index < start + span[start as usize] as u32).then(|| Self::slot(h, start))
     }
 
     /// Visits the start of every pool in use.
@@ -635,8 +658,8 @@ impl Arenas {
         }
     }
 
-    /// Current figures.
-    pub fn stats(&self) -> ArenaStats {
+    /// Current figures (`map` is the manager's).
+    pub fn stats(&self, map: &ArenaMap) -> ArenaStats {
         let mut pools = 0;
         for list in &self.by_free {
             // SAFETY: bucketed headers are live (A1).
@@ -650,15 +673,20 @@ impl Arenas {
             slots_in_use: self.slots_in_use,
             free_dirty_slots: self.dirty_slots,
             free_clean_slots: free_slots - self.dirty_slots,
-            mapped_bytes: self.arenas * ARENA_SIZE + self.radix.node_bytes_in_use(),
+            mapped_bytes: self.arenas * ARENA_SIZE + map.radix.node_bytes_in_use(),
         }
     }
 
-    /// Checks the invariants of one arena in bucket `n`: A2, A4 and its radix entry.
+    /// Checks the invariants of one arena in bucket `n`: A2, A4, A6 and its map entry.
     ///
     /// # Safety
     /// `h` is a live arena header of this manager.
-    unsafe fn check_arena(&self, h: *mut Header, n: usize) -> Result<(), &'static str> {
+    unsafe fn check_arena(
+        &self,
+        h: *mut Header,
+        n: usize,
+        map: &ArenaMap,
+    ) -> Result<(), &'static str> {
         // SAFETY: a live header (caller).
         let (free, dirty, heads, in_runs, span) = unsafe {
             (
@@ -691,11 +719,26 @@ impl Arenas {
             if run & (tiled | free) != 0 {
                 return Err("arenas: pools overlap each other or free slots");
             }
+            for i in start..start + len {
+                // SAFETY: a live header (caller); `i < SLOTS` as checked above.
+                if unsafe { (*h).pool_head[i as usize].load(Ordering::Relaxed) } as u32 != start {
+                    return Err("arenas: a slot of a pool does not lead to the pool's start");
+                }
+            }
             tiled |= run;
             rest &= rest - 1;
         }
         if tiled != USABLE & !free {
             return Err("arenas: slots in use that belong to no pool");
+        }
+        let mut free_slots = free;
+        while free_slots != 0 {
+            let i = free_slots.trailing_zeros() as usize;
+            // SAFETY: a live header (caller).
+            if unsafe { (*h).pool_head[i].load(Ordering::Relaxed) } != 0 {
+                return Err("arenas: a free slot leads to a pool");
+            }
+            free_slots &= free_slots - 1;
         }
         for i in 0..RUN_LISTS {
             // SAFETY: a live header (caller).
@@ -703,14 +746,14 @@ impl Arenas {
                 return Err("arenas: run-list membership disagrees with the bitmaps");
             }
         }
-        if self.radix.get(h.addr()).map(NonNull::as_ptr) != Some(h) {
-            return Err("arenas: radix tree does not map the arena to its header");
+        if map.radix.get(h.addr()).map(NonNull::as_ptr) != Some(h) {
+            return Err("arenas: the map does not lead from the arena to its header");
         }
         Ok(())
     }
 
-    /// Checks invariants A1 to A5.
-    pub fn check(&self) -> Result<(), &'static str> {
+    /// Checks invariants A1 to A6 (`map` is the manager's).
+    pub fn check(&self, map: &ArenaMap) -> Result<(), &'static str> {
         let (mut arenas, mut empty, mut dirty_slots, mut dirty_arenas) = (0, 0, 0, 0);
         let mut free_slots = 0;
         let mut in_runs = [0usize; RUN_LISTS];
@@ -731,7 +774,7 @@ impl Arenas {
                         *count += ((*h).in_run_lists >> i & 1) as usize;
                     }
                     if result.is_ok() {
-                        result = self.check_arena(h, n);
+                        result = self.check_arena(h, n, map);
                     }
                 });
             }
@@ -763,11 +806,12 @@ impl Arenas {
         Ok(())
     }
 
-    /// Unmaps every arena and the radix tree's nodes, whatever they hold.
+    /// Unmaps every arena and the map's nodes, whatever they hold.
     ///
     /// # Safety
-    /// Nothing handed out by this manager is used any more.
-    pub unsafe fn release_all<P: Platform>(&mut self, platform: &P) {
+    /// Nothing handed out by this manager is used any more, and nobody looks up `map`, the
+    /// manager's, any more.
+    pub unsafe fn release_all<P: Platform>(&mut self, platform: &P, map: &mut ArenaMap) {
         for n in 0..SLOTS {
             while let Some(h) = NonNull::new(self.by_free[n].head) {
                 // SAFETY: live header in bucket n; nothing uses the arena any more (caller).
@@ -778,7 +822,7 @@ impl Arenas {
             }
         }
         // SAFETY: every node came from PlatformNodes over this platform; no lookup follows.
-        unsafe { self.radix.release_nodes(&PlatformNodes(platform)) };
+        unsafe { map.radix.release_nodes(&PlatformNodes(platform)) };
         *self = Arenas::new();
     }
 }

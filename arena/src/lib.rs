@@ -5,12 +5,13 @@
 //! inject failures); [`Arenas`] maps 1 MiB arenas through it, hands their 16 KiB slots to the
 //! heaps one pool at a time (a slot, or an aligned span of up to 32), recycles a whole-empty
 //! pool for any size class in O(1), and gives memory back to the system with enough hysteresis
-//! that a free-then-allocate loop does not call the system each time. A radix tree
-//! (`pymalloc-radix`) maps every arena's addresses to it.
+//! that a free-then-allocate loop does not call the system each time. An [`ArenaMap`] (a radix
+//! tree from `pymalloc-radix`) leads from any address to its arena and pool without a lock.
 #![cfg_attr(not(any(test, feature = "test-platform")), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod arenas;
+mod map;
 mod platform;
 #[cfg(any(test, feature = "test-platform"))]
 mod test_platform;
@@ -19,6 +20,7 @@ pub use arenas::{
     ARENA_SHIFT, ARENA_SIZE, ArenaStats, Arenas, DIRTY_LIMIT, MAX_EMPTY_ARENAS, POOLS_PER_ARENA,
     SLOTS,
 };
+pub use map::ArenaMap;
 pub use platform::{OsPlatform, Platform};
 #[cfg(any(test, feature = "test-platform"))]
 pub use test_platform::{TEST_PAGE_SIZE, TestPlatform};

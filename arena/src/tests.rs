@@ -9,6 +9,7 @@ use super::*;
 /// An arena manager on a test platform, released (and leak-checked) on drop.
 struct Fixture {
     arenas: Arenas,
+    map: ArenaMap,
     platform: TestPlatform,
 }
 
@@ -16,6 +17,7 @@ impl Fixture {
     fn new() -> Fixture {
         Fixture {
             arenas: Arenas::new(),
+            map: ArenaMap::new(),
             platform: TestPlatform::new(),
         }
     }
@@ -23,19 +25,19 @@ impl Fixture {
         self.alloc_span(1)
     }
     fn alloc_span(&mut self, slots: usize) -> Option<(NonNull<u8>, bool)> {
-        let r = self.arenas.alloc_pool(slots, &self.platform);
+        let r = self.arenas.alloc_pool(slots, &self.platform, &self.map);
         self.check_step();
         r
     }
     fn free(&mut self, slot: NonNull<u8>) {
         // SAFETY: tests only free slots they got from `alloc` and no longer use.
-        unsafe { self.arenas.free_pool(slot, &self.platform) };
+        unsafe { self.arenas.free_pool(slot, &self.platform, &self.map) };
         self.check_step();
     }
     /// Checks every invariant after each step; under Miri (slow) only at the end of a test.
     fn check_step(&self) {
         if !cfg!(miri) {
-            self.arenas.check().unwrap();
+            self.arenas.check(&self.map).unwrap();
         }
     }
 }
@@ -43,10 +45,10 @@ impl Fixture {
 impl Drop for Fixture {
     fn drop(&mut self) {
         if !std::thread::panicking() {
-            self.arenas.check().unwrap();
+            self.arenas.check(&self.map).unwrap();
         }
         // SAFETY: the test is over; nothing uses the arenas.
-        unsafe { self.arenas.release_all(&self.platform) };
+        unsafe { self.arenas.release_all(&self.platform, &mut self.map) };
         assert_eq!(self.platform.live_reservations(), 0, "release_all leaked");
     }
 }
@@ -65,18 +67,21 @@ fn slots_are_distinct_aligned_and_found_by_the_radix_tree() {
         assert_eq!(slot.addr().get() % POOL_SIZE, 0);
         assert_ne!(slot.addr().get() % ARENA_SIZE, 0, "slot 0 holds the header");
         assert!(seen.insert(slot.addr().get()));
-        assert_eq!(f.arenas.pool_slot(slot.addr().get() + 100), Some(slot));
-        assert_eq!(f.arenas.stats().arenas, 1 + (i == POOLS_PER_ARENA) as usize);
+        assert_eq!(f.map.pool_of(slot.addr().get() + 100), Some(slot));
+        assert_eq!(
+            f.arenas.stats(&f.map).arenas,
+            1 + (i == POOLS_PER_ARENA) as usize
+        );
     }
     let any = *seen.iter().next().unwrap();
     assert_eq!(
-        f.arenas.pool_slot(any & !(ARENA_SIZE - 1)),
+        f.map.pool_of(any & !(ARENA_SIZE - 1)),
         None,
         "header slot is not a pool"
     );
-    assert_eq!(f.arenas.pool_slot(8), None);
-    assert_eq!(f.arenas.pool_slot(usize::MAX), None);
-    assert_eq!(f.arenas.stats().pools_in_use, POOLS_PER_ARENA + 1);
+    assert_eq!(f.map.pool_of(8), None);
+    assert_eq!(f.map.pool_of(usize::MAX), None);
+    assert_eq!(f.arenas.stats(&f.map).pools_in_use, POOLS_PER_ARENA + 1);
 }
 
 #[test]
@@ -87,7 +92,7 @@ fn a_freed_slot_is_reused_first_and_is_not_zero() {
     // SAFETY: `a` is ours.
     unsafe { a.as_ptr().write(1) };
     f.free(a);
-    assert_eq!(f.arenas.pool_slot(a.addr().get()), None);
+    assert_eq!(f.map.pool_of(a.addr().get()), None);
     assert_eq!(f.alloc(), Some((a, false)), "dirty slot before fresh one");
     let (c, zeroed) = f.alloc().unwrap();
     assert!(zeroed && c != a && c != b);
@@ -139,19 +144,19 @@ fn empty_arenas_beyond_the_limit_are_unmapped() {
     let slots: Vec<_> = (0..n * POOLS_PER_ARENA)
         .map(|_| f.alloc().unwrap().0)
         .collect();
-    assert_eq!(f.arenas.stats().arenas, n);
+    assert_eq!(f.arenas.stats(&f.map).arenas, n);
     for s in slots {
         f.free(s);
     }
-    let stats = f.arenas.stats();
+    let stats = f.arenas.stats(&f.map);
     assert_eq!(
         (stats.arenas, stats.empty_arenas),
         (MAX_EMPTY_ARENAS, MAX_EMPTY_ARENAS)
     );
     assert_eq!(f.platform.live_reservations(), MAX_EMPTY_ARENAS + 3);
-    f.arenas.trim(&f.platform);
-    f.arenas.check().unwrap();
-    assert_eq!(f.arenas.stats().arenas, 0);
+    f.arenas.trim(&f.platform, &f.map);
+    f.arenas.check(&f.map).unwrap();
+    assert_eq!(f.arenas.stats(&f.map).arenas, 0);
     assert_eq!(
         f.platform.live_reservations(),
         3,
@@ -171,7 +176,7 @@ fn dirty_slots_beyond_the_limit_are_decommitted_oldest_first() {
     for &s in &slots[..count] {
         f.free(s);
     }
-    let stats = f.arenas.stats();
+    let stats = f.arenas.stats(&f.map);
     assert!(stats.free_dirty_slots <= DIRTY_LIMIT / 2, "{stats:?}");
     assert!(f.platform.decommits() >= 1);
     // The oldest freed slots were decommitted: they read zero again.
@@ -198,7 +203,7 @@ fn dirty_slots_beyond_the_limit_are_decommitted_oldest_first() {
             );
         }
     }
-    let dirty_used = stats.free_dirty_slots - f.arenas.stats().free_dirty_slots;
+    let dirty_used = stats.free_dirty_slots - f.arenas.stats(&f.map).free_dirty_slots;
     assert_eq!(zeroed, count - dirty_used);
     assert!(dirty_used > 0);
 }
@@ -210,9 +215,9 @@ fn refused_memory_gives_none_and_leaves_the_manager_consistent() {
         let mut f = Fixture::new();
         f.platform.fail_reserve_in(refused);
         assert_eq!(f.alloc(), None, "reserve call {refused} refused");
-        assert_eq!(f.arenas.stats().arenas, 0);
+        assert_eq!(f.arenas.stats(&f.map).arenas, 0);
         let (s, _) = f.alloc().expect("works again");
-        assert_eq!(f.arenas.pool_slot(s.addr().get()), Some(s));
+        assert_eq!(f.map.pool_of(s.addr().get()), Some(s));
     }
     // Commit refused: nothing is handed out, the arena stays consistent.
     let mut f = Fixture::new();
@@ -228,11 +233,11 @@ fn refused_memory_gives_none_and_leaves_the_manager_consistent() {
     for &s in &slots[..slots.len() - 1] {
         f.free(s);
     }
-    assert!(f.arenas.stats().free_dirty_slots > DIRTY_LIMIT);
+    assert!(f.arenas.stats(&f.map).free_dirty_slots > DIRTY_LIMIT);
     f.platform.set_fail_decommits(false);
     f.arenas.purge(&f.platform, DIRTY_LIMIT / 2);
-    f.arenas.check().unwrap();
-    assert!(f.arenas.stats().free_dirty_slots <= DIRTY_LIMIT / 2);
+    f.arenas.check(&f.map).unwrap();
+    assert!(f.arenas.stats(&f.map).free_dirty_slots <= DIRTY_LIMIT / 2);
 }
 
 #[test]
@@ -251,7 +256,7 @@ fn spans_are_aligned_to_their_size_and_found_from_any_of_their_slots() {
             assert!(zeroed || round > 0);
             for i in 0..slots {
                 let inside = p.addr().get() + i * POOL_SIZE + 123;
-                assert_eq!(f.arenas.pool_slot(inside), Some(p));
+                assert_eq!(f.map.pool_of(inside), Some(p));
             }
             // SAFETY: the pool's memory is ours.
             unsafe { p.as_ptr().write_bytes(0xAB, bytes) };
@@ -262,7 +267,7 @@ fn spans_are_aligned_to_their_size_and_found_from_any_of_their_slots() {
         for (i, (p, slots)) in taken.drain(..).enumerate() {
             if i % 2 == 0 {
                 f.free(p);
-                assert_eq!(f.arenas.pool_slot(p.addr().get()), None);
+                assert_eq!(f.map.pool_of(p.addr().get()), None);
             } else {
                 kept.push((p, slots));
             }
@@ -270,7 +275,7 @@ fn spans_are_aligned_to_their_size_and_found_from_any_of_their_slots() {
         taken = kept;
     }
     let in_use: usize = taken.iter().map(|&(_, s)| s).sum();
-    let stats = f.arenas.stats();
+    let stats = f.arenas.stats(&f.map);
     assert_eq!(
         (stats.pools_in_use, stats.slots_in_use),
         (taken.len(), in_use)
@@ -292,7 +297,7 @@ fn an_emptied_span_serves_single_slots_and_the_reverse() {
     assert!(
         singles
             .iter()
-            .all(|&(s, zeroed)| !zeroed && f.arenas.pool_slot(s.addr().get()) == Some(s))
+            .all(|&(s, zeroed)| !zeroed && f.map.pool_of(s.addr().get()) == Some(s))
     );
     assert!(
         singles
@@ -349,7 +354,7 @@ fn manager_matches_a_model() {
                 }
                 _ => f.arenas.purge(&f.platform, pick as usize % DIRTY_LIMIT),
             }
-            let stats = f.arenas.stats();
+            let stats = f.arenas.stats(&f.map);
             if stats.pools_in_use != live.len()
                 || stats.slots_in_use != live.iter().map(|l| l.1).sum::<usize>()
             {
@@ -357,7 +362,7 @@ fn manager_matches_a_model() {
             }
             if live
                 .iter()
-                .any(|&(p, n)| f.arenas.pool_slot(p.addr().get() + n * POOL_SIZE - 1) != Some(p))
+                .any(|&(p, n)| f.map.pool_of(p.addr().get() + n * POOL_SIZE - 1) != Some(p))
             {
                 return TestResult::error("radix lookup lost a pool");
             }

@@ -289,6 +289,28 @@ impl PoolPtr {
         unsafe { self.0.cast::<u8>().add(start) }
     }
 
+    /// The start of the block that `ptr` points into, if it lies in the pool's block area
+    /// (P2); `None` for the header, the tail that holds no whole block, or another pool.
+    /// Reads only what is fixed while a block of the pool is in use (its size and limit).
+    ///
+    /// # Safety
+    /// `self` is a live pool.
+    #[inline]
+    pub unsafe fn block_holding(self, ptr: NonNull<u8>) -> Option<NonNull<u8>> {
+        // SAFETY: the pool is live (caller).
+        let (size, limit) = unsafe {
+            let p = self.0.as_ptr();
+            ((*p).size as usize, (*p).limit as usize)
+        };
+        let offset = ptr.addr().get().wrapping_sub(self.0.addr().get());
+        if !(POOL_OVERHEAD..limit).contains(&offset) {
+            return None;
+        }
+        let start = POOL_OVERHEAD + (offset - POOL_OVERHEAD) / size * size;
+        // SAFETY: `start < limit`: inside the pool, so within its provenance and not null.
+        (start + size <= limit).then(|| unsafe { self.0.cast::<u8>().add(start) })
+    }
+
     /// The pool's size class.
     ///
     /// # Safety

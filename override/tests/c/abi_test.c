@@ -1,0 +1,339 @@
+/* The C test of libpymalloc_override.so: every exported function and its edge cases, allocation
+ * before main, the dynamic loader, threads that free each other's blocks, and fork.
+ * Built and run under LD_PRELOAD by override/tests/preload.rs.
+ *
+ *   abi_test              run every check; print "ok" and exit 0, or name the failed check
+ *   abi_test invalid-free free a pointer pymalloc never handed out (must abort)
+ *   abi_test interior-free free a pointer into the middle of a block (must abort)
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <malloc.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define CHECK(cond)                                                              \
+    do {                                                                         \
+        if (!(cond)) {                                                           \
+            fprintf(stderr, "abi_test: check failed at line %d: %s\n", __LINE__, \
+                    #cond);                                                      \
+            exit(1);                                                             \
+        }                                                                        \
+    } while (0)
+
+/* Hides a size from the compiler, which would otherwise fold or warn about absurd requests. */
+static size_t opaque(size_t x) {
+    volatile size_t v = x;
+    return v;
+}
+
+static int aligned(const void *p, size_t align) { return ((uintptr_t)p & (align - 1)) == 0; }
+
+static void fill(unsigned char *p, size_t n, unsigned seed) {
+    for (size_t i = 0; i < n; i++) p[i] = (unsigned char)(seed + i * 31);
+}
+
+static int filled(const unsigned char *p, size_t n, unsigned seed) {
+    for (size_t i = 0; i < n; i++)
+        if (p[i] != (unsigned char)(seed + i * 31)) return 0;
+    return 1;
+}
+
+/* Allocation before main, from a constructor. */
+static char *early;
+__attribute__((constructor)) static void before_main(void) {
+    early = malloc(100);
+    if (early) strcpy(early, "allocated before main");
+}
+
+static void test_loaded(void) {
+    /* The library really is the allocator: its own symbol is there, and malloc is its. */
+    void *marker = dlsym(RTLD_DEFAULT, "pymalloc_write_stats");
+    CHECK(marker != NULL);
+    Dl_info a, b;
+    CHECK(dladdr(marker, &a) && dladdr(dlsym(RTLD_DEFAULT, "malloc"), &b));
+    CHECK(strcmp(a.dli_fname, b.dli_fname) == 0);
+    CHECK(early && strcmp(early, "allocated before main") == 0);
+    free(early);
+}
+
+static void test_malloc_free(void) {
+    void *z1 = malloc(0), *z2 = malloc(0);
+    CHECK(z1 && z2 && z1 != z2);
+    free(z1);
+    free(z2);
+    free(NULL);
+
+    static const size_t sizes[] = {1,     8,      15,     16,      17,      100,     512,
+                                   513,   1000,   4096,   10000,   65536,   100000,  262144,
+                                   262145, 300000, 1 << 20, 5 << 20, 16 << 20};
+    enum { N = sizeof sizes / sizeof sizes[0] };
+    unsigned char *blocks[N];
+    for (unsigned i = 0; i < N; i++) {
+        blocks[i] = malloc(sizes[i]);
+        CHECK(blocks[i] && aligned(blocks[i], 16));
+        CHECK(malloc_usable_size(blocks[i]) >= sizes[i]);
+        fill(blocks[i], sizes[i], i);
+    }
+    for (unsigned i = 0; i < N; i++) {
+        CHECK(filled(blocks[i], sizes[i], i));
+        /* Every usable byte may be written. */
+        memset(blocks[i], 0x5a, malloc_usable_size(blocks[i]));
+        free(blocks[i]);
+    }
+    CHECK(malloc_usable_size(NULL) == 0);
+
+    errno = 0;
+    CHECK(malloc(opaque(SIZE_MAX)) == NULL && errno == ENOMEM);
+    errno = 0;
+    CHECK(malloc(opaque(PTRDIFF_MAX)) == NULL && errno == ENOMEM);
+}
+
+static void test_calloc(void) {
+    /* Dirty a block, free it, and get it back through calloc: it must read zero. */
+    for (size_t size = 16; size <= (1 << 20); size *= 4) {
+        unsigned char *p = malloc(size);
+        CHECK(p);
+        memset(p, 0xab, size);
+        free(p);
+        p = calloc(1, size);
+        CHECK(p);
+        for (size_t i = 0; i < size; i++) CHECK(p[i] == 0);
+        free(p);
+    }
+    unsigned char *q = calloc(1000, 3);
+    CHECK(q);
+    for (int i = 0; i < 3000; i++) CHECK(q[i] == 0);
+    free(q);
+    void *z = calloc(0, 7);
+    CHECK(z);
+    free(z);
+    errno = 0;
+    CHECK(calloc(opaque(SIZE_MAX / 2), 3) == NULL && errno == ENOMEM);
+    errno = 0;
+    CHECK(calloc(opaque(SIZE_MAX), opaque(SIZE_MAX)) == NULL && errno == ENOMEM);
+}
+
+static void test_realloc(void) {
+    /* Grow one byte at a time through the small classes, then by doubling through medium and
+     * large, then shrink back: the contents survive every step. */
+    unsigned char *p = realloc(NULL, 1);
+    CHECK(p);
+    p[0] = 7;
+    size_t size = 1;
+    for (size_t n = 2; n <= 600; n++) {
+        p = realloc(p, n);
+        CHECK(p && aligned(p, 16));
+        p[n - 1] = (unsigned char)n;
+        size = n;
+    }
+    for (size_t n = 2; n <= 600; n++) CHECK(p[n - 1] == (unsigned char)n);
+    fill(p, size, 3);
+    for (size_t n = 1024; n <= (32u << 20); n *= 2) {
+        p = realloc(p, n);
+        CHECK(p && filled(p, size, 3));
+        fill(p, n, 3);
+        size = n;
+    }
+    for (size_t n = size / 3; n >= 10; n /= 3) {
+        p = realloc(p, n);
+        CHECK(p && filled(p, n, 3));
+        size = n;
+    }
+    /* A failed realloc leaves the block as it was. */
+    errno = 0;
+    CHECK(realloc(p, opaque(SIZE_MAX - 4096)) == NULL && errno == ENOMEM);
+    CHECK(filled(p, size, 3));
+    /* realloc(p, 0) frees p and returns NULL, as glibc's. */
+    CHECK(realloc(p, 0) == NULL);
+
+    /* A block from memalign may be resized like any other. */
+    unsigned char *m = memalign(4096, 100);
+    CHECK(m && aligned(m, 4096));
+    fill(m, 100, 9);
+    m = realloc(m, 5000);
+    CHECK(m && filled(m, 100, 9));
+    free(m);
+}
+
+static void test_reallocarray(void) {
+    int *a = reallocarray(NULL, 10, sizeof(int));
+    CHECK(a);
+    for (int i = 0; i < 10; i++) a[i] = i;
+    a = reallocarray(a, 100000, sizeof(int));
+    CHECK(a);
+    for (int i = 0; i < 10; i++) CHECK(a[i] == i);
+    errno = 0;
+    CHECK(reallocarray(a, opaque(SIZE_MAX / 2), 4) == NULL && errno == ENOMEM);
+    for (int i = 0; i < 10; i++) CHECK(a[i] == i);
+    free(a);
+}
+
+static void test_aligned(void) {
+    for (size_t align = sizeof(void *); align <= (4u << 20); align *= 2) {
+        static const size_t sizes[] = {0, 1, 100, 5000, 300000};
+        for (unsigned i = 0; i < 5; i++) {
+            void *p = (void *)1;
+            CHECK(posix_memalign(&p, align, sizes[i]) == 0);
+            CHECK(p && aligned(p, align));
+            CHECK(malloc_usable_size(p) >= sizes[i]);
+            memset(p, 1, sizes[i]);
+            free(p);
+
+            p = aligned_alloc(align, sizes[i]);
+            CHECK(p && aligned(p, align));
+            memset(p, 2, sizes[i]);
+            free(p);
+
+            p = memalign(align, sizes[i]);
+            CHECK(p && aligned(p, align));
+            memset(p, 3, sizes[i]);
+            free(p);
+        }
+    }
+    /* Bad alignments: posix_memalign returns EINVAL and leaves *out alone. */
+    void *untouched = (void *)&untouched;
+    CHECK(posix_memalign(&untouched, 3, 10) == EINVAL && untouched == (void *)&untouched);
+    CHECK(posix_memalign(&untouched, sizeof(void *) / 2, 10) == EINVAL);
+    CHECK(posix_memalign(&untouched, 0, 10) == EINVAL);
+    CHECK(posix_memalign(&untouched, 64, opaque(SIZE_MAX - 100)) == ENOMEM);
+    CHECK(untouched == (void *)&untouched);
+    errno = 0;
+    CHECK(aligned_alloc(opaque(24), 100) == NULL && errno == EINVAL);
+    /* memalign rounds an alignment that is not a power of two up, as glibc's. */
+    void *m = memalign(24, 100);
+    CHECK(m && aligned(m, 32));
+    free(m);
+    errno = 0;
+    CHECK(memalign(opaque(SIZE_MAX), 10) == NULL && errno == EINVAL);
+
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    void *v = valloc(10);
+    CHECK(v && aligned(v, page));
+    free(v);
+    void *pv = pvalloc(page + 1);
+    CHECK(pv && aligned(pv, page) && malloc_usable_size(pv) >= 2 * page);
+    memset(pv, 4, 2 * page);
+    free(pv);
+    pv = pvalloc(0);
+    CHECK(pv && aligned(pv, page));
+    free(pv);
+    errno = 0;
+    CHECK(pvalloc(opaque(SIZE_MAX - 1)) == NULL && errno == ENOMEM);
+}
+
+/* Threads pass blocks around a ring: each frees what its neighbour allocated. */
+enum { THREADS = 8, ROUNDS = 20000, SLOTS = 64 };
+static void *mailbox[THREADS][SLOTS];
+static pthread_mutex_t locks[THREADS];
+
+static void *worker(void *arg) {
+    unsigned id = (unsigned)(uintptr_t)arg, next = (id + 1) % THREADS;
+    unsigned seed = id * 7919 + 1;
+    for (unsigned r = 0; r < ROUNDS; r++) {
+        seed = seed * 1103515245 + 12345;
+        size_t size = 1 + (seed >> 8) % (r % 100 == 0 ? 200000 : 2000);
+        unsigned char *p = malloc(size);
+        if (!p) return (void *)1;
+        p[0] = (unsigned char)size;
+        p[size - 1] = (unsigned char)(size >> 3);
+        /* Leave it in the neighbour's mailbox; free what was there. */
+        unsigned slot = (seed >> 4) % SLOTS;
+        pthread_mutex_lock(&locks[next]);
+        unsigned char *old = mailbox[next][slot];
+        mailbox[next][slot] = p;
+        pthread_mutex_unlock(&locks[next]);
+        if (old) {
+            size_t n = malloc_usable_size(old);
+            if (n == 0) return (void *)2;
+            free(old);
+        }
+    }
+    return NULL;
+}
+
+static void test_threads(void) {
+    pthread_t t[THREADS];
+    for (unsigned i = 0; i < THREADS; i++) pthread_mutex_init(&locks[i], NULL);
+    for (unsigned i = 0; i < THREADS; i++)
+        CHECK(pthread_create(&t[i], NULL, worker, (void *)(uintptr_t)i) == 0);
+    for (unsigned i = 0; i < THREADS; i++) {
+        void *result;
+        CHECK(pthread_join(t[i], &result) == 0 && result == NULL);
+    }
+    /* Blocks that outlived their threads are freed here. */
+    for (unsigned i = 0; i < THREADS; i++)
+        for (unsigned s = 0; s < SLOTS; s++) free(mailbox[i][s]);
+}
+
+static void *spinner(void *arg) {
+    volatile int *stop = arg;
+    while (!*stop) free(malloc(64));
+    return NULL;
+}
+
+static void test_fork(void) {
+    /* Fork while other threads allocate: the child allocates at once. */
+    volatile int stop = 0;
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++) CHECK(pthread_create(&t[i], NULL, spinner, (void *)&stop) == 0);
+    for (int i = 0; i < 20; i++) {
+        pid_t pid = fork();
+        CHECK(pid >= 0);
+        if (pid == 0) {
+            for (int j = 0; j < 1000; j++) free(malloc((size_t)j * 10 + 1));
+            _exit(0);
+        }
+        int status;
+        CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    }
+    stop = 1;
+    for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
+}
+
+static void test_loader(void) {
+    /* dlopen makes the dynamic loader allocate (and free) through us. */
+    void *lib = dlopen("libm.so.6", RTLD_NOW | RTLD_LOCAL);
+    CHECK(lib != NULL);
+    CHECK(dlsym(lib, "cos") != NULL);
+    CHECK(dlclose(lib) == 0);
+    /* libc itself allocates through us: strdup, asprintf, getline, qsort's buffers. */
+    char *s = strdup("pymalloc");
+    CHECK(s && strcmp(s, "pymalloc") == 0);
+    free(s);
+    char *f = NULL;
+    CHECK(asprintf(&f, "%d-%s", 42, "x") == 4 && strcmp(f, "42-x") == 0);
+    free(f);
+}
+
+int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "invalid-free") == 0) {
+        static char not_ours[64];
+        void *volatile bad = not_ours + 16;
+        free(bad);
+        return 0;
+    }
+    if (argc > 1 && strcmp(argv[1], "interior-free") == 0) {
+        char *p = malloc(100);
+        void *volatile inside = p + 8;
+        free(inside);
+        return 0;
+    }
+    test_loaded();
+    test_malloc_free();
+    test_calloc();
+    test_realloc();
+    test_reallocarray();
+    test_aligned();
+    test_threads();
+    test_fork();
+    test_loader();
+    puts("ok");
+    return 0;
+}

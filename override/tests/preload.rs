@@ -1,0 +1,245 @@
+//! `libpymalloc_override.so` under `LD_PRELOAD`: the C test program (every function and its edge
+//! cases, threads, fork, the loader), invalid frees, and real programs — a shell pipeline,
+//! Python with every object through `malloc`, and multi-threaded `sort` — whose output must
+//! equal their output on the system allocator. Needs `cc`, `sh`, `sort`, `grep`, `awk` and
+//! `python3` (`.ci/run` checks they are there).
+#![cfg(target_os = "linux")]
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The library cargo built for this test: `target/<profile>/deps/libpymalloc_override.so` (a `cargo
+/// build` also copies it up to `target/<profile>/`).
+fn library() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let deps = exe.parent().expect("target/<profile>/deps");
+    let lib = deps.join("libpymalloc_override.so");
+    assert!(lib.exists(), "{} not built", lib.display());
+    lib
+}
+
+/// Scratch space for this test binary.
+fn scratch() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("preload")
+}
+
+/// The C test program, compiled once.
+fn abi_test() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        std::fs::create_dir_all(scratch()).unwrap();
+        let exe = scratch().join("abi_test");
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/abi_test.c");
+        let status = Command::new("cc")
+            .args(["-O2", "-Wall", "-Wextra", "-Werror", "-o"])
+            .arg(&exe)
+            .arg(&source)
+            .args(["-lpthread", "-ldl"])
+            .status()
+            .expect("cc (a C compiler) must be installed");
+        assert!(status.success(), "compiling {}", source.display());
+        exe
+    })
+}
+
+/// Runs `command` on pymalloc (`preload`) or on the system allocator, with the statistics
+/// printed at exit when preloaded.
+fn run(mut command: Command, preload: bool) -> Output {
+    if preload {
+        command
+            .env("LD_PRELOAD", library())
+            .env("PYMALLOC_STATS", "1");
+    } else {
+        command.env_remove("LD_PRELOAD");
+    }
+    command.output().expect("program runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// How many processes printed pymalloc's statistics at exit: how many ran on it.
+fn processes_on_pymalloc(out: &Output) -> usize {
+    text(&out.stderr).matches("pymalloc statistics").count()
+}
+
+/// Runs `make()` on both allocators: both succeed with the same, non-empty standard output,
+/// and at least `min_processes` processes ran on pymalloc.
+fn same_output(make: impl Fn() -> Command, min_processes: usize) -> Output {
+    let system = run(make(), false);
+    let ours = run(make(), true);
+    assert!(system.status.success(), "system: {}", text(&system.stderr));
+    assert!(ours.status.success(), "pymalloc: {}", text(&ours.stderr));
+    assert!(!system.stdout.is_empty());
+    assert!(
+        system.stdout == ours.stdout,
+        "outputs differ:\n{}\n---\n{}",
+        text(&system.stdout),
+        text(&ours.stdout)
+    );
+    let on_pymalloc = processes_on_pymalloc(&ours);
+    assert!(
+        on_pymalloc >= min_processes,
+        "{on_pymalloc} processes ran on pymalloc:\n{}",
+        text(&ours.stderr)
+    );
+    ours
+}
+
+#[test]
+fn the_c_test_passes() {
+    let out = run(Command::new(abi_test()), true);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout), "ok\n");
+    // The fork test's children exit with _exit: only the parent prints statistics.
+    assert_eq!(processes_on_pymalloc(&out), 1, "{}", text(&out.stderr));
+}
+
+#[test]
+fn the_c_test_notices_when_pymalloc_is_not_loaded() {
+    let out = run(Command::new(abi_test()), false);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("marker != NULL"));
+}
+
+#[test]
+fn freeing_a_pointer_pymalloc_did_not_hand_out_aborts_with_a_message() {
+    for mode in ["invalid-free", "interior-free"] {
+        let mut command = Command::new(abi_test());
+        command.arg(mode);
+        let out = run(command, true);
+        assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{mode}");
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("pymalloc: fatal: free: pointer is no block of this allocator"),
+            "{mode}: {stderr}"
+        );
+    }
+}
+
+/// Lines of pseudo-random words and numbers, written once.
+fn input_file(name: &str, lines: usize) -> PathBuf {
+    std::fs::create_dir_all(scratch()).unwrap();
+    let path = scratch().join(name);
+    let words = [
+        "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa",
+        "lambda", "mu", "quux",
+    ];
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut text = String::new();
+    for _ in 0..lines {
+        let (a, b) = (next(), next());
+        text.push_str(&format!(
+            "{}{} {} {}\n",
+            words[a as usize % words.len()],
+            a % 1000,
+            b % 1_000_000,
+            words[(b >> 32) as usize % words.len()]
+        ));
+    }
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn a_shell_pipeline_gives_the_same_output() {
+    let input = input_file("pipeline.txt", 200_000);
+    let script = "sort \"$1\" | grep -v quux | awk '{ n[$1] += $2; w[$3]++ } \
+                  END { for (k in n) print k, n[k]; for (k in w) print k, w[k] }' | sort";
+    // sort, grep, awk and sort again (the shell may exit without running exit handlers).
+    same_output(
+        || {
+            let mut c = Command::new("sh");
+            c.args(["-c", script, "sh"]).arg(&input);
+            c
+        },
+        4,
+    );
+}
+
+#[test]
+fn python_with_every_object_in_malloc_gives_the_same_output() {
+    // Allocation-heavy: many small objects of every kind, growing containers, big strings,
+    // JSON round trips, sorting, a few threads; a digest of everything as the output.
+    let script = r#"
+import hashlib, json, random, threading
+random.seed(7)
+h = hashlib.sha256()
+records = [{"id": i, "name": "n%06d" % random.randrange(10**6),
+            "tags": [str(random.random()) for _ in range(random.randrange(8))],
+            "blob": "x" * random.randrange(3000)} for i in range(60000)]
+records.sort(key=lambda r: (r["name"], r["id"]))
+text = json.dumps(records)
+h.update(text.encode())
+again = json.loads(text)
+assert again == records
+index = {}
+for r in again:
+    index.setdefault(r["name"][:3], []).append(r["id"])
+h.update(repr(sorted((k, len(v), sum(v)) for k, v in index.items())).encode())
+del records, again, text
+big = []
+for i in range(2000):
+    big.append(bytearray(random.randrange(1, 400000)))
+    if i % 3 == 0:
+        big.pop(random.randrange(len(big)))
+h.update(str(sum(len(b) for b in big)).encode())
+results = [None] * 4
+def work(k):
+    rng = random.Random(k)
+    d = {}
+    for i in range(100000):
+        d[rng.randrange(5000)] = [rng.random()] * rng.randrange(5)
+    results[k] = sum(len(v) for v in d.values())
+threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+h.update(repr(results).encode())
+print(h.hexdigest())
+"#;
+    same_output(
+        || {
+            let mut c = Command::new("python3");
+            c.args(["-c", script])
+                .env("PYTHONMALLOC", "malloc")
+                .env("PYTHONHASHSEED", "0");
+            c
+        },
+        1,
+    );
+}
+
+#[test]
+fn multithreaded_sort_gives_the_same_output() {
+    // GNU sort with --parallel sorts in several threads; blocks move between them.
+    let input = input_file("parallel.txt", 600_000);
+    let out = same_output(
+        || {
+            let mut c = Command::new("sort");
+            c.args(["--parallel=4", "-S", "64M", "-k2,2n", "-k1,1"])
+                .arg(&input);
+            c
+        },
+        1,
+    );
+    // The threads each bound a heap of their own.
+    let heaps = text(&out.stderr)
+        .lines()
+        .find_map(|l| l.strip_prefix("# heaps")?.trim().parse::<usize>().ok())
+        .expect("a heaps line in the statistics");
+    assert!(heaps >= 2, "{}", text(&out.stderr));
+}

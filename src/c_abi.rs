@@ -1,0 +1,251 @@
+//! The C allocation functions — `malloc`, `free`, `calloc`, `realloc`, `reallocarray`,
+//! `posix_memalign`, `aligned_alloc`, `memalign`, `valloc`, `pvalloc`, `malloc_usable_size` —
+//! over the global allocator, with C's (and glibc's) semantics. The `pymalloc-override` crate
+//! exports them under their C names, as a library for `LD_PRELOAD`; a Rust program may export
+//! them itself.
+//!
+//! Semantics, as glibc's:
+//! - every block is aligned to [`ALIGNMENT`] (16), at least; `malloc(0)` returns a unique
+//!   pointer, `free(NULL)` does nothing, `realloc(NULL, n)` is `malloc(n)` and
+//!   `realloc(p, 0)` frees `p` and returns NULL;
+//! - a request that cannot be served, or whose size overflows (`calloc`, `reallocarray`,
+//!   `pvalloc`), returns NULL with `errno = ENOMEM`; `realloc` leaves the old block untouched;
+//! - a bad alignment gives `EINVAL`: returned by `posix_memalign` (which leaves `errno` alone),
+//!   in `errno` for `aligned_alloc` and `memalign` (`memalign` rounds an alignment that is
+//!   not a power of two up to one, as glibc does);
+//! - `free`, `realloc` and `malloc_usable_size` find the block from its address (the arena map
+//!   or the table of large blocks); a pointer pymalloc did not hand out is reported on stderr
+//!   and aborts, as glibc's "free(): invalid pointer".
+//!
+//! Nothing here allocates or unwinds, so the functions can serve the dynamic loader and libc
+//! from the first call, and the thread-binding code's own reentrant calls.
+
+use core::alloc::Layout;
+use core::ffi::{c_int, c_void};
+use core::fmt::{self, Write};
+use core::ptr::{self, NonNull};
+
+use pymalloc_arena::{OsPlatform, Platform};
+use pymalloc_pool::ALIGNMENT;
+
+use crate::allocator::Session;
+use crate::thread;
+
+/// Runs `f` on the calling thread's heap (binding one if needed).
+#[inline(always)]
+fn with_session<R>(f: impl FnOnce(Session<'static, OsPlatform>) -> R) -> R {
+    match thread::session() {
+        Some(s) => f(s),
+        None => thread::with_new_session(f),
+    }
+}
+
+fn set_errno(code: c_int) {
+    // SAFETY: `__errno_location` returns the calling thread's `errno`, always valid.
+    unsafe { *libc::__errno_location() = code };
+}
+
+/// A block of `size` bytes aligned to `align` (a power of two), or null; no `errno`.
+fn allocate(size: usize, align: usize) -> *mut c_void {
+    match Layout::from_size_align(size, align.max(ALIGNMENT)) {
+        Ok(layout) => with_session(|s| s.alloc(layout)).cast(),
+        Err(_) => ptr::null_mut(),
+    }
+}
+
+/// [`allocate`], with `errno = ENOMEM` on failure.
+fn allocate_or_enomem(size: usize, align: usize) -> *mut c_void {
+    let p = allocate(size, align);
+    if p.is_null() {
+        set_errno(libc::ENOMEM);
+    }
+    p
+}
+
+/// C's `malloc`.
+pub fn malloc(size: usize) -> *mut c_void {
+    allocate_or_enomem(size, ALIGNMENT)
+}
+
+/// C's `calloc`: zero-filled; NULL with `ENOMEM` if `count * size` overflows.
+pub fn calloc(count: usize, size: usize) -> *mut c_void {
+    let layout = count
+        .checked_mul(size)
+        .and_then(|bytes| Layout::from_size_align(bytes, ALIGNMENT).ok());
+    let p: *mut c_void = match layout {
+        Some(layout) => with_session(|s| s.alloc_zeroed(layout)).cast(),
+        None => ptr::null_mut(),
+    };
+    if p.is_null() {
+        set_errno(libc::ENOMEM);
+    }
+    p
+}
+
+/// C's `free`.
+///
+/// # Safety
+/// `ptr` is null, or a block from these functions (or the global allocator) in use, not
+/// used after this call.
+pub unsafe fn free(ptr: *mut c_void) {
+    if let Some(ptr) = NonNull::new(ptr.cast::<u8>()) {
+        // SAFETY: as the caller guarantees.
+        with_session(|s| unsafe { s.dealloc_unsized(ptr) });
+    }
+}
+
+/// C's `realloc`, as glibc's: `realloc(NULL, n)` allocates, `realloc(p, 0)` frees and
+/// returns NULL.
+///
+/// # Safety
+/// As [`free`].
+pub unsafe fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
+    let Some(block) = NonNull::new(ptr.cast::<u8>()) else {
+        return malloc(size);
+    };
+    if size == 0 {
+        // SAFETY: as the caller guarantees.
+        unsafe { free(ptr) };
+        return ptr::null_mut();
+    }
+    // SAFETY: as the caller guarantees.
+    let p = with_session(|s| unsafe { s.realloc_unsized(block, size) });
+    if p.is_null() {
+        set_errno(libc::ENOMEM);
+    }
+    p.cast()
+}
+
+/// C's `reallocarray`: `realloc` of `count * size` bytes; NULL with `ENOMEM` (the block
+/// untouched) if that overflows.
+///
+/// # Safety
+/// As [`free`].
+pub unsafe fn reallocarray(ptr: *mut c_void, count: usize, size: usize) -> *mut c_void {
+    match count.checked_mul(size) {
+        // SAFETY: as the caller guarantees.
+        Some(bytes) => unsafe { realloc(ptr, bytes) },
+        None => {
+            set_errno(libc::ENOMEM);
+            ptr::null_mut()
+        }
+    }
+}
+
+/// C's `posix_memalign`: 0 and the block in `*out`; `EINVAL` if `align` is not a power of two
+/// multiple of the pointer size, `ENOMEM` if it cannot be served (`*out` untouched either way).
+///
+/// # Safety
+/// `out` is valid for writing a pointer.
+pub unsafe fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> c_int {
+    if !align.is_power_of_two() || align % size_of::<*mut c_void>() != 0 {
+        return libc::EINVAL;
+    }
+    let p = allocate(size, align);
+    if p.is_null() {
+        return libc::ENOMEM;
+    }
+    // SAFETY: writable (caller).
+    unsafe { out.write(p) };
+    0
+}
+
+/// C's `aligned_alloc`: NULL with `EINVAL` if `align` is not a power of two.
+pub fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
+    if !align.is_power_of_two() {
+        set_errno(libc::EINVAL);
+        return ptr::null_mut();
+    }
+    allocate_or_enomem(size, align)
+}
+
+/// C's `memalign`, as glibc's: an alignment that is not a power of two is rounded up to one;
+/// NULL with `EINVAL` if that overflows.
+pub fn memalign(align: usize, size: usize) -> *mut c_void {
+    match align.checked_next_power_of_two() {
+        Some(align) => allocate_or_enomem(size, align),
+        None => {
+            set_errno(libc::EINVAL);
+            ptr::null_mut()
+        }
+    }
+}
+
+/// C's `valloc`: page-aligned.
+pub fn valloc(size: usize) -> *mut c_void {
+    allocate_or_enomem(size, OsPlatform.page_size())
+}
+
+/// C's `pvalloc`: page-aligned, the size rounded up to whole pages (one page for 0); NULL with
+/// `ENOMEM` if that overflows.
+pub fn pvalloc(size: usize) -> *mut c_void {
+    let page = OsPlatform.page_size();
+    match size.max(1).checked_next_multiple_of(page) {
+        Some(size) => allocate_or_enomem(size, page),
+        None => {
+            set_errno(libc::ENOMEM);
+            ptr::null_mut()
+        }
+    }
+}
+
+/// C's `malloc_usable_size`: the bytes usable at `ptr` (at least those asked for); 0 for NULL.
+///
+/// # Safety
+/// `ptr` is null, or a block from these functions (or the global allocator) in use.
+pub unsafe fn malloc_usable_size(ptr: *mut c_void) -> usize {
+    match NonNull::new(ptr.cast::<u8>()) {
+        // SAFETY: as the caller guarantees.
+        Some(ptr) => with_session(|s| unsafe { s.usable_size(ptr) }),
+        None => 0,
+    }
+}
+
+/// Writes the global allocator's statistics ([`crate::stats`]) to the file descriptor `fd`,
+/// without allocating: for `PYMALLOC_STATS=1` at exit.
+pub fn write_stats(fd: c_int) {
+    let mut out = FdWriter {
+        fd,
+        buf: [0; 1024],
+        len: 0,
+    };
+    // Formatting into a fixed buffer cannot fail; a failed write is dropped.
+    let _ = writeln!(out, "{}", crate::stats());
+    out.flush();
+}
+
+/// A `fmt::Write` over a file descriptor, through a buffer on the stack.
+struct FdWriter {
+    fd: c_int,
+    buf: [u8; 1024],
+    len: usize,
+}
+
+impl FdWriter {
+    fn flush(&mut self) {
+        let mut done = 0;
+        while done < self.len {
+            let rest = &self.buf[done..self.len];
+            // SAFETY: `rest` is valid for reading its length.
+            let n = unsafe { libc::write(self.fd, rest.as_ptr().cast(), rest.len()) };
+            if n <= 0 {
+                break;
+            }
+            done += n as usize;
+        }
+        self.len = 0;
+    }
+}
+
+impl Write for FdWriter {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for &byte in s.as_bytes() {
+            if self.len == self.buf.len() {
+                self.flush();
+            }
+            self.buf[self.len] = byte;
+            self.len += 1;
+        }
+        Ok(())
+    }
+}
