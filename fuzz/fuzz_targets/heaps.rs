@@ -10,6 +10,7 @@ mod interpreter;
 
 use std::alloc::Layout;
 use std::cell::{Cell, RefCell};
+use std::ptr::NonNull;
 
 use libfuzzer_sys::fuzz_target;
 use pymalloc::{Allocator, LocalHeap};
@@ -50,6 +51,30 @@ impl interpreter::Target for Heaps<'_> {
                 None => self.a.dealloc(p, layout),
             }
         }
+    }
+    unsafe fn dealloc_sizeless(&self, p: *mut u8) {
+        let p = NonNull::new(p).unwrap();
+        // SAFETY: as the caller guarantees.
+        unsafe {
+            match self.heaps.borrow_mut().get_mut(self.current.get()) {
+                Some(h) => h.dealloc_unsized(p),
+                None => self.a.dealloc_unsized(p),
+            }
+        }
+    }
+    unsafe fn realloc_sizeless(&self, p: *mut u8, new_size: usize) -> *mut u8 {
+        let p = NonNull::new(p).unwrap();
+        // SAFETY: as the caller guarantees.
+        unsafe {
+            match self.heaps.borrow_mut().get_mut(self.current.get()) {
+                Some(h) => h.realloc_unsized(p, new_size),
+                None => self.a.realloc_unsized(p, new_size),
+            }
+        }
+    }
+    unsafe fn usable_size(&self, p: *mut u8) -> usize {
+        // SAFETY: as the caller guarantees.
+        unsafe { self.a.usable_size(NonNull::new(p).unwrap()) }
     }
     fn check(&self) {
         self.a.check().unwrap();

@@ -132,6 +132,38 @@ fn block_start_finds_the_block_of_an_interior_pointer() {
 }
 
 #[test]
+fn block_holding_finds_blocks_only_in_the_block_area() {
+    for size in [16, 96, 3000, 40_000] {
+        let class = SizeClass::for_size(size).unwrap();
+        let mem = Mem::new(class);
+        // SAFETY: the memory is ours; the pointers are only compared, never dereferenced.
+        unsafe {
+            let pool = PoolPtr::init(mem.0, class, true, core::ptr::null_mut());
+            let base = mem.0.as_ptr();
+            let bytes = class.block_size();
+            let count = blocks_per_pool(class);
+            for k in [0, 1, count - 1] {
+                let block = base.add(POOL_OVERHEAD + k * bytes);
+                for delta in [0, 1, bytes - 1] {
+                    let found = pool.block_holding(NonNull::new(block.add(delta)).unwrap());
+                    assert_eq!(found.map(NonNull::as_ptr), Some(block), "size {size} k {k}");
+                }
+            }
+            // The header, the tail that holds no whole block, and beyond the pool.
+            let end = POOL_OVERHEAD + count * bytes;
+            for offset in [0, POOL_OVERHEAD - 1, end, class.pool_bytes() - 1] {
+                if offset >= end || offset < POOL_OVERHEAD {
+                    let p = NonNull::new(base.wrapping_add(offset)).unwrap();
+                    assert_eq!(pool.block_holding(p), None, "size {size} offset {offset}");
+                }
+            }
+            let beyond = NonNull::new(base.wrapping_add(class.pool_bytes())).unwrap();
+            assert_eq!(pool.block_holding(beyond), None);
+        }
+    }
+}
+
+#[test]
 #[cfg_attr(
     feature = "asan",
     ignore = "writes into a freed block on purpose, which AddressSanitizer then reports"

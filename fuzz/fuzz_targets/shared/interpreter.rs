@@ -1,6 +1,8 @@
 //! The interpreter shared by the `ops`, `global`, `oom` and `heaps` targets: a byte string decoded as
 //! alloc / alloc_zeroed / realloc / dealloc / check (and, where the target allows, refused
-//! memory), run against a shadow model of the live blocks. Every block is filled with its own
+//! memory), run against a shadow model of the live blocks. Frees and reallocs go without the
+//! layout, as C calls them, when the op's top bit is set; before a free the usable size must
+//! cover the block. Every block is filled with its own
 //! byte and checked before it is freed or moved; at the end everything is freed and the
 //! allocator's consistency check must pass.
 
@@ -15,6 +17,21 @@ pub trait Target {
     /// # Safety
     /// `p` is a live block of `layout`.
     unsafe fn dealloc(&self, p: *mut u8, layout: Layout);
+    /// Frees `p` without its layout, as C's `free`.
+    ///
+    /// # Safety
+    /// `p` is a live block.
+    unsafe fn dealloc_sizeless(&self, p: *mut u8);
+    /// Resizes `p` without its layout, as C's `realloc` (the result is 16-aligned).
+    ///
+    /// # Safety
+    /// `p` is a live block.
+    unsafe fn realloc_sizeless(&self, p: *mut u8, new_size: usize) -> *mut u8;
+    /// The bytes usable at `p`, as C's `malloc_usable_size`.
+    ///
+    /// # Safety
+    /// `p` is a live block.
+    unsafe fn usable_size(&self, p: *mut u8) -> usize;
     fn check(&self);
     /// Refuses memory as `op` says; false where the target cannot inject failures.
     fn inject(&self, _op: &[u8]) -> bool {
@@ -63,6 +80,7 @@ pub fn run(a: &impl Target, data: &[u8]) {
     let mut live: Vec<Live> = Vec::new();
     for (n, op) in data.chunks_exact(5).enumerate() {
         let byte = n as u8 | 1;
+        let sizeless = op[0] & 0x80 != 0;
         a.select(op);
         match op[0] % 8 {
             0..=2 => {
@@ -83,21 +101,36 @@ pub fn run(a: &impl Target, data: &[u8]) {
                 let b = live.swap_remove(op[1] as usize % live.len());
                 assert!(intact(&b, b.layout.size()), "block corrupted");
                 // SAFETY: a live block of this layout.
-                unsafe { a.dealloc(b.ptr, b.layout) };
+                unsafe {
+                    assert!(a.usable_size(b.ptr) >= b.layout.size(), "usable size too small");
+                    if sizeless {
+                        a.dealloc_sizeless(b.ptr);
+                    } else {
+                        a.dealloc(b.ptr, b.layout);
+                    }
+                }
             }
             5 if !live.is_empty() => {
                 let i = op[1] as usize % live.len();
                 let new_size = size_from(&op[2..5]);
                 let old = &live[i];
                 // SAFETY: a live block of this layout.
-                let p = unsafe { a.realloc(old.ptr, old.layout, new_size) };
+                let p = unsafe {
+                    if sizeless {
+                        a.realloc_sizeless(old.ptr, new_size)
+                    } else {
+                        a.realloc(old.ptr, old.layout, new_size)
+                    }
+                };
                 if p.is_null() {
                     assert!(intact(old, old.layout.size()), "failed realloc touched the block");
                     continue;
                 }
                 let moved = Live { ptr: p, layout: old.layout, byte: old.byte };
                 assert!(intact(&moved, new_size.min(old.layout.size())), "realloc lost contents");
-                let b = Live { ptr: p, layout: Layout::from_size_align(new_size, old.layout.align()).unwrap(), byte };
+                let align = if sizeless { 16 } else { old.layout.align() };
+                assert_eq!(p as usize % align, 0, "realloc lost the alignment");
+                let b = Live { ptr: p, layout: Layout::from_size_align(new_size, align).unwrap(), byte };
                 fill(&b);
                 live[i] = b;
             }

@@ -22,6 +22,18 @@ impl Target for OnTestPlatform {
         // SAFETY: as the caller guarantees.
         unsafe { self.a.dealloc(p, layout) }
     }
+    unsafe fn dealloc_sizeless(&self, p: *mut u8) {
+        // SAFETY: as the caller guarantees.
+        unsafe { self.a.dealloc_unsized(std::ptr::NonNull::new(p).unwrap()) }
+    }
+    unsafe fn realloc_sizeless(&self, p: *mut u8, new_size: usize) -> *mut u8 {
+        // SAFETY: as the caller guarantees.
+        unsafe { self.a.realloc_unsized(std::ptr::NonNull::new(p).unwrap(), new_size) }
+    }
+    unsafe fn usable_size(&self, p: *mut u8) -> usize {
+        // SAFETY: as the caller guarantees.
+        unsafe { self.a.usable_size(std::ptr::NonNull::new(p).unwrap()) }
+    }
     fn check(&self) {
         self.a.check().unwrap();
     }

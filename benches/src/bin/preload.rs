@@ -1,0 +1,415 @@
+//! `preload`: programs people already run, on each C allocator through `LD_PRELOAD` —
+//! glibc's own, pymalloc's `libpymalloc_override.so`, and jemalloc's and mimalloc's shared
+//! libraries where installed (Debian's `libjemalloc2` and `libmimalloc2.0`) — run interleaved;
+//! prints the medians of wall time and peak RSS with ratios to glibc, checks that every
+//! allocator gives the same output, and writes `docs/preload.md`.
+//!
+//! ```sh
+//! cargo run --release -p pymalloc-bench --bin preload [-- --quick] [--runs N]
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::hash::{DefaultHasher, Hasher};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+/// One program to run: its command line and environment.
+struct Program {
+    name: &'static str,
+    what: &'static str,
+    argv: Vec<String>,
+    env: Vec<(&'static str, String)>,
+}
+
+/// A C allocator: none (glibc) or a library to preload.
+struct Peer {
+    name: &'static str,
+    lib: Option<PathBuf>,
+}
+
+struct Sample {
+    time_ns: u64,
+    peak_rss: u64,
+    output: u64,
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Builds `libpymalloc_override.so` in release mode; its path.
+fn build_override() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--quiet", "-p", "pymalloc-override"])
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "building pymalloc-override failed");
+    let exe = std::env::current_exe().unwrap();
+    let lib = exe.parent().unwrap().join("libpymalloc_override.so");
+    assert!(lib.exists(), "{} missing", lib.display());
+    lib
+}
+
+/// A shared library of the system's, if installed.
+fn system_library(name: &str) -> Option<PathBuf> {
+    [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib64",
+        "/usr/lib",
+    ]
+    .iter()
+    .map(|dir| Path::new(dir).join(name))
+    .find(|p| p.exists())
+}
+
+fn scratch() -> PathBuf {
+    let dir = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("preload-bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Compiles the C churn program.
+fn build_churn(dir: &Path) -> PathBuf {
+    let exe = dir.join("churn");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("c/churn.c");
+    let status = Command::new("cc")
+        .args(["-O2", "-o"])
+        .arg(&exe)
+        .arg(&source)
+        .arg("-lpthread")
+        .status()
+        .expect("cc (a C compiler) must be installed");
+    assert!(status.success(), "compiling {}", source.display());
+    exe
+}
+
+/// Lines of pseudo-random words and numbers.
+fn write_lines(path: &Path, lines: usize) {
+    let words = [
+        "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa",
+        "lambda", "mu", "quux",
+    ];
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut text = String::new();
+    for _ in 0..lines {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let (a, b) = (state, state.rotate_left(29));
+        writeln!(
+            text,
+            "{}{} {} {}",
+            words[a as usize % words.len()],
+            a % 5000,
+            b % 1_000_000,
+            words[(b >> 40) as usize % words.len()]
+        )
+        .unwrap();
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// Python that allocates many small objects, growing containers and big strings.
+const PYTHON: &str = r#"
+import hashlib, json, random, sys
+random.seed(7)
+n = int(sys.argv[1])
+h = hashlib.sha256()
+records = [{"id": i, "name": "n%06d" % random.randrange(10**6),
+            "tags": [str(random.random()) for _ in range(random.randrange(8))],
+            "blob": "x" * random.randrange(2000)} for i in range(n)]
+records.sort(key=lambda r: (r["name"], r["id"]))
+text = json.dumps(records)
+again = json.loads(text)
+index = {}
+for r in again:
+    index.setdefault(r["name"][:3], []).append(r["id"])
+h.update(text.encode())
+h.update(repr(sorted((k, len(v)) for k, v in index.items())).encode())
+print(h.hexdigest())
+"#;
+
+fn programs(dir: &Path, quick: bool) -> Vec<Program> {
+    let churn = build_churn(dir).display().to_string();
+    let lines = dir.join("lines.txt");
+    write_lines(&lines, if quick { 300_000 } else { 1_000_000 });
+    let lines = lines.display().to_string();
+    let ops = if quick { "4000000" } else { "20000000" };
+    let records = if quick { "40000" } else { "150000" };
+    let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    vec![
+        Program {
+            name: "c-churn",
+            what: "a C program: malloc/free/realloc, mostly 8–255 B, a window of 4096 live blocks",
+            argv: s(&[&churn, "1", ops]),
+            env: vec![],
+        },
+        Program {
+            name: "c-churn-2t",
+            what: "the same in 2 threads, a tenth of the frees of the other thread's blocks",
+            argv: s(&[&churn, "2", ops]),
+            env: vec![],
+        },
+        Program {
+            name: "python-malloc",
+            what: "python3 with PYTHONMALLOC=malloc (every object through malloc): JSON, dicts, sorting",
+            argv: s(&["python3", "-c", PYTHON, records]),
+            env: vec![
+                ("PYTHONMALLOC", "malloc".into()),
+                ("PYTHONHASHSEED", "0".into()),
+            ],
+        },
+        Program {
+            name: "python",
+            what: "the same with Python's own small-object allocator (only larger requests reach malloc)",
+            argv: s(&["python3", "-c", PYTHON, records]),
+            env: vec![("PYTHONHASHSEED", "0".into())],
+        },
+        Program {
+            name: "sort",
+            what: "GNU sort of the lines file by number then word",
+            argv: s(&["sort", "-k2,2n", "-k1,1", &lines]),
+            env: vec![],
+        },
+        Program {
+            name: "sort-parallel",
+            what: "the same with --parallel=2 (threads)",
+            argv: s(&[
+                "sort",
+                "--parallel=2",
+                "-S",
+                "64M",
+                "-k2,2n",
+                "-k1,1",
+                &lines,
+            ]),
+            env: vec![],
+        },
+        Program {
+            name: "pipeline",
+            what: "sh -c 'sort | grep | awk (associative arrays) | sort'",
+            argv: s(&[
+                "sh",
+                "-c",
+                "sort \"$1\" | grep -v quux | awk '{ n[$1] += $2; w[$3]++ } \
+                 END { for (k in n) print k, n[k]; for (k in w) print k, w[k] }' | sort",
+                "sh",
+                &lines,
+            ]),
+            env: vec![],
+        },
+    ]
+}
+
+/// Runs `program` once on `peer`: wall time, peak RSS (of the process or, for a pipeline,
+/// of the largest one) and a hash of its output.
+#[expect(
+    clippy::zombie_processes,
+    reason = "the child is reaped by wait4, which also reports its peak RSS"
+)]
+fn measure(program: &Program, peer: &Peer) -> Sample {
+    let mut cmd = Command::new(&program.argv[0]);
+    cmd.args(&program.argv[1..])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (k, v) in &program.env {
+        cmd.env(k, v);
+    }
+    match &peer.lib {
+        Some(lib) => cmd.env("LD_PRELOAD", lib),
+        None => cmd.env_remove("LD_PRELOAD"),
+    };
+    let start = Instant::now();
+    let mut child = cmd.spawn().expect("start the program");
+    let mut out = Vec::new();
+    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value to be overwritten.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child, writing into valid locals.
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    let time_ns = start.elapsed().as_nanos() as u64;
+    assert!(
+        pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{} on {} failed (status {status:#x})",
+        program.name,
+        peer.name
+    );
+    let mut hasher = DefaultHasher::new();
+    hasher.write(&out);
+    Sample {
+        time_ns,
+        peak_rss: usage.ru_maxrss as u64 * 1024,
+        output: hasher.finish(),
+    }
+}
+
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+fn command_output(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let runs = args
+        .iter()
+        .position(|a| a == "--runs")
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+        .unwrap_or(if quick { 3 } else { 5 });
+    eprintln!("building libpymalloc_override.so …");
+    let ours = build_override();
+    let mut peers = vec![
+        Peer {
+            name: "glibc",
+            lib: None,
+        },
+        Peer {
+            name: "pymalloc",
+            lib: Some(ours),
+        },
+    ];
+    for (name, file, package) in [
+        ("jemalloc", "libjemalloc.so.2", "libjemalloc2"),
+        ("mimalloc", "libmimalloc.so.2", "libmimalloc2.0"),
+    ] {
+        match system_library(file) {
+            Some(lib) => peers.push(Peer {
+                name,
+                lib: Some(lib),
+            }),
+            None => eprintln!("{name}: {file} not found (apt-get install {package}); left out"),
+        }
+    }
+    let dir = scratch();
+    let programs = programs(&dir, quick);
+    let total = programs.len() * runs * peers.len();
+    let mut samples: BTreeMap<(usize, usize), Vec<Sample>> = BTreeMap::new();
+    let mut k = 0;
+    for (p, program) in programs.iter().enumerate() {
+        for run in 1..=runs {
+            for (a, peer) in peers.iter().enumerate() {
+                k += 1;
+                eprint!(
+                    "\r[{k:>3}/{total}] {:<14} {:<9} run {run}/{runs}   ",
+                    program.name, peer.name
+                );
+                samples
+                    .entry((p, a))
+                    .or_default()
+                    .push(measure(program, peer));
+            }
+        }
+        let outputs: Vec<u64> = (0..peers.len())
+            .flat_map(|a| samples[&(p, a)].iter().map(|s| s.output))
+            .collect();
+        assert!(
+            outputs.windows(2).all(|w| w[0] == w[1]),
+            "{}: the allocators' outputs differ",
+            program.name
+        );
+    }
+    eprintln!();
+
+    let mut table = String::new();
+    for (title, unit, pick) in [("time", "ms", 0usize), ("peak RSS", "MiB", 1usize)] {
+        write!(
+            table,
+            "\n**{title}** ({unit}; ratio to glibc)\n\n| program |"
+        )
+        .unwrap();
+        for peer in &peers {
+            write!(table, " {} |", peer.name).unwrap();
+        }
+        table.push_str("\n|---|");
+        table.push_str(&"---:|".repeat(peers.len()));
+        table.push('\n');
+        for (p, program) in programs.iter().enumerate() {
+            let value = |a: usize| {
+                let v = &samples[&(p, a)];
+                median(
+                    v.iter()
+                        .map(|s| if pick == 0 { s.time_ns } else { s.peak_rss })
+                        .collect(),
+                ) as f64
+            };
+            let base = value(0);
+            write!(table, "| {} |", program.name).unwrap();
+            for a in 0..peers.len() {
+                let v = value(a);
+                let shown = if pick == 0 {
+                    v / 1e6
+                } else {
+                    v / (1 << 20) as f64
+                };
+                if a == 0 {
+                    write!(table, " {shown:.1} |").unwrap();
+                } else {
+                    write!(table, " {shown:.1} ({:.2}×) |", v / base).unwrap();
+                }
+            }
+            table.push('\n');
+        }
+    }
+    println!("{table}");
+
+    let commit = command_output(
+        "git",
+        &[
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "describe",
+            "--always",
+            "--dirty",
+        ],
+    );
+    let date = command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mut md = String::from("# Programs under LD_PRELOAD\n\n");
+    writeln!(
+        md,
+        "Each program run with the C allocator replaced through `LD_PRELOAD` (glibc: nothing \
+         preloaded; jemalloc and mimalloc: Debian's shared libraries), interleaved, medians of \
+         {runs} runs; every allocator gave the same output.\n"
+    )
+    .unwrap();
+    let flags = if quick { " -- --quick" } else { "" };
+    writeln!(
+        md,
+        "- command: `cargo run --release -p pymalloc-bench --bin preload{flags}`\n\
+         - machine: {cpu}, {cores} cores, {}\n- date: {date}\n- commit: `{commit}`",
+        command_output("uname", &["-sr"])
+    )
+    .unwrap();
+    writeln!(md, "\n| program | what it does |\n|---|---|").unwrap();
+    for program in &programs {
+        writeln!(md, "| {} | {} |", program.name, program.what).unwrap();
+    }
+    md.push_str(&table);
+    let path = workspace().join("docs/preload.md");
+    std::fs::write(&path, md).expect("write docs/preload.md");
+    eprintln!("wrote {}", path.display());
+}
