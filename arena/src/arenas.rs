@@ -2,8 +2,8 @@
 //! hands pools to the heaps — one slot, or an aligned span of 2, 4 … [`MAX_SPAN_SLOTS`] slots
 //! — and takes them back.
 //!
-//! Slot 0 of every arena holds its [`Header`] (only the header's page is ever touched); slots
-//! 1.. are pool slots. Each arena keeps three bitmaps: `free` (slot not in a pool), `dirty`
+//! Slot 0 of every arena holds its [`Header`] and, from `pymalloc_pool::DESCRIPTORS` on, the
+//! descriptors of its pools (only those two pages are ever touched); slots 1.. are pool slots. Each arena keeps three bitmaps: `free` (slot not in a pool), `dirty`
 //! (free slot written since it was last fresh or decommitted) and `heads` (slot that starts a
 //! pool), and the span length of each pool.
 //!
@@ -47,18 +47,13 @@
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicU8, Ordering};
 
-use pymalloc_pool::{MAX_SPAN_SLOTS, POOL_SIZE, ensure};
+pub use pymalloc_pool::{ARENA_SHIFT, ARENA_SIZE, SLOTS};
+use pymalloc_pool::{DESCRIPTORS, MAX_SPAN_SLOTS, POOL_SIZE, ensure};
 use pymalloc_radix::NodeAlloc;
 
 use crate::Platform;
 use crate::map::ArenaMap;
 
-/// log2 of [`ARENA_SIZE`].
-pub const ARENA_SHIFT: u32 = 20;
-/// Bytes in one arena: 1 MiB, as CPython's radix-tree configuration.
-pub const ARENA_SIZE: usize = 1 << ARENA_SHIFT;
-/// Slots per arena, the header's included.
-pub const SLOTS: usize = ARENA_SIZE / POOL_SIZE;
 /// Pool slots per arena.
 pub const POOLS_PER_ARENA: usize = SLOTS - 1;
 /// Wholly free arenas kept mapped before an emptied one is unmapped.
@@ -79,7 +74,10 @@ const _: () = assert!(
     MAX_SPAN_SLOTS < SLOTS,
     "the longest span must fit beside the header slot"
 );
-const _: () = assert!(size_of::<Header>() <= POOL_SIZE);
+const _: () = assert!(
+    size_of::<Header>() <= DESCRIPTORS,
+    "the header ends where the pools' descriptors begin"
+);
 
 const ALL_SLOTS: u64 = u64::MAX >> (u64::BITS as usize - SLOTS);
 /// Every slot but slot 0, the header's.

@@ -40,7 +40,10 @@ mod sync {
 
 pub use class::{ALIGNMENT, MAX_SPAN_SLOTS, NUM_CLASSES, POOLED_MAX, SMALL_MAX, SizeClass};
 pub use fatal::{ensure, fatal};
-pub use pool::{Freed, POOL_OVERHEAD, POOL_SIZE, Pool, PoolList, PoolPtr, blocks_per_pool};
+pub use pool::{
+    ARENA_SHIFT, ARENA_SIZE, DESCRIPTORS, Freed, POOL_SIZE, Pool, PoolList, PoolPtr, SLOTS,
+    blocks_per_pool,
+};
 pub use remote::{Drain, RemoteList};
 
 #[cfg(test)]

@@ -1,15 +1,25 @@
 //! The pool: `class.pool_bytes()` of memory — one slot of [`POOL_SIZE`] bytes, or a span of
-//! several — aligned to its own size and carved into blocks of one size class.
+//! several — aligned to its own size and carved into blocks of one size class. Its header
+//! (the pool's *descriptor*) is not in that memory: pools live in arenas of [`ARENA_SIZE`]
+//! bytes, aligned to their size, whose first slot holds, from [`DESCRIPTORS`] on, one
+//! descriptor per slot, 64 bytes apart.
 //!
 //! ```text
-//! | Pool header | pad to POOL_OVERHEAD | block 0 | block 1 | ... | never used ... |
-//! ^ aligned to the pool's size                                 ^ bump          ^ limit
+//! arena: | slot 0: arena header … descriptors of slots 0..SLOTS | slot 1 | slot 2 | …
+//! pool:  | block 0 | block 1 | ... | never used ... |
+//!        ^ aligned to the pool's size  ^ bump       ^ limit
 //! ```
 //!
+//! Out of line, the descriptors of an arena's pools share a page and sit in consecutive cache
+//! lines. At the start of each pool, 16 KiB apart, they would all fall in the same few sets
+//! of a set-associative cache and evict one another on every allocation.
+//!
 //! Invariants of a live pool (checked by [`PoolPtr::check`]):
-//! - P1 the header sits at the pool's start, aligned to the pool's size, so the header of any
-//!   block is found by masking the block's address ([`PoolPtr::containing`]).
-//! - P2 every block starts at `POOL_OVERHEAD + k * size` and ends by `limit`, the pool's size.
+//! - P1 the pool's memory is aligned to its size, inside an arena aligned to [`ARENA_SIZE`],
+//!   and its descriptor is the one of its first slot, so the descriptor of any block is found
+//!   from the block's address alone ([`PoolPtr::containing`]).
+//! - P2 every block starts at `k * size` from the pool's start and ends by `limit`, the pool's
+//!   size.
 //! - P3 blocks below `bump` are either in use or on the freelist, never both; blocks at or
 //!   above `bump` have never been handed out (the pool is carved lazily, like obmalloc's).
 //! - P4 `used` + freelist length = number of blocks below `bump`.
@@ -23,24 +33,50 @@ use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, Ordering};
 
 use crate::asan;
-use crate::class::{ALIGNMENT, SizeClass};
+use crate::class::{ALIGNMENT, MAX_SPAN_SLOTS, POOLED_MAX, SizeClass};
 use crate::fatal::ensure;
 
 /// Bytes in one slot — the unit arenas hand out, and the size of a single-slot pool. A power
 /// of two, like every pool's size.
 pub const POOL_SIZE: usize = 16 * 1024;
+/// log2 of [`ARENA_SIZE`].
+pub const ARENA_SHIFT: u32 = 20;
+/// Bytes in one arena: 1 MiB, as CPython's radix-tree configuration.
+pub const ARENA_SIZE: usize = 1 << ARENA_SHIFT;
+/// Slots per arena, slot 0 (the arena's own) included.
+pub const SLOTS: usize = ARENA_SIZE / POOL_SIZE;
+/// Offset in an arena of the descriptor of its slot 0; slot `i`'s is `DESCRIPTOR_BYTES * i`
+/// further. Below it, the arena manager keeps its own header.
+pub const DESCRIPTORS: usize = 4096;
+/// Bytes between descriptors: one cache line each.
+const DESCRIPTOR_BYTES: usize = 64;
 
-/// Bytes at the start of every pool taken by its header, rounded up to the block alignment.
-pub const POOL_OVERHEAD: usize = size_of::<Pool>().next_multiple_of(ALIGNMENT);
-
-const _: () = assert!(POOL_SIZE.is_power_of_two());
+const _: () = assert!(POOL_SIZE.is_power_of_two() && POOL_SIZE >= ALIGNMENT);
+const _: () =
+    assert!(size_of::<Pool>() <= DESCRIPTOR_BYTES && align_of::<Pool>() <= DESCRIPTOR_BYTES);
+const _: () = assert!(
+    DESCRIPTORS + SLOTS * DESCRIPTOR_BYTES <= POOL_SIZE,
+    "the descriptors fit in slot 0"
+);
 
 /// Number of blocks of `class` that fit in one pool.
 pub const fn blocks_per_pool(class: SizeClass) -> usize {
-    (class.pool_bytes() - POOL_OVERHEAD) / class.block_size()
+    class.pool_bytes() / class.block_size()
 }
 
-/// The header at the start of every pool.
+/// The descriptor of the pool whose memory starts at `memory`, a slot of an arena (P1).
+#[inline(always)]
+fn descriptor_of(memory: NonNull<u8>) -> NonNull<Pool> {
+    const SHIFT: u32 = POOL_SIZE.trailing_zeros() - DESCRIPTOR_BYTES.trailing_zeros();
+    let descriptor = memory.as_ptr().map_addr(|a| {
+        let arena = a & !(ARENA_SIZE - 1);
+        arena + DESCRIPTORS + ((a - arena) >> SHIFT)
+    });
+    // SAFETY: an address inside an arena, at least `DESCRIPTORS` above its nonzero start.
+    unsafe { NonNull::new_unchecked(descriptor.cast()) }
+}
+
+/// A pool's descriptor, in the first slot of the pool's arena.
 #[repr(C)]
 pub struct Pool {
     /// Head of the freelist; each free block's first word holds the next free block.
@@ -61,6 +97,33 @@ pub struct Pool {
     fresh: bool,
     /// The heap that owns the pool, opaque to this crate (invariant P7).
     owner: AtomicPtr<()>,
+    /// `ceil(2^RECIPROCAL_SHIFT / size)`: dividing an offset in the pool by the block size is
+    /// a multiplication ([`block_index`]).
+    reciprocal: u64,
+}
+
+/// See [`Pool::reciprocal`].
+const RECIPROCAL_SHIFT: u32 = 40;
+
+// `offset * ceil(2^s / size) >> s` is `offset / size` while `offset * size <= 2^s`: offsets
+// stay below the widest pool and sizes at most the largest class.
+const _: () = assert!(
+    ((MAX_SPAN_SLOTS * POOL_SIZE) as u64)
+        .checked_mul(POOLED_MAX as u64)
+        .is_some()
+        && (MAX_SPAN_SLOTS * POOL_SIZE) as u64 * POOLED_MAX as u64 <= 1 << RECIPROCAL_SHIFT
+);
+
+/// The reciprocal of a block size, for [`block_index`].
+pub(crate) const fn reciprocal(size: usize) -> u64 {
+    (1u64 << RECIPROCAL_SHIFT).div_ceil(size as u64)
+}
+
+/// `offset / size` for an offset inside a pool whose blocks have the size `reciprocal` was
+/// made from.
+#[inline(always)]
+pub(crate) fn block_index(offset: usize, reciprocal: u64) -> usize {
+    ((offset as u64 * reciprocal) >> RECIPROCAL_SHIFT) as usize
 }
 
 /// What a free did to its pool's state.
@@ -87,12 +150,13 @@ impl Freed {
 pub struct PoolPtr(NonNull<Pool>);
 
 impl PoolPtr {
-    /// Formats `memory` as an empty pool of `class` owned by `owner`.
+    /// Formats `memory` as an empty pool of `class` owned by `owner`, writing its descriptor.
     ///
     /// # Safety
-    /// `memory` is aligned to `class.pool_bytes()` and points to that many writable bytes that
-    /// the caller owns exclusively, that no other thread reads, and that stay mapped while the
-    /// pool is used; if `fresh`, they read zero.
+    /// `memory` is a slot of an arena (P1), aligned to `class.pool_bytes()`, and points to that
+    /// many writable bytes that the caller owns exclusively, that no other thread reads, and
+    /// that stay mapped while the pool is used; if `fresh`, they read zero. The slot's
+    /// descriptor is writable and the caller's too.
     pub unsafe fn init(
         memory: NonNull<u8>,
         class: SizeClass,
@@ -104,26 +168,24 @@ impl PoolPtr {
             memory.addr().get() % limit == 0,
             "pool memory is not aligned to its size",
         );
-        let pool = memory.cast::<Pool>();
-        // SAFETY: the caller guarantees the memory is writable and ours; the header fits in it.
+        let pool = descriptor_of(memory);
+        // SAFETY: the caller guarantees the descriptor is writable and ours.
         unsafe {
             pool.write(Pool {
                 free: ptr::null_mut(),
                 prev: ptr::null_mut(),
                 next: ptr::null_mut(),
                 used: 0,
-                bump: POOL_OVERHEAD as u32,
+                bump: 0,
                 size: class.block_size() as u32,
                 limit: limit as u32,
                 class,
                 fresh,
                 owner: AtomicPtr::new(owner),
+                reciprocal: reciprocal(class.block_size()),
             });
         }
-        asan::poison(
-            memory.as_ptr().wrapping_add(POOL_OVERHEAD),
-            limit - POOL_OVERHEAD,
-        );
+        asan::poison(memory.as_ptr(), limit);
         PoolPtr(pool)
     }
 
@@ -134,7 +196,7 @@ impl PoolPtr {
     pub unsafe fn retire(self) -> NonNull<u8> {
         // SAFETY: the pool is live (caller).
         let limit = unsafe { (*self.0.as_ptr()).limit } as usize;
-        asan::unpoison(self.0.as_ptr().cast(), limit);
+        asan::unpoison(self.memory().as_ptr(), limit);
         self.memory()
     }
 
@@ -157,15 +219,12 @@ impl PoolPtr {
             (*p).free = ptr::null_mut();
             (*p).prev = ptr::null_mut();
             (*p).next = ptr::null_mut();
-            (*p).bump = POOL_OVERHEAD as u32;
+            (*p).bump = 0;
             (*p).size = class.block_size() as u32;
+            (*p).reciprocal = reciprocal(class.block_size());
             (*p).class = class;
             (*p).fresh = false;
-            let limit = (*p).limit as usize;
-            asan::poison(
-                self.0.as_ptr().cast::<u8>().add(POOL_OVERHEAD),
-                limit - POOL_OVERHEAD,
-            );
+            asan::poison(self.memory().as_ptr(), (*p).limit as usize);
         }
     }
 
@@ -185,9 +244,9 @@ impl PoolPtr {
     #[inline(always)]
     pub fn containing(block: NonNull<u8>, class: SizeClass) -> PoolPtr {
         let base = block.as_ptr().map_addr(|a| a & !(class.pool_bytes() - 1));
-        // SAFETY: a block lies at least POOL_OVERHEAD bytes above its pool's start, and the
-        // pool itself is mapped memory, so the masked address is not zero.
-        PoolPtr(unsafe { NonNull::new_unchecked(base.cast()) })
+        // SAFETY: pools lie in arenas above their header slot, so the masked address is not
+        // zero.
+        PoolPtr(descriptor_of(unsafe { NonNull::new_unchecked(base) }))
     }
 
     /// The pool that starts at `memory`.
@@ -196,13 +255,19 @@ impl PoolPtr {
     /// A live pool starts at `memory`.
     #[inline]
     pub unsafe fn at(memory: NonNull<u8>) -> PoolPtr {
-        PoolPtr(memory.cast())
+        PoolPtr(descriptor_of(memory))
     }
 
-    /// The pool's memory: the address it was created at.
+    /// The pool's memory: where its first block starts (the inverse of `descriptor_of`).
     #[inline(always)]
     pub fn memory(self) -> NonNull<u8> {
-        self.0.cast()
+        const SHIFT: u32 = POOL_SIZE.trailing_zeros() - DESCRIPTOR_BYTES.trailing_zeros();
+        let memory = self.0.as_ptr().cast::<u8>().map_addr(|d| {
+            let arena = d & !(ARENA_SIZE - 1);
+            arena + ((d - arena - DESCRIPTORS) << SHIFT)
+        });
+        // SAFETY: a descriptor of slot `i >= 1` leads to an address `i` slots into the arena.
+        unsafe { NonNull::new_unchecked(memory) }
     }
 
     /// Takes one block: the head of the freelist, else the next never-used block. Returns it
@@ -227,7 +292,7 @@ impl PoolPtr {
             if next <= (*p).limit {
                 (*p).bump = next;
                 (*p).used += 1;
-                let block = self.0.cast::<u8>().add(bump as usize);
+                let block = self.memory().add(bump as usize);
                 asan::unpoison(block.as_ptr(), (*p).size as usize);
                 return Some((block, (*p).fresh));
             }
@@ -281,16 +346,19 @@ impl PoolPtr {
     #[inline]
     pub unsafe fn block_start(self, ptr: NonNull<u8>) -> NonNull<u8> {
         // SAFETY: the pool is live (caller).
-        let size = unsafe { (*self.0.as_ptr()).size } as usize;
-        let offset = ptr.addr().get() - self.0.addr().get();
-        let start = POOL_OVERHEAD + (offset - POOL_OVERHEAD) / size * size;
-        // SAFETY: `start` is the offset of the block holding `ptr`, inside the same pool,
-        // so the result is within `ptr`'s allocation and not null.
-        unsafe { self.0.cast::<u8>().add(start) }
+        let (size, reciprocal) = unsafe {
+            let p = self.0.as_ptr();
+            ((*p).size as usize, (*p).reciprocal)
+        };
+        let memory = self.memory();
+        let offset = ptr.addr().get() - memory.addr().get();
+        // SAFETY: the block index times the size is the offset of the block holding `ptr`,
+        // inside the same pool, so the result is within the pool's memory and not null.
+        unsafe { memory.add(block_index(offset, reciprocal) * size) }
     }
 
     /// The start of the block that `ptr` points into, if it lies in the pool's block area
-    /// (P2); `None` for the header, the tail that holds no whole block, or another pool.
+    /// (P2); `None` for the tail that holds no whole block, or another pool.
     /// Reads only what is fixed while a block of the pool is in use (its size and limit).
     ///
     /// # Safety
@@ -298,17 +366,18 @@ impl PoolPtr {
     #[inline]
     pub unsafe fn block_holding(self, ptr: NonNull<u8>) -> Option<NonNull<u8>> {
         // SAFETY: the pool is live (caller).
-        let (size, limit) = unsafe {
+        let (size, limit, reciprocal) = unsafe {
             let p = self.0.as_ptr();
-            ((*p).size as usize, (*p).limit as usize)
+            ((*p).size as usize, (*p).limit as usize, (*p).reciprocal)
         };
-        let offset = ptr.addr().get().wrapping_sub(self.0.addr().get());
-        if !(POOL_OVERHEAD..limit).contains(&offset) {
+        let memory = self.memory();
+        let offset = ptr.addr().get().wrapping_sub(memory.addr().get());
+        if offset >= limit {
             return None;
         }
-        let start = POOL_OVERHEAD + (offset - POOL_OVERHEAD) / size * size;
-        // SAFETY: `start < limit`: inside the pool, so within its provenance and not null.
-        (start + size <= limit).then(|| unsafe { self.0.cast::<u8>().add(start) })
+        let start = block_index(offset, reciprocal) * size;
+        // SAFETY: `start < limit`: inside the pool's memory, so not null.
+        (start + size <= limit).then(|| unsafe { memory.add(start) })
     }
 
     /// The pool's size class.
@@ -337,26 +406,38 @@ impl PoolPtr {
     /// `self` is a live pool the caller has exclusive access to.
     pub unsafe fn check(self) -> Result<(), &'static str> {
         // SAFETY: the pool is live and ours (caller).
-        let (class, size, limit, bump, used, mut free) = unsafe {
+        let (class, size, limit, bump, used, mut free, reciprocal) = unsafe {
             let p = self.0.as_ptr();
             let (size, limit, bump) = ((*p).size as usize, (*p).limit as usize, (*p).bump as usize);
-            ((*p).class, size, limit, bump, (*p).used as usize, (*p).free)
+            let reciprocal = (*p).reciprocal;
+            (
+                (*p).class,
+                size,
+                limit,
+                bump,
+                (*p).used as usize,
+                (*p).free,
+                reciprocal,
+            )
         };
-        if size != class.block_size() || limit != class.pool_bytes() {
+        if size != class.block_size()
+            || limit != class.pool_bytes()
+            || reciprocal != self::reciprocal(size)
+        {
             return Err("pool: block or pool size does not match its class");
         }
-        if self.0.addr().get() % limit != 0 {
-            return Err("pool: not aligned to its size");
+        let base = self.memory().addr().get();
+        if base % limit != 0 || descriptor_of(self.memory()) != self.0 {
+            return Err("pool: not aligned to its size, or not at its slot's descriptor");
         }
-        if !(POOL_OVERHEAD..=limit).contains(&bump) || (bump - POOL_OVERHEAD) % size != 0 {
+        if bump > limit || bump % size != 0 {
             return Err("pool: bump offset off the block grid");
         }
-        let carved = (bump - POOL_OVERHEAD) / size;
-        let base = self.0.addr().get();
+        let carved = bump / size;
         let mut listed = 0;
         while !free.is_null() {
             let offset = free.addr().wrapping_sub(base);
-            if offset < POOL_OVERHEAD || offset >= bump || (offset - POOL_OVERHEAD) % size != 0 {
+            if offset >= bump || offset % size != 0 {
                 return Err("pool: freelist entry outside the carved blocks");
             }
             listed += 1;

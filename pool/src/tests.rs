@@ -5,23 +5,30 @@ use std::ptr::NonNull;
 use quickcheck::{QuickCheck, TestResult};
 
 use super::*;
+use crate::pool::{block_index, reciprocal};
 
-/// Zeroed memory for one pool of a class, aligned to its size, owned by the test.
-struct Mem(NonNull<u8>, Layout);
+/// A zeroed arena owned by the test, with room for one pool of a class: `.0` is the pool's
+/// memory, the first slot aligned to the pool's size past the arena's header slot.
+struct Mem(NonNull<u8>, NonNull<u8>);
+
+const ARENA: Layout = match Layout::from_size_align(ARENA_SIZE, ARENA_SIZE) {
+    Ok(layout) => layout,
+    Err(_) => panic!("arena layout"),
+};
 
 impl Mem {
     fn new(class: SizeClass) -> Mem {
-        let layout = Layout::from_size_align(class.pool_bytes(), class.pool_bytes()).unwrap();
         // SAFETY: the layout has a non-zero size.
-        let p = unsafe { alloc_zeroed(layout) };
-        Mem(NonNull::new(p).expect("test memory"), layout)
+        let arena = NonNull::new(unsafe { alloc_zeroed(ARENA) }).expect("test memory");
+        // SAFETY: a pool's size is below the arena's, so the pool lies inside it.
+        Mem(unsafe { arena.add(class.pool_bytes()) }, arena)
     }
 }
 
 impl Drop for Mem {
     fn drop(&mut self) {
         // SAFETY: allocated in `new` with this layout.
-        unsafe { dealloc(self.0.as_ptr(), self.1) }
+        unsafe { dealloc(self.1.as_ptr(), ARENA) }
     }
 }
 
@@ -47,7 +54,7 @@ fn carves_every_block_once_then_reports_full() {
             let (block, zeroed) = unsafe { pool.alloc() }.expect("room left");
             assert!(zeroed, "never-used block of a fresh pool is zero");
             let offset = block.addr().get() - slot.0.addr().get();
-            assert_eq!(offset, POOL_OVERHEAD + i * class.block_size());
+            assert_eq!(offset, i * class.block_size());
             assert!(offset + class.block_size() <= class.pool_bytes());
             assert_eq!(block.addr().get() % ALIGNMENT, 0);
             assert_eq!(PoolPtr::containing(block, class), pool);
@@ -132,6 +139,22 @@ fn block_start_finds_the_block_of_an_interior_pointer() {
 }
 
 #[test]
+fn block_index_divides_exactly_for_every_class() {
+    for class in SizeClass::all() {
+        let size = class.block_size();
+        let r = reciprocal(size);
+        let step = if cfg!(miri) { 997 } else { 1 };
+        for k in (0..=class.pool_bytes() / size).step_by(step) {
+            for offset in [k * size, (k * size).wrapping_sub(1), k * size + 1] {
+                if offset < class.pool_bytes() {
+                    assert_eq!(block_index(offset, r), offset / size, "size {size}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn block_holding_finds_blocks_only_in_the_block_area() {
     for size in [16, 96, 3000, 40_000] {
         let class = SizeClass::for_size(size).unwrap();
@@ -143,22 +166,22 @@ fn block_holding_finds_blocks_only_in_the_block_area() {
             let bytes = class.block_size();
             let count = blocks_per_pool(class);
             for k in [0, 1, count - 1] {
-                let block = base.add(POOL_OVERHEAD + k * bytes);
+                let block = base.add(k * bytes);
                 for delta in [0, 1, bytes - 1] {
                     let found = pool.block_holding(NonNull::new(block.add(delta)).unwrap());
                     assert_eq!(found.map(NonNull::as_ptr), Some(block), "size {size} k {k}");
                 }
             }
-            // The header, the tail that holds no whole block, and beyond the pool.
-            let end = POOL_OVERHEAD + count * bytes;
-            for offset in [0, POOL_OVERHEAD - 1, end, class.pool_bytes() - 1] {
-                if offset >= end || offset < POOL_OVERHEAD {
-                    let p = NonNull::new(base.wrapping_add(offset)).unwrap();
-                    assert_eq!(pool.block_holding(p), None, "size {size} offset {offset}");
-                }
+            // The tail that holds no whole block, and on either side of the pool.
+            let end = count * bytes;
+            if end < class.pool_bytes() {
+                let tail = NonNull::new(base.add(end)).unwrap();
+                assert_eq!(pool.block_holding(tail), None, "size {size}");
             }
-            let beyond = NonNull::new(base.wrapping_add(class.pool_bytes())).unwrap();
-            assert_eq!(pool.block_holding(beyond), None);
+            for outside in [base.wrapping_sub(1), base.wrapping_add(class.pool_bytes())] {
+                let p = NonNull::new(outside).unwrap();
+                assert_eq!(pool.block_holding(p), None, "size {size}");
+            }
         }
     }
 }

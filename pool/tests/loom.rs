@@ -16,27 +16,31 @@ use std::ptr::NonNull;
 use loom::sync::Arc;
 use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::thread;
-use pymalloc_pool::{PoolList, PoolPtr, RemoteList, SizeClass, blocks_per_pool};
+use pymalloc_pool::{ARENA_SIZE, PoolList, PoolPtr, RemoteList, SizeClass, blocks_per_pool};
 
-/// One pool's worth of memory, aligned to its size, for one model run.
+/// A zeroed arena for one model run, with one pool of a class in the slot past its header
+/// slot (`ptr`).
 struct PoolMemory {
     ptr: NonNull<u8>,
+    arena: NonNull<u8>,
     layout: Layout,
 }
 
 impl PoolMemory {
     fn new(class: SizeClass) -> PoolMemory {
-        let layout = Layout::from_size_align(class.pool_bytes(), class.pool_bytes()).unwrap();
+        let layout = Layout::from_size_align(ARENA_SIZE, ARENA_SIZE).unwrap();
         // SAFETY: a non-zero layout.
-        let ptr = NonNull::new(unsafe { alloc_zeroed(layout) }).unwrap();
-        PoolMemory { ptr, layout }
+        let arena = NonNull::new(unsafe { alloc_zeroed(layout) }).unwrap();
+        // SAFETY: a pool's size is below the arena's.
+        let ptr = unsafe { arena.add(class.pool_bytes()) };
+        PoolMemory { ptr, arena, layout }
     }
 }
 
 impl Drop for PoolMemory {
     fn drop(&mut self) {
         // SAFETY: allocated in `new` with this layout.
-        unsafe { dealloc(self.ptr.as_ptr(), self.layout) }
+        unsafe { dealloc(self.arena.as_ptr(), self.layout) }
     }
 }
 
