@@ -20,7 +20,7 @@ use pymalloc_pool::{ALIGNMENT, NUM_CLASSES, PoolPtr, SizeClass, fatal};
 
 use crate::debug;
 use crate::heap::{self, HeapCell, SharedAccess};
-use crate::large::{Large, mapping_len};
+use crate::large::{Large, fits, mapping_len};
 use crate::lock::{SpinGuard, SpinLock};
 use crate::stats::Stats;
 
@@ -280,7 +280,7 @@ impl<P: Platform> Allocator<P> {
             if !shared.large.make_room(&self.platform) {
                 return None;
             }
-            if let Some(cached) = shared.large.take_cached(len, layout.align()) {
+            if let Some((cached, _)) = shared.large.take_cached(len, layout.align()) {
                 return Some((cached, false));
             }
         }
@@ -296,8 +296,9 @@ impl<P: Platform> Allocator<P> {
         Some((fresh, P::ZERO_FILLED))
     }
 
-    /// Frees a large block; with `expected`, its mapping length must be that. A pointer that
-    /// starts no large block in use, or one of another length, is reported and aborts.
+    /// Frees a large block; with `expected`, its mapping must [`fits`] that length. A pointer
+    /// that starts no large block in use, or one of a length that does not fit, is reported
+    /// and aborts.
     ///
     /// # Safety
     /// If `ptr` is a large block in use, it is not used after this call.
@@ -305,7 +306,7 @@ impl<P: Platform> Allocator<P> {
         let Some((len, unmap)) = self.shared().large.retire(ptr) else {
             fatal("free: pointer is no block of this allocator (invalid or freed twice)");
         };
-        if expected.is_some_and(|e| e != len) {
+        if expected.is_some_and(|e| !fits(len, e)) {
             fatal("dealloc: layout does not match the large block's size");
         }
         // SAFETY: the freed block and the cache entries evicted for it are unused.
@@ -331,22 +332,22 @@ impl<P: Platform> Allocator<P> {
         handed_out.then_some((pool, start))
     }
 
-    /// Resizes a large block without copying: in place if its mapping length does not change,
-    /// else by remapping (with the lock released). `None` if it must move by copy, in which
-    /// case the block is unchanged.
+    /// Resizes a large block aligned to `align` without copying: in place if its mapping
+    /// still [`fits`] the new size, else by remapping (with the lock released). `None` if it
+    /// must move by copy, in which case the block is unchanged.
     ///
     /// # Safety
-    /// `block` is a large block in use of `layout`.
+    /// `block` is a large block in use, aligned to `align`.
     unsafe fn resize_large(
         &self,
         block: NonNull<u8>,
-        layout: Layout,
+        align: usize,
         new_size: usize,
     ) -> Option<NonNull<u8>> {
         let page = self.platform.page_size();
-        let old = mapping_len(layout.size(), page)?;
+        let old = self.shared().large.len_of(block.as_ptr())?;
         let new = mapping_len(new_size, page)?;
-        if old == new {
+        if fits(old, new) {
             return Some(block);
         }
         if !P::CAN_REMAP {
@@ -354,8 +355,8 @@ impl<P: Platform> Allocator<P> {
         }
         // The system places a moved mapping on a page boundary, no more: over-aligned blocks
         // may only be resized in place.
-        // SAFETY: `block` starts a live mapping of `old` bytes (L1), ours alone (caller).
-        let resized = unsafe { self.platform.remap(block, old, new, layout.align() <= page) }?;
+        // SAFETY: `block` starts a live mapping of `old` bytes (L1, L2), ours alone (caller).
+        let resized = unsafe { self.platform.remap(block, old, new, align <= page) }?;
         self.shared().large.moved(block, resized, new);
         Some(resized)
     }
@@ -651,12 +652,9 @@ impl<'a, P: Platform> Session<'a, P> {
                 // C asks only malloc's alignment of a resized block: the mapping may move to
                 // any page.
                 let page = self.alloc.platform.page_size();
-                if let Ok(layout) = Layout::from_size_align(len, page) {
-                    // SAFETY: a large block in use with this mapping length (L1, L2).
-                    let resized = unsafe { self.alloc.resize_large(ptr, layout, new_size) };
-                    if let Some(resized) = resized {
-                        return resized.as_ptr();
-                    }
+                // SAFETY: a large block in use (L2), aligned to at least a page (L1).
+                if let Some(resized) = unsafe { self.alloc.resize_large(ptr, page, new_size) } {
+                    return resized.as_ptr();
                 }
             }
             len
@@ -687,7 +685,8 @@ impl<'a, P: Platform> Session<'a, P> {
             (Route::Pooled(a), Route::Pooled(b), Some(_)) if a == b => return ptr,
             (Route::Large, Route::Large, Some(block)) => {
                 // SAFETY: a large block in use of this layout (caller).
-                if let Some(resized) = unsafe { self.alloc.resize_large(block, layout, new_size) } {
+                let resized = unsafe { self.alloc.resize_large(block, layout.align(), new_size) };
+                if let Some(resized) = resized {
                     return resized.as_ptr();
                 }
             }

@@ -7,9 +7,9 @@
 //! memory under the lock, when it doubles.
 //!
 //! Invariants:
-//! - L1 a large block of layout (size, align) starts a mapping of exactly
-//!   [`mapping_len`]`(size)` bytes, aligned to `max(align, page)`, so large blocks carry no
-//!   header;
+//! - L1 a large block of layout (size, align) starts a mapping of [`mapping_len`]`(size)`
+//!   bytes, or up to a quarter more ([`fits`]: a cached mapping reused, or a block resized in
+//!   place), aligned to `max(align, page)`; large blocks carry no header;
 //! - L2 every large block in use is registered, by its start, with its mapping length; no
 //!   other address is;
 //! - L3 the cache holds at most [`CACHE_ENTRIES`] mappings and [`CACHE_BYTES`] bytes, none of
@@ -32,6 +32,14 @@ pub const CACHE_BYTES: usize = 4 << 20;
 #[inline]
 pub fn mapping_len(size: usize, page: usize) -> Option<usize> {
     size.max(1).checked_next_multiple_of(page)
+}
+
+/// Whether a mapping of `len` bytes may hold a block that needs `needed` (L1): at least that,
+/// and at most a quarter more, so a mapping is reused for sizes near its own without a system
+/// call, but never wastes much.
+#[inline]
+pub fn fits(len: usize, needed: usize) -> bool {
+    len >= needed && len - needed <= needed / 4
 }
 
 #[derive(Clone, Copy)]
@@ -123,19 +131,23 @@ impl Large {
         self.in_use.make_room(platform)
     }
 
-    /// A cached mapping of `len` bytes aligned to `align`, now registered in use, if there is
-    /// one. Call [`Large::make_room`] first.
-    pub(crate) fn take_cached(&mut self, len: usize, align: usize) -> Option<NonNull<u8>> {
+    /// The smallest cached mapping that [`fits`] a block needing `len` bytes, aligned to
+    /// `align`, now registered in use, with its length, if there is one. Call
+    /// [`Large::make_room`] first.
+    pub(crate) fn take_cached(&mut self, len: usize, align: usize) -> Option<(NonNull<u8>, usize)> {
         let i = self
             .cache
             .iter()
-            .position(|c| c.len == len && !c.ptr.is_null() && c.ptr.addr() % align == 0)?;
+            .enumerate()
+            .filter(|(_, c)| !c.ptr.is_null() && fits(c.len, len) && c.ptr.addr() % align == 0)
+            .min_by_key(|(_, c)| c.len)?
+            .0;
         let entry = core::mem::replace(&mut self.cache[i], VACANT);
-        self.cached_bytes -= len;
+        self.cached_bytes -= entry.len;
         self.cached_blocks -= 1;
         let block = NonNull::new(entry.ptr)?;
-        self.in_use.insert(block, len);
-        Some(block)
+        self.in_use.insert(block, entry.len);
+        Some((block, entry.len))
     }
 
     /// Registers a new mapping of `len` bytes in use. Call [`Large::make_room`] first.

@@ -55,12 +55,17 @@ pub unsafe fn holds_prefix(ptr: *const u8, size: usize, len: usize, seed: u64) -
         .all(|i| unsafe { ptr.add(i).read() } == pattern(seed, i))
 }
 
-/// Resident set size of this process, in bytes.
+/// Resident anonymous memory of this process, in bytes.
 pub fn rss_bytes() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
-    let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize
+    // Anonymous memory only: file-backed pages (the test binary's own code and debug
+    // information, paged in as it runs) say nothing about the allocator.
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kib: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("RssAnon in /proc/self/status");
+    kib << 10
 }
 
 /// A small, fast, deterministic generator (xorshift64*).
