@@ -7,8 +7,9 @@
 //!   `(2^k, 2^(k+1)]` is `2^(k-3)`, at most an eighth of any size in that range.
 //!
 //! Each class's pool spans `span_slots()` slots of [`POOL_SIZE`] bytes, a power of two no
-//! larger than [`MAX_SPAN_SLOTS`]: the smallest whose unused tail is at most an eighth of it,
-//! or else the one that wastes the least. Pools are aligned to their own size, so the pool
+//! larger than [`MAX_SPAN_SLOTS`]: the smallest that holds at least eight blocks (or as many as
+//! the widest span holds) and whose unused tail is at most an eighth of it, or else the one of
+//! those that wastes the least. Pools are aligned to their own size, so the pool
 //! of a block is found by masking the block's address with `pool_bytes()`.
 //!
 //! Invariant: a [`SizeClass`] always holds an index below [`NUM_CLASSES`], so tables of
@@ -54,12 +55,23 @@ const fn tail_waste(slots: usize, size: usize) -> usize {
     slots * POOL_SIZE % size
 }
 
+/// Blocks a pool should hold, where the widest span allows: fewer, and a class whose blocks
+/// come and go a few at a time takes and returns whole pools (through the arenas' lock) on
+/// nearly every call.
+const MIN_BLOCKS: usize = 8;
+
 /// Slots a pool of blocks of `size` spans (see the module documentation).
 const fn span_slots_of(size: usize) -> usize {
+    let widest = MAX_SPAN_SLOTS * POOL_SIZE / size;
+    let wanted = if widest < MIN_BLOCKS {
+        widest
+    } else {
+        MIN_BLOCKS
+    };
     let mut best = 0;
     let mut slots = 1;
     while slots <= MAX_SPAN_SLOTS {
-        if slots * POOL_SIZE >= size {
+        if slots * POOL_SIZE / size >= wanted && wanted > 0 {
             if tail_waste(slots, size) * 8 <= slots * POOL_SIZE {
                 return slots;
             }
@@ -228,11 +240,18 @@ mod tests {
                 class.pool_bytes() >= class.block_size(),
                 "{class:?} does not fit its pool"
             );
+            let size = class.block_size();
+            let wanted = (MAX_SPAN_SLOTS * POOL_SIZE / size).min(MIN_BLOCKS);
+            assert!(
+                class.pool_bytes() / size >= wanted,
+                "{class:?} holds too few blocks"
+            );
             if slots > 1 {
-                // A smaller span would fit fewer blocks or waste more than an eighth.
-                let half = tail_waste(slots / 2, class.block_size());
+                // A smaller span would hold too few blocks or waste more than an eighth.
+                let half = tail_waste(slots / 2, size);
                 assert!(
-                    slots / 2 * POOL_SIZE < class.block_size() || half * 8 > slots / 2 * POOL_SIZE
+                    slots / 2 * POOL_SIZE / size < wanted || half * 8 > slots / 2 * POOL_SIZE,
+                    "{class:?}"
                 );
             }
         }

@@ -292,19 +292,33 @@ fn pool_matches_a_model() {
 }
 
 #[test]
-fn a_pool_of_one_block_is_full_and_empty_in_turn() {
+fn the_largest_class_holds_two_blocks_and_goes_full_used_empty() {
     let class = SizeClass::for_size(POOLED_MAX).unwrap();
-    assert_eq!(blocks_per_pool(class), 1);
+    assert_eq!(
+        blocks_per_pool(class),
+        2,
+        "the widest span holds two of the largest blocks"
+    );
     let mem = Mem::new(class);
-    // SAFETY: the memory is ours; the block is freed once.
+    // SAFETY: the memory is ours; each block is freed once.
     unsafe {
         let pool = PoolPtr::init(mem.0, class, true, core::ptr::null_mut());
-        let (b, zeroed) = pool.alloc().unwrap();
-        assert!(zeroed && pool.is_full());
+        let (a, zeroed) = pool.alloc().unwrap();
+        assert!(zeroed && !pool.is_full());
+        let (b, _) = pool.alloc().unwrap();
+        assert!(pool.is_full() && pool.alloc().is_none());
+        let freed = pool.free(a);
+        assert_eq!(
+            freed,
+            Freed {
+                was_full: true,
+                now_empty: false
+            }
+        );
         assert_eq!(
             pool.free(b),
             Freed {
-                was_full: true,
+                was_full: false,
                 now_empty: true
             }
         );
