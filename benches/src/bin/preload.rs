@@ -77,10 +77,10 @@ fn scratch() -> PathBuf {
     dir
 }
 
-/// Compiles the C churn program.
-fn build_churn(dir: &Path) -> PathBuf {
-    let exe = dir.join("churn");
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("c/churn.c");
+/// Compiles `benches/c/<name>.c`.
+fn build_c(dir: &Path, name: &str) -> PathBuf {
+    let exe = dir.join(name);
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("c/{name}.c"));
     let status = Command::new("cc")
         .args(["-O2", "-o"])
         .arg(&exe)
@@ -139,7 +139,7 @@ print(h.hexdigest())
 "#;
 
 fn programs(dir: &Path, quick: bool) -> Vec<Program> {
-    let churn = build_churn(dir).display().to_string();
+    let churn = build_c(dir, "churn").display().to_string();
     let lines = dir.join("lines.txt");
     write_lines(&lines, if quick { 300_000 } else { 1_000_000 });
     let lines = lines.display().to_string();
@@ -210,15 +210,13 @@ fn programs(dir: &Path, quick: bool) -> Vec<Program> {
     ]
 }
 
-/// Runs `program` once on `peer`: wall time, peak RSS (of the process or, for a pipeline,
-/// of the largest one) and a hash of its output.
-#[expect(
-    clippy::zombie_processes,
-    reason = "the child is reaped by wait4, which also reports its peak RSS"
-)]
-fn measure(program: &Program, peer: &Peer) -> Sample {
-    let mut cmd = Command::new(&program.argv[0]);
-    cmd.args(&program.argv[1..])
+/// Runs `program` once on `peer`, through `peak_rss` (see `benches/c/peak_rss.c`): wall time,
+/// peak RSS (of the process or, for a pipeline, of the largest one) and a hash of its output.
+fn measure(program: &Program, peer: &Peer, peak_rss: &Path, dir: &Path) -> Sample {
+    let rss_file = dir.join("peak-rss.txt");
+    let mut cmd = Command::new(peak_rss);
+    cmd.arg(&rss_file)
+        .args(&program.argv)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     for (k, v) in &program.env {
@@ -232,23 +230,23 @@ fn measure(program: &Program, peer: &Peer) -> Sample {
     let mut child = cmd.spawn().expect("start the program");
     let mut out = Vec::new();
     child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value to be overwritten.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waits for our own child, writing into valid locals.
-    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    let status = child.wait().expect("wait for the program");
     let time_ns = start.elapsed().as_nanos() as u64;
     assert!(
-        pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "{} on {} failed (status {status:#x})",
+        status.success(),
+        "{} on {} failed ({status})",
         program.name,
         peer.name
     );
+    let kib: u64 = std::fs::read_to_string(&rss_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .expect("peak_rss wrote the peak RSS");
     let mut hasher = DefaultHasher::new();
     hasher.write(&out);
     Sample {
         time_ns,
-        peak_rss: usage.ru_maxrss as u64 * 1024,
+        peak_rss: kib * 1024,
         output: hasher.finish(),
     }
 }
@@ -299,6 +297,7 @@ fn main() {
         }
     }
     let dir = scratch();
+    let peak_rss = build_c(&dir, "peak_rss");
     let programs = programs(&dir, quick);
     let total = programs.len() * runs * peers.len();
     let mut samples: BTreeMap<(usize, usize), Vec<Sample>> = BTreeMap::new();
@@ -314,7 +313,7 @@ fn main() {
                 samples
                     .entry((p, a))
                     .or_default()
-                    .push(measure(program, peer));
+                    .push(measure(program, peer, &peak_rss, &dir));
             }
         }
         let outputs: Vec<u64> = (0..peers.len())
