@@ -6,6 +6,7 @@
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+pub mod report;
 
 use std::collections::{BTreeMap, HashMap};
 use std::hint::black_box;

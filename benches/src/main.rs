@@ -13,6 +13,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use pymalloc_bench::report::{median, provenance};
 use pymalloc_bench::{ALLOCATORS, Sample, THREADS_VAR, WORKLOADS, churn_ops};
 
 struct Options {
@@ -83,11 +84,6 @@ fn run_worker(dir: &Path, allocator: &str, workload: &str, quick: bool, threads:
             String::from_utf8_lossy(&out.stderr)
         ),
     }
-}
-
-fn median(mut v: Vec<u64>) -> u64 {
-    v.sort_unstable();
-    v[v.len() / 2]
 }
 
 /// Medians per (workload, allocator): time in ns, peak RSS, RSS after freeing.
@@ -346,35 +342,6 @@ fn chart(medians: &Medians, workloads: &[&'static str]) -> String {
     s
 }
 
-fn command_output(cmd: &str, args: &[&str]) -> String {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
-}
-
-fn machine() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map(|m| m.trim_start_matches([' ', '\t', ':']))
-        .unwrap_or("unknown CPU");
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_kib: u64 = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    format!(
-        "{model}, {cores} cores, {:.0} GiB, {}",
-        mem_kib as f64 / (1 << 20) as f64,
-        command_output("uname", &["-sr"])
-    )
-}
-
 fn main() {
     let opts = options();
     let workloads: Vec<&'static str> = WORKLOADS
@@ -430,17 +397,6 @@ fn main() {
     println!("{table}");
 
     let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
-    let commit = command_output(
-        "git",
-        &[
-            "-C",
-            env!("CARGO_MANIFEST_DIR"),
-            "describe",
-            "--always",
-            "--dirty",
-        ],
-    );
-    let date = command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
     let mut md = String::from("# Benchmarks\n\n");
     writeln!(md, "pymalloc beside the system allocator (glibc), mimalloc and jemalloc, each the global allocator of its own worker process, run interleaved; medians of {} runs.\n", opts.runs).unwrap();
     let flags = if opts.quick { " -- --quick" } else { "" };
@@ -449,12 +405,7 @@ fn main() {
         "- command: `cargo run --release -p pymalloc-bench{flags}`"
     )
     .unwrap();
-    writeln!(
-        md,
-        "- machine: {}\n- date: {date}\n- commit: `{commit}`",
-        machine()
-    )
-    .unwrap();
+    writeln!(md, "{}", provenance()).unwrap();
     writeln!(md, "\n| workload | what it does |\n|---|---|").unwrap();
     for w in WORKLOADS.iter().filter(|w| workloads.contains(&w.name)) {
         writeln!(md, "| {} | {} |", w.name, w.what).unwrap();

@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use pymalloc_bench::report::{median, provenance};
+
 /// One program to run: its command line and environment.
 struct Program {
     name: &'static str,
@@ -251,19 +253,6 @@ fn measure(program: &Program, peer: &Peer, peak_rss: &Path, dir: &Path) -> Sampl
     }
 }
 
-fn median(mut v: Vec<u64>) -> u64 {
-    v.sort_unstable();
-    v[v.len() / 2]
-}
-
-fn command_output(cmd: &str, args: &[&str]) -> String {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -369,24 +358,6 @@ fn main() {
     }
     println!("{table}");
 
-    let commit = command_output(
-        "git",
-        &[
-            "-C",
-            env!("CARGO_MANIFEST_DIR"),
-            "describe",
-            "--always",
-            "--dirty",
-        ],
-    );
-    let date = command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mut md = String::from("# Programs under LD_PRELOAD\n\n");
     writeln!(
         md,
@@ -398,9 +369,8 @@ fn main() {
     let flags = if quick { " -- --quick" } else { "" };
     writeln!(
         md,
-        "- command: `cargo run --release -p pymalloc-bench --bin preload{flags}`\n\
-         - machine: {cpu}, {cores} cores, {}\n- date: {date}\n- commit: `{commit}`",
-        command_output("uname", &["-sr"])
+        "- command: `cargo run --release -p pymalloc-bench --bin preload{flags}`\n{}",
+        provenance()
     )
     .unwrap();
     writeln!(md, "\n| program | what it does |\n|---|---|").unwrap();
