@@ -37,8 +37,9 @@ pub(crate) enum Route {
 impl Route {
     #[inline(always)]
     pub(crate) fn of(layout: Layout) -> Route {
+        // `align - 16` for alignments above 16, else 0 (alignments are powers of two).
         // `Layout` guarantees size + align - 1 <= isize::MAX, so this cannot overflow.
-        let padded = layout.size() + layout.align().saturating_sub(ALIGNMENT);
+        let padded = layout.size() + ((layout.align() - 1) & !(ALIGNMENT - 1));
         match SizeClass::for_size(padded) {
             Some(class) => Route::Pooled(class),
             None => Route::Large,
@@ -131,8 +132,8 @@ impl<P: Platform> Allocator<P> {
     /// Frees a block.
     ///
     /// # Safety
-    /// `ptr` was returned by this instance (or one of its heaps) for `layout` (or resized to
-    /// it) and is not used after this call.
+    /// `ptr` is a block (not null) returned by this instance (or one of its heaps) for
+    /// `layout` (or resized to it), and is not used after this call.
     pub unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: as the caller guarantees.
         self.with_fallback(|s| unsafe { s.dealloc(ptr, layout) })
@@ -554,7 +555,8 @@ impl<'a, P: Platform> Session<'a, P> {
     /// As [`Allocator::dealloc`].
     #[inline(always)]
     pub(crate) unsafe fn dealloc(self, ptr: *mut u8, layout: Layout) {
-        let Some(ptr) = NonNull::new(ptr) else { return };
+        // SAFETY: a block this allocator handed out (caller), so not null.
+        let ptr = unsafe { NonNull::new_unchecked(ptr) };
         let layout = if cfg!(feature = "debug") {
             // SAFETY: a block of ours for `layout`, allocated with a debug trailer (caller).
             unsafe { debug::check_and_poison(ptr, layout) }

@@ -350,7 +350,7 @@ impl HeapCell {
         // SAFETY: as the caller guarantees; the change of state is this pool's.
         unsafe {
             if let Some(freed) = self.put_back(block, pool) {
-                self.pool_changed_state(pool, freed, &mut SharedAccess::new(alloc))
+                self.pool_changed_state_unlocked(pool, freed, alloc)
             }
         }
     }
@@ -392,6 +392,23 @@ impl HeapCell {
     /// # Safety
     /// The caller has claimed the heap; `pool` is ours and `freed` is what its last free
     /// reported, as passed on by `put_back`.
+    /// [`HeapCell::pool_changed_state`] with the shared lock not yet taken; out of line, so
+    /// that the free path needs no room on the stack for the lock's guard.
+    ///
+    /// # Safety
+    /// As [`HeapCell::pool_changed_state`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn pool_changed_state_unlocked<P: Platform>(
+        &self,
+        pool: PoolPtr,
+        freed: Freed,
+        alloc: &Allocator<P>,
+    ) {
+        // SAFETY: as the caller guarantees.
+        unsafe { self.pool_changed_state(pool, freed, &mut SharedAccess::new(alloc)) }
+    }
+
     #[cold]
     #[inline(never)]
     unsafe fn pool_changed_state<P: Platform>(

@@ -33,7 +33,7 @@ use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, Ordering};
 
 use crate::asan;
-use crate::class::{ALIGNMENT, MAX_SPAN_SLOTS, POOLED_MAX, SizeClass};
+use crate::class::{ALIGNMENT, MAX_SPAN_SLOTS, NUM_CLASSES, POOLED_MAX, SizeClass};
 use crate::fatal::ensure;
 
 /// Bytes in one slot — the unit arenas hand out, and the size of a single-slot pool. A power
@@ -64,16 +64,44 @@ pub const fn blocks_per_pool(class: SizeClass) -> usize {
     class.pool_bytes() / class.block_size()
 }
 
+/// Shifting an address right by this much turns its slot index into its descriptor's offset
+/// from the first descriptor (with bits below and above to be masked off).
+const SLOT_TO_DESCRIPTOR: u32 = POOL_SIZE.trailing_zeros() - DESCRIPTOR_BYTES.trailing_zeros();
+
+/// The descriptor for an address inside a pool: its arena's start, plus `DESCRIPTORS`, plus
+/// its slot index (rounded down to the pool's first slot by `mask`) times `DESCRIPTOR_BYTES`.
+#[inline(always)]
+fn descriptor_at(address: NonNull<u8>, mask: usize) -> NonNull<Pool> {
+    let descriptor = address
+        .as_ptr()
+        .map_addr(|a| (a & !(ARENA_SIZE - 1)) + DESCRIPTORS + ((a >> SLOT_TO_DESCRIPTOR) & mask));
+    // SAFETY: an address inside an arena, at least `DESCRIPTORS` above its nonzero start.
+    unsafe { NonNull::new_unchecked(descriptor.cast()) }
+}
+
+/// The mask for [`descriptor_at`] that keeps a slot index whole.
+const ANY_SLOT: usize = (SLOTS - 1) << DESCRIPTOR_BYTES.trailing_zeros();
+
+/// Per class, the mask for [`descriptor_at`] that rounds a slot index down to a multiple of
+/// the class's span: the pool's first slot (P1).
+const FIRST_SLOT: [u16; NUM_CLASSES] = {
+    let mut masks = [0; NUM_CLASSES];
+    let mut i = 0;
+    while i < NUM_CLASSES {
+        let span = match SizeClass::from_index(i) {
+            Some(class) => class.span_slots(),
+            None => 1,
+        };
+        masks[i] = (ANY_SLOT & !((span - 1) << DESCRIPTOR_BYTES.trailing_zeros())) as u16;
+        i += 1;
+    }
+    masks
+};
+
 /// The descriptor of the pool whose memory starts at `memory`, a slot of an arena (P1).
 #[inline(always)]
 fn descriptor_of(memory: NonNull<u8>) -> NonNull<Pool> {
-    const SHIFT: u32 = POOL_SIZE.trailing_zeros() - DESCRIPTOR_BYTES.trailing_zeros();
-    let descriptor = memory.as_ptr().map_addr(|a| {
-        let arena = a & !(ARENA_SIZE - 1);
-        arena + DESCRIPTORS + ((a - arena) >> SHIFT)
-    });
-    // SAFETY: an address inside an arena, at least `DESCRIPTORS` above its nonzero start.
-    unsafe { NonNull::new_unchecked(descriptor.cast()) }
+    descriptor_at(memory, ANY_SLOT)
 }
 
 /// A pool's descriptor, in the first slot of the pool's arena.
@@ -243,10 +271,9 @@ impl PoolPtr {
     /// result is only meaningful if `block` lies in a pool of that class.
     #[inline(always)]
     pub fn containing(block: NonNull<u8>, class: SizeClass) -> PoolPtr {
-        let base = block.as_ptr().map_addr(|a| a & !(class.pool_bytes() - 1));
-        // SAFETY: pools lie in arenas above their header slot, so the masked address is not
-        // zero.
-        PoolPtr(descriptor_of(unsafe { NonNull::new_unchecked(base) }))
+        // SAFETY: a `SizeClass` is below `NUM_CLASSES` (its invariant).
+        let mask = unsafe { *FIRST_SLOT.get_unchecked(class.index()) };
+        PoolPtr(descriptor_at(block, mask as usize))
     }
 
     /// The pool that starts at `memory`.
@@ -261,10 +288,9 @@ impl PoolPtr {
     /// The pool's memory: where its first block starts (the inverse of `descriptor_of`).
     #[inline(always)]
     pub fn memory(self) -> NonNull<u8> {
-        const SHIFT: u32 = POOL_SIZE.trailing_zeros() - DESCRIPTOR_BYTES.trailing_zeros();
         let memory = self.0.as_ptr().cast::<u8>().map_addr(|d| {
             let arena = d & !(ARENA_SIZE - 1);
-            arena + ((d - arena - DESCRIPTORS) << SHIFT)
+            arena + ((d - arena - DESCRIPTORS) << SLOT_TO_DESCRIPTOR)
         });
         // SAFETY: a descriptor of slot `i >= 1` leads to an address `i` slots into the arena.
         unsafe { NonNull::new_unchecked(memory) }
