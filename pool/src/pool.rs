@@ -172,8 +172,8 @@ impl Freed {
     }
 }
 
-/// A pointer to a live pool header. All access goes through raw pointers that carry the
-/// provenance of the whole pool, so blocks derived from it may cover the entire pool.
+/// A pointer to a live pool's descriptor. All access goes through raw pointers that carry the
+/// provenance of the whole arena, so blocks derived from it may cover the entire pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolPtr(NonNull<Pool>);
 
