@@ -228,6 +228,25 @@ fn a_double_free_aborts_with_a_message() {
 }
 
 #[test]
+fn freeing_the_block_freed_last_again_aborts_with_a_message() {
+    // The pool still has a block in use, so only the freelist's head gives it away.
+    expect_abort(
+        "freeing_the_block_freed_last_again_aborts_with_a_message",
+        "pymalloc: fatal: free of the block this pool freed last (double free)",
+    );
+    if in_child() {
+        let a = Allocator::new(TestPlatform::new());
+        let layout = Layout::from_size_align(24, 8).unwrap();
+        let (p, _q) = (a.alloc(layout), a.alloc(layout));
+        // SAFETY: deliberately not: the second free is the misuse under test.
+        unsafe {
+            a.dealloc(p, layout);
+            a.dealloc(p, layout);
+        }
+    }
+}
+
+#[test]
 #[cfg(debug_assertions)]
 fn a_dealloc_with_the_wrong_layout_aborts_in_debug_builds() {
     expect_abort(

@@ -104,6 +104,21 @@ fn the_c_test_passes() {
 }
 
 #[test]
+fn freeing_a_block_twice_in_a_row_aborts_with_a_message() {
+    let mut command = Command::new(abi_test());
+    command.arg("double-free");
+    let out = run(command, true);
+    assert_eq!(out.status.signal(), Some(libc::SIGABRT));
+    // The freelist's head gives it away, or, if the pool has no other block in use, its
+    // count of blocks in use.
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("pymalloc: fatal: free") && stderr.contains("double free"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn the_c_test_notices_when_pymalloc_is_not_loaded() {
     let out = run(Command::new(abi_test()), false);
     assert!(!out.status.success());

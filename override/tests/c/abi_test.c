@@ -5,6 +5,7 @@
  *   abi_test              run every check; print "ok" and exit 0, or name the failed check
  *   abi_test invalid-free free a pointer pymalloc never handed out (must abort)
  *   abi_test interior-free free a pointer into the middle of a block (must abort)
+ *   abi_test double-free   free a block twice in a row (must abort)
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -317,6 +318,13 @@ int main(int argc, char **argv) {
         static char not_ours[64];
         void *volatile bad = not_ours + 16;
         free(bad);
+        return 0;
+    }
+    if (argc > 1 && strcmp(argv[1], "double-free") == 0) {
+        char *volatile p = malloc(40), *volatile q = malloc(40);
+        free(p);
+        free(p);
+        free(q);
         return 0;
     }
     if (argc > 1 && strcmp(argv[1], "interior-free") == 0) {
