@@ -281,7 +281,7 @@ impl<P: Platform> Allocator<P> {
             if !shared.large.make_room(&self.platform) {
                 return None;
             }
-            if let Some((cached, _)) = shared.large.take_cached(len, layout.align()) {
+            if let Some(cached) = shared.large.take_cached(len, layout.align()) {
                 return Some((cached, false));
             }
         }
@@ -333,20 +333,20 @@ impl<P: Platform> Allocator<P> {
         handed_out.then_some((pool, start))
     }
 
-    /// Resizes a large block aligned to `align` without copying: in place if its mapping
-    /// still [`fits`] the new size, else by remapping (with the lock released). `None` if it
-    /// must move by copy, in which case the block is unchanged.
+    /// Resizes a large block of `old` bytes of mapping, aligned to `align`, without copying:
+    /// in place if its mapping still [`fits`] the new size, else by remapping (with the lock
+    /// released). `None` if it must move by copy, in which case the block is unchanged.
     ///
     /// # Safety
-    /// `block` is a large block in use, aligned to `align`.
+    /// `block` is a large block in use with a mapping of `old` bytes, aligned to `align`.
     unsafe fn resize_large(
         &self,
         block: NonNull<u8>,
+        old: usize,
         align: usize,
         new_size: usize,
     ) -> Option<NonNull<u8>> {
         let page = self.platform.page_size();
-        let old = self.shared().large.len_of(block.as_ptr())?;
         let new = mapping_len(new_size, page)?;
         if fits(old, new) {
             return Some(block);
@@ -482,6 +482,20 @@ impl<P: Platform> Allocator<P> {
     }
 }
 
+/// A block handed out, as its address alone tells (`Session::find`).
+#[derive(Clone, Copy)]
+enum Found {
+    /// In a pool of `class`: the block starting at `start`, with `usable` bytes from the
+    /// pointer on.
+    Pooled {
+        class: SizeClass,
+        start: NonNull<u8>,
+        usable: usize,
+    },
+    /// A large block with a mapping of `len` bytes.
+    Large { len: usize },
+}
+
 /// Calls on an allocator through one heap that the calling thread has claimed.
 pub(crate) struct Session<'a, P: Platform> {
     alloc: &'a Allocator<P>,
@@ -596,19 +610,38 @@ impl<'a, P: Platform> Session<'a, P> {
         }
     }
 
+    /// The block handed out as `ptr`, found from its address alone; a pointer that is no
+    /// block of this allocator aborts with `message`.
+    ///
+    /// # Safety
+    /// `ptr` is a block in use of this allocator, as far as the caller knows.
+    unsafe fn find(self, ptr: NonNull<u8>, message: &'static str) -> Found {
+        if let Some((pool, start)) = self.alloc.pooled_block(ptr) {
+            // SAFETY: a live pool (`pooled_block`).
+            let class = unsafe { pool.class() };
+            let usable = start.addr().get() + class.block_size() - ptr.addr().get();
+            return Found::Pooled {
+                class,
+                start,
+                usable,
+            };
+        }
+        match self.alloc.shared().large.len_of(ptr.as_ptr()) {
+            Some(len) => Found::Large { len },
+            None => fatal(message),
+        }
+    }
+
     /// See [`Allocator::usable_size`].
     ///
     /// # Safety
     /// As [`Allocator::usable_size`].
     pub(crate) unsafe fn usable_size(self, ptr: NonNull<u8>) -> usize {
-        if let Some((pool, start)) = self.alloc.pooled_block(ptr) {
-            // SAFETY: a live pool (`pooled_block`).
-            let size = unsafe { pool.class() }.block_size();
-            return start.addr().get() + size - ptr.addr().get();
-        }
-        match self.alloc.shared().large.len_of(ptr.as_ptr()) {
-            Some(len) => len,
-            None => fatal("malloc_usable_size: pointer is no block of this allocator"),
+        const MESSAGE: &str = "malloc_usable_size: pointer is no block of this allocator";
+        // SAFETY: as the caller guarantees.
+        match unsafe { self.find(ptr, MESSAGE) } {
+            Found::Pooled { usable, .. } => usable,
+            Found::Large { len } => len,
         }
     }
 
@@ -636,38 +669,45 @@ impl<'a, P: Platform> Session<'a, P> {
             return ptr::null_mut();
         };
         let in_place = !cfg!(feature = "debug");
-        let old_size = if let Some((pool, start)) = self.alloc.pooled_block(ptr) {
-            // SAFETY: a live pool (`pooled_block`).
-            let class = unsafe { pool.class() };
-            let usable = start.addr().get() + class.block_size() - ptr.addr().get();
+        // SAFETY: as the caller guarantees.
+        let found = unsafe { self.find(ptr, "realloc: pointer is no block of this allocator") };
+        let old_size = match found {
             // Only a block's start stays: the block is then one of `new_layout`, which a sized
             // free may name (an over-aligned pointer inside its block would not be).
-            if in_place && ptr == start && Route::of(new_layout) == Route::Pooled(class) {
-                return ptr.as_ptr();
-            }
-            usable
-        } else {
-            let Some(len) = self.alloc.shared().large.len_of(ptr.as_ptr()) else {
-                fatal("realloc: pointer is no block of this allocator");
-            };
-            if in_place && Route::of(new_layout) == Route::Large {
-                // C asks only malloc's alignment of a resized block: the mapping may move to
-                // any page.
-                let page = self.alloc.platform.page_size();
-                // SAFETY: a large block in use (L2), aligned to at least a page (L1).
-                if let Some(resized) = unsafe { self.alloc.resize_large(ptr, page, new_size) } {
-                    return resized.as_ptr();
+            Found::Pooled {
+                class,
+                start,
+                usable,
+            } => {
+                if in_place && ptr == start && Route::of(new_layout) == Route::Pooled(class) {
+                    return ptr.as_ptr();
                 }
+                usable
             }
-            len
+            Found::Large { len } => {
+                if in_place && Route::of(new_layout) == Route::Large {
+                    // C asks only malloc's alignment of a resized block: the mapping may move
+                    // to any page.
+                    let page = self.alloc.platform.page_size();
+                    // SAFETY: a large block in use of `len` bytes (L2), page-aligned (L1).
+                    let resized = unsafe { self.alloc.resize_large(ptr, len, page, new_size) };
+                    if let Some(resized) = resized {
+                        return resized.as_ptr();
+                    }
+                }
+                len
+            }
         };
         let new = self.alloc(new_layout);
         if !new.is_null() {
             // SAFETY: both blocks are live and distinct and hold at least the bytes copied;
-            // the old one is then freed (caller).
+            // the old one, as found above, is then freed (caller).
             unsafe {
                 ptr::copy_nonoverlapping(ptr.as_ptr(), new, old_size.min(new_size));
-                self.dealloc_unsized(ptr);
+                match found {
+                    Found::Pooled { class, start, .. } => self.cell.free(start, class, self.alloc),
+                    Found::Large { len } => self.alloc.free_large(ptr, Some(len)),
+                }
             }
         }
         new
@@ -686,8 +726,12 @@ impl<'a, P: Platform> Session<'a, P> {
             _ if cfg!(feature = "debug") => {}
             (Route::Pooled(a), Route::Pooled(b), Some(_)) if a == b => return ptr,
             (Route::Large, Route::Large, Some(block)) => {
-                // SAFETY: a large block in use of this layout (caller).
-                let resized = unsafe { self.alloc.resize_large(block, layout.align(), new_size) };
+                let old = self.alloc.shared().large.len_of(ptr);
+                // SAFETY: a large block in use of this layout (caller), of `old` bytes (L2).
+                let resized = old.and_then(|old| unsafe {
+                    self.alloc
+                        .resize_large(block, old, layout.align(), new_size)
+                });
                 if let Some(resized) = resized {
                     return resized.as_ptr();
                 }

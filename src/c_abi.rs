@@ -53,13 +53,17 @@ fn allocate(size: usize, align: usize) -> *mut c_void {
     }
 }
 
-/// [`allocate`], with `errno = ENOMEM` on failure.
-fn allocate_or_enomem(size: usize, align: usize) -> *mut c_void {
-    let p = allocate(size, align);
+/// `p`, with `errno = ENOMEM` if it is null (a request that could not be served).
+fn enomem_if_null(p: *mut c_void) -> *mut c_void {
     if p.is_null() {
         set_errno(libc::ENOMEM);
     }
     p
+}
+
+/// [`allocate`], with `errno = ENOMEM` on failure.
+fn allocate_or_enomem(size: usize, align: usize) -> *mut c_void {
+    enomem_if_null(allocate(size, align))
 }
 
 /// C's `malloc`.
@@ -72,14 +76,10 @@ pub fn calloc(count: usize, size: usize) -> *mut c_void {
     let layout = count
         .checked_mul(size)
         .and_then(|bytes| Layout::from_size_align(bytes, ALIGNMENT).ok());
-    let p: *mut c_void = match layout {
+    enomem_if_null(match layout {
         Some(layout) => with_session(|s| s.alloc_zeroed(layout)).cast(),
         None => ptr::null_mut(),
-    };
-    if p.is_null() {
-        set_errno(libc::ENOMEM);
-    }
-    p
+    })
 }
 
 /// C's `free`.
@@ -109,11 +109,7 @@ pub unsafe fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
         return ptr::null_mut();
     }
     // SAFETY: as the caller guarantees.
-    let p = with_session(|s| unsafe { s.realloc_unsized(block, size) });
-    if p.is_null() {
-        set_errno(libc::ENOMEM);
-    }
-    p.cast()
+    enomem_if_null(with_session(|s| unsafe { s.realloc_unsized(block, size) }).cast())
 }
 
 /// C's `reallocarray`: `realloc` of `count * size` bytes; NULL with `ENOMEM` (the block
@@ -243,8 +239,11 @@ impl Write for FdWriter {
             if self.len == self.buf.len() {
                 self.flush();
             }
-            self.buf[self.len] = byte;
-            self.len += 1;
+            // `flush` empties the buffer, so there is always room: no index can panic here.
+            if let Some(slot) = self.buf.get_mut(self.len) {
+                *slot = byte;
+                self.len += 1;
+            }
         }
         Ok(())
     }

@@ -132,9 +132,9 @@ impl Large {
     }
 
     /// The smallest cached mapping that [`fits`] a block needing `len` bytes, aligned to
-    /// `align`, now registered in use, with its length, if there is one. Call
+    /// `align`, now registered in use (with its own length), if there is one. Call
     /// [`Large::make_room`] first.
-    pub(crate) fn take_cached(&mut self, len: usize, align: usize) -> Option<(NonNull<u8>, usize)> {
+    pub(crate) fn take_cached(&mut self, len: usize, align: usize) -> Option<NonNull<u8>> {
         let i = self
             .cache
             .iter()
@@ -147,7 +147,7 @@ impl Large {
         self.cached_blocks -= 1;
         let block = NonNull::new(entry.ptr)?;
         self.in_use.insert(block, entry.len);
-        Some((block, entry.len))
+        Some(block)
     }
 
     /// Registers a new mapping of `len` bytes in use. Call [`Large::make_room`] first.

@@ -34,7 +34,7 @@ use core::sync::atomic::{AtomicPtr, Ordering};
 
 use crate::asan;
 use crate::class::{ALIGNMENT, MAX_SPAN_SLOTS, NUM_CLASSES, POOLED_MAX, SizeClass};
-use crate::fatal::ensure;
+use crate::fatal::{ensure, fatal};
 
 /// Bytes in one slot — the unit arenas hand out, and the size of a single-slot pool. A power
 /// of two, like every pool's size.
@@ -379,15 +379,10 @@ impl PoolPtr {
     #[inline]
     pub unsafe fn block_start(self, ptr: NonNull<u8>) -> NonNull<u8> {
         // SAFETY: the pool is live (caller).
-        let (size, reciprocal) = unsafe {
-            let p = self.0.as_ptr();
-            ((*p).size as usize, (*p).reciprocal)
-        };
-        let memory = self.memory();
-        let offset = ptr.addr().get() - memory.addr().get();
-        // SAFETY: the block index times the size is the offset of the block holding `ptr`,
-        // inside the same pool, so the result is within the pool's memory and not null.
-        unsafe { memory.add(block_index(offset, reciprocal) * size) }
+        match unsafe { self.block_holding(ptr) } {
+            Some(start) => start,
+            None => fatal("pool: a pointer freed as this pool's lies in none of its blocks"),
+        }
     }
 
     /// The start of the block that `ptr` points into, if it lies in the pool's block area
