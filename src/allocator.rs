@@ -593,8 +593,8 @@ impl<'a, P: Platform> Session<'a, P> {
                     check_pooled_block(&self.alloc.map, ptr, class);
                 }
                 let block = if layout.align() > ALIGNMENT {
-                    // SAFETY: `ptr` lies inside a block of a live pool of `class` (caller).
-                    unsafe { PoolPtr::containing(ptr, class).block_start(ptr) }
+                    // SAFETY: `ptr` lies inside a block in use of a live pool (caller).
+                    unsafe { PoolPtr::containing(ptr).block_start(ptr) }
                 } else {
                     ptr
                 };
@@ -679,8 +679,18 @@ impl<'a, P: Platform> Session<'a, P> {
                 start,
                 usable,
             } => {
-                if in_place && ptr == start && Route::of(new_layout) == Route::Pooled(class) {
-                    return ptr.as_ptr();
+                if in_place && ptr == start {
+                    match Route::of(new_layout) {
+                        Route::Pooled(to) if to == class => return ptr.as_ptr(),
+                        // SAFETY: a block in use of `class` at its start (found above); the
+                        // heap is claimed.
+                        Route::Pooled(to)
+                            if unsafe { self.cell.resize_in_place(ptr, class, to, self.alloc) } =>
+                        {
+                            return ptr.as_ptr();
+                        }
+                        _ => {}
+                    }
                 }
                 usable
             }
@@ -725,6 +735,14 @@ impl<'a, P: Platform> Session<'a, P> {
         match (Route::of(layout), Route::of(new_layout), NonNull::new(ptr)) {
             _ if cfg!(feature = "debug") => {}
             (Route::Pooled(a), Route::Pooled(b), Some(_)) if a == b => return ptr,
+            // SAFETY: a block in use of class `a` (caller), at its block's start as its
+            // alignment is the blocks' own; the heap is claimed.
+            (Route::Pooled(a), Route::Pooled(b), Some(block))
+                if layout.align() <= ALIGNMENT
+                    && unsafe { self.cell.resize_in_place(block, a, b, self.alloc) } =>
+            {
+                return ptr;
+            }
             (Route::Large, Route::Large, Some(block)) => {
                 let old = self.alloc.shared().large.len_of(ptr);
                 // SAFETY: a large block in use of this layout (caller), of `old` bytes (L2).

@@ -40,7 +40,8 @@ use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 use pymalloc_arena::{ArenaMap, Arenas, Platform};
 use pymalloc_pool::{
-    Freed, MAX_SPAN_SLOTS, NUM_CLASSES, PoolList, PoolPtr, RemoteList, SizeClass, fatal,
+    Freed, MAX_SPAN_SLOTS, NUM_CLASSES, PoolList, PoolPtr, RemoteList, SizeClass, blocks_per_pool,
+    fatal,
 };
 
 use crate::allocator::{Allocator, Shared};
@@ -311,6 +312,53 @@ impl HeapCell {
         }
     }
 
+    /// Makes a block of `from`, alone in its pool, a block of `to` without moving it, where
+    /// pools of both classes hold one block: the pool grows into the free slots right after
+    /// it, or gives its last slots back. Returns whether it did (not for a block of another
+    /// heap's pool, nor without free slots to grow into).
+    ///
+    /// # Safety
+    /// The caller has claimed the heap; `block` is the start of a block of `from` in use,
+    /// handed out by a heap of `alloc`.
+    pub(crate) unsafe fn resize_in_place<P: Platform>(
+        &self,
+        block: NonNull<u8>,
+        from: SizeClass,
+        to: SizeClass,
+        alloc: &Allocator<P>,
+    ) -> bool {
+        if blocks_per_pool(from) != 1 || blocks_per_pool(to) != 1 {
+            return false;
+        }
+        // SAFETY: the block is in use (caller), so its pool is live; a pool of one block in
+        // use is full, in no list (H1), so nothing else refers to it while it changes class.
+        unsafe {
+            let pool = PoolPtr::containing(block);
+            if pool.owner() != self.id() || pool.memory() != block {
+                return false;
+            }
+            let mut shared = SharedAccess::new(alloc);
+            let resized =
+                shared
+                    .get()
+                    .arenas
+                    .resize_pool(pool.memory(), to.span_slots(), &alloc.platform);
+            if !resized {
+                return false;
+            }
+            pool.reclass_sole_block(to);
+        }
+        for (counters, delta) in [
+            (&self.counters.live, 1),
+            (&self.counters.pools, 1),
+            (&self.counters.full, 1),
+        ] {
+            bump(counters, from, -delta);
+            bump(counters, to, delta);
+        }
+        true
+    }
+
     /// Frees a block of `class`: onto its pool's freelist if this heap owns it, else onto its
     /// owner's remote list.
     ///
@@ -324,7 +372,8 @@ impl HeapCell {
         class: SizeClass,
         alloc: &Allocator<P>,
     ) {
-        let pool = PoolPtr::containing(block, class);
+        // SAFETY: the block is in use (caller), so its pool is live and entered in its arena.
+        let pool = unsafe { PoolPtr::containing(block) };
         bump(&self.counters.live, class, -1);
         // SAFETY: the block is in use, so its pool is live (caller).
         let owner = unsafe { pool.owner() };

@@ -8,7 +8,7 @@ use std::alloc::Layout;
 
 use common::{expect_abort, fill, holds, in_child};
 use pymalloc::{Allocator, OsPlatform};
-use pymalloc_arena::{DIRTY_LIMIT, TestPlatform};
+use pymalloc_arena::{MIN_DIRTY_SLOTS, TestPlatform};
 
 type Blocks = Vec<(*mut u8, Layout)>;
 
@@ -149,7 +149,7 @@ fn refused_decommits_keep_memory_committed_and_consistent() {
     // stays in use, so that no arena empties (emptied arenas beyond a few are unmapped).
     let per_arena = pymalloc_arena::POOLS_PER_ARENA
         * pymalloc_pool::blocks_per_pool(pymalloc_pool::SizeClass::for_size(512).unwrap());
-    let count = (DIRTY_LIMIT + 64) * 31;
+    let count = (MIN_DIRTY_SLOTS + 64) * 31;
     let blocks: Blocks = (0..count)
         .map(|_| (alloc_filled(&a, layout), layout))
         .collect();
@@ -164,7 +164,7 @@ fn refused_decommits_keep_memory_committed_and_consistent() {
     }
     a.check().unwrap();
     assert_eq!(a.platform().decommits(), 0);
-    assert!(a.stats().pools_free_dirty > DIRTY_LIMIT);
+    assert!(a.stats().pools_free_dirty > MIN_DIRTY_SLOTS);
     a.platform().set_fail_decommits(false);
     free_all(&a, kept.into_iter().map(|(_, b)| b).collect());
     a.trim();

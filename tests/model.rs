@@ -512,7 +512,7 @@ fn waves_fill_and_empty_pools_across_classes() {
         }
         let stats = a.stats();
         saw_full |= stats.pools_full > 0;
-        saw_many_arenas |= stats.arenas > pymalloc_arena::MAX_EMPTY_ARENAS + 2;
+        saw_many_arenas |= stats.arenas > pymalloc_arena::MIN_EMPTY_ARENAS + 2;
         agree(&a, &live).unwrap();
         // Free a random 80%.
         let mut kept = Vec::new();
@@ -549,12 +549,17 @@ fn waves_fill_and_empty_pools_across_classes() {
     // pool (at most one per class) — may hold one arena that is otherwise empty.
     assert!(stats.pools_used <= stats.classes.len(), "{stats}");
     assert!(
-        stats.arenas <= pymalloc_arena::MAX_EMPTY_ARENAS + stats.pools_kept + stats.pools_used,
+        stats.arenas <= stats.empty_arenas + stats.pools_kept + stats.pools_used,
+        "{stats}"
+    );
+    // Few slots are in use: the floor of the empty-arena limit applies.
+    assert!(
+        stats.empty_arenas <= pymalloc_arena::MIN_EMPTY_ARENAS,
         "{stats}"
     );
     assert!(stats.pools_kept <= pymalloc::CACHED_POOLS, "{stats}");
     assert!(
-        stats.pools_free_dirty <= pymalloc_arena::DIRTY_LIMIT,
+        stats.pools_free_dirty <= pymalloc_arena::MIN_DIRTY_SLOTS,
         "{stats}"
     );
 }
@@ -605,6 +610,42 @@ fn realloc_moves_only_when_the_class_changes() {
     // SAFETY: a live block of `layout`.
     unsafe { a.dealloc(p, layout) };
     a.check().unwrap();
+}
+
+/// A block alone in its pool (the largest classes) grows into the free slots after it, and
+/// shrinks by giving slots back, without moving; with a pool right after it, it moves.
+#[test]
+fn a_block_alone_in_its_pool_resizes_in_place_where_the_slots_allow() {
+    let a = Allocator::new(TestPlatform::new());
+    let at = |size| Layout::from_size_align(size, 16).unwrap();
+    let p = a.alloc(at(100_000));
+    // SAFETY: a fresh block of that size.
+    unsafe { fill(p, 100_000, 3) };
+    // SAFETY: a live block of the layout given, each time.
+    unsafe {
+        let q = a.realloc(p, at(100_000), 250_000);
+        assert_eq!(q, p, "grows into the free slots after it");
+        assert!(holds_prefix(q, 100_000, 100_000, 3));
+        fill(q, 250_000, 4);
+        a.check().unwrap();
+        let r = a.realloc_unsized(NonNull::new(q).unwrap(), 60_000);
+        assert_eq!(r, q, "shrinks in place");
+        assert!(holds_prefix(r, 250_000, 60_000, 4));
+        assert!(a.usable_size(NonNull::new(r).unwrap()) < 250_000);
+        a.check().unwrap();
+        // The slots it gave back go to the next pool, right after it: it can no longer grow.
+        let next = a.alloc(at(150_000));
+        assert!(!next.is_null() && (next as usize) > (r as usize));
+        let s = a.realloc(r, at(60_000), 200_000);
+        assert_ne!(s, r, "no free slots after it: it moves");
+        assert!(holds_prefix(s, 250_000, 60_000, 4));
+        let stats = a.stats();
+        assert_eq!((stats.pooled_blocks, stats.pools_full), (2, 2), "{stats}");
+        a.dealloc(s, at(200_000));
+        a.dealloc(next, at(150_000));
+    }
+    a.check().unwrap();
+    assert_eq!(a.stats().pooled_blocks, 0);
 }
 
 /// A pool that is full when another heap frees one of its blocks is not lost: its owner takes

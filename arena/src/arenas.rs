@@ -1,54 +1,57 @@
 //! Arenas: [`ARENA_SIZE`]-aligned mappings cut into [`POOL_SIZE`] slots, and the manager that
-//! hands pools to the heaps — one slot, or an aligned span of 2, 4 … [`MAX_SPAN_SLOTS`] slots
-//! — and takes them back.
+//! hands pools to the heaps — one slot, or a span of up to [`MAX_SPAN_SLOTS`] consecutive
+//! slots — and takes them back.
 //!
-//! Slot 0 of every arena holds its [`Header`] and, from `pymalloc_pool::DESCRIPTORS` on, the
-//! descriptors of its pools (only those two pages are ever touched); slots 1.. are pool slots. Each arena keeps three bitmaps: `free` (slot not in a pool), `dirty`
-//! (free slot written since it was last fresh or decommitted) and `heads` (slot that starts a
-//! pool), and the span length of each pool.
+//! Slot 0 of every arena holds its [`Header`], the first-slot table (`pymalloc_pool::
+//! FIRST_SLOTS`) and, from `pymalloc_pool::DESCRIPTORS` on, the descriptors of its pools (only
+//! those pages are ever touched); slots 1.. are pool slots. Each arena keeps three bitmaps:
+//! `free` (slot not in a pool), `dirty` (free slot written since it was last fresh or
+//! decommitted) and `heads` (slot that starts a pool), and the span length of each pool.
 //!
-//! A pool of `k` slots sits at a slot index that is a multiple of `k`, so that with arenas
-//! aligned to their size every pool is aligned to its own size (its header is found by
-//! masking a block's address). Finding such a run is a few shift-and-mask steps on `free`.
+//! A pool may start at any slot: the first-slot table leads from each of its slots to the
+//! first, and so from any block to its pool's descriptor. Finding a free run of `k` slots in
+//! an arena is a few shift-and-mask steps on `free`.
 //!
 //! Policies:
-//! - *Fullest first*: arenas sit in buckets by their number of free slots, with a bitmap of the
-//!   non-empty buckets, so the fullest arena with a free slot is one `trailing_zeros` away, and
-//!   moving an arena when its count changes is O(1). Sparse arenas thus drain and can go back.
-//! - *Spans in O(1)*: for each span length above one, a list holds the arenas that have a free,
-//!   aligned run of that length, and another those with such a run wholly dirty; an arena's
-//!   memberships are recomputed (a few bit operations per length) whenever its bitmaps change.
-//!   A span is taken from a dirty run when there is one anywhere, so freed memory is reused
-//!   before fresh memory is faulted in (and long before it would be decommitted).
-//! - *Dirty before fresh*: a single slot, or a run wholly dirty, is taken first (no page
-//!   faults).
-//! - *Decommit with hysteresis*: once more than [`DIRTY_LIMIT`] free slots are dirty, the
-//!   oldest are decommitted until half that remains, so a pool freed and taken again in a loop
-//!   costs no system call, yet a program that frees a lot gets its memory back.
-//! - *Keep a few empty arenas*: up to [`MAX_EMPTY_ARENAS`] wholly free arenas stay mapped
-//!   (their pages subject to the decommit policy); beyond that an emptied arena is unmapped.
+//! - *Best fit, dirty first*: every arena sits in a bucket by the longest run of free slots it
+//!   has (capped at [`MAX_SPAN_SLOTS`]), and in another by its longest run of *dirty* free
+//!   slots; with a bitmap of the non-empty buckets, a request for `k` slots takes, in O(1),
+//!   the arena whose longest dirty run is the shortest that holds `k`, else the one whose
+//!   longest free run is, else a new arena. Freed memory is thus reused before fresh memory
+//!   is faulted in, small requests fill the holes of crowded arenas, long runs are kept for
+//!   long spans, and sparse arenas drain and can go back. Inside the arena the run starts a
+//!   free stretch, so that the rest of the stretch stays in one piece.
+//! - *Decommit with hysteresis*: once more free slots are dirty than
+//!   [`Arenas::dirty_limit`] allows (4 MiB, or an eighth of the slots in use if more), the
+//!   oldest are decommitted until half that remains, so a pool freed and taken again in a
+//!   loop costs no system call, yet a program that frees a lot gets its memory back.
+//! - *Keep some empty arenas*: up to [`Arenas::empty_limit`] wholly free arenas
+//!   ([`MIN_EMPTY_ARENAS`], or one per eight arenas' worth of slots in use if more) stay
+//!   mapped (their pages subject to the decommit policy); beyond that the one emptied longest
+//!   ago is unmapped. A program whose live memory swings by a few arenas then maps and unmaps
+//!   none.
 //!
 //! Invariants (checked by [`Arenas::check`]):
-//! - A1 every arena is in exactly one bucket, the one for its number of free slots; bit `n` of
-//!   `nonempty` is set exactly when bucket `n` is not empty;
+//! - A1 every arena is in the list of all arenas, in the run bucket of its longest free run
+//!   and the dirty-run bucket of its longest dirty run (each capped at [`MAX_SPAN_SLOTS`]; in
+//!   none for 0), and a bucket's bit is set in its bitmap exactly when it is not empty;
 //! - A2 `dirty ⊆ free ⊆ USABLE` (slot 0 is never free); the pools (a head and its span) tile
-//!   exactly the slots that are not free, each aligned to its length;
+//!   exactly the slots that are not free;
 //! - A3 an arena is in the dirty list exactly when its `dirty` is not zero, and `dirty_slots`
-//!   is the sum of their dirty bits; `empty` counts the arenas with every slot free;
-//! - A4 an arena is in the run list of a span length exactly when it has a free aligned run of
-//!   that length, and in the dirty-run list exactly when it has a wholly dirty one;
+//!   is the sum of their dirty bits; an arena is in the empty list exactly when every slot is
+//!   free, `empty` counts them, and is at most [`Arenas::empty_limit`];
 //! - A5 the [`ArenaMap`] maps every arena's granule to its header, and nothing else;
-//! - A6 `pool_head[i]` is, for a slot `i` in a pool, the index of the pool's first slot, and 0
-//!   for a free slot (slot 0, the header's, starts no pool).
+//! - A6 the first-slot table names, for a slot `i` in a pool, the index of the pool's first
+//!   slot, and 0 for a free slot (slot 0, the header's, starts no pool).
 //!
 //! The map lives outside the manager: the manager is used under its owner's lock, while
 //! [`ArenaMap::pool_of`] answers "which pool holds this address?" from any thread without one.
 
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::Ordering;
 
 pub use pymalloc_pool::{ARENA_SHIFT, ARENA_SIZE, SLOTS};
-use pymalloc_pool::{DESCRIPTORS, MAX_SPAN_SLOTS, POOL_SIZE, ensure};
+use pymalloc_pool::{FIRST_SLOTS, MAX_SPAN_SLOTS, POOL_SIZE, ensure, fatal, first_slot_entry};
 use pymalloc_radix::NodeAlloc;
 
 use crate::Platform;
@@ -56,49 +59,109 @@ use crate::map::ArenaMap;
 
 /// Pool slots per arena.
 pub const POOLS_PER_ARENA: usize = SLOTS - 1;
-/// Wholly free arenas kept mapped before an emptied one is unmapped.
-pub const MAX_EMPTY_ARENAS: usize = 4;
-/// Dirty free slots allowed before the oldest are decommitted (4 MiB of pools).
-pub const DIRTY_LIMIT: usize = (4 << 20) / POOL_SIZE;
+/// Wholly free arenas always allowed to stay mapped (see [`Arenas::empty_limit`]).
+pub const MIN_EMPTY_ARENAS: usize = 4;
+/// Dirty free slots always allowed before the oldest are decommitted (4 MiB of pools; see
+/// [`Arenas::dirty_limit`]).
+pub const MIN_DIRTY_SLOTS: usize = (2 << 20) / POOL_SIZE;
+/// Beyond the minimums, one dirty free slot may be kept per this many slots in use, and one
+/// empty arena per this many arenas' worth of slots in use.
+pub const RETAINED_SHARE: usize = 2;
 
-/// Span lengths above one slot: 2, 4, … MAX_SPAN_SLOTS.
-const SPAN_LENGTHS: usize = MAX_SPAN_SLOTS.trailing_zeros() as usize;
-/// Run lists: one per span length for free runs, then one per span length for dirty runs.
-const RUN_LISTS: usize = 2 * SPAN_LENGTHS;
+/// Buckets by longest run: 1 ..= MAX_SPAN_SLOTS (bucket 0, no run, is never used).
+const RUN_BUCKETS: usize = MAX_SPAN_SLOTS + 1;
+
+/// A bitmap of an arena's slots, bit `i` for slot `i`.
+type SlotBits = u128;
 
 const _: () = assert!(
-    SLOTS >= 2 && SLOTS <= u64::BITS as usize,
-    "slot bitmaps are one u64"
+    SLOTS >= 2 && SLOTS <= SlotBits::BITS as usize,
+    "slot bitmaps are one SlotBits"
 );
 const _: () = assert!(
-    MAX_SPAN_SLOTS < SLOTS,
-    "the longest span must fit beside the header slot"
+    MAX_SPAN_SLOTS.is_power_of_two() && MAX_SPAN_SLOTS < SLOTS && RUN_BUCKETS <= 32,
+    "the longest span fits beside the header slot; bucket bitmaps are one u32"
 );
 const _: () = assert!(
-    size_of::<Header>() <= DESCRIPTORS,
-    "the header ends where the pools' descriptors begin"
+    size_of::<Header>() <= FIRST_SLOTS,
+    "the header ends where the first-slot table begins"
 );
 
-const ALL_SLOTS: u64 = u64::MAX >> (u64::BITS as usize - SLOTS);
+const ALL_SLOTS: SlotBits = SlotBits::MAX >> (SlotBits::BITS as usize - SLOTS);
 /// Every slot but slot 0, the header's.
-const USABLE: u64 = ALL_SLOTS & !1;
+const USABLE: SlotBits = ALL_SLOTS & !1;
 
 /// Bits `start .. start + len` set.
-const fn run_mask(start: u32, len: u32) -> u64 {
-    (u64::MAX >> (u64::BITS - len)) << start
+const fn run_mask(start: u32, len: u32) -> SlotBits {
+    (SlotBits::MAX >> (SlotBits::BITS - len)) << start
 }
 
-/// Bit `i` set iff slots `i .. i + len` are all free and `i` is a multiple of `len` (a power of
-/// two). Constant time: log2(len) shift-and-mask steps.
-const fn aligned_runs(free: u64, len: u32) -> u64 {
-    let mut runs = free;
-    let mut width = 1;
-    while width < len {
-        runs &= runs >> width;
-        width *= 2;
+/// Bit `i` set iff slots `i .. i + len` are all set in `bits` (`len >= 1`). Constant time: at
+/// most 2·log2(len) shift-and-mask steps.
+const fn free_runs(bits: SlotBits, len: u32) -> SlotBits {
+    // `runs` holds the starts of runs of at least `covered` slots.
+    let (mut runs, mut covered) = (bits, 1);
+    while covered < len {
+        let step = if covered < len - covered {
+            covered
+        } else {
+            len - covered
+        };
+        runs &= runs >> step;
+        covered += step;
     }
-    // Multiples of `len`: the repeating pattern 0…01 of period `len`.
-    runs & (u64::MAX / (u64::MAX >> (u64::BITS - len)))
+    runs
+}
+
+/// The length of the longest run of set bits in `bits`, capped at [`MAX_SPAN_SLOTS`]: at most
+/// 2·log2(MAX_SPAN_SLOTS) shift-and-mask steps.
+const fn longest_run(bits: SlotBits) -> usize {
+    if bits == 0 {
+        return 0;
+    }
+    // `starts` holds the starts of runs of at least `len` set bits. Combining it with itself
+    // shifted by `step` gives the starts of runs of `len + step` provided `step <= len`:
+    // first double `len` while such runs exist, then add halving steps.
+    let (mut starts, mut len) = (bits, 1);
+    while len < MAX_SPAN_SLOTS && starts & (starts >> len) != 0 {
+        starts &= starts >> len;
+        len *= 2;
+    }
+    let mut step = len / 2;
+    while step > 0 {
+        let longer = starts & (starts >> step);
+        if longer != 0 && len < MAX_SPAN_SLOTS {
+            starts = longer;
+            len += step;
+        }
+        step /= 2;
+    }
+    len
+}
+
+/// Where to place a run of `len` slots in `bits`: at the start of the shortest stretch of set
+/// bits that holds it (stretches of [`MAX_SPAN_SLOTS`] or more count as equally long, and the
+/// first is taken), so that long stretches stay whole for long spans; `None` if no stretch is
+/// long enough. At most `MAX_SPAN_SLOTS` steps of a few bit operations.
+const fn place_run(bits: SlotBits, len: u32) -> Option<u32> {
+    let stretch_starts = bits & !(bits << 1);
+    // `runs` holds the starts of runs of `l` set bits; a stretch of exactly `l` starts a
+    // stretch and has a clear bit (or the end) after its `l` bits.
+    let mut runs = free_runs(bits, len) & stretch_starts;
+    let mut l = len;
+    while runs != 0 && l < MAX_SPAN_SLOTS as u32 {
+        let exact = runs & !(bits >> l);
+        if exact != 0 {
+            return Some(exact.trailing_zeros());
+        }
+        runs &= bits >> l;
+        l += 1;
+    }
+    if runs != 0 {
+        Some(runs.trailing_zeros())
+    } else {
+        None
+    }
 }
 
 /// Links of one intrusive list.
@@ -114,27 +177,30 @@ const UNLINKED: Links = Links {
 
 /// The header in slot 0 of every arena.
 pub struct Header {
-    free: u64,
-    dirty: u64,
-    heads: u64,
-    /// Bit `i` set iff the arena is in run list `i` (see [`Arenas::with_run`]).
-    in_run_lists: u16,
+    free: SlotBits,
+    dirty: SlotBits,
+    heads: SlotBits,
     /// Span length of the pool starting at each slot (meaningful for heads only).
     span: [u8; SLOTS],
-    /// For each slot in a pool, the index of the pool's first slot; 0 for free slots (A6).
-    /// Written under the manager's owner's lock, read by [`ArenaMap::pool_of`] without it.
-    pub(crate) pool_head: [AtomicU8; SLOTS],
-    bucket: Links,
+    /// The run bucket the arena is in (0: none).
+    run_bucket: u8,
+    /// The dirty-run bucket the arena is in (0: none).
+    dirty_run_bucket: u8,
+    all: Links,
+    runs: Links,
+    dirty_runs: Links,
     dirty_list: Links,
-    run_lists: [Links; RUN_LISTS],
+    empty_list: Links,
 }
 
 /// Which of a header's links a list uses.
 #[derive(Clone, Copy)]
 enum Chain {
-    Bucket,
+    All,
+    Runs,
+    DirtyRuns,
     Dirty,
-    Runs(usize),
+    Empty,
 }
 
 impl Chain {
@@ -144,11 +210,78 @@ impl Chain {
         // SAFETY: a live header (caller); raw place projections create no reference.
         unsafe {
             match self {
-                Chain::Bucket => &raw mut (*h).bucket,
+                Chain::All => &raw mut (*h).all,
+                Chain::Runs => &raw mut (*h).runs,
+                Chain::DirtyRuns => &raw mut (*h).dirty_runs,
                 Chain::Dirty => &raw mut (*h).dirty_list,
-                Chain::Runs(i) => (&raw mut (*h).run_lists).cast::<Links>().add(i),
+                Chain::Empty => &raw mut (*h).empty_list,
             }
         }
+    }
+}
+
+/// Buckets of arenas by the length of a longest run (A1), with a bitmap of the non-empty ones.
+struct Buckets {
+    lists: [List; RUN_BUCKETS],
+    nonempty: u32,
+    chain: Chain,
+}
+
+impl Buckets {
+    const fn new(chain: Chain) -> Buckets {
+        Buckets {
+            lists: [const { List::EMPTY }; RUN_BUCKETS],
+            nonempty: 0,
+            chain,
+        }
+    }
+
+    /// The arena of the shortest bucket holding runs of at least `len` slots, if any.
+    fn best_fit(&self, len: usize) -> Option<*mut Header> {
+        let fits = self.nonempty & !((1u32 << len) - 1);
+        // SAFETY: a set bit is below RUN_BUCKETS, and its bucket is not empty (A1).
+        (fits != 0).then(|| unsafe {
+            self.lists
+                .get_unchecked(fits.trailing_zeros() as usize)
+                .head
+        })
+    }
+
+    /// Moves `h` from bucket `from` to bucket `to` (0: none).
+    ///
+    /// # Safety
+    /// `h` is a live header, in bucket `from` of these buckets; both are below RUN_BUCKETS.
+    unsafe fn shift(&mut self, h: *mut Header, from: usize, to: usize) {
+        if from == to {
+            return;
+        }
+        // SAFETY: in range and in that bucket (caller).
+        unsafe {
+            if from != 0 {
+                let list = self.lists.get_unchecked_mut(from);
+                list.remove(h, self.chain);
+                if list.head.is_null() {
+                    self.nonempty &= !(1 << from);
+                }
+            }
+            if to != 0 {
+                self.lists.get_unchecked_mut(to).push_back(h, self.chain);
+                self.nonempty |= 1 << to;
+            }
+        }
+    }
+
+    /// Checks the bitmap against the lists and returns each bucket's length.
+    fn lengths(&self) -> Result<[usize; RUN_BUCKETS], &'static str> {
+        let mut lengths = [0; RUN_BUCKETS];
+        for (n, list) in self.lists.iter().enumerate() {
+            // SAFETY: bucketed headers are live (A1).
+            unsafe { list.for_each(self.chain, |_| lengths[n] += 1) };
+            if (self.nonempty >> n & 1 == 1) != (lengths[n] != 0) || (n == 0 && lengths[0] != 0) {
+                return Err("arenas: a bucket bitmap disagrees with its buckets");
+            }
+        }
+        Ok(lengths)
     }
 }
 
@@ -261,16 +394,17 @@ pub struct ArenaStats {
 
 /// The arena manager. See the module documentation for its policies and invariants.
 pub struct Arenas {
-    /// `by_free[n]`: arenas with `n` free pool slots.
-    by_free: [List; SLOTS],
-    /// Bit `n` set iff `by_free[n]` is not empty.
-    nonempty: u64,
-    /// `with_run[i]`: arenas with a free aligned run of `2 << i` slots; `with_run[SPAN_LENGTHS
-    /// + i]`: arenas with a wholly dirty one.
-    with_run: [List; RUN_LISTS],
+    /// Every arena.
+    all: List,
+    /// Arenas by their longest free run.
+    by_run: Buckets,
+    /// Arenas by their longest dirty run.
+    by_dirty_run: Buckets,
     /// Arenas with dirty free slots, the oldest first.
     dirty: List,
     dirty_slots: usize,
+    /// Arenas with every slot free, the one emptied longest ago first.
+    empties: List,
     /// Slots in pools in use, over all arenas.
     slots_in_use: usize,
     arenas: usize,
@@ -291,15 +425,28 @@ impl Arenas {
     /// A manager with no arena; maps nothing until the first pool is asked for.
     pub const fn new() -> Arenas {
         Arenas {
-            by_free: [const { List::EMPTY }; SLOTS],
-            nonempty: 0,
-            with_run: [const { List::EMPTY }; RUN_LISTS],
+            all: List::EMPTY,
+            by_run: Buckets::new(Chain::Runs),
+            by_dirty_run: Buckets::new(Chain::DirtyRuns),
             dirty: List::EMPTY,
             dirty_slots: 0,
+            empties: List::EMPTY,
             slots_in_use: 0,
             arenas: 0,
             empty: 0,
         }
+    }
+
+    /// Dirty free slots allowed before the oldest are decommitted: [`MIN_DIRTY_SLOTS`], or
+    /// one per [`RETAINED_SHARE`] slots in use if that is more.
+    pub fn dirty_limit(&self) -> usize {
+        MIN_DIRTY_SLOTS.max(self.slots_in_use / RETAINED_SHARE)
+    }
+
+    /// Wholly free arenas allowed to stay mapped: [`MIN_EMPTY_ARENAS`], or one per
+    /// [`RETAINED_SHARE`] arenas' worth of slots in use if that is more.
+    pub fn empty_limit(&self) -> usize {
+        MIN_EMPTY_ARENAS.max(self.slots_in_use / (POOLS_PER_ARENA * RETAINED_SHARE))
     }
 
     fn header_of(addr: NonNull<u8>) -> *mut Header {
@@ -311,92 +458,50 @@ impl Arenas {
         unsafe { NonNull::new_unchecked(h.cast::<u8>().add(index as usize * POOL_SIZE)) }
     }
 
-    /// Points slots `start .. start + len` at `head` (A6): the pool's first slot, or 0.
+    /// Points slots `start .. start + len` at `head` in the first-slot table (A6): the pool's
+    /// first slot, or 0.
     ///
     /// # Safety
     /// `h` is a live arena header and the slots are in range.
     unsafe fn set_pool_head(h: *mut Header, start: u32, len: u32, head: u8) {
         for i in start..start + len {
-            // SAFETY: a live header (caller); `i < SLOTS` (caller). Relaxed suffices: a reader
-            // that holds a block of the pool got it after the pool was handed out, through
-            // whatever synchronisation passed the block along; any other reader gets no promise.
-            unsafe {
-                (*h).pool_head
-                    .get_unchecked(i as usize)
-                    .store(head, Ordering::Relaxed)
-            };
+            // SAFETY: a live header (caller) and `i < SLOTS` (caller), so the entry lies in the
+            // arena's header slot. Relaxed suffices: a reader that holds a block of the pool
+            // got it after the pool was handed out, through whatever synchronisation passed the
+            // block along; any other reader gets no promise.
+            unsafe { first_slot_entry(Self::slot(h, i)).as_ref() }.store(head, Ordering::Relaxed);
         }
     }
 
+    /// The first-slot table's entry for slot `i` (A6).
+    ///
     /// # Safety
-    /// `h` is a live arena header.
-    unsafe fn free_count(h: *mut Header) -> usize {
-        // SAFETY: live header (caller).
-        unsafe { (*h).free.count_ones() as usize }
+    /// `h` is a live arena header and `i < SLOTS`.
+    pub(crate) unsafe fn pool_head(h: *mut Header, i: u32) -> u8 {
+        // SAFETY: as `set_pool_head`.
+        unsafe { first_slot_entry(Self::slot(h, i)).as_ref() }.load(Ordering::Relaxed)
     }
 
+    /// Puts the arena in the buckets of its longest free and dirty runs (A1), after its
+    /// bitmaps changed.
+    ///
     /// # Safety
-    /// `h` is a live arena header in no bucket, with `n` free slots.
-    unsafe fn bucket_in(&mut self, h: *mut Header, n: usize) {
-        // SAFETY: `n <= POOLS_PER_ARENA < SLOTS`, and `h` is in no bucket (caller).
+    /// `h` is a live arena header of this manager, in the buckets its fields name.
+    unsafe fn rebucket(&mut self, h: *mut Header) {
+        // SAFETY: a live header, in the buckets it names (caller); runs are capped below
+        // RUN_BUCKETS.
         unsafe {
-            self.by_free
-                .get_unchecked_mut(n)
-                .push_back(h, Chain::Bucket)
-        };
-        self.nonempty |= 1 << n;
-    }
-
-    /// # Safety
-    /// `h` is a live arena header in bucket `n`.
-    unsafe fn bucket_out(&mut self, h: *mut Header, n: usize) {
-        // SAFETY: `n < SLOTS` and `h` is in that bucket (caller).
-        let list = unsafe { self.by_free.get_unchecked_mut(n) };
-        // SAFETY: as above.
-        unsafe { list.remove(h, Chain::Bucket) };
-        if list.head.is_null() {
-            self.nonempty &= !(1 << n);
+            let (run, dirty_run) = (longest_run((*h).free), longest_run((*h).dirty));
+            self.by_run.shift(h, (*h).run_bucket as usize, run);
+            self.by_dirty_run
+                .shift(h, (*h).dirty_run_bucket as usize, dirty_run);
+            (*h).run_bucket = run as u8;
+            (*h).dirty_run_bucket = dirty_run as u8;
         }
     }
 
-    /// Whether the arena belongs in run list `i` (A4).
-    ///
-    /// # Safety
-    /// `h` is a live arena header.
-    unsafe fn belongs_in_run_list(h: *mut Header, i: usize) -> bool {
-        // SAFETY: a live header (caller).
-        let bits = unsafe {
-            if i < SPAN_LENGTHS {
-                (*h).free
-            } else {
-                (*h).dirty
-            }
-        };
-        aligned_runs(bits, 2 << (i % SPAN_LENGTHS)) != 0
-    }
-
-    /// Brings the arena's run-list memberships in line with its `free` bitmap (A4).
-    ///
-    /// # Safety
-    /// `h` is a live arena header of this manager.
-    unsafe fn update_run_lists(&mut self, h: *mut Header) {
-        for (i, list) in self.with_run.iter_mut().enumerate() {
-            // SAFETY: a live header (caller); membership follows its `in_run_lists` bit.
-            unsafe {
-                let has = Self::belongs_in_run_list(h, i);
-                let member = (*h).in_run_lists & (1 << i) != 0;
-                if has && !member {
-                    list.push_back(h, Chain::Runs(i));
-                } else if !has && member {
-                    list.remove(h, Chain::Runs(i));
-                }
-                (*h).in_run_lists ^= ((has != member) as u16) << i;
-            }
-        }
-    }
-
-    /// Hands out one pool of `slots` slots (a power of two up to [`MAX_SPAN_SLOTS`]):
-    /// `slots * POOL_SIZE` bytes aligned to that size, exclusively the caller's until given
+    /// Hands out one pool of `slots` consecutive slots (1 to [`MAX_SPAN_SLOTS`]):
+    /// `slots * POOL_SIZE` bytes starting at a slot, exclusively the caller's until given
     /// back with [`Arenas::free_pool`], with whether they read zero. `None` if the platform
     /// refuses memory; the manager is unchanged but for a possibly new, empty arena. New arenas
     /// are entered in `map`, which must be the one this manager has always been given.
@@ -407,61 +512,36 @@ impl Arenas {
         map: &ArenaMap,
     ) -> Option<(NonNull<u8>, bool)> {
         ensure(
-            slots.is_power_of_two() && slots <= MAX_SPAN_SLOTS,
+            (1..=MAX_SPAN_SLOTS).contains(&slots),
             "alloc_pool: bad span length",
         );
-        let len = slots as u32;
-        let h = if len == 1 {
-            // Bucket 0 holds full arenas; the lowest other bucket holds the fullest with room.
-            let with_room = self.nonempty & !1;
-            if with_room != 0 {
-                // SAFETY: bit n set means bucket n is not empty (A1).
-                unsafe {
-                    self.by_free
-                        .get_unchecked(with_room.trailing_zeros() as usize)
-                        .head
-                }
-            } else {
-                self.new_arena(platform, map)?
-            }
-        } else {
-            // A wholly dirty run anywhere, else any free run, else a new arena. `len` is
-            // 2 ..= MAX_SPAN_SLOTS, so both indices are below RUN_LISTS.
-            let i = len.trailing_zeros() as usize - 1;
-            // SAFETY: as above.
-            let (dirty, any) = unsafe {
-                let lists = &self.with_run;
-                (
-                    lists.get_unchecked(SPAN_LENGTHS + i).head,
-                    lists.get_unchecked(i).head,
-                )
-            };
-            match (dirty.is_null(), any.is_null()) {
-                (false, _) => dirty,
-                (true, false) => any,
-                (true, true) => self.new_arena(platform, map)?,
-            }
+        let h = match self
+            .by_dirty_run
+            .best_fit(slots)
+            .or(self.by_run.best_fit(slots))
+        {
+            Some(h) => h,
+            None => self.new_arena(platform, map)?,
         };
-        // SAFETY: `h` is a live arena with a free aligned run of `len` slots (its list, or a new
+        let len = slots as u32;
+        // SAFETY: `h` is a live arena with a free run of `len` slots (its bucket, or a new
         // arena); the run chosen becomes the caller's.
         unsafe {
             let (free, dirty) = ((*h).free, (*h).dirty);
             // A wholly dirty run first (`dirty ⊆ free`), else any free run.
-            let dirty_runs = aligned_runs(dirty, len);
-            let runs = if dirty_runs != 0 {
-                dirty_runs
-            } else {
-                aligned_runs(free, len)
+            let Some(start) = place_run(dirty, len).or(place_run(free, len)) else {
+                fatal("alloc_pool: an arena bucketed with a free run has none")
             };
-            let start = runs.trailing_zeros();
             let run = run_mask(start, len);
             let pool = Self::slot(h, start);
             let dirty_in_run = dirty & run;
             if dirty_in_run != run && !platform.commit(pool, slots * POOL_SIZE) {
                 return None;
             }
-            let n = Self::free_count(h);
-            self.bucket_out(h, n);
+            if free == USABLE {
+                self.empties.remove(h, Chain::Empty);
+                self.empty -= 1;
+            }
             (*h).free &= !run;
             self.slots_in_use += slots;
             (*h).heads |= 1 << start;
@@ -474,11 +554,7 @@ impl Arenas {
                     self.dirty.remove(h, Chain::Dirty);
                 }
             }
-            if n == POOLS_PER_ARENA {
-                self.empty -= 1;
-            }
-            self.bucket_in(h, n - slots);
-            self.update_run_lists(h);
+            self.rebucket(h);
             Some((pool, dirty_in_run == 0 && P::ZERO_FILLED))
         }
     }
@@ -493,12 +569,14 @@ impl Arenas {
                 free: USABLE,
                 dirty: 0,
                 heads: 0,
-                in_run_lists: 0,
                 span: [0; SLOTS],
-                pool_head: [const { AtomicU8::new(0) }; SLOTS],
-                bucket: UNLINKED,
+                run_bucket: 0,
+                dirty_run_bucket: 0,
+                all: UNLINKED,
+                runs: UNLINKED,
+                dirty_runs: UNLINKED,
                 dirty_list: UNLINKED,
-                run_lists: [const { UNLINKED }; RUN_LISTS],
+                empty_list: UNLINKED,
             });
         }
         if map
@@ -514,8 +592,9 @@ impl Arenas {
         self.empty += 1;
         // SAFETY: a live header in no list, every pool slot free.
         unsafe {
-            self.bucket_in(h.as_ptr(), POOLS_PER_ARENA);
-            self.update_run_lists(h.as_ptr());
+            self.all.push_back(h.as_ptr(), Chain::All);
+            self.empties.push_back(h.as_ptr(), Chain::Empty);
+            self.rebucket(h.as_ptr());
         }
         Some(h.as_ptr())
     }
@@ -541,8 +620,6 @@ impl Arenas {
             );
             let len = (*h).span[start as usize] as u32;
             let run = run_mask(start, len);
-            let n = Self::free_count(h);
-            self.bucket_out(h, n);
             (*h).free |= run;
             self.slots_in_use -= len as usize;
             (*h).heads &= !(1 << start);
@@ -552,38 +629,109 @@ impl Arenas {
             }
             (*h).dirty |= run;
             self.dirty_slots += len as usize;
-            let n = n + len as usize;
-            if n == POOLS_PER_ARENA {
+            self.rebucket(h);
+            if (*h).free == USABLE {
+                self.empties.push_back(h, Chain::Empty);
                 self.empty += 1;
-                if self.empty > MAX_EMPTY_ARENAS {
-                    self.release_arena(h, platform, map);
-                    return;
-                }
             }
-            self.bucket_in(h, n);
-            self.update_run_lists(h);
+            // Fewer slots in use may allow fewer empty arenas: unmap the oldest.
+            while self.empty > self.empty_limit() {
+                self.release_arena(self.empties.head, platform, map);
+            }
         }
-        if self.dirty_slots > DIRTY_LIMIT {
-            self.purge(platform, DIRTY_LIMIT / 2);
+        let limit = self.dirty_limit();
+        if self.dirty_slots > limit {
+            self.purge(platform, limit / 2);
         }
     }
 
-    /// Unmaps an empty arena that is in no bucket.
+    /// Resizes a pool in place to `slots` slots (1 to [`MAX_SPAN_SLOTS`]): it grows into the
+    /// free slots right after it, if there are enough, or gives its last slots back. Returns
+    /// whether it did; the pool keeps its start, and grown slots hold what they held (they are
+    /// not known to read zero).
     ///
     /// # Safety
-    /// `h` is a live, empty arena of ours, in no bucket; `map` is the manager's.
+    /// `pool` came from [`Arenas::alloc_pool`] on this manager and is in use; slots it gives
+    /// back are no longer used.
+    pub unsafe fn resize_pool<P: Platform>(
+        &mut self,
+        pool: NonNull<u8>,
+        slots: usize,
+        platform: &P,
+    ) -> bool {
+        let h = Self::header_of(pool);
+        let start = ((pool.addr().get() - h.addr()) / POOL_SIZE) as u32;
+        // SAFETY: `pool` starts a pool of a live arena of ours (caller), so `h` is its header.
+        unsafe {
+            ensure(
+                pool.addr().get() % POOL_SIZE == 0
+                    && (*h).heads & (1 << start) != 0
+                    && (1..=MAX_SPAN_SLOTS).contains(&slots),
+                "resize_pool: not the start of a pool in use, or a bad span length",
+            );
+            let (old, new) = ((*h).span[start as usize] as u32, slots as u32);
+            if new > old {
+                let added = start + old;
+                if start + new > SLOTS as u32
+                    || (*h).free & run_mask(added, new - old) != run_mask(added, new - old)
+                {
+                    return false;
+                }
+                let run = run_mask(added, new - old);
+                let dirty_in_run = (*h).dirty & run;
+                if dirty_in_run != run
+                    && !platform.commit(Self::slot(h, added), (new - old) as usize * POOL_SIZE)
+                {
+                    return false;
+                }
+                (*h).free &= !run;
+                if dirty_in_run != 0 {
+                    (*h).dirty &= !run;
+                    self.dirty_slots -= dirty_in_run.count_ones() as usize;
+                    if (*h).dirty == 0 {
+                        self.dirty.remove(h, Chain::Dirty);
+                    }
+                }
+                self.slots_in_use += (new - old) as usize;
+                Self::set_pool_head(h, added, new - old, start as u8);
+            } else if new < old {
+                let run = run_mask(start + new, old - new);
+                (*h).free |= run;
+                if (*h).dirty == 0 {
+                    self.dirty.push_back(h, Chain::Dirty);
+                }
+                (*h).dirty |= run;
+                self.dirty_slots += (old - new) as usize;
+                self.slots_in_use -= (old - new) as usize;
+                Self::set_pool_head(h, start + new, old - new, 0);
+            }
+            (*h).span[start as usize] = new as u8;
+            self.rebucket(h);
+        }
+        let limit = self.dirty_limit();
+        if self.dirty_slots > limit {
+            self.purge(platform, limit / 2);
+        }
+        true
+    }
+
+    /// Unmaps an empty arena.
+    ///
+    /// # Safety
+    /// `h` is a live arena of ours in the empty list; `map` is the manager's.
     unsafe fn release_arena<P: Platform>(&mut self, h: *mut Header, platform: &P, map: &ArenaMap) {
-        // SAFETY: live header (caller); after this nothing refers to the arena.
+        // SAFETY: live header in the lists its fields name (caller); afterwards nothing refers
+        // to the arena.
         unsafe {
             if (*h).dirty != 0 {
                 self.dirty_slots -= (*h).dirty.count_ones() as usize;
                 self.dirty.remove(h, Chain::Dirty);
             }
-            for (i, list) in self.with_run.iter_mut().enumerate() {
-                if (*h).in_run_lists & (1 << i) != 0 {
-                    list.remove(h, Chain::Runs(i));
-                }
-            }
+            self.by_run.shift(h, (*h).run_bucket as usize, 0);
+            self.by_dirty_run
+                .shift(h, (*h).dirty_run_bucket as usize, 0);
+            self.all.remove(h, Chain::All);
+            self.empties.remove(h, Chain::Empty);
             map.radix.remove(h.addr());
             self.arenas -= 1;
             self.empty -= 1;
@@ -616,7 +764,7 @@ impl Arenas {
                 if (*h).dirty == 0 {
                     self.dirty.remove(h, Chain::Dirty);
                 }
-                self.update_run_lists(h);
+                self.rebucket(h);
                 refused
             };
             if refused {
@@ -628,41 +776,36 @@ impl Arenas {
     /// Gives back what is not needed: decommits every dirty free slot and unmaps every empty
     /// arena (`map` is the manager's).
     pub fn trim<P: Platform>(&mut self, platform: &P, map: &ArenaMap) {
-        let bucket = POOLS_PER_ARENA;
-        while self.nonempty & (1 << bucket) != 0 {
-            let h = self.by_free[bucket].head;
-            // SAFETY: `h` is a live, empty arena in bucket `bucket`.
-            unsafe {
-                self.bucket_out(h, bucket);
-                self.release_arena(h, platform, map);
-            }
+        while !self.empties.head.is_null() {
+            // SAFETY: the head of the empty list is a live, empty arena (A3).
+            unsafe { self.release_arena(self.empties.head, platform, map) };
         }
         self.purge(platform, 0);
     }
 
+    /// Visits every arena.
+    fn for_each_arena(&self, f: impl FnMut(*mut Header)) {
+        // SAFETY: listed headers are live (A1).
+        unsafe { self.all.for_each(Chain::All, f) };
+    }
+
     /// Visits the start of every pool in use.
     pub fn for_each_pool(&self, mut f: impl FnMut(NonNull<u8>)) {
-        for list in &self.by_free {
-            // SAFETY: bucketed headers are live (A1).
-            unsafe {
-                list.for_each(Chain::Bucket, |h| {
-                    let mut heads = (*h).heads;
-                    while heads != 0 {
-                        f(Self::slot(h, heads.trailing_zeros()));
-                        heads &= heads - 1;
-                    }
-                });
+        self.for_each_arena(|h| {
+            // SAFETY: a live header.
+            let mut heads = unsafe { (*h).heads };
+            while heads != 0 {
+                f(Self::slot(h, heads.trailing_zeros()));
+                heads &= heads - 1;
             }
-        }
+        });
     }
 
     /// Current figures (`map` is the manager's).
     pub fn stats(&self, map: &ArenaMap) -> ArenaStats {
         let mut pools = 0;
-        for list in &self.by_free {
-            // SAFETY: bucketed headers are live (A1).
-            unsafe { list.for_each(Chain::Bucket, |h| pools += (*h).heads.count_ones() as usize) };
-        }
+        // SAFETY: a live header.
+        self.for_each_arena(|h| pools += unsafe { (*h).heads.count_ones() } as usize);
         let free_slots = self.arenas * POOLS_PER_ARENA - self.slots_in_use;
         ArenaStats {
             arenas: self.arenas,
@@ -675,43 +818,34 @@ impl Arenas {
         }
     }
 
-    /// Checks the invariants of one arena in bucket `n`: A2, A4, A6 and its map entry.
+    /// Checks the invariants of one arena: A2, its buckets (A1), A6 and its map entry.
     ///
     /// # Safety
     /// `h` is a live arena header of this manager.
-    unsafe fn check_arena(
-        &self,
-        h: *mut Header,
-        n: usize,
-        map: &ArenaMap,
-    ) -> Result<(), &'static str> {
+    unsafe fn check_arena(&self, h: *mut Header, map: &ArenaMap) -> Result<(), &'static str> {
         // SAFETY: a live header (caller).
-        let (free, dirty, heads, in_runs, span) = unsafe {
+        let (free, dirty, heads, span, buckets) = unsafe {
             (
                 (*h).free,
                 (*h).dirty,
                 (*h).heads,
-                (*h).in_run_lists,
                 &(*h).span,
+                ((*h).run_bucket as usize, (*h).dirty_run_bucket as usize),
             )
         };
-        if free.count_ones() as usize != n {
-            return Err("arenas: arena in the wrong bucket");
-        }
         if free & !USABLE != 0 || dirty & !free != 0 || heads & (free | !USABLE) != 0 {
             return Err("arenas: dirty slots not free, a head slot free, or the header slot free");
         }
-        let mut tiled = 0u64;
+        if buckets != (longest_run(free), longest_run(dirty)) {
+            return Err("arenas: an arena is in the wrong bucket for its longest runs");
+        }
+        let mut tiled: SlotBits = 0;
         let mut rest = heads;
         while rest != 0 {
             let start = rest.trailing_zeros();
             let len = span[start as usize] as u32;
-            if !len.is_power_of_two()
-                || len as usize > MAX_SPAN_SLOTS
-                || start % len != 0
-                || start + len > SLOTS as u32
-            {
-                return Err("arenas: a pool's span is misshapen or misaligned");
+            if len == 0 || len as usize > MAX_SPAN_SLOTS || start + len > SLOTS as u32 {
+                return Err("arenas: a pool's span is misshapen or past the arena's end");
             }
             let run = run_mask(start, len);
             if run & (tiled | free) != 0 {
@@ -719,7 +853,7 @@ impl Arenas {
             }
             for i in start..start + len {
                 // SAFETY: a live header (caller); `i < SLOTS` as checked above.
-                if unsafe { (*h).pool_head[i as usize].load(Ordering::Relaxed) } as u32 != start {
+                if unsafe { Self::pool_head(h, i) } as u32 != start {
                     return Err("arenas: a slot of a pool does not lead to the pool's start");
                 }
             }
@@ -731,18 +865,12 @@ impl Arenas {
         }
         let mut free_slots = free;
         while free_slots != 0 {
-            let i = free_slots.trailing_zeros() as usize;
-            // SAFETY: a live header (caller).
-            if unsafe { (*h).pool_head[i].load(Ordering::Relaxed) } != 0 {
+            let i = free_slots.trailing_zeros();
+            // SAFETY: a live header (caller); `i < SLOTS`.
+            if unsafe { Self::pool_head(h, i) } != 0 {
                 return Err("arenas: a free slot leads to a pool");
             }
             free_slots &= free_slots - 1;
-        }
-        for i in 0..RUN_LISTS {
-            // SAFETY: a live header (caller).
-            if unsafe { Self::belongs_in_run_list(h, i) } != (in_runs & (1 << i) != 0) {
-                return Err("arenas: run-list membership disagrees with the bitmaps");
-            }
         }
         if map.radix.get(h.addr()).map(NonNull::as_ptr) != Some(h) {
             return Err("arenas: the map does not lead from the arena to its header");
@@ -754,52 +882,49 @@ impl Arenas {
     pub fn check(&self, map: &ArenaMap) -> Result<(), &'static str> {
         let (mut arenas, mut empty, mut dirty_slots, mut dirty_arenas) = (0, 0, 0, 0);
         let mut free_slots = 0;
-        let mut in_runs = [0usize; RUN_LISTS];
+        let (mut runs, mut dirty_runs) = ([0usize; RUN_BUCKETS], [0usize; RUN_BUCKETS]);
         let mut result = Ok(());
-        for (n, list) in self.by_free.iter().enumerate() {
-            if (self.nonempty >> n & 1 == 1) == list.head.is_null() {
-                return Err("arenas: non-empty bucket bitmap disagrees with the buckets");
-            }
-            // SAFETY: bucketed headers are live (A1).
+        self.for_each_arena(|h| {
+            // SAFETY: a live header.
             unsafe {
-                list.for_each(Chain::Bucket, |h| {
-                    arenas += 1;
-                    free_slots += n;
-                    empty += (n == POOLS_PER_ARENA) as usize;
-                    dirty_slots += (*h).dirty.count_ones() as usize;
-                    dirty_arenas += ((*h).dirty != 0) as usize;
-                    for (i, count) in in_runs.iter_mut().enumerate() {
-                        *count += ((*h).in_run_lists >> i & 1) as usize;
-                    }
-                    if result.is_ok() {
-                        result = self.check_arena(h, n, map);
-                    }
-                });
+                arenas += 1;
+                free_slots += (*h).free.count_ones() as usize;
+                empty += ((*h).free == USABLE) as usize;
+                dirty_slots += (*h).dirty.count_ones() as usize;
+                dirty_arenas += ((*h).dirty != 0) as usize;
+                runs[(*h).run_bucket as usize % RUN_BUCKETS] += 1;
+                dirty_runs[(*h).dirty_run_bucket as usize % RUN_BUCKETS] += 1;
+                if result.is_ok() {
+                    result = self.check_arena(h, map);
+                }
             }
-            result?;
+        });
+        result?;
+        let (listed_runs, listed_dirty_runs) =
+            (self.by_run.lengths()?, self.by_dirty_run.lengths()?);
+        if listed_runs[1..] != runs[1..] || listed_dirty_runs[1..] != dirty_runs[1..] {
+            return Err("arenas: bucket lengths disagree with the arenas' own records");
         }
-        let mut listed = 0;
-        // SAFETY: headers in the dirty list are live (A3).
+        let (mut listed, mut listed_empty) = (0, 0);
+        // SAFETY: headers in the dirty and empty lists are live (A3).
         unsafe {
             self.dirty
-                .for_each(Chain::Dirty, |h| listed += ((*h).dirty != 0) as usize)
-        };
-        if arenas != self.arenas || empty != self.empty {
-            return Err("arenas: arena or empty-arena count is off");
+                .for_each(Chain::Dirty, |h| listed += ((*h).dirty != 0) as usize);
+            self.empties.for_each(Chain::Empty, |h| {
+                listed_empty += ((*h).free == USABLE) as usize
+            });
+        }
+        if arenas != self.arenas || empty != self.empty || listed_empty != empty {
+            return Err("arenas: arena or empty-arena count, or the empty list, is off");
+        }
+        if empty > self.empty_limit() {
+            return Err("arenas: more empty arenas than the limit");
         }
         if dirty_slots != self.dirty_slots || listed != dirty_arenas {
             return Err("arenas: dirty slot count or dirty list is off");
         }
         if self.slots_in_use != self.arenas * POOLS_PER_ARENA - free_slots {
             return Err("arenas: count of slots in use is off");
-        }
-        for (i, list) in self.with_run.iter().enumerate() {
-            let mut len = 0;
-            // SAFETY: headers in run lists are live (A4).
-            unsafe { list.for_each(Chain::Runs(i), |_| len += 1) };
-            if len != in_runs[i] {
-                return Err("arenas: a run list's length disagrees with its members");
-            }
         }
         Ok(())
     }
@@ -810,15 +935,13 @@ impl Arenas {
     /// Nothing handed out by this manager is used any more, and nobody looks up `map`, the
     /// manager's, any more.
     pub unsafe fn release_all<P: Platform>(&mut self, platform: &P, map: &mut ArenaMap) {
-        for n in 0..SLOTS {
-            while let Some(h) = NonNull::new(self.by_free[n].head) {
-                // SAFETY: live header in bucket n; nothing uses the arena any more (caller).
-                unsafe {
-                    self.bucket_out(h.as_ptr(), n);
-                    platform.release(h.cast(), ARENA_SIZE);
-                }
-            }
-        }
+        // SAFETY: listed headers are live; the next link is read before each is unmapped, and
+        // nothing uses the arenas any more (caller).
+        unsafe {
+            self.all.for_each(Chain::All, |h| {
+                platform.release(NonNull::new_unchecked(h.cast()), ARENA_SIZE)
+            })
+        };
         // SAFETY: every node came from PlatformNodes over this platform; no lookup follows.
         unsafe { map.radix.release_nodes(&PlatformNodes(platform)) };
         *self = Arenas::new();
@@ -829,27 +952,80 @@ impl Arenas {
 mod bit_tests {
     use super::*;
 
+    const PATTERNS: [SlotBits; 8] = [
+        USABLE,
+        0,
+        0xF0F0_F0F0_F0F0_F0F0,
+        0xFFFF_0000_FFFF_0000,
+        0x0000_FFFF_FFFF_0000,
+        0x0FF0_0E00_7FFE_1F3E,
+        1 << 63,
+        0x0FF0_0E00_7FFE_1F3E_FFFF_FFF0_0F0F_0003,
+    ];
+
+    fn is_run(bits: SlotBits, start: u32, len: u32) -> bool {
+        start + len <= SlotBits::BITS && bits & run_mask(start, len) == run_mask(start, len)
+    }
+
     #[test]
-    fn aligned_runs_finds_exactly_the_aligned_free_runs() {
-        for len in [1u32, 2, 4, 8, 16, 32] {
-            for free in [
-                USABLE,
-                0,
-                0xF0F0_F0F0_F0F0_F0F0,
-                0xFFFF_0000_FFFF_0000,
-                0x0000_FFFF_FFFF_0000,
-                1 << 63,
-            ] {
-                let runs = aligned_runs(free, len);
-                for i in 0..64u32 {
-                    let expected = i % len == 0
-                        && i + len <= 64
-                        && free & run_mask(i, len) == run_mask(i, len);
+    fn free_runs_finds_exactly_the_runs_of_every_length() {
+        for len in 1..=MAX_SPAN_SLOTS as u32 {
+            for bits in PATTERNS {
+                let runs = free_runs(bits, len);
+                for i in 0..SlotBits::BITS {
                     assert_eq!(
                         runs >> i & 1 == 1,
-                        expected,
-                        "free {free:#x} len {len} slot {i}"
+                        is_run(bits, i, len),
+                        "bits {bits:#x} len {len} slot {i}"
                     );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn longest_run_is_the_longest_capped_at_the_widest_span() {
+        for bits in PATTERNS {
+            let longest = (1..=SlotBits::BITS)
+                .filter(|&len| (0..SlotBits::BITS).any(|i| is_run(bits, i, len)))
+                .max()
+                .unwrap_or(0) as usize;
+            assert_eq!(longest_run(bits), longest.min(MAX_SPAN_SLOTS), "{bits:#x}");
+        }
+    }
+
+    /// The length of the stretch of set bits that starts at `start`.
+    fn stretch(bits: SlotBits, start: u32) -> u32 {
+        (!(bits >> start)).trailing_zeros()
+    }
+
+    #[test]
+    fn place_run_takes_the_start_of_the_shortest_stretch_that_fits() {
+        let mut patterns = PATTERNS.to_vec();
+        patterns.extend([
+            0b1110_0110_1111_1000_0111_0000_1100_1111_1110,
+            0x5555_0F0F_00FF_3333,
+        ]);
+        for len in 1..=MAX_SPAN_SLOTS as u32 {
+            for &bits in &patterns {
+                match place_run(bits, len) {
+                    None => assert_eq!(free_runs(bits, len), 0),
+                    Some(start) => {
+                        assert!(is_run(bits, start, len));
+                        assert!(
+                            start == 0 || bits >> (start - 1) & 1 == 0,
+                            "bits {bits:#x} len {len}: {start} is inside a stretch"
+                        );
+                        let fit = stretch(bits, start).min(MAX_SPAN_SLOTS as u32);
+                        let shortest = (0..SlotBits::BITS)
+                            .filter(|&i| i == 0 || bits >> (i - 1) & 1 == 0)
+                            .map(|i| stretch(bits, i))
+                            .filter(|&l| l >= len)
+                            .min()
+                            .unwrap()
+                            .min(MAX_SPAN_SLOTS as u32);
+                        assert_eq!(fit, shortest, "bits {bits:#x} len {len}");
+                    }
                 }
             }
         }

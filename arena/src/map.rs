@@ -9,7 +9,6 @@
 //! can always be read.
 
 use core::ptr::NonNull;
-use core::sync::atomic::Ordering;
 
 use pymalloc_pool::POOL_SIZE;
 use pymalloc_radix::RadixTree;
@@ -46,11 +45,11 @@ impl ArenaMap {
     #[inline]
     pub fn pool_of(&self, addr: usize) -> Option<NonNull<u8>> {
         let h = self.radix.get(addr)?.as_ptr();
-        let index = (addr - h.addr()) >> POOL_SIZE.trailing_zeros();
+        let index = ((addr - h.addr()) >> POOL_SIZE.trailing_zeros()) as u32;
         // SAFETY: the map holds live arenas only (A5), so `h` is a mapped header, and
         // `index < SLOTS` as `addr` lies in the arena's granule. The entry is atomic; see the
         // module documentation for what its value promises.
-        let head = unsafe { (*h).pool_head.get_unchecked(index).load(Ordering::Relaxed) };
+        let head = unsafe { Arenas::pool_head(h, index) };
         (head != 0).then(|| Arenas::slot(h, head.into()))
     }
 }

@@ -1,7 +1,7 @@
 use std::collections::BTreeSet;
 use std::ptr::NonNull;
 
-use pymalloc_pool::POOL_SIZE;
+use pymalloc_pool::{MAX_SPAN_SLOTS, POOL_SIZE};
 use quickcheck::{QuickCheck, TestResult};
 
 use super::*;
@@ -140,7 +140,7 @@ fn a_free_then_allocate_loop_makes_no_system_call() {
 #[test]
 fn empty_arenas_beyond_the_limit_are_unmapped() {
     let mut f = Fixture::new();
-    let n = MAX_EMPTY_ARENAS + 2;
+    let n = MIN_EMPTY_ARENAS + 2;
     let slots: Vec<_> = (0..n * POOLS_PER_ARENA)
         .map(|_| f.alloc().unwrap().0)
         .collect();
@@ -151,9 +151,9 @@ fn empty_arenas_beyond_the_limit_are_unmapped() {
     let stats = f.arenas.stats(&f.map);
     assert_eq!(
         (stats.arenas, stats.empty_arenas),
-        (MAX_EMPTY_ARENAS, MAX_EMPTY_ARENAS)
+        (MIN_EMPTY_ARENAS, MIN_EMPTY_ARENAS)
     );
-    assert_eq!(f.platform.live_reservations(), MAX_EMPTY_ARENAS + 3);
+    assert_eq!(f.platform.live_reservations(), MIN_EMPTY_ARENAS + 3);
     f.arenas.trim(&f.platform, &f.map);
     f.arenas.check(&f.map).unwrap();
     assert_eq!(f.arenas.stats(&f.map).arenas, 0);
@@ -167,7 +167,7 @@ fn empty_arenas_beyond_the_limit_are_unmapped() {
 #[test]
 fn dirty_slots_beyond_the_limit_are_decommitted_oldest_first() {
     let mut f = Fixture::new();
-    let count = DIRTY_LIMIT + 1;
+    let count = MIN_DIRTY_SLOTS + 1;
     let slots: Vec<_> = (0..count + 1).map(|_| f.alloc().unwrap().0).collect();
     for &s in &slots {
         // SAFETY: each slot is ours until freed.
@@ -177,7 +177,7 @@ fn dirty_slots_beyond_the_limit_are_decommitted_oldest_first() {
         f.free(s);
     }
     let stats = f.arenas.stats(&f.map);
-    assert!(stats.free_dirty_slots <= DIRTY_LIMIT / 2, "{stats:?}");
+    assert!(stats.free_dirty_slots <= MIN_DIRTY_SLOTS / 2, "{stats:?}");
     assert!(f.platform.decommits() >= 1);
     // The oldest freed slots were decommitted: they read zero again.
     // SAFETY: freed slots stay mapped while their arena lives; we only read.
@@ -228,30 +228,33 @@ fn refused_memory_gives_none_and_leaves_the_manager_consistent() {
     f.free(s);
     // Decommit refused: slots stay dirty, nothing is lost, and later purges still work.
     f.platform.set_fail_decommits(true);
-    let slots: Vec<_> = (0..DIRTY_LIMIT + 8).map(|_| f.alloc().unwrap().0).collect();
+    let slots: Vec<_> = (0..MIN_DIRTY_SLOTS + 8)
+        .map(|_| f.alloc().unwrap().0)
+        .collect();
     // The last slot stays in use so that its arena is not emptied (and unmapped).
     for &s in &slots[..slots.len() - 1] {
         f.free(s);
     }
-    assert!(f.arenas.stats(&f.map).free_dirty_slots > DIRTY_LIMIT);
+    assert!(f.arenas.stats(&f.map).free_dirty_slots > MIN_DIRTY_SLOTS);
     f.platform.set_fail_decommits(false);
-    f.arenas.purge(&f.platform, DIRTY_LIMIT / 2);
+    f.arenas.purge(&f.platform, MIN_DIRTY_SLOTS / 2);
     f.arenas.check(&f.map).unwrap();
-    assert!(f.arenas.stats(&f.map).free_dirty_slots <= DIRTY_LIMIT / 2);
+    assert!(f.arenas.stats(&f.map).free_dirty_slots <= MIN_DIRTY_SLOTS / 2);
 }
 
 #[test]
-fn spans_are_aligned_to_their_size_and_found_from_any_of_their_slots() {
+fn spans_lie_in_one_arena_and_are_found_from_any_of_their_slots() {
     let mut f = Fixture::new();
     let mut taken = Vec::new();
     for round in 0..3 {
-        for slots in [1, 2, 4, 8, 16, 32, 4, 1, 2] {
+        for slots in [1, 2, 3, 5, 8, 16, 4, 1, 7] {
             let (p, zeroed) = f.alloc_span(slots).unwrap();
             let bytes = slots * POOL_SIZE;
+            assert_eq!(p.addr().get() % POOL_SIZE, 0, "a pool starts at a slot");
             assert_eq!(
-                p.addr().get() % bytes,
-                0,
-                "a {slots}-slot pool is aligned to its size"
+                p.addr().get() / ARENA_SIZE,
+                (p.addr().get() + bytes - 1) / ARENA_SIZE,
+                "a {slots}-slot pool lies in one arena"
             );
             assert!(zeroed || round > 0);
             for i in 0..slots {
@@ -262,7 +265,7 @@ fn spans_are_aligned_to_their_size_and_found_from_any_of_their_slots() {
             unsafe { p.as_ptr().write_bytes(0xAB, bytes) };
             taken.push((p, slots));
         }
-        // Give back every other pool, so that later spans must find aligned room.
+        // Give back every other pool, so that later spans must find room between pools.
         let mut kept = Vec::new();
         for (i, (p, slots)) in taken.drain(..).enumerate() {
             if i % 2 == 0 {
@@ -274,6 +277,7 @@ fn spans_are_aligned_to_their_size_and_found_from_any_of_their_slots() {
         }
         taken = kept;
     }
+    f.arenas.check(&f.map).unwrap();
     let in_use: usize = taken.iter().map(|&(_, s)| s).sum();
     let stats = f.arenas.stats(&f.map);
     assert_eq!(
@@ -290,10 +294,10 @@ fn spans_are_aligned_to_their_size_and_found_from_any_of_their_slots() {
 #[test]
 fn an_emptied_span_serves_single_slots_and_the_reverse() {
     let mut f = Fixture::new();
-    let (big, _) = f.alloc_span(32).unwrap();
+    let (big, _) = f.alloc_span(MAX_SPAN_SLOTS).unwrap();
     f.free(big);
-    // The 32 freed slots are dirty: single slots come from them first.
-    let singles: Vec<_> = (0..32).map(|_| f.alloc().unwrap()).collect();
+    // The freed slots are dirty: single slots come from them first.
+    let singles: Vec<_> = (0..MAX_SPAN_SLOTS).map(|_| f.alloc().unwrap()).collect();
     assert!(
         singles
             .iter()
@@ -302,12 +306,39 @@ fn an_emptied_span_serves_single_slots_and_the_reverse() {
     assert!(
         singles
             .iter()
-            .all(|&(s, _)| s.addr().get() - big.addr().get() < 32 * POOL_SIZE)
+            .all(|&(s, _)| s.addr().get() - big.addr().get() < MAX_SPAN_SLOTS * POOL_SIZE)
     );
     for (s, _) in singles {
         f.free(s);
     }
-    assert_eq!(f.alloc_span(32).unwrap().0, big);
+    assert_eq!(f.alloc_span(MAX_SPAN_SLOTS).unwrap().0, big);
+}
+
+#[test]
+fn a_span_takes_the_arena_whose_longest_run_fits_it_best() {
+    let mut f = Fixture::new();
+    let slots: Vec<_> = (0..3 * POOLS_PER_ARENA)
+        .map(|_| f.alloc().unwrap().0)
+        .collect();
+    let arena = |i: usize| &slots[i * POOLS_PER_ARENA..(i + 1) * POOLS_PER_ARENA];
+    // Dirty runs: 9 slots in arena 0, 5 in arena 1, 12 in arena 2.
+    for (i, n) in [(0, 9), (1, 5), (2, 12)] {
+        for &s in &arena(i)[20..20 + n] {
+            f.free(s);
+        }
+    }
+    let (p, zeroed) = f.alloc_span(6).unwrap();
+    assert!(!zeroed);
+    assert_eq!(p, arena(0)[20], "the 9-slot run is the best fit for 6");
+    assert_eq!(f.alloc_span(5).unwrap().0, arena(1)[20]);
+    assert_eq!(
+        f.alloc_span(3).unwrap().0,
+        arena(0)[26],
+        "what is left of the 9"
+    );
+    // No dirty run of 13: a new arena's clean slots.
+    let (q, zeroed) = f.alloc_span(13).unwrap();
+    assert!(zeroed && !slots.iter().any(|s| arena_of(*s) == arena_of(q)));
 }
 
 /// Random sequences of taking and giving back pools of every span length, against a model
@@ -323,7 +354,7 @@ fn manager_matches_a_model() {
                 0 | 1 => {
                     for i in 0..1 + pick % 40 {
                         let slots = if i % 3 == 0 {
-                            1 << ((pick as usize + i as usize) % 6)
+                            1 + (pick as usize + i as usize) % MAX_SPAN_SLOTS
                         } else {
                             1
                         };
@@ -352,7 +383,7 @@ fn manager_matches_a_model() {
                         f.free(p);
                     }
                 }
-                _ => f.arenas.purge(&f.platform, pick as usize % DIRTY_LIMIT),
+                _ => f.arenas.purge(&f.platform, pick as usize % MIN_DIRTY_SLOTS),
             }
             let stats = f.arenas.stats(&f.map);
             if stats.pools_in_use != live.len()
@@ -375,4 +406,39 @@ fn manager_matches_a_model() {
         .tests(tests)
         .max_tests(tests * 10)
         .quickcheck(prop as fn(Vec<(u8, u16)>) -> TestResult);
+}
+
+#[test]
+fn a_pool_grows_into_the_free_slots_after_it_and_shrinks_in_place() {
+    let mut f = Fixture::new();
+    let (a, _) = f.alloc_span(3).unwrap();
+    let (b, _) = f.alloc_span(2).unwrap();
+    assert_eq!(
+        b.addr().get(),
+        a.addr().get() + 3 * POOL_SIZE,
+        "packed after a"
+    );
+    // SAFETY: `a` is in use, and each resize is checked.
+    unsafe {
+        assert!(!f.arenas.resize_pool(a, 4, &f.platform), "b is in the way");
+        assert!(f.arenas.resize_pool(b, MAX_SPAN_SLOTS, &f.platform));
+        f.check_step();
+        for i in 0..MAX_SPAN_SLOTS {
+            assert_eq!(f.map.pool_of(b.addr().get() + i * POOL_SIZE), Some(b));
+        }
+        assert!(f.arenas.resize_pool(b, 1, &f.platform));
+        f.check_step();
+        assert_eq!(
+            f.map.pool_of(b.addr().get() + POOL_SIZE),
+            None,
+            "given back"
+        );
+        let stats = f.arenas.stats(&f.map);
+        assert_eq!(stats.slots_in_use, 3 + 1);
+        assert_eq!(stats.free_dirty_slots, MAX_SPAN_SLOTS - 1);
+        assert!(f.arenas.resize_pool(a, 3, &f.platform), "the same size");
+    }
+    for p in [a, b] {
+        f.free(p);
+    }
 }

@@ -6,11 +6,11 @@
 //!   (72 classes), so that a request never wastes more than 12.5% of itself: the step in
 //!   `(2^k, 2^(k+1)]` is `2^(k-3)`, at most an eighth of any size in that range.
 //!
-//! Each class's pool spans `span_slots()` slots of [`POOL_SIZE`] bytes, a power of two no
-//! larger than [`MAX_SPAN_SLOTS`]: the smallest that holds at least eight blocks (or as many as
-//! the widest span holds) and whose unused tail is at most an eighth of it, or else the one of
-//! those that wastes the least. Pools are aligned to their own size, so the pool
-//! of a block is found by masking the block's address with `pool_bytes()`.
+//! Each class's pool spans `span_slots()` consecutive slots of [`POOL_SIZE`] bytes, at most
+//! [`MAX_SPAN_SLOTS`]: the fewest that hold at least eight blocks (one block, for classes of
+//! which eight do not fit in the widest span) and whose unused tail is at most an eighth of
+//! the pool, or else the count of those that wastes the least. A span may start at any slot
+//! of an arena.
 //!
 //! Invariant: a [`SizeClass`] always holds an index below [`NUM_CLASSES`], so tables of
 //! `NUM_CLASSES` entries may be indexed by it without a bounds check.
@@ -27,8 +27,8 @@ const MEDIUM_PER_DOUBLING: usize = 8;
 const POOLED_MAX_LOG: u32 = 18;
 /// The largest request served from pools; anything larger is a large block.
 pub const POOLED_MAX: usize = 1 << POOLED_MAX_LOG;
-/// The most slots one pool may span (a power of two).
-pub const MAX_SPAN_SLOTS: usize = 32;
+/// The most slots one pool may span (a power of two, for the arenas' run search).
+pub const MAX_SPAN_SLOTS: usize = 16;
 
 const SMALL_CLASSES: usize = SMALL_MAX / ALIGNMENT;
 const SMALL_MAX_LOG: u32 = SMALL_MAX.ilog2();
@@ -57,21 +57,21 @@ const fn tail_waste(slots: usize, size: usize) -> usize {
 
 /// Blocks a pool should hold, where the widest span allows: fewer, and a class whose blocks
 /// come and go a few at a time takes and returns whole pools (through the arenas' lock) on
-/// nearly every call.
+/// nearly every call. Classes too large for that get pools of one block, or a few where that
+/// wastes less: a free block stranded in a pool is memory no other class can use.
 const MIN_BLOCKS: usize = 8;
 
 /// Slots a pool of blocks of `size` spans (see the module documentation).
 const fn span_slots_of(size: usize) -> usize {
-    let widest = MAX_SPAN_SLOTS * POOL_SIZE / size;
-    let wanted = if widest < MIN_BLOCKS {
-        widest
-    } else {
+    let wanted = if MAX_SPAN_SLOTS * POOL_SIZE / size >= MIN_BLOCKS {
         MIN_BLOCKS
+    } else {
+        1
     };
     let mut best = 0;
     let mut slots = 1;
     while slots <= MAX_SPAN_SLOTS {
-        if slots * POOL_SIZE / size >= wanted && wanted > 0 {
+        if slots * POOL_SIZE / size >= wanted {
             if tail_waste(slots, size) * 8 <= slots * POOL_SIZE {
                 return slots;
             }
@@ -83,7 +83,7 @@ const fn span_slots_of(size: usize) -> usize {
                 best = slots;
             }
         }
-        slots *= 2;
+        slots += 1;
     }
     best
 }
@@ -158,13 +158,13 @@ impl SizeClass {
         BLOCK_SIZES[self.0 as usize] as usize
     }
 
-    /// Slots of [`POOL_SIZE`] bytes that a pool of this class spans (a power of two).
+    /// Slots of [`POOL_SIZE`] bytes that a pool of this class spans.
     #[inline(always)]
     pub const fn span_slots(self) -> usize {
         SPAN_SLOTS[self.0 as usize] as usize
     }
 
-    /// Bytes of a pool of this class; pools are aligned to it.
+    /// Bytes of a pool of this class.
     #[inline(always)]
     pub const fn pool_bytes(self) -> usize {
         self.span_slots() * POOL_SIZE
@@ -229,38 +229,49 @@ mod tests {
     }
 
     #[test]
-    fn pool_spans_are_powers_of_two_that_fit_their_blocks() {
+    fn pool_spans_are_the_fewest_slots_that_fit_their_blocks() {
         for class in SizeClass::all() {
             let slots = class.span_slots();
-            assert!(
-                slots.is_power_of_two() && slots <= MAX_SPAN_SLOTS,
-                "{class:?}"
-            );
-            assert!(
-                class.pool_bytes() >= class.block_size(),
-                "{class:?} does not fit its pool"
-            );
             let size = class.block_size();
-            let wanted = (MAX_SPAN_SLOTS * POOL_SIZE / size).min(MIN_BLOCKS);
+            assert!((1..=MAX_SPAN_SLOTS).contains(&slots), "{class:?}");
+            let wanted = if MAX_SPAN_SLOTS * POOL_SIZE / size >= MIN_BLOCKS {
+                MIN_BLOCKS
+            } else {
+                1
+            };
             assert!(
                 class.pool_bytes() / size >= wanted,
                 "{class:?} holds too few blocks"
             );
-            if slots > 1 {
-                // A smaller span would hold too few blocks or waste more than an eighth.
-                let half = tail_waste(slots / 2, size);
+            // Every class fits with at most an eighth of its pool unused.
+            assert!(
+                tail_waste(slots, size) * 8 <= slots * POOL_SIZE,
+                "{class:?}"
+            );
+            // Fewer slots would hold too few blocks or waste more than an eighth.
+            for fewer in 1..slots {
                 assert!(
-                    slots / 2 * POOL_SIZE / size < wanted || half * 8 > slots / 2 * POOL_SIZE,
-                    "{class:?}"
+                    fewer * POOL_SIZE / size < wanted
+                        || tail_waste(fewer, size) * 8 > fewer * POOL_SIZE,
+                    "{class:?} could span {fewer} slots"
                 );
             }
         }
         assert_eq!(SizeClass::for_size(512).unwrap().span_slots(), 1);
+        assert_eq!(
+            blocks_per_pool_of(SizeClass::from_index(NUM_CLASSES - 1).unwrap()),
+            1,
+            "the largest class has pools of one block"
+        );
         let widest = SizeClass::all().map(|c| c.span_slots()).max();
         assert_eq!(
             widest,
             Some(MAX_SPAN_SLOTS),
             "the cap is what some class needs"
         );
+    }
+
+    fn blocks_per_pool_of(class: SizeClass) -> usize {
+        class.pool_bytes() / class.block_size()
     }
 }

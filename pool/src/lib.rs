@@ -4,7 +4,7 @@
 //! ([`SizeClass`]) — obmalloc's 32 small classes in 16-byte steps up to 512 bytes, then eight
 //! medium classes per power of two up to 256 KiB — and the *pool* that serves one class from
 //! its own singly-linked freelist ([`PoolPtr`]), carved lazily from a bump offset. A pool is
-//! one 16 KiB slot, or for larger classes a span of several, always aligned to its own size.
+//! one 16 KiB slot, or for larger classes a span of several consecutive slots.
 //!
 //! A pool is in one of three states, with obmalloc's transitions:
 //! - *used*: some blocks in use and some available; it sits in its class's [`PoolList`];
@@ -41,8 +41,8 @@ mod sync {
 pub use class::{ALIGNMENT, MAX_SPAN_SLOTS, NUM_CLASSES, POOLED_MAX, SMALL_MAX, SizeClass};
 pub use fatal::{ensure, fatal};
 pub use pool::{
-    ARENA_SHIFT, ARENA_SIZE, DESCRIPTORS, Freed, POOL_SIZE, Pool, PoolList, PoolPtr, SLOTS,
-    blocks_per_pool,
+    ARENA_SHIFT, ARENA_SIZE, DESCRIPTORS, FIRST_SLOTS, Freed, POOL_SIZE, Pool, PoolList, PoolPtr,
+    SLOTS, blocks_per_pool, first_slot_entry,
 };
 pub use remote::{Drain, RemoteList};
 

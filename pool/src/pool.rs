@@ -1,23 +1,30 @@
 //! The pool: `class.pool_bytes()` of memory — one slot of [`POOL_SIZE`] bytes, or a span of
-//! several — aligned to its own size and carved into blocks of one size class. Its header
-//! (the pool's *descriptor*) is not in that memory: pools live in arenas of [`ARENA_SIZE`]
-//! bytes, aligned to their size, whose first slot holds, from [`DESCRIPTORS`] on, one
-//! descriptor per slot, 64 bytes apart.
+//! several consecutive slots — carved into blocks of one size class. Its header (the pool's
+//! *descriptor*) is not in that memory: pools live in arenas of [`ARENA_SIZE`] bytes, aligned
+//! to their size, whose first slot holds, from [`DESCRIPTORS`] on, one descriptor per slot,
+//! 64 bytes apart, and just below them the *first-slot table*: for each slot, the index of
+//! the first slot of the pool that holds it.
 //!
 //! ```text
-//! arena: | slot 0: arena header … descriptors of slots 0..SLOTS | slot 1 | slot 2 | …
+//! arena: | slot 0: arena header … first-slot table | descriptors of slots 0..SLOTS | slot 1 | …
 //! pool:  | block 0 | block 1 | ... | never used ... |
-//!        ^ aligned to the pool's size  ^ bump       ^ limit
+//!        ^ a slot's start          ^ bump       ^ limit
 //! ```
 //!
 //! Out of line, the descriptors of an arena's pools share a page and sit in consecutive cache
 //! lines. At the start of each pool, 16 KiB apart, they would all fall in the same few sets
 //! of a set-associative cache and evict one another on every allocation.
 //!
+//! A span may start at any slot, so that a free run of slots anywhere in an arena can take
+//! it; the first-slot table (one cache line per arena) is how the pool of a block is found
+//! from the block's address alone. The arena manager writes the table when it hands out and
+//! takes back slots; this crate only reads it.
+//!
 //! Invariants of a live pool (checked by [`PoolPtr::check`]):
-//! - P1 the pool's memory is aligned to its size, inside an arena aligned to [`ARENA_SIZE`],
-//!   and its descriptor is the one of its first slot, so the descriptor of any block is found
-//!   from the block's address alone ([`PoolPtr::containing`]).
+//! - P1 the pool's memory starts at a slot of an arena aligned to [`ARENA_SIZE`], its
+//!   descriptor is the one of its first slot, and the first-slot table names that slot for
+//!   each of the pool's slots, so the descriptor of any block is found from the block's
+//!   address alone ([`PoolPtr::containing`]).
 //! - P2 every block starts at `k * size` from the pool's start and ends by `limit`, the pool's
 //!   size.
 //! - P3 blocks below `bump` are either in use or on the freelist, never both; blocks at or
@@ -30,24 +37,28 @@
 //!   they free must go. Everything else belongs to whoever owns the pool.
 
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 
 use crate::asan;
-use crate::class::{ALIGNMENT, MAX_SPAN_SLOTS, NUM_CLASSES, POOLED_MAX, SizeClass};
+use crate::class::{ALIGNMENT, MAX_SPAN_SLOTS, POOLED_MAX, SizeClass};
 use crate::fatal::{ensure, fatal};
 
 /// Bytes in one slot — the unit arenas hand out, and the size of a single-slot pool. A power
 /// of two, like every pool's size.
 pub const POOL_SIZE: usize = 16 * 1024;
 /// log2 of [`ARENA_SIZE`].
-pub const ARENA_SHIFT: u32 = 20;
+pub const ARENA_SHIFT: u32 = 21;
 /// Bytes in one arena: 1 MiB, as CPython's radix-tree configuration.
 pub const ARENA_SIZE: usize = 1 << ARENA_SHIFT;
 /// Slots per arena, slot 0 (the arena's own) included.
 pub const SLOTS: usize = ARENA_SIZE / POOL_SIZE;
 /// Offset in an arena of the descriptor of its slot 0; slot `i`'s is `DESCRIPTOR_BYTES * i`
-/// further. Below it, the arena manager keeps its own header.
+/// further.
 pub const DESCRIPTORS: usize = 4096;
+/// Offset in an arena of its first-slot table: one byte per slot, the index of the first slot
+/// of the pool that holds it, or 0 for a slot in no pool (slot 0 is the arena's own). Below
+/// it, the arena manager keeps its own header.
+pub const FIRST_SLOTS: usize = DESCRIPTORS - SLOTS;
 /// Bytes between descriptors: one cache line each.
 const DESCRIPTOR_BYTES: usize = 64;
 
@@ -58,50 +69,45 @@ const _: () = assert!(
     DESCRIPTORS + SLOTS * DESCRIPTOR_BYTES <= POOL_SIZE,
     "the descriptors fit in slot 0"
 );
+const _: () = assert!(
+    SLOTS <= u8::MAX as usize + 1,
+    "a first-slot entry is one byte"
+);
 
 /// Number of blocks of `class` that fit in one pool.
 pub const fn blocks_per_pool(class: SizeClass) -> usize {
     class.pool_bytes() / class.block_size()
 }
 
-/// Shifting an address right by this much turns its slot index into its descriptor's offset
-/// from the first descriptor (with bits below and above to be masked off).
-const SLOT_TO_DESCRIPTOR: u32 = POOL_SIZE.trailing_zeros() - DESCRIPTOR_BYTES.trailing_zeros();
-
-/// The descriptor for an address inside a pool: its arena's start, plus `DESCRIPTORS`, plus
-/// its slot index (rounded down to the pool's first slot by `mask`) times `DESCRIPTOR_BYTES`.
+/// The first-slot table entry (P1) of the slot that holds `address`, an address inside an
+/// arena (with the arena's provenance).
 #[inline(always)]
-fn descriptor_at(address: NonNull<u8>, mask: usize) -> NonNull<Pool> {
+pub fn first_slot_entry(address: NonNull<u8>) -> NonNull<AtomicU8> {
+    let slot = (address.addr().get() >> POOL_SIZE.trailing_zeros()) & (SLOTS - 1);
+    let entry = address
+        .as_ptr()
+        .map_addr(|a| (a & !(ARENA_SIZE - 1)) + FIRST_SLOTS + slot);
+    // SAFETY: an address inside an arena, at least `FIRST_SLOTS` above its nonzero start.
+    unsafe { NonNull::new_unchecked(entry.cast()) }
+}
+
+/// The descriptor of slot `slot` of the arena that holds `address`.
+#[inline(always)]
+fn descriptor_at(address: NonNull<u8>, slot: usize) -> NonNull<Pool> {
     let descriptor = address
         .as_ptr()
-        .map_addr(|a| (a & !(ARENA_SIZE - 1)) + DESCRIPTORS + ((a >> SLOT_TO_DESCRIPTOR) & mask));
+        .map_addr(|a| (a & !(ARENA_SIZE - 1)) + DESCRIPTORS + slot * DESCRIPTOR_BYTES);
     // SAFETY: an address inside an arena, at least `DESCRIPTORS` above its nonzero start.
     unsafe { NonNull::new_unchecked(descriptor.cast()) }
 }
 
-/// The mask for [`descriptor_at`] that keeps a slot index whole.
-const ANY_SLOT: usize = (SLOTS - 1) << DESCRIPTOR_BYTES.trailing_zeros();
-
-/// Per class, the mask for [`descriptor_at`] that rounds a slot index down to a multiple of
-/// the class's span: the pool's first slot (P1).
-const FIRST_SLOT: [u16; NUM_CLASSES] = {
-    let mut masks = [0; NUM_CLASSES];
-    let mut i = 0;
-    while i < NUM_CLASSES {
-        let span = match SizeClass::from_index(i) {
-            Some(class) => class.span_slots(),
-            None => 1,
-        };
-        masks[i] = (ANY_SLOT & !((span - 1) << DESCRIPTOR_BYTES.trailing_zeros())) as u16;
-        i += 1;
-    }
-    masks
-};
-
 /// The descriptor of the pool whose memory starts at `memory`, a slot of an arena (P1).
 #[inline(always)]
 fn descriptor_of(memory: NonNull<u8>) -> NonNull<Pool> {
-    descriptor_at(memory, ANY_SLOT)
+    descriptor_at(
+        memory,
+        (memory.addr().get() >> POOL_SIZE.trailing_zeros()) & (SLOTS - 1),
+    )
 }
 
 /// A pool's descriptor, in the first slot of the pool's arena.
@@ -181,7 +187,7 @@ impl PoolPtr {
     /// Formats `memory` as an empty pool of `class` owned by `owner`, writing its descriptor.
     ///
     /// # Safety
-    /// `memory` is a slot of an arena (P1), aligned to `class.pool_bytes()`, and points to that
+    /// `memory` is the first slot of a run of `class.span_slots()` in an arena (P1), and points to that
     /// many writable bytes that the caller owns exclusively, that no other thread reads, and
     /// that stay mapped while the pool is used; if `fresh`, they read zero. The slot's
     /// descriptor is writable and the caller's too.
@@ -193,8 +199,8 @@ impl PoolPtr {
     ) -> PoolPtr {
         let limit = class.pool_bytes();
         ensure(
-            memory.addr().get() % limit == 0,
-            "pool memory is not aligned to its size",
+            memory.addr().get() % POOL_SIZE == 0,
+            "pool memory does not start at a slot",
         );
         let pool = descriptor_of(memory);
         // SAFETY: the caller guarantees the descriptor is writable and ours.
@@ -256,6 +262,42 @@ impl PoolPtr {
         }
     }
 
+    /// Turns a pool whose only block is in use into a pool of `class`, whose pools hold one
+    /// block too, keeping that block where it is (now a block of `class`): for a block that
+    /// grows or shrinks in place once the arenas have resized the pool's span to
+    /// `class.pool_bytes()`.
+    ///
+    /// # Safety
+    /// `self` is a live pool, exclusively the caller's, holding one block, in use at its
+    /// start; its span now covers `class.pool_bytes()` and its first-slot entries are set
+    /// (P1).
+    pub unsafe fn reclass_sole_block(self, class: SizeClass) {
+        let p = self.0.as_ptr();
+        // SAFETY: the pool is live and the caller's (caller); `owner` is left alone.
+        unsafe {
+            ensure(
+                (*p).used == 1
+                    && (*p).bump == (*p).size
+                    && (*p).free.is_null()
+                    && (*p).limit / (*p).size == 1
+                    && blocks_per_pool(class) == 1,
+                "reclass_sole_block: the pool or the class holds more than one block",
+            );
+            let (old_limit, limit) = ((*p).limit as usize, class.pool_bytes());
+            (*p).size = class.block_size() as u32;
+            (*p).bump = (*p).size;
+            (*p).limit = limit as u32;
+            (*p).reciprocal = reciprocal(class.block_size());
+            (*p).class = class;
+            (*p).fresh = false;
+            // The block is usable whole; the tail, never carved, is not; slots given back
+            // are unpoisoned, as pools going back to the arenas are.
+            let memory = self.memory().as_ptr();
+            asan::unpoison(memory, old_limit.max(limit));
+            asan::poison(memory.add(class.block_size()), limit - class.block_size());
+        }
+    }
+
     /// The heap that owns the pool (invariant P7).
     ///
     /// # Safety
@@ -267,13 +309,16 @@ impl PoolPtr {
         unsafe { (*self.0.as_ptr()).owner.load(Ordering::Relaxed) }
     }
 
-    /// The pool of `class` that contains `block` (invariant P1). Pure address arithmetic: the
-    /// result is only meaningful if `block` lies in a pool of that class.
+    /// The pool that contains `block`, found through its arena's first-slot table (P1).
+    ///
+    /// # Safety
+    /// `block` lies in a live pool, from which the caller holds a block in use.
     #[inline(always)]
-    pub fn containing(block: NonNull<u8>, class: SizeClass) -> PoolPtr {
-        // SAFETY: a `SizeClass` is below `NUM_CLASSES` (its invariant).
-        let mask = unsafe { *FIRST_SLOT.get_unchecked(class.index()) };
-        PoolPtr(descriptor_at(block, mask as usize))
+    pub unsafe fn containing(block: NonNull<u8>) -> PoolPtr {
+        // SAFETY: the block's arena is mapped (caller). Relaxed suffices: the entry was written
+        // before the pool was handed out, which happened before the caller got its block.
+        let first = unsafe { first_slot_entry(block).as_ref().load(Ordering::Relaxed) };
+        PoolPtr(descriptor_at(block, first as usize))
     }
 
     /// The pool that starts at `memory`.
@@ -290,7 +335,7 @@ impl PoolPtr {
     pub fn memory(self) -> NonNull<u8> {
         let memory = self.0.as_ptr().cast::<u8>().map_addr(|d| {
             let arena = d & !(ARENA_SIZE - 1);
-            arena + ((d - arena - DESCRIPTORS) << SLOT_TO_DESCRIPTOR)
+            arena + (d - arena - DESCRIPTORS) / DESCRIPTOR_BYTES * POOL_SIZE
         });
         // SAFETY: a descriptor of slot `i >= 1` leads to an address `i` slots into the arena.
         unsafe { NonNull::new_unchecked(memory) }
@@ -455,8 +500,20 @@ impl PoolPtr {
             return Err("pool: block or pool size does not match its class");
         }
         let base = self.memory().addr().get();
-        if base % limit != 0 || descriptor_of(self.memory()) != self.0 {
-            return Err("pool: not aligned to its size, or not at its slot's descriptor");
+        let first = (base >> POOL_SIZE.trailing_zeros()) & (SLOTS - 1);
+        for i in 0..limit.div_ceil(POOL_SIZE) {
+            // SAFETY: the pool's slots lie in its arena (P1), whose table is mapped.
+            let entry = unsafe {
+                first_slot_entry(self.memory().add(i * POOL_SIZE))
+                    .as_ref()
+                    .load(Ordering::Relaxed)
+            };
+            if entry as usize != first {
+                return Err("pool: a slot of the pool does not name the pool's first slot");
+            }
+        }
+        if base % POOL_SIZE != 0 || descriptor_of(self.memory()) != self.0 {
+            return Err("pool: not at a slot, or not at its first slot's descriptor");
         }
         if bump > limit || bump % size != 0 {
             return Err("pool: bump offset off the block grid");

@@ -7,8 +7,9 @@ use quickcheck::{QuickCheck, TestResult};
 use super::*;
 use crate::pool::{block_index, reciprocal};
 
-/// A zeroed arena owned by the test, with room for one pool of a class: `.0` is the pool's
-/// memory, the first slot aligned to the pool's size past the arena's header slot.
+/// A zeroed arena owned by the test, with one pool of a class entered in its first-slot table:
+/// `.0` is the pool's memory, from slot [`FIRST`] on (not aligned to a span's size: spans
+/// start at any slot).
 struct Mem(NonNull<u8>, NonNull<u8>);
 
 const ARENA: Layout = match Layout::from_size_align(ARENA_SIZE, ARENA_SIZE) {
@@ -20,8 +21,10 @@ impl Mem {
     fn new(class: SizeClass) -> Mem {
         // SAFETY: the layout has a non-zero size.
         let arena = NonNull::new(unsafe { alloc_zeroed(ARENA) }).expect("test memory");
-        // SAFETY: a pool's size is below the arena's, so the pool lies inside it.
-        Mem(unsafe { arena.add(class.pool_bytes()) }, arena)
+        // SAFETY: the widest pool fits past slot FIRST, inside the arena.
+        let memory = unsafe { arena.add(FIRST * POOL_SIZE) };
+        enter_pool(memory, class);
+        Mem(memory, arena)
     }
 }
 
@@ -29,6 +32,24 @@ impl Drop for Mem {
     fn drop(&mut self) {
         // SAFETY: allocated in `new` with this layout.
         unsafe { dealloc(self.1.as_ptr(), ARENA) }
+    }
+}
+
+/// The slot where test pools start.
+const FIRST: usize = 3;
+const _: () = assert!(FIRST + MAX_SPAN_SLOTS <= SLOTS);
+
+/// Enters the pool of `class` starting at `memory` in its arena's first-slot table, as the
+/// arena manager does when it hands out slots.
+fn enter_pool(memory: NonNull<u8>, class: SizeClass) {
+    let first = (memory.addr().get() % ARENA_SIZE / POOL_SIZE) as u8;
+    for i in 0..class.span_slots() {
+        // SAFETY: the pool's slots lie in a live test arena.
+        unsafe {
+            first_slot_entry(memory.add(i * POOL_SIZE))
+                .as_ref()
+                .store(first, core::sync::atomic::Ordering::Relaxed)
+        };
     }
 }
 
@@ -45,7 +66,7 @@ fn carves_every_block_once_then_reports_full() {
         .chain(SizeClass::from_index(NUM_CLASSES - 1))
     {
         let slot = Mem::new(class);
-        // SAFETY: the memory is ours, aligned, zeroed.
+        // SAFETY: the memory is ours, entered in its table, zeroed.
         let pool = unsafe { PoolPtr::init(slot.0, class, true, core::ptr::null_mut()) };
         let mut seen = BTreeSet::new();
         let capacity = blocks_per_pool(class);
@@ -57,12 +78,11 @@ fn carves_every_block_once_then_reports_full() {
             assert_eq!(offset, i * class.block_size());
             assert!(offset + class.block_size() <= class.pool_bytes());
             assert_eq!(block.addr().get() % ALIGNMENT, 0);
-            assert_eq!(PoolPtr::containing(block, class), pool);
-            // SAFETY: the last byte of a block just handed out.
-            assert_eq!(
-                PoolPtr::containing(unsafe { block.add(class.block_size() - 1) }, class),
-                pool
-            );
+            // SAFETY: the first and last bytes of a block just handed out.
+            unsafe {
+                assert_eq!(PoolPtr::containing(block), pool);
+                assert_eq!(PoolPtr::containing(block.add(class.block_size() - 1)), pool);
+            }
             assert!(seen.insert(offset));
             // SAFETY: live pool.
             assert_eq!(unsafe { pool.is_full() }, i + 1 == capacity);
@@ -292,37 +312,33 @@ fn pool_matches_a_model() {
 }
 
 #[test]
-fn the_largest_class_holds_two_blocks_and_goes_full_used_empty() {
+fn a_pool_of_one_block_goes_straight_from_full_to_empty() {
     let class = SizeClass::for_size(POOLED_MAX).unwrap();
     assert_eq!(
         blocks_per_pool(class),
-        2,
-        "the widest span holds two of the largest blocks"
+        1,
+        "the largest class has one block a pool"
     );
     let mem = Mem::new(class);
-    // SAFETY: the memory is ours; each block is freed once.
+    // SAFETY: the memory is ours; the block is freed once.
     unsafe {
         let pool = PoolPtr::init(mem.0, class, true, core::ptr::null_mut());
         let (a, zeroed) = pool.alloc().unwrap();
-        assert!(zeroed && !pool.is_full());
-        let (b, _) = pool.alloc().unwrap();
-        assert!(pool.is_full() && pool.alloc().is_none());
-        let freed = pool.free(a);
+        assert!(zeroed && pool.is_full() && pool.alloc().is_none());
+        assert_eq!(PoolPtr::containing(a.add(POOLED_MAX - 1)), pool);
         assert_eq!(
-            freed,
+            pool.free(a),
             Freed {
                 was_full: true,
-                now_empty: false
-            }
-        );
-        assert_eq!(
-            pool.free(b),
-            Freed {
-                was_full: false,
                 now_empty: true
             }
         );
         assert_eq!(pool.check(), Ok(()));
+        let (b, zeroed) = pool.alloc().unwrap();
+        assert!(
+            b == a && !zeroed,
+            "the freed block again, no longer known to be zero"
+        );
     }
 }
 
@@ -335,10 +351,7 @@ fn blocks_of_a_multi_slot_pool_find_its_header() {
     unsafe {
         let pool = PoolPtr::init(mem.0, class, true, core::ptr::null_mut());
         while let Some((b, _)) = pool.alloc() {
-            assert_eq!(
-                PoolPtr::containing(b.add(class.block_size() - 1), class),
-                pool
-            );
+            assert_eq!(PoolPtr::containing(b.add(class.block_size() - 1)), pool);
             assert!(b.addr().get() + class.block_size() <= mem.0.addr().get() + class.pool_bytes());
         }
         assert_eq!(pool.used(), blocks_per_pool(class));
@@ -353,7 +366,7 @@ fn remote_list_returns_every_block_with_its_pool_newest_first() {
         SizeClass::from_index(40).unwrap(),
     ];
     let mems: Vec<Mem> = classes.iter().map(|&c| Mem::new(c)).collect();
-    // SAFETY: each memory is ours, aligned to its class's pool size, zeroed.
+    // SAFETY: each memory is ours, entered in its table, zeroed.
     let pools: Vec<PoolPtr> = mems
         .iter()
         .zip(classes)

@@ -16,7 +16,10 @@ use std::ptr::NonNull;
 use loom::sync::Arc;
 use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::thread;
-use pymalloc_pool::{ARENA_SIZE, PoolList, PoolPtr, RemoteList, SizeClass, blocks_per_pool};
+use pymalloc_pool::{
+    ARENA_SIZE, POOL_SIZE, PoolList, PoolPtr, RemoteList, SizeClass, blocks_per_pool,
+    first_slot_entry,
+};
 
 /// A zeroed arena for one model run, with one pool of a class in the slot past its header
 /// slot (`ptr`).
@@ -33,6 +36,16 @@ impl PoolMemory {
         let arena = NonNull::new(unsafe { alloc_zeroed(layout) }).unwrap();
         // SAFETY: a pool's size is below the arena's.
         let ptr = unsafe { arena.add(class.pool_bytes()) };
+        let first = (ptr.addr().get() % ARENA_SIZE / POOL_SIZE) as u8;
+        for i in 0..class.span_slots() {
+            // SAFETY: the pool's slots lie in the arena; the table is entered as the arena
+            // manager would when handing out the slots.
+            unsafe {
+                first_slot_entry(ptr.add(i * POOL_SIZE))
+                    .as_ref()
+                    .store(first, std::sync::atomic::Ordering::Relaxed)
+            };
+        }
         PoolMemory { ptr, arena, layout }
     }
 }
