@@ -19,14 +19,16 @@
 //!   the arena whose longest dirty run is the shortest that holds `k`, else the one whose
 //!   longest free run is, else a new arena. Freed memory is thus reused before fresh memory
 //!   is faulted in, small requests fill the holes of crowded arenas, long runs are kept for
-//!   long spans, and sparse arenas drain and can go back. Inside the arena the run starts a
-//!   free stretch, so that the rest of the stretch stays in one piece.
+//!   long spans, and sparse arenas drain and can go back. Inside the arena the run starts the
+//!   shortest free stretch that holds it, so that longer stretches stay whole.
 //! - *Decommit with hysteresis*: once more free slots are dirty than
-//!   [`Arenas::dirty_limit`] allows (4 MiB, or an eighth of the slots in use if more), the
-//!   oldest are decommitted until half that remains, so a pool freed and taken again in a
-//!   loop costs no system call, yet a program that frees a lot gets its memory back.
+//!   [`Arenas::dirty_limit`] allows (one arena's worth, or half as many as the slots in use if
+//!   more), the oldest are decommitted until half that remains, so a pool freed and taken
+//!   again in a loop costs no system call, a program whose live memory churns reuses what it
+//!   freed instead of faulting fresh pages in, yet a program that frees most of its memory
+//!   gets it back.
 //! - *Keep some empty arenas*: up to [`Arenas::empty_limit`] wholly free arenas
-//!   ([`MIN_EMPTY_ARENAS`], or one per eight arenas' worth of slots in use if more) stay
+//!   ([`MIN_EMPTY_ARENAS`], or one per [`EMPTY_SHARE`] arenas' worth of slots in use if more) stay
 //!   mapped (their pages subject to the decommit policy); beyond that the one emptied longest
 //!   ago is unmapped. A program whose live memory swings by a few arenas then maps and unmaps
 //!   none.
@@ -40,8 +42,8 @@
 //! - A3 an arena is in the dirty list exactly when its `dirty` is not zero, and `dirty_slots`
 //!   is the sum of their dirty bits; an arena is in the empty list exactly when every slot is
 //!   free, `empty` counts them, and is at most [`Arenas::empty_limit`];
-//! - A5 the [`ArenaMap`] maps every arena's granule to its header, and nothing else;
-//! - A6 the first-slot table names, for a slot `i` in a pool, the index of the pool's first
+//! - A4 the [`ArenaMap`] maps every arena's granule to its header, and nothing else;
+//! - A5 the first-slot table names, for a slot `i` in a pool, the index of the pool's first
 //!   slot, and 0 for a free slot (slot 0, the header's, starts no pool).
 //!
 //! The map lives outside the manager: the manager is used under its owner's lock, while
@@ -61,12 +63,16 @@ use crate::map::ArenaMap;
 pub const POOLS_PER_ARENA: usize = SLOTS - 1;
 /// Wholly free arenas always allowed to stay mapped (see [`Arenas::empty_limit`]).
 pub const MIN_EMPTY_ARENAS: usize = 4;
-/// Dirty free slots always allowed before the oldest are decommitted (4 MiB of pools; see
+/// Dirty free slots always allowed before the oldest are decommitted: one arena's worth (see
 /// [`Arenas::dirty_limit`]).
-pub const MIN_DIRTY_SLOTS: usize = (2 << 20) / POOL_SIZE;
-/// Beyond the minimums, one dirty free slot may be kept per this many slots in use, and one
-/// empty arena per this many arenas' worth of slots in use.
-pub const RETAINED_SHARE: usize = 2;
+pub const MIN_DIRTY_SLOTS: usize = SLOTS;
+/// Beyond [`MIN_DIRTY_SLOTS`], one dirty free slot may be kept per this many slots in use.
+/// Measured on random medium sizes (`docs/design.md`): keeping less makes the program fault
+/// freed memory back in, slower and with no lower peak.
+pub const DIRTY_SHARE: usize = 2;
+/// Beyond [`MIN_EMPTY_ARENAS`], one empty arena may stay mapped per this many arenas' worth of
+/// slots in use.
+pub const EMPTY_SHARE: usize = 8;
 
 /// Buckets by longest run: 1 ..= MAX_SPAN_SLOTS (bucket 0, no run, is never used).
 const RUN_BUCKETS: usize = MAX_SPAN_SLOTS + 1;
@@ -79,8 +85,9 @@ const _: () = assert!(
     "slot bitmaps are one SlotBits"
 );
 const _: () = assert!(
-    MAX_SPAN_SLOTS.is_power_of_two() && MAX_SPAN_SLOTS < SLOTS && RUN_BUCKETS <= 32,
-    "the longest span fits beside the header slot; bucket bitmaps are one u32"
+    MAX_SPAN_SLOTS == 16 && MAX_SPAN_SLOTS < SLOTS && RUN_BUCKETS <= 32,
+    "longest_run counts to 16; the longest span fits beside the header slot; bucket \
+     bitmaps are one u32"
 );
 const _: () = assert!(
     size_of::<Header>() <= FIRST_SLOTS,
@@ -113,24 +120,33 @@ const fn free_runs(bits: SlotBits, len: u32) -> SlotBits {
     runs
 }
 
-/// The length of the longest run of set bits in `bits`, capped at [`MAX_SPAN_SLOTS`]: at most
-/// 2·log2(MAX_SPAN_SLOTS) shift-and-mask steps.
+/// The length of the longest run of set bits in `bits`, capped at [`MAX_SPAN_SLOTS`]: four
+/// shift-and-mask steps by constants, then at most three more.
 const fn longest_run(bits: SlotBits) -> usize {
-    if bits == 0 {
+    // Starts of runs of at least 1, 2, 4, 8 and 16 set bits.
+    let r2 = bits & (bits >> 1);
+    let r4 = r2 & (r2 >> 2);
+    let r8 = r4 & (r4 >> 4);
+    let r16 = r8 & (r8 >> 8);
+    let (mut starts, mut len) = if r16 != 0 {
+        return MAX_SPAN_SLOTS;
+    } else if r8 != 0 {
+        (r8, 8)
+    } else if r4 != 0 {
+        (r4, 4)
+    } else if r2 != 0 {
+        (r2, 2)
+    } else if bits != 0 {
+        return 1;
+    } else {
         return 0;
-    }
-    // `starts` holds the starts of runs of at least `len` set bits. Combining it with itself
-    // shifted by `step` gives the starts of runs of `len + step` provided `step <= len`:
-    // first double `len` while such runs exist, then add halving steps.
-    let (mut starts, mut len) = (bits, 1);
-    while len < MAX_SPAN_SLOTS && starts & (starts >> len) != 0 {
-        starts &= starts >> len;
-        len *= 2;
-    }
+    };
+    // Below the next power of two: add len/2, len/4 … 1 where runs that long exist (a step
+    // no longer than the length reached keeps `starts` exact).
     let mut step = len / 2;
     while step > 0 {
         let longer = starts & (starts >> step);
-        if longer != 0 && len < MAX_SPAN_SLOTS {
+        if longer != 0 {
             starts = longer;
             len += step;
         }
@@ -438,15 +454,15 @@ impl Arenas {
     }
 
     /// Dirty free slots allowed before the oldest are decommitted: [`MIN_DIRTY_SLOTS`], or
-    /// one per [`RETAINED_SHARE`] slots in use if that is more.
+    /// one per [`DIRTY_SHARE`] slots in use if that is more.
     pub fn dirty_limit(&self) -> usize {
-        MIN_DIRTY_SLOTS.max(self.slots_in_use / RETAINED_SHARE)
+        MIN_DIRTY_SLOTS.max(self.slots_in_use / DIRTY_SHARE)
     }
 
     /// Wholly free arenas allowed to stay mapped: [`MIN_EMPTY_ARENAS`], or one per
-    /// [`RETAINED_SHARE`] arenas' worth of slots in use if that is more.
+    /// [`EMPTY_SHARE`] arenas' worth of slots in use if that is more.
     pub fn empty_limit(&self) -> usize {
-        MIN_EMPTY_ARENAS.max(self.slots_in_use / (POOLS_PER_ARENA * RETAINED_SHARE))
+        MIN_EMPTY_ARENAS.max(self.slots_in_use / (POOLS_PER_ARENA * EMPTY_SHARE))
     }
 
     fn header_of(addr: NonNull<u8>) -> *mut Header {
@@ -458,22 +474,23 @@ impl Arenas {
         unsafe { NonNull::new_unchecked(h.cast::<u8>().add(index as usize * POOL_SIZE)) }
     }
 
-    /// Points slots `start .. start + len` at `head` in the first-slot table (A6): the pool's
+    /// Points slots `start .. start + len` at `head` in the first-slot table (A5): the pool's
     /// first slot, or 0.
     ///
     /// # Safety
     /// `h` is a live arena header and the slots are in range.
     unsafe fn set_pool_head(h: *mut Header, start: u32, len: u32, head: u8) {
-        for i in start..start + len {
-            // SAFETY: a live header (caller) and `i < SLOTS` (caller), so the entry lies in the
-            // arena's header slot. Relaxed suffices: a reader that holds a block of the pool
-            // got it after the pool was handed out, through whatever synchronisation passed the
-            // block along; any other reader gets no promise.
-            unsafe { first_slot_entry(Self::slot(h, i)).as_ref() }.store(head, Ordering::Relaxed);
+        let first = first_slot_entry(Self::slot(h, start)).as_ptr();
+        for i in 0..len as usize {
+            // SAFETY: a live header (caller) and slots in range (caller), so the entries lie
+            // in the arena's header slot. Relaxed suffices: a reader that holds a block of the
+            // pool got it after the pool was handed out, through whatever synchronisation
+            // passed the block along; any other reader gets no promise.
+            unsafe { (*first.add(i)).store(head, Ordering::Relaxed) };
         }
     }
 
-    /// The first-slot table's entry for slot `i` (A6).
+    /// The first-slot table's entry for slot `i` (A5).
     ///
     /// # Safety
     /// `h` is a live arena header and `i < SLOTS`.
@@ -482,21 +499,43 @@ impl Arenas {
         unsafe { first_slot_entry(Self::slot(h, i)).as_ref() }.load(Ordering::Relaxed)
     }
 
-    /// Puts the arena in the buckets of its longest free and dirty runs (A1), after its
-    /// bitmaps changed.
+    /// Puts the arena in the bucket of its longest free run (A1), after `free` changed.
     ///
     /// # Safety
     /// `h` is a live arena header of this manager, in the buckets its fields name.
-    unsafe fn rebucket(&mut self, h: *mut Header) {
-        // SAFETY: a live header, in the buckets it names (caller); runs are capped below
+    unsafe fn rebucket_free(&mut self, h: *mut Header) {
+        // SAFETY: a live header, in the bucket it names (caller); runs are capped below
         // RUN_BUCKETS.
         unsafe {
-            let (run, dirty_run) = (longest_run((*h).free), longest_run((*h).dirty));
+            let run = longest_run((*h).free);
             self.by_run.shift(h, (*h).run_bucket as usize, run);
-            self.by_dirty_run
-                .shift(h, (*h).dirty_run_bucket as usize, dirty_run);
             (*h).run_bucket = run as u8;
-            (*h).dirty_run_bucket = dirty_run as u8;
+        }
+    }
+
+    /// Puts the arena in the bucket of its longest dirty run (A1), after `dirty` changed.
+    ///
+    /// # Safety
+    /// As [`Arenas::rebucket_free`].
+    unsafe fn rebucket_dirty(&mut self, h: *mut Header) {
+        // SAFETY: as `rebucket_free`.
+        unsafe {
+            let run = longest_run((*h).dirty);
+            self.by_dirty_run
+                .shift(h, (*h).dirty_run_bucket as usize, run);
+            (*h).dirty_run_bucket = run as u8;
+        }
+    }
+
+    /// Both of the above, after both bitmaps changed.
+    ///
+    /// # Safety
+    /// As [`Arenas::rebucket_free`].
+    unsafe fn rebucket(&mut self, h: *mut Header) {
+        // SAFETY: as the caller guarantees.
+        unsafe {
+            self.rebucket_free(h);
+            self.rebucket_dirty(h);
         }
     }
 
@@ -529,7 +568,7 @@ impl Arenas {
         unsafe {
             let (free, dirty) = ((*h).free, (*h).dirty);
             // A wholly dirty run first (`dirty ⊆ free`), else any free run.
-            let Some(start) = place_run(dirty, len).or(place_run(free, len)) else {
+            let Some(start) = place_run(dirty, len).or_else(|| place_run(free, len)) else {
                 fatal("alloc_pool: an arena bucketed with a free run has none")
             };
             let run = run_mask(start, len);
@@ -553,8 +592,9 @@ impl Arenas {
                 if (*h).dirty == 0 {
                     self.dirty.remove(h, Chain::Dirty);
                 }
+                self.rebucket_dirty(h);
             }
-            self.rebucket(h);
+            self.rebucket_free(h);
             Some((pool, dirty_in_run == 0 && P::ZERO_FILLED))
         }
     }
@@ -764,7 +804,7 @@ impl Arenas {
                 if (*h).dirty == 0 {
                     self.dirty.remove(h, Chain::Dirty);
                 }
-                self.rebucket(h);
+                self.rebucket_dirty(h);
                 refused
             };
             if refused {
@@ -818,7 +858,7 @@ impl Arenas {
         }
     }
 
-    /// Checks the invariants of one arena: A2, its buckets (A1), A6 and its map entry.
+    /// Checks the invariants of one arena: A2, its buckets (A1), A5 and its map entry.
     ///
     /// # Safety
     /// `h` is a live arena header of this manager.
@@ -878,7 +918,7 @@ impl Arenas {
         Ok(())
     }
 
-    /// Checks invariants A1 to A6 (`map` is the manager's).
+    /// Checks invariants A1 to A5 (`map` is the manager's).
     pub fn check(&self, map: &ArenaMap) -> Result<(), &'static str> {
         let (mut arenas, mut empty, mut dirty_slots, mut dirty_arenas) = (0, 0, 0, 0);
         let mut free_slots = 0;

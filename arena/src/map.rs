@@ -1,6 +1,6 @@
 //! [`ArenaMap`]: from any address to the arena, and the pool, that hold it — the question a
 //! `free` with no size asks. Lookups take no lock: the radix tree's loads are atomic (R2 in
-//! `pymalloc-radix`), and so is each slot's entry in its arena header (A6 in `arenas.rs`).
+//! `pymalloc-radix`), and so is each slot's entry in its arena header (A5 in `arenas.rs`).
 //!
 //! The arena manager enters and removes arenas under its owner's lock; lookups may run at any
 //! time. A lookup of an address inside a block that the caller holds is exact: the pool was
@@ -46,7 +46,7 @@ impl ArenaMap {
     pub fn pool_of(&self, addr: usize) -> Option<NonNull<u8>> {
         let h = self.radix.get(addr)?.as_ptr();
         let index = ((addr - h.addr()) >> POOL_SIZE.trailing_zeros()) as u32;
-        // SAFETY: the map holds live arenas only (A5), so `h` is a mapped header, and
+        // SAFETY: the map holds live arenas only (A4), so `h` is a mapped header, and
         // `index < SLOTS` as `addr` lies in the arena's granule. The entry is atomic; see the
         // module documentation for what its value promises.
         let head = unsafe { Arenas::pool_head(h, index) };

@@ -6,7 +6,7 @@
 //! the first slot of the pool that holds it.
 //!
 //! ```text
-//! arena: | slot 0: arena header … first-slot table | descriptors of slots 0..SLOTS | slot 1 | …
+//! arena: | slot 0: header … first-slot table | descriptors of slots 0..SLOTS | slot 1 | …
 //! pool:  | block 0 | block 1 | ... | never used ... |
 //!        ^ a slot's start          ^ bump       ^ limit
 //! ```
@@ -187,10 +187,11 @@ impl PoolPtr {
     /// Formats `memory` as an empty pool of `class` owned by `owner`, writing its descriptor.
     ///
     /// # Safety
-    /// `memory` is the first slot of a run of `class.span_slots()` in an arena (P1), and points to that
-    /// many writable bytes that the caller owns exclusively, that no other thread reads, and
-    /// that stay mapped while the pool is used; if `fresh`, they read zero. The slot's
-    /// descriptor is writable and the caller's too.
+    /// `memory` is the first of `class.span_slots()` consecutive slots of an arena (P1), whose
+    /// first-slot entries name it; they are `class.pool_bytes()` writable bytes that the
+    /// caller owns exclusively, that no other thread reads, and that stay mapped while the
+    /// pool is used; if `fresh`, they read zero. The slot's descriptor is writable and the
+    /// caller's too.
     pub unsafe fn init(
         memory: NonNull<u8>,
         class: SizeClass,
