@@ -12,7 +12,7 @@
 //! thread goes back to its heap through a lock-free list.
 //! Requests up to 256 KiB (after padding for alignment) are served from *pools* of one size
 //! class — obmalloc's 16-byte classes to 512 bytes, then eight per power of two — each with its
-//! own freelist; a pool is a 16 KiB slot, or an aligned span of several, in 1 MiB *arenas* that
+//! own freelist; a pool is a 16 KiB slot, or a span of several, in 2 MiB *arenas* that
 //! a radix tree maps. Whole-empty pools are recycled across size classes in O(1), and memory
 //! goes back to the system with hysteresis. Larger requests get their own mappings, with a
 //! small cache.
