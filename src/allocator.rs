@@ -16,7 +16,7 @@ use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, Ordering};
 
 use pymalloc_arena::{ArenaMap, Arenas, Platform};
-use pymalloc_pool::{ALIGNMENT, NUM_CLASSES, PoolPtr, SizeClass, fatal};
+use pymalloc_pool::{ALIGNMENT, NUM_CLASSES, POOLED_MAX, PoolPtr, SizeClass, fatal};
 
 use crate::debug;
 use crate::heap::{self, HeapCell, SharedAccess};
@@ -522,6 +522,19 @@ impl<'a, P: Platform> Session<'a, P> {
     /// A block for `layout`, with whether it reads zero; `None` if it cannot be had.
     #[inline(always)]
     pub(crate) fn allocate(self, layout: Layout) -> Option<(NonNull<u8>, bool)> {
+        // With no padding for alignment, `Route::of` is the size's class.
+        let class = SizeClass::for_size(layout.size()).filter(|_| layout.align() <= ALIGNMENT);
+        match class {
+            // SAFETY: the heap is claimed (Session::new); blocks are aligned to ALIGNMENT.
+            Some(class) => unsafe { self.cell.alloc(class, self.alloc) },
+            None => self.allocate_rarely(layout),
+        }
+    }
+
+    /// [`Session::allocate`] for over-aligned and large blocks, out of line.
+    #[cold]
+    #[inline(never)]
+    fn allocate_rarely(self, layout: Layout) -> Option<(NonNull<u8>, bool)> {
         match Route::of(layout) {
             Route::Pooled(class) => {
                 // SAFETY: the heap is claimed (Session::new).
@@ -587,20 +600,41 @@ impl<'a, P: Platform> Session<'a, P> {
     /// As [`Allocator::dealloc`].
     #[inline(always)]
     pub(crate) unsafe fn free_block(self, ptr: NonNull<u8>, layout: Layout) {
+        // A pooled block with no padding for alignment: `Route::Pooled`, without computing
+        // the class, which the pool knows.
+        if layout.align() <= ALIGNMENT && layout.size() <= POOLED_MAX {
+            if cfg!(debug_assertions) {
+                if let Route::Pooled(class) = Route::of(layout) {
+                    check_pooled_block(&self.alloc.map, ptr, class);
+                }
+            }
+            // SAFETY: `ptr` starts a pooled block in use (caller; blocks are aligned to
+            // ALIGNMENT, so no padding was skipped); the heap is claimed (Session::new).
+            unsafe { self.cell.free(ptr, self.alloc) }
+        } else {
+            // SAFETY: as the caller guarantees.
+            unsafe { self.free_block_rarely(ptr, layout) }
+        }
+    }
+
+    /// [`Session::free_block`] for over-aligned and large blocks, out of line so that the
+    /// common path keeps no registers to restore.
+    ///
+    /// # Safety
+    /// As [`Allocator::dealloc`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn free_block_rarely(self, ptr: NonNull<u8>, layout: Layout) {
         match Route::of(layout) {
             Route::Pooled(class) => {
                 if cfg!(debug_assertions) {
                     check_pooled_block(&self.alloc.map, ptr, class);
                 }
-                let block = if layout.align() > ALIGNMENT {
-                    // SAFETY: `ptr` lies inside a block in use of a live pool (caller).
-                    unsafe { PoolPtr::containing(ptr).block_start(ptr) }
-                } else {
-                    ptr
-                };
+                // SAFETY: `ptr` lies inside a block in use of a live pool (caller).
+                let block = unsafe { PoolPtr::containing(ptr).block_start(ptr) };
                 // SAFETY: `block` starts a block of `class` in use (caller); the heap is
                 // claimed (Session::new).
-                unsafe { self.cell.free(block, class, self.alloc) }
+                unsafe { self.cell.free(block, self.alloc) }
             }
             // SAFETY: a large block in use of `layout` (caller).
             Route::Large => unsafe {
@@ -650,10 +684,10 @@ impl<'a, P: Platform> Session<'a, P> {
     /// # Safety
     /// As [`Allocator::dealloc_unsized`].
     pub(crate) unsafe fn dealloc_unsized(self, ptr: NonNull<u8>) {
-        if let Some((pool, start)) = self.alloc.pooled_block(ptr) {
+        if let Some((_, start)) = self.alloc.pooled_block(ptr) {
             // SAFETY: `start` is a block of the pool, in use (caller); the heap is claimed
             // (Session::new).
-            unsafe { self.cell.free(start, pool.class(), self.alloc) };
+            unsafe { self.cell.free(start, self.alloc) };
         } else {
             // SAFETY: a large block in use, or (checked there) no block at all (caller).
             unsafe { self.alloc.free_large(ptr, None) };
@@ -715,7 +749,7 @@ impl<'a, P: Platform> Session<'a, P> {
             unsafe {
                 ptr::copy_nonoverlapping(ptr.as_ptr(), new, old_size.min(new_size));
                 match found {
-                    Found::Pooled { class, start, .. } => self.cell.free(start, class, self.alloc),
+                    Found::Pooled { start, .. } => self.cell.free(start, self.alloc),
                     Found::Large { len } => self.alloc.free_large(ptr, Some(len)),
                 }
             }

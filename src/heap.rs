@@ -251,6 +251,34 @@ impl HeapCell {
         // SAFETY: claimed (caller); listed pools are live, ours, and have a block to hand
         // out (H1).
         unsafe {
+            if let Some(block) = self
+                .heap()
+                .list(class)
+                .first()
+                .and_then(|pool| pool.alloc_before_last_free())
+            {
+                bump(&self.counters.live, class, 1);
+                return Some((block, false));
+            }
+            self.alloc_from_any_pool(class, alloc)
+        }
+    }
+
+    /// [`HeapCell::alloc`] when the first listed pool's freelist holds one block or none:
+    /// the last free block, a never-used one, or a pool from `refill`. Out of line, so that
+    /// the fast path keeps no registers to restore.
+    ///
+    /// # Safety
+    /// The caller has claimed the heap.
+    #[inline(never)]
+    unsafe fn alloc_from_any_pool<P: Platform>(
+        &self,
+        class: SizeClass,
+        alloc: &Allocator<P>,
+    ) -> Option<(NonNull<u8>, bool)> {
+        // SAFETY: claimed (caller); listed pools are live, ours, and have a block to hand
+        // out (H1).
+        unsafe {
             let pool = match self.heap().list(class).first() {
                 Some(pool) => pool,
                 None => self.refill(class, alloc)?,
@@ -359,24 +387,20 @@ impl HeapCell {
         true
     }
 
-    /// Frees a block of `class`: onto its pool's freelist if this heap owns it, else onto its
-    /// owner's remote list.
+    /// Frees a block: onto its pool's freelist if this heap owns it, else onto its owner's
+    /// remote list. The pool says the block's class: a free needs no size class computed.
     ///
     /// # Safety
-    /// The caller has claimed the heap; `block` is the start of a block of `class` in use,
-    /// handed out by a heap of `alloc`, and not used after this call.
+    /// The caller has claimed the heap; `block` is the start of a pooled block in use, handed
+    /// out by a heap of `alloc`, and not used after this call.
     #[inline(always)]
-    pub(crate) unsafe fn free<P: Platform>(
-        &self,
-        block: NonNull<u8>,
-        class: SizeClass,
-        alloc: &Allocator<P>,
-    ) {
+    pub(crate) unsafe fn free<P: Platform>(&self, block: NonNull<u8>, alloc: &Allocator<P>) {
         // SAFETY: the block is in use (caller), so its pool is live and entered in its arena.
         let pool = unsafe { PoolPtr::containing(block) };
+        // SAFETY: the block is in use, so its pool is live (caller); its class and owner do
+        // not change while a block is in use (P7).
+        let (class, owner) = unsafe { (pool.class(), pool.owner()) };
         bump(&self.counters.live, class, -1);
-        // SAFETY: the block is in use, so its pool is live (caller).
-        let owner = unsafe { pool.owner() };
         if owner == self.id() {
             // SAFETY: a block in use of a pool this claimed heap owns (caller).
             unsafe { self.free_local(block, pool, alloc) }
