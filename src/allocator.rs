@@ -555,6 +555,20 @@ impl<'a, P: Platform> Session<'a, P> {
         if cfg!(feature = "debug") {
             return debug::alloc(self, layout, false);
         }
+        if let Some(class) = SizeClass::for_size(layout.size()) {
+            if layout.align() <= ALIGNMENT {
+                // SAFETY: the heap is claimed (Session::new).
+                if let Some(block) = unsafe { self.cell.alloc_fast(class) } {
+                    return block.as_ptr();
+                }
+            }
+        }
+        self.alloc_rarely(layout)
+    }
+
+    /// [`Session::alloc`] past its fast path, out of line.
+    #[inline(never)]
+    fn alloc_rarely(self, layout: Layout) -> *mut u8 {
         self.allocate(layout)
             .map_or(ptr::null_mut(), |(p, _)| p.as_ptr())
     }

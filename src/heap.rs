@@ -248,19 +248,28 @@ impl HeapCell {
         class: SizeClass,
         alloc: &Allocator<P>,
     ) -> Option<(NonNull<u8>, bool)> {
+        // SAFETY: claimed (caller).
+        unsafe {
+            match self.alloc_fast(class) {
+                Some(block) => Some((block, false)),
+                None => self.alloc_from_any_pool(class, alloc),
+            }
+        }
+    }
+
+    /// The fast path of [`HeapCell::alloc`]: a block off the freelist of the class's first
+    /// pool when another block follows it there; `None` (and nothing changed) otherwise.
+    ///
+    /// # Safety
+    /// The caller has claimed the heap.
+    #[inline(always)]
+    pub(crate) unsafe fn alloc_fast(&self, class: SizeClass) -> Option<NonNull<u8>> {
         // SAFETY: claimed (caller); listed pools are live, ours, and have a block to hand
         // out (H1).
         unsafe {
-            if let Some(block) = self
-                .heap()
-                .list(class)
-                .first()
-                .and_then(|pool| pool.alloc_before_last_free())
-            {
-                bump(&self.counters.live, class, 1);
-                return Some((block, false));
-            }
-            self.alloc_from_any_pool(class, alloc)
+            let block = self.heap().list(class).first()?.alloc_before_last_free()?;
+            bump(&self.counters.live, class, 1);
+            Some(block)
         }
     }
 
