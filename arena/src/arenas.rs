@@ -2,13 +2,13 @@
 //! hands pools to the heaps — one slot, or a span of up to [`MAX_SPAN_SLOTS`] consecutive
 //! slots — and takes them back.
 //!
-//! Slot 0 of every arena holds its [`Header`], the first-slot table (`pymalloc_pool::
-//! FIRST_SLOTS`) and, from `pymalloc_pool::DESCRIPTORS` on, the descriptors of its pools (only
-//! those pages are ever touched); slots 1.. are pool slots. Each arena keeps three bitmaps:
+//! Slot 0 of every arena holds its [`Header`] and, from `pymalloc_pool::DESCRIPTORS` on, one
+//! line per slot: the descriptor of the pool that starts there and the slot's first-slot
+//! entry (only those pages are ever touched); slots 1.. are pool slots. Each arena keeps three bitmaps:
 //! `free` (slot not in a pool), `dirty` (free slot written since it was last fresh or
 //! decommitted) and `heads` (slot that starts a pool), and the span length of each pool.
 //!
-//! A pool may start at any slot: the first-slot table leads from each of its slots to the
+//! A pool may start at any slot: the first-slot entries lead from each of its slots to the
 //! first, and so from any block to its pool's descriptor. Finding a free run of `k` slots in
 //! an arena is a few shift-and-mask steps on `free`.
 //!
@@ -43,7 +43,7 @@
 //!   is the sum of their dirty bits; an arena is in the empty list exactly when every slot is
 //!   free, `empty` counts them, and is at most [`Arenas::empty_limit`];
 //! - A4 the [`ArenaMap`] maps every arena's granule to its header, and nothing else;
-//! - A5 the first-slot table names, for a slot `i` in a pool, the index of the pool's first
+//! - A5 the first-slot entry of a slot `i` in a pool is the index of the pool's first
 //!   slot, and 0 for a free slot (slot 0, the header's, starts no pool).
 //!
 //! The map lives outside the manager: the manager is used under its owner's lock, while
@@ -53,7 +53,7 @@ use core::ptr::{self, NonNull};
 use core::sync::atomic::Ordering;
 
 pub use pymalloc_pool::{ARENA_SHIFT, ARENA_SIZE, SLOTS};
-use pymalloc_pool::{FIRST_SLOTS, MAX_SPAN_SLOTS, POOL_SIZE, ensure, fatal, first_slot_entry};
+use pymalloc_pool::{DESCRIPTORS, MAX_SPAN_SLOTS, POOL_SIZE, ensure, fatal, first_slot_entry};
 use pymalloc_radix::NodeAlloc;
 
 use crate::Platform;
@@ -90,8 +90,8 @@ const _: () = assert!(
      bitmaps are one u32"
 );
 const _: () = assert!(
-    size_of::<Header>() <= FIRST_SLOTS,
-    "the header ends where the first-slot table begins"
+    size_of::<Header>() <= DESCRIPTORS,
+    "the header ends where the slots' lines begin"
 );
 
 const ALL_SLOTS: SlotBits = SlotBits::MAX >> (SlotBits::BITS as usize - SLOTS);
@@ -474,23 +474,22 @@ impl Arenas {
         unsafe { NonNull::new_unchecked(h.cast::<u8>().add(index as usize * POOL_SIZE)) }
     }
 
-    /// Points slots `start .. start + len` at `head` in the first-slot table (A5): the pool's
+    /// Points the first-slot entries of slots `start .. start + len` at `head` (A5): the pool's
     /// first slot, or 0.
     ///
     /// # Safety
     /// `h` is a live arena header and the slots are in range.
     unsafe fn set_pool_head(h: *mut Header, start: u32, len: u32, head: u8) {
-        let first = first_slot_entry(Self::slot(h, start)).as_ptr();
-        for i in 0..len as usize {
-            // SAFETY: a live header (caller) and slots in range (caller), so the entries lie
-            // in the arena's header slot. Relaxed suffices: a reader that holds a block of the
-            // pool got it after the pool was handed out, through whatever synchronisation
-            // passed the block along; any other reader gets no promise.
-            unsafe { (*first.add(i)).store(head, Ordering::Relaxed) };
+        for i in start..start + len {
+            // SAFETY: a live header (caller) and `i < SLOTS` (caller), so the entry lies in the
+            // arena's header slot. Relaxed suffices: a reader that holds a block of the pool
+            // got it after the pool was handed out, through whatever synchronisation passed the
+            // block along; any other reader gets no promise.
+            unsafe { first_slot_entry(Self::slot(h, i)).as_ref() }.store(head, Ordering::Relaxed);
         }
     }
 
-    /// The first-slot table's entry for slot `i` (A5).
+    /// The first-slot entry of slot `i` (A5).
     ///
     /// # Safety
     /// `h` is a live arena header and `i < SLOTS`.

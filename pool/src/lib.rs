@@ -41,8 +41,8 @@ mod sync {
 pub use class::{ALIGNMENT, MAX_SPAN_SLOTS, NUM_CLASSES, POOLED_MAX, SMALL_MAX, SizeClass};
 pub use fatal::{ensure, fatal};
 pub use pool::{
-    ARENA_SHIFT, ARENA_SIZE, DESCRIPTORS, FIRST_SLOTS, Freed, POOL_SIZE, Pool, PoolList, PoolPtr,
-    SLOTS, blocks_per_pool, first_slot_entry,
+    ARENA_SHIFT, ARENA_SIZE, DESCRIPTORS, Freed, POOL_SIZE, Pool, PoolList, PoolPtr, SLOTS,
+    blocks_per_pool, first_slot_entry,
 };
 pub use remote::{Drain, RemoteList};
 

@@ -1,12 +1,13 @@
 //! The pool: `class.pool_bytes()` of memory — one slot of [`POOL_SIZE`] bytes, or a span of
 //! several consecutive slots — carved into blocks of one size class. Its header (the pool's
 //! *descriptor*) is not in that memory: pools live in arenas of [`ARENA_SIZE`] bytes, aligned
-//! to their size, whose first slot holds, from [`DESCRIPTORS`] on, one descriptor per slot,
-//! 64 bytes apart, and just below them the *first-slot table*: for each slot, the index of
-//! the first slot of the pool that holds it.
+//! to their size, whose first slot holds, from [`DESCRIPTORS`] on, one 64-byte line per slot:
+//! the descriptor of the pool that starts there, if one does, and in its last byte the slot's
+//! *first-slot entry*, the index of the first slot of the pool that holds the slot.
 //!
 //! ```text
-//! arena: | slot 0: header … first-slot table | descriptors of slots 0..SLOTS | slot 1 | …
+//! arena: | slot 0: arena header | lines of slots 0..SLOTS | slot 1 | slot 2 | …
+//! line:  | descriptor (56 bytes) ... | first-slot entry |
 //! pool:  | block 0 | block 1 | ... | never used ... |
 //!        ^ a slot's start          ^ bump       ^ limit
 //! ```
@@ -16,14 +17,15 @@
 //! of a set-associative cache and evict one another on every allocation.
 //!
 //! A span may start at any slot, so that a free run of slots anywhere in an arena can take
-//! it; the first-slot table (one cache line per arena) is how the pool of a block is found
-//! from the block's address alone. The arena manager writes the table when it hands out and
-//! takes back slots; this crate only reads it.
+//! it; the first-slot entries are how the pool of a block is found from the block's address
+//! alone. For a pool of one slot the entry shares the descriptor's cache line, so a free
+//! touches one line of metadata. The arena manager writes the entries when it hands out and
+//! takes back slots; this crate only reads them, and never writes that byte of a line.
 //!
 //! Invariants of a live pool (checked by [`PoolPtr::check`]):
 //! - P1 the pool's memory starts at a slot of an arena aligned to [`ARENA_SIZE`], its
-//!   descriptor is the one of its first slot, and the first-slot table names that slot for
-//!   each of the pool's slots, so the descriptor of any block is found from the block's
+//!   descriptor is the one of its first slot, and the first-slot entries of all its slots
+//!   name that slot, so the descriptor of any block is found from the block's
 //!   address alone ([`PoolPtr::containing`]).
 //! - P2 every block starts at `k * size` from the pool's start and ends by `limit`, the pool's
 //!   size.
@@ -52,19 +54,21 @@ pub const ARENA_SHIFT: u32 = 21;
 pub const ARENA_SIZE: usize = 1 << ARENA_SHIFT;
 /// Slots per arena, slot 0 (the arena's own) included.
 pub const SLOTS: usize = ARENA_SIZE / POOL_SIZE;
-/// Offset in an arena of the descriptor of its slot 0; slot `i`'s is `DESCRIPTOR_BYTES * i`
-/// further.
+/// Offset in an arena of the line of its slot 0; slot `i`'s is `DESCRIPTOR_BYTES * i` further.
+/// Below it, the arena manager keeps its own header.
 pub const DESCRIPTORS: usize = 4096;
-/// Offset in an arena of its first-slot table: one byte per slot, the index of the first slot
-/// of the pool that holds it, or 0 for a slot in no pool (slot 0 is the arena's own). Below
-/// it, the arena manager keeps its own header.
-pub const FIRST_SLOTS: usize = DESCRIPTORS - SLOTS;
 /// Bytes between descriptors: one cache line each.
 const DESCRIPTOR_BYTES: usize = 64;
+/// Offset in a slot's line of its first-slot entry: the index of the first slot of the pool
+/// that holds the slot, or 0 for a slot in no pool (slot 0 is the arena's own). Past the
+/// descriptor, which never writes it.
+const FIRST_SLOT_ENTRY: usize = DESCRIPTOR_BYTES - 1;
 
 const _: () = assert!(POOL_SIZE.is_power_of_two() && POOL_SIZE >= ALIGNMENT);
-const _: () =
-    assert!(size_of::<Pool>() <= DESCRIPTOR_BYTES && align_of::<Pool>() <= DESCRIPTOR_BYTES);
+const _: () = assert!(
+    size_of::<Pool>() <= FIRST_SLOT_ENTRY && align_of::<Pool>() <= DESCRIPTOR_BYTES,
+    "a descriptor ends before its line's first-slot entry"
+);
 const _: () = assert!(
     DESCRIPTORS + SLOTS * DESCRIPTOR_BYTES <= POOL_SIZE,
     "the descriptors fit in slot 0"
@@ -79,15 +83,15 @@ pub const fn blocks_per_pool(class: SizeClass) -> usize {
     class.pool_bytes() / class.block_size()
 }
 
-/// The first-slot table entry (P1) of the slot that holds `address`, an address inside an
-/// arena (with the arena's provenance).
+/// The first-slot entry (P1) of the slot that holds `address`, an address inside an arena
+/// (with the arena's provenance).
 #[inline(always)]
 pub fn first_slot_entry(address: NonNull<u8>) -> NonNull<AtomicU8> {
     let slot = (address.addr().get() >> POOL_SIZE.trailing_zeros()) & (SLOTS - 1);
-    let entry = address
-        .as_ptr()
-        .map_addr(|a| (a & !(ARENA_SIZE - 1)) + FIRST_SLOTS + slot);
-    // SAFETY: an address inside an arena, at least `FIRST_SLOTS` above its nonzero start.
+    let entry = address.as_ptr().map_addr(|a| {
+        (a & !(ARENA_SIZE - 1)) + DESCRIPTORS + slot * DESCRIPTOR_BYTES + FIRST_SLOT_ENTRY
+    });
+    // SAFETY: an address inside an arena, at least `DESCRIPTORS` above its nonzero start.
     unsafe { NonNull::new_unchecked(entry.cast()) }
 }
 
@@ -110,7 +114,8 @@ fn descriptor_of(memory: NonNull<u8>) -> NonNull<Pool> {
     )
 }
 
-/// A pool's descriptor, in the first slot of the pool's arena.
+/// A pool's descriptor, in the first slot of the pool's arena. Its fields are ordered
+/// widest first, so that it ends before its line's first-slot entry.
 #[repr(C)]
 pub struct Pool {
     /// Head of the freelist; each free block's first word holds the next free block.
@@ -118,23 +123,28 @@ pub struct Pool {
     /// Links in the list of usable pools of this class (see [`PoolList`]).
     prev: *mut Pool,
     next: *mut Pool,
-    /// Blocks handed out and not yet freed.
-    used: u32,
+    /// The heap that owns the pool, opaque to this crate (invariant P7).
+    owner: AtomicPtr<()>,
+    /// `ceil(2^RECIPROCAL_SHIFT / size)`: dividing an offset in the pool by the block size is
+    /// a multiplication ([`block_index`]).
+    reciprocal: u64,
     /// Offset of the first never-used block.
     bump: u32,
     /// Block size of `class`, kept here so the fast path need not look it up.
     size: u32,
     /// Bytes of the pool: `class.pool_bytes()`.
     limit: u32,
+    /// Blocks handed out and not yet freed (at most 1 024: 16 KiB of 16-byte blocks).
+    used: u16,
     class: SizeClass,
     /// Whether the never-used part of the pool reads zero (invariant P6).
     fresh: bool,
-    /// The heap that owns the pool, opaque to this crate (invariant P7).
-    owner: AtomicPtr<()>,
-    /// `ceil(2^RECIPROCAL_SHIFT / size)`: dividing an offset in the pool by the block size is
-    /// a multiplication ([`block_index`]).
-    reciprocal: u64,
 }
+
+const _: () = assert!(
+    POOL_SIZE / ALIGNMENT <= u16::MAX as usize,
+    "a pool's count of blocks in use fits `used`"
+);
 
 /// See [`Pool::reciprocal`].
 const RECIPROCAL_SHIFT: u32 = 40;
@@ -310,7 +320,7 @@ impl PoolPtr {
         unsafe { (*self.0.as_ptr()).owner.load(Ordering::Relaxed) }
     }
 
-    /// The pool that contains `block`, found through its arena's first-slot table (P1).
+    /// The pool that contains `block`, found through its slot's first-slot entry (P1).
     ///
     /// # Safety
     /// `block` lies in a live pool, from which the caller holds a block in use.

@@ -7,7 +7,7 @@ use quickcheck::{QuickCheck, TestResult};
 use super::*;
 use crate::pool::{block_index, reciprocal};
 
-/// A zeroed arena owned by the test, with one pool of a class entered in its first-slot table:
+/// A zeroed arena owned by the test, with one pool of a class entered in its first-slot entries:
 /// `.0` is the pool's memory, from slot [`FIRST`] on (not aligned to a span's size: spans
 /// start at any slot).
 struct Mem(NonNull<u8>, NonNull<u8>);
@@ -39,7 +39,7 @@ impl Drop for Mem {
 const FIRST: usize = 3;
 const _: () = assert!(FIRST + MAX_SPAN_SLOTS <= SLOTS);
 
-/// Enters the pool of `class` starting at `memory` in its arena's first-slot table, as the
+/// Enters the pool of `class` starting at `memory` in its slots' first-slot entries, as the
 /// arena manager does when it hands out slots.
 fn enter_pool(memory: NonNull<u8>, class: SizeClass) {
     let first = (memory.addr().get() % ARENA_SIZE / POOL_SIZE) as u8;
