@@ -429,6 +429,10 @@ impl PoolPtr {
         // SAFETY: the pool is live and ours; `block` is one of its blocks in use (caller), so
         // its first word is ours to overwrite with the freelist link.
         unsafe {
+            ensure(
+                (*p).used != 0,
+                "free into a pool with no block in use (double free)",
+            );
             // The cheap half of a double-free check, as glibc's "fasttop": the block freed
             // last is the freelist's head.
             let head = (*p).free;
@@ -440,15 +444,10 @@ impl PoolPtr {
             block.cast::<*mut u8>().write(head);
             asan::poison(block.as_ptr(), (*p).size as usize);
             (*p).free = block.as_ptr();
-            // A pool with no block in use: the count would wrap. The freelist is damaged by
-            // now, but nothing runs after the abort.
-            let Some(used) = (*p).used.checked_sub(1) else {
-                fatal("free into a pool with no block in use (double free)")
-            };
-            (*p).used = used;
+            (*p).used -= 1;
             Freed {
                 was_full,
-                now_empty: used == 0,
+                now_empty: (*p).used == 0,
             }
         }
     }
