@@ -6,8 +6,10 @@
 //! ([`RawLock::force_unlock`]). Waiters spin briefly, then yield the processor: every
 //! critical section here is short (a few list operations, or one system call at most).
 //!
-//! Taking and releasing are sequentially consistent, because heaps use the flag in a
-//! handshake with their remote-free list (see `heap.rs`).
+//! Taking and releasing a [`RawLock`] are sequentially consistent, because heaps use the flag
+//! in a handshake with their remote-free list (see `heap.rs`). A [`SpinLock`] guards nothing
+//! of the kind and releases with an ordinary release store (on x86, a plain store where the
+//! sequentially consistent one is a locked exchange).
 
 use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
@@ -70,6 +72,16 @@ impl RawLock {
     #[inline]
     pub(crate) unsafe fn unlock(&self) {
         self.locked.store(false, Ordering::SeqCst);
+    }
+
+    /// Releases the lock, ordering only what the critical section did before the release (no
+    /// handshake relies on this release).
+    ///
+    /// # Safety
+    /// The caller holds it.
+    #[inline]
+    unsafe fn unlock_release(&self) {
+        self.locked.store(false, Ordering::Release);
     }
 
     /// Releases the lock whoever holds it: for a forked child, where the holder does not exist.
@@ -137,6 +149,6 @@ impl<T> DerefMut for SpinGuard<'_, T> {
 impl<T> Drop for SpinGuard<'_, T> {
     fn drop(&mut self) {
         // SAFETY: the guard holds the lock.
-        unsafe { self.lock.raw.unlock() }
+        unsafe { self.lock.raw.unlock_release() }
     }
 }
