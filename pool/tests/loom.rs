@@ -66,12 +66,12 @@ fn block(addr: Addr) -> NonNull<u8> {
     NonNull::new(addr.0 as *mut u8).unwrap()
 }
 
-/// A fresh pool of a class whose pools hold three or four blocks (few enough to model), with
+/// A fresh pool of a class whose pools hold two to four blocks (few enough to model), with
 /// the memory that holds it.
 fn small_pool() -> (PoolMemory, PoolPtr) {
     let class = SizeClass::all()
-        .find(|&c| (3..=4).contains(&blocks_per_pool(c)))
-        .unwrap();
+        .find(|&c| (2..=4).contains(&blocks_per_pool(c)))
+        .expect("a class with two to four blocks a pool");
     let memory = PoolMemory::new(class);
     // SAFETY: fresh memory of the pool's size and alignment, ours alone.
     let pool = unsafe { PoolPtr::init(memory.ptr, class, true, std::ptr::null_mut()) };
