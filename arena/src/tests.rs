@@ -153,14 +153,18 @@ fn empty_arenas_beyond_the_limit_are_unmapped() {
         (stats.arenas, stats.empty_arenas),
         (MIN_EMPTY_ARENAS, MIN_EMPTY_ARENAS)
     );
-    assert_eq!(f.platform.live_reservations(), MIN_EMPTY_ARENAS + 3);
+    let before_trim = f.platform.live_reservations();
     f.arenas.trim(&f.platform, &f.map);
     f.arenas.check(&f.map).unwrap();
     assert_eq!(f.arenas.stats(&f.map).arenas, 0);
+    // Only the radix nodes are left (three, or more where the arenas' addresses spread over
+    // several leaves, as under AddressSanitizer's allocator).
+    let nodes = f.platform.live_reservations();
+    assert!(nodes >= 3);
     assert_eq!(
-        f.platform.live_reservations(),
-        3,
-        "only the radix nodes are left"
+        before_trim,
+        MIN_EMPTY_ARENAS + nodes,
+        "the kept arenas and the radix nodes"
     );
 }
 
