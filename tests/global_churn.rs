@@ -7,7 +7,7 @@ mod common;
 
 use std::alloc::System;
 
-use common::{churn, rss_bytes};
+use common::{churn, large_anonymous_mappings, rss_bytes};
 
 #[global_allocator]
 static GLOBAL: pymalloc::PyMalloc = pymalloc::PyMalloc;
@@ -29,10 +29,12 @@ fn four_threads_churning_a_million_ops_each_leave_rss_where_it_was() {
     assert_eq!(report.ops, 4_000_000);
     assert!(report.remote_frees > 300_000, "{report:?}");
     pymalloc::check().unwrap();
+    // On failure, say where the memory is: anonymous mappings holding 512 KiB or more.
     assert!(
         end <= start + (16 << 20),
-        "RSS grew from {} to {} MiB",
+        "RSS grew from {} to {} MiB; large anonymous mappings:\n{}",
         start >> 20,
-        end >> 20
+        end >> 20,
+        large_anonymous_mappings(512 << 10)
     );
 }

@@ -68,6 +68,41 @@ pub fn rss_bytes() -> usize {
     kib << 10
 }
 
+/// The anonymous mappings of this process holding at least `min_rss` bytes, a line each
+/// (address range, size, resident bytes, and whether it is arena-shaped: 2 MiB at a 2 MiB
+/// boundary), for a test that finds RSS higher than it expects to say where it is.
+pub fn large_anonymous_mappings(min_rss: usize) -> String {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+    let mut out = String::new();
+    let mut range = None;
+    let mut file_backed = false;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or("");
+        if let Some((lo, hi)) = first.split_once('-') {
+            if let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16)) {
+                range = Some((lo, hi));
+                // Fields: range, perms, offset, device, inode, path; inode 0 is anonymous.
+                file_backed = fields.nth(3).is_some_and(|inode| inode != "0");
+                continue;
+            }
+        }
+        if let (Some((lo, hi)), "Rss:", false) = (range, first, file_backed) {
+            let rss = fields.next().and_then(|k| k.parse::<usize>().ok()).unwrap_or(0) << 10;
+            if rss >= min_rss {
+                let arena = hi - lo == 2 << 20 && lo % (2 << 20) == 0;
+                out += &format!(
+                    "{lo:#x}-{hi:#x}: {} KiB mapped, {} KiB resident{}\n",
+                    (hi - lo) >> 10,
+                    rss >> 10,
+                    if arena { " (arena-shaped)" } else { "" }
+                );
+            }
+        }
+    }
+    out
+}
+
 /// A small, fast, deterministic generator (xorshift64*).
 pub struct Rng(u64);
 
