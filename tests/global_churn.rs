@@ -20,9 +20,10 @@ fn four_threads_churning_a_million_ops_each_leave_rss_where_it_was() {
     let end = rss_bytes();
     let stats = pymalloc::stats();
     eprintln!(
-        "{report:?}\nRSS start {} MiB, end {} MiB\n{stats}",
+        "{report:?}\nRSS start {} MiB, end {} MiB\n{stats}\nlarge anonymous mappings:\n{}",
         start >> 20,
-        end >> 20
+        end >> 20,
+        large_anonymous_mappings(256 << 10)
     );
     assert_eq!(report.corrupt, 0);
     assert_eq!(report.failed_allocs, 0);

@@ -80,7 +80,8 @@ pub fn large_anonymous_mappings(min_rss: usize) -> String {
         let mut fields = line.split_whitespace();
         let first = fields.next().unwrap_or("");
         if let Some((lo, hi)) = first.split_once('-') {
-            if let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16)) {
+            if let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+            {
                 range = Some((lo, hi));
                 // Fields: range, perms, offset, device, inode, path; inode 0 is anonymous.
                 file_backed = fields.nth(3).is_some_and(|inode| inode != "0");
@@ -88,7 +89,11 @@ pub fn large_anonymous_mappings(min_rss: usize) -> String {
             }
         }
         if let (Some((lo, hi)), "Rss:", false) = (range, first, file_backed) {
-            let rss = fields.next().and_then(|k| k.parse::<usize>().ok()).unwrap_or(0) << 10;
+            let rss = fields
+                .next()
+                .and_then(|k| k.parse::<usize>().ok())
+                .unwrap_or(0)
+                << 10;
             if rss >= min_rss {
                 let arena = hi - lo == 2 << 20 && lo % (2 << 20) == 0;
                 out += &format!(
@@ -175,65 +180,73 @@ pub fn churn<A: GlobalAlloc + Sync>(
     let report = Mutex::new(ChurnReport::default());
     let barrier = Barrier::new(threads);
     std::thread::scope(|s| {
-        for t in 0..threads {
-            let (inboxes, report, barrier) = (&inboxes, &report, &barrier);
-            s.spawn(move || {
-                let mut r = ChurnReport::default();
-                let mut rng = Rng::new(t as u64 + 1);
-                let free = |b: Block, r: &mut ChurnReport| {
-                    // SAFETY: `b` is a live block of `a` with this layout, filled with its seed.
-                    unsafe {
-                        if !holds(b.ptr as *const u8, b.layout.size(), b.seed) {
-                            r.corrupt += 1;
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (inboxes, report, barrier) = (&inboxes, &report, &barrier);
+                s.spawn(move || {
+                    let mut r = ChurnReport::default();
+                    let mut rng = Rng::new(t as u64 + 1);
+                    let free = |b: Block, r: &mut ChurnReport| {
+                        // SAFETY: `b` is a live block of `a` with this layout, filled with its seed.
+                        unsafe {
+                            if !holds(b.ptr as *const u8, b.layout.size(), b.seed) {
+                                r.corrupt += 1;
+                            }
+                            a.dealloc(b.ptr as *mut u8, b.layout);
                         }
-                        a.dealloc(b.ptr as *mut u8, b.layout);
-                    }
-                };
-                let mut mine: Vec<Option<Block>> = (0..slots).map(|_| None).collect();
-                for op in 0..ops {
-                    let i = rng.below(slots as u64) as usize;
-                    if let Some(b) = mine[i].take() {
-                        if rng.below(10) == 0 {
-                            inboxes[(t + 1) % threads].lock().unwrap().push(b);
-                            r.remote_frees += 1;
+                    };
+                    let mut mine: Vec<Option<Block>> = (0..slots).map(|_| None).collect();
+                    for op in 0..ops {
+                        let i = rng.below(slots as u64) as usize;
+                        if let Some(b) = mine[i].take() {
+                            if rng.below(10) == 0 {
+                                inboxes[(t + 1) % threads].lock().unwrap().push(b);
+                                r.remote_frees += 1;
+                            } else {
+                                free(b, &mut r);
+                            }
+                        }
+                        let layout = random_layout(&mut rng, max_size, max_align);
+                        // SAFETY: the layout has a non-zero size.
+                        let ptr = unsafe { a.alloc(layout) };
+                        if ptr.is_null() {
+                            r.failed_allocs += 1;
                         } else {
-                            free(b, &mut r);
+                            let seed = rng.next();
+                            // SAFETY: a fresh block of layout.size() bytes.
+                            unsafe { fill(ptr, layout.size(), seed) };
+                            if ptr as usize % layout.align() != 0 {
+                                r.corrupt += 1;
+                            }
+                            mine[i] = Some(Block {
+                                ptr: ptr as usize,
+                                layout,
+                                seed,
+                            });
                         }
-                    }
-                    let layout = random_layout(&mut rng, max_size, max_align);
-                    // SAFETY: the layout has a non-zero size.
-                    let ptr = unsafe { a.alloc(layout) };
-                    if ptr.is_null() {
-                        r.failed_allocs += 1;
-                    } else {
-                        let seed = rng.next();
-                        // SAFETY: a fresh block of layout.size() bytes.
-                        unsafe { fill(ptr, layout.size(), seed) };
-                        if ptr as usize % layout.align() != 0 {
-                            r.corrupt += 1;
+                        if op % 64 == 0 {
+                            let received = std::mem::take(&mut *inboxes[t].lock().unwrap());
+                            received.into_iter().for_each(|b| free(b, &mut r));
                         }
-                        mine[i] = Some(Block {
-                            ptr: ptr as usize,
-                            layout,
-                            seed,
-                        });
+                        r.ops += 1;
                     }
-                    if op % 64 == 0 {
-                        let received = std::mem::take(&mut *inboxes[t].lock().unwrap());
-                        received.into_iter().for_each(|b| free(b, &mut r));
-                    }
-                    r.ops += 1;
-                }
-                mine.into_iter().flatten().for_each(|b| free(b, &mut r));
-                barrier.wait(); // nobody sends any more
-                let received = std::mem::take(&mut *inboxes[t].lock().unwrap());
-                received.into_iter().for_each(|b| free(b, &mut r));
-                let mut total = report.lock().unwrap();
-                total.ops += r.ops;
-                total.remote_frees += r.remote_frees;
-                total.corrupt += r.corrupt;
-                total.failed_allocs += r.failed_allocs;
-            });
+                    mine.into_iter().flatten().for_each(|b| free(b, &mut r));
+                    barrier.wait(); // nobody sends any more
+                    let received = std::mem::take(&mut *inboxes[t].lock().unwrap());
+                    received.into_iter().for_each(|b| free(b, &mut r));
+                    let mut total = report.lock().unwrap();
+                    total.ops += r.ops;
+                    total.remote_frees += r.remote_frees;
+                    total.corrupt += r.corrupt;
+                    total.failed_allocs += r.failed_allocs;
+                })
+            })
+            .collect();
+        // Joined one by one, not by the scope's end: that returns once each closure is done,
+        // before the thread's exit (its thread-local destructors, its heap handed on, its
+        // stack given back), so memory measured right after would still hold some of it.
+        for h in handles {
+            h.join().unwrap();
         }
     });
     report.into_inner().unwrap()
