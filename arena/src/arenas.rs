@@ -565,36 +565,86 @@ impl Arenas {
         // SAFETY: `h` is a live arena with a free run of `len` slots (its bucket, or a new
         // arena); the run chosen becomes the caller's.
         unsafe {
-            let (free, dirty) = ((*h).free, (*h).dirty);
             // A wholly dirty run first (`dirty ⊆ free`), else any free run.
-            let Some(start) = place_run(dirty, len).or_else(|| place_run(free, len)) else {
+            let Some(start) = place_run((*h).dirty, len).or_else(|| place_run((*h).free, len))
+            else {
                 fatal("alloc_pool: an arena bucketed with a free run has none")
             };
-            let run = run_mask(start, len);
-            let pool = Self::slot(h, start);
-            let dirty_in_run = dirty & run;
-            if dirty_in_run != run && !platform.commit(pool, slots * POOL_SIZE) {
+            let had_dirty = self.take_run(h, start, len, platform)?;
+            (*h).heads |= 1 << start;
+            (*h).span[start as usize] = len as u8;
+            Self::set_pool_head(h, start, len, start as u8);
+            Some((Self::slot(h, start), !had_dirty && P::ZERO_FILLED))
+        }
+    }
+
+    /// Takes the free slots `start .. start + len` of `h` into use, committing those that are
+    /// not dirty; returns whether any was dirty, or `None` (and changes nothing) if the
+    /// platform refused the commit. The caller records the pool they belong to.
+    ///
+    /// # Safety
+    /// `h` is a live arena of ours and those slots are free.
+    unsafe fn take_run<P: Platform>(
+        &mut self,
+        h: *mut Header,
+        start: u32,
+        len: u32,
+        platform: &P,
+    ) -> Option<bool> {
+        let run = run_mask(start, len);
+        // SAFETY: `h` is live and the run free (caller), so its memory is ours to commit.
+        unsafe {
+            let dirty_in_run = (*h).dirty & run;
+            if dirty_in_run != run
+                && !platform.commit(Self::slot(h, start), len as usize * POOL_SIZE)
+            {
                 return None;
             }
-            if free == USABLE {
+            if (*h).free == USABLE {
                 self.empties.remove(h, Chain::Empty);
                 self.empty -= 1;
             }
             (*h).free &= !run;
-            self.slots_in_use += slots;
-            (*h).heads |= 1 << start;
-            (*h).span[start as usize] = len as u8;
-            Self::set_pool_head(h, start, len, start as u8);
+            self.slots_in_use += len as usize;
             if dirty_in_run != 0 {
                 (*h).dirty &= !run;
                 self.dirty_slots -= dirty_in_run.count_ones() as usize;
                 if (*h).dirty == 0 {
                     self.dirty.remove(h, Chain::Dirty);
                 }
-                self.rebucket_dirty(h);
             }
-            self.rebucket_free(h);
-            Some((pool, dirty_in_run == 0 && P::ZERO_FILLED))
+            self.rebucket(h);
+            Some(dirty_in_run != 0)
+        }
+    }
+
+    /// Gives the slots `start .. start + len` of `h` back: free, and dirty since they were in
+    /// use. The caller has removed them from their pool, and lists the arena as empty if it
+    /// now is.
+    ///
+    /// # Safety
+    /// `h` is a live arena of ours and those slots are in use, no longer by anyone.
+    unsafe fn give_back_run(&mut self, h: *mut Header, start: u32, len: u32) {
+        let run = run_mask(start, len);
+        // SAFETY: `h` is live (caller).
+        unsafe {
+            (*h).free |= run;
+            self.slots_in_use -= len as usize;
+            if (*h).dirty == 0 {
+                self.dirty.push_back(h, Chain::Dirty);
+            }
+            (*h).dirty |= run;
+            self.dirty_slots += len as usize;
+            self.rebucket(h);
+        }
+    }
+
+    /// Decommits the oldest dirty slots if more are dirty than [`Arenas::dirty_limit`] allows,
+    /// until half that remains.
+    fn purge_over_limit<P: Platform>(&mut self, platform: &P) {
+        let limit = self.dirty_limit();
+        if self.dirty_slots > limit {
+            self.purge(platform, limit / 2);
         }
     }
 
@@ -658,17 +708,9 @@ impl Arenas {
                 "free_pool: not the start of a pool in use",
             );
             let len = (*h).span[start as usize] as u32;
-            let run = run_mask(start, len);
-            (*h).free |= run;
-            self.slots_in_use -= len as usize;
             (*h).heads &= !(1 << start);
             Self::set_pool_head(h, start, len, 0);
-            if (*h).dirty == 0 {
-                self.dirty.push_back(h, Chain::Dirty);
-            }
-            (*h).dirty |= run;
-            self.dirty_slots += len as usize;
-            self.rebucket(h);
+            self.give_back_run(h, start, len);
             if (*h).free == USABLE {
                 self.empties.push_back(h, Chain::Empty);
                 self.empty += 1;
@@ -678,10 +720,7 @@ impl Arenas {
                 self.release_arena(self.empties.head, platform, map);
             }
         }
-        let limit = self.dirty_limit();
-        if self.dirty_slots > limit {
-            self.purge(platform, limit / 2);
-        }
+        self.purge_over_limit(platform);
     }
 
     /// Resizes a pool in place to `slots` slots (1 to [`MAX_SPAN_SLOTS`]): it grows into the
@@ -710,47 +749,22 @@ impl Arenas {
             );
             let (old, new) = ((*h).span[start as usize] as u32, slots as u32);
             if new > old {
-                let added = start + old;
+                let (added, more) = (start + old, new - old);
+                // The bounds first: `run_mask` needs `added < SLOTS`.
                 if start + new > SLOTS as u32
-                    || (*h).free & run_mask(added, new - old) != run_mask(added, new - old)
+                    || (*h).free & run_mask(added, more) != run_mask(added, more)
+                    || self.take_run(h, added, more, platform).is_none()
                 {
                     return false;
                 }
-                let run = run_mask(added, new - old);
-                let dirty_in_run = (*h).dirty & run;
-                if dirty_in_run != run
-                    && !platform.commit(Self::slot(h, added), (new - old) as usize * POOL_SIZE)
-                {
-                    return false;
-                }
-                (*h).free &= !run;
-                if dirty_in_run != 0 {
-                    (*h).dirty &= !run;
-                    self.dirty_slots -= dirty_in_run.count_ones() as usize;
-                    if (*h).dirty == 0 {
-                        self.dirty.remove(h, Chain::Dirty);
-                    }
-                }
-                self.slots_in_use += (new - old) as usize;
-                Self::set_pool_head(h, added, new - old, start as u8);
+                Self::set_pool_head(h, added, more, start as u8);
             } else if new < old {
-                let run = run_mask(start + new, old - new);
-                (*h).free |= run;
-                if (*h).dirty == 0 {
-                    self.dirty.push_back(h, Chain::Dirty);
-                }
-                (*h).dirty |= run;
-                self.dirty_slots += (old - new) as usize;
-                self.slots_in_use -= (old - new) as usize;
                 Self::set_pool_head(h, start + new, old - new, 0);
+                self.give_back_run(h, start + new, old - new);
             }
             (*h).span[start as usize] = new as u8;
-            self.rebucket(h);
         }
-        let limit = self.dirty_limit();
-        if self.dirty_slots > limit {
-            self.purge(platform, limit / 2);
-        }
+        self.purge_over_limit(platform);
         true
     }
 

@@ -446,3 +446,43 @@ fn a_pool_grows_into_the_free_slots_after_it_and_shrinks_in_place() {
         f.free(p);
     }
 }
+
+#[test]
+fn a_pool_at_the_end_of_its_arena_cannot_grow_and_a_refused_commit_changes_nothing() {
+    let mut f = Fixture::new();
+    // Fill the arena so that the last pool ends at its last slot.
+    let mut pools: Vec<_> = (0..POOLS_PER_ARENA - 1)
+        .map(|_| f.alloc().unwrap().0)
+        .collect();
+    let (last, _) = f.alloc().unwrap();
+    assert_eq!(arena_of(last) + ARENA_SIZE, last.addr().get() + POOL_SIZE);
+    // SAFETY: every pool is ours; each resize is checked.
+    unsafe {
+        assert!(
+            !f.arenas.resize_pool(last, 2, &f.platform),
+            "past the arena"
+        );
+        f.check_step();
+        // Free the two slots after a pool, decommit them, and refuse the commit a growth needs.
+        let grower = pools[0];
+        for p in pools.drain(1..3) {
+            f.free(p);
+        }
+        f.arenas.purge(&f.platform, 0);
+        f.platform.set_fail_commits(true);
+        let before = f.arenas.stats(&f.map);
+        assert!(
+            !f.arenas.resize_pool(grower, 3, &f.platform),
+            "commit refused"
+        );
+        f.check_step();
+        assert_eq!(f.arenas.stats(&f.map), before);
+        f.platform.set_fail_commits(false);
+        assert!(f.arenas.resize_pool(grower, 3, &f.platform));
+        f.check_step();
+        assert_eq!(f.arenas.stats(&f.map).slots_in_use, before.slots_in_use + 2);
+    }
+    for p in pools.into_iter().chain([last]) {
+        f.free(p);
+    }
+}
