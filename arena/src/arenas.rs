@@ -53,7 +53,9 @@ use core::ptr::{self, NonNull};
 use core::sync::atomic::Ordering;
 
 pub use pymalloc_pool::{ARENA_SHIFT, ARENA_SIZE, SLOTS};
-use pymalloc_pool::{DESCRIPTORS, MAX_SPAN_SLOTS, POOL_SIZE, ensure, fatal, first_slot_entry};
+use pymalloc_pool::{
+    DESCRIPTORS, MAX_SPAN_SLOTS, POOL_SIZE, ensure, fatal, first_slot_entry, set_first_slot_entries,
+};
 use pymalloc_radix::NodeAlloc;
 
 use crate::Platform;
@@ -480,13 +482,8 @@ impl Arenas {
     /// # Safety
     /// `h` is a live arena header and the slots are in range.
     unsafe fn set_pool_head(h: *mut Header, start: u32, len: u32, head: u8) {
-        for i in start..start + len {
-            // SAFETY: a live header (caller) and `i < SLOTS` (caller), so the entry lies in the
-            // arena's header slot. Relaxed suffices: a reader that holds a block of the pool
-            // got it after the pool was handed out, through whatever synchronisation passed the
-            // block along; any other reader gets no promise.
-            unsafe { first_slot_entry(Self::slot(h, i)).as_ref() }.store(head, Ordering::Relaxed);
-        }
+        // SAFETY: a live header (caller), and the slots in range (caller), so in its arena.
+        unsafe { set_first_slot_entries(Self::slot(h, start), len as usize, head) };
     }
 
     /// The first-slot entry of slot `i` (A5).
@@ -612,8 +609,9 @@ impl Arenas {
                 if (*h).dirty == 0 {
                     self.dirty.remove(h, Chain::Dirty);
                 }
+                self.rebucket_dirty(h);
             }
-            self.rebucket(h);
+            self.rebucket_free(h);
             Some(dirty_in_run != 0)
         }
     }

@@ -95,6 +95,24 @@ pub fn first_slot_entry(address: NonNull<u8>) -> NonNull<AtomicU8> {
     unsafe { NonNull::new_unchecked(entry.cast()) }
 }
 
+/// Points the first-slot entries (P1) of the `slots` slots from the one that holds `first` on
+/// at `head`: the index of the first slot of the pool they now belong to, or 0 for free slots.
+///
+/// # Safety
+/// Those slots lie in one arena (with its provenance), whose header slot is mapped and
+/// writable.
+#[inline]
+pub unsafe fn set_first_slot_entries(first: NonNull<u8>, slots: usize, head: u8) {
+    let entry = first_slot_entry(first);
+    for i in 0..slots {
+        // SAFETY: the entries of consecutive slots lie one line apart in the arena's header
+        // slot, which holds the entries of all its slots (caller). Relaxed suffices: a reader
+        // that holds a block of the pool got it after the pool was handed out, through
+        // whatever synchronisation passed the block along; any other reader gets no promise.
+        unsafe { entry.byte_add(i * DESCRIPTOR_BYTES).as_ref() }.store(head, Ordering::Relaxed);
+    }
+}
+
 /// The descriptor of slot `slot` of the arena that holds `address`.
 #[inline(always)]
 fn descriptor_at(address: NonNull<u8>, slot: usize) -> NonNull<Pool> {

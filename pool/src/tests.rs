@@ -43,14 +43,8 @@ const _: () = assert!(FIRST + MAX_SPAN_SLOTS <= SLOTS);
 /// arena manager does when it hands out slots.
 fn enter_pool(memory: NonNull<u8>, class: SizeClass) {
     let first = (memory.addr().get() % ARENA_SIZE / POOL_SIZE) as u8;
-    for i in 0..class.span_slots() {
-        // SAFETY: the pool's slots lie in a live test arena.
-        unsafe {
-            first_slot_entry(memory.add(i * POOL_SIZE))
-                .as_ref()
-                .store(first, core::sync::atomic::Ordering::Relaxed)
-        };
-    }
+    // SAFETY: the pool's slots lie in a live test arena.
+    unsafe { set_first_slot_entries(memory, class.span_slots(), first) };
 }
 
 fn quickcheck_tests() -> u64 {

@@ -18,7 +18,7 @@ use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::thread;
 use pymalloc_pool::{
     ARENA_SIZE, POOL_SIZE, PoolList, PoolPtr, RemoteList, SizeClass, blocks_per_pool,
-    first_slot_entry,
+    set_first_slot_entries,
 };
 
 /// A zeroed arena for one model run, with one pool of a class in the slot past its header
@@ -37,15 +37,9 @@ impl PoolMemory {
         // SAFETY: a pool's size is below the arena's.
         let ptr = unsafe { arena.add(class.pool_bytes()) };
         let first = (ptr.addr().get() % ARENA_SIZE / POOL_SIZE) as u8;
-        for i in 0..class.span_slots() {
-            // SAFETY: the pool's slots lie in the arena; the table is entered as the arena
-            // manager would when handing out the slots.
-            unsafe {
-                first_slot_entry(ptr.add(i * POOL_SIZE))
-                    .as_ref()
-                    .store(first, std::sync::atomic::Ordering::Relaxed)
-            };
-        }
+        // SAFETY: the pool's slots lie in the arena; the entries are set as the arena manager
+        // would when handing out the slots.
+        unsafe { set_first_slot_entries(ptr, class.span_slots(), first) };
         PoolMemory { ptr, arena, layout }
     }
 }
