@@ -370,9 +370,10 @@ impl<P: Platform> Allocator<P> {
 
     /// Checks every invariant of the arenas and of every heap that no other thread holds
     /// (the caller's own, `mine`, included), walking all their memory. Each checked heap
-    /// first takes back its remotely freed blocks; then, if every heap could be checked, the
-    /// blocks in use in all pools must be what the heaps' counters say, class by class, so a
-    /// block that went missing between two heaps is found.
+    /// first takes back its remotely freed blocks; then, if every heap could be checked, no
+    /// block may be left counted as waiting on a remote list (the statistics' blocks in use,
+    /// which subtract those, must equal the pools' counts), so a block that went missing
+    /// between two heaps is found.
     pub(crate) fn check_with(&self, mine: Option<&HeapCell>) -> Result<(), &'static str> {
         let guard = self.shared();
         let mut shared = SharedAccess::held(self, guard);
@@ -410,7 +411,7 @@ impl<P: Platform> Allocator<P> {
                 .zip(used)
                 .any(|(c, used)| c.blocks_in_use != used);
             if mismatch {
-                return Err("heaps: blocks in use in the pools differ from the heaps' counts");
+                return Err("heaps: blocks freed remotely were never taken back");
             }
         }
         drop(shared);

@@ -27,8 +27,12 @@
 //!   releasing claimant releases then looks at the list, both sequentially consistent, so at
 //!   least one of them sees the other;
 //! - H5 `counters` are written only by the claimant, with plain loads and stores (no
-//!   read-modify-write), and read by anyone: per class, blocks handed out less blocks freed,
-//!   whoever's they were, so the sum over all heaps is exact.
+//!   read-modify-write), and read by anyone: per class, the pools owned and full, and the
+//!   blocks freed onto other heaps' remote lists and taken back from this heap's. Blocks in
+//!   use are not counted here but in each pool's `used` (pool invariant P8), which still
+//!   counts a block waiting on a remote list: the sum over all heaps of blocks freed
+//!   remotely less blocks taken back is what to subtract, exact whenever no thread is
+//!   between the two.
 //!
 //! The fast path is [`HeapCell::alloc`] and [`HeapCell::free`]: a freelist pop or push, no
 //! lock and no atomic read-modify-write; a new pool, a full or empty pool and remote frees are
@@ -117,9 +121,12 @@ impl Heap {
 
 /// Per-class counters of one heap (H5).
 pub(crate) struct Counters {
-    /// Blocks handed out by this heap less blocks freed by its claimant, wherever they came
-    /// from (so one heap's figure may wrap below zero; the sum over all heaps is exact).
-    pub(crate) live: [AtomicUsize; NUM_CLASSES],
+    /// Blocks its claimant freed onto other heaps' remote lists.
+    pub(crate) freed_remotely: [AtomicUsize; NUM_CLASSES],
+    /// Blocks taken back from this heap's remote list. Summed over all heaps, the first
+    /// less this is the blocks waiting on remote lists: still counted in their pools'
+    /// `used`, though their owners no longer hold them.
+    pub(crate) taken_back: [AtomicUsize; NUM_CLASSES],
     /// Pools owned, not counting kept empty ones.
     pub(crate) pools: [AtomicUsize; NUM_CLASSES],
     /// Of those, pools with no block left to hand out.
@@ -207,7 +214,8 @@ impl HeapCell {
                 empty: EmptyPools::new(),
             }),
             counters: Counters {
-                live: [const { AtomicUsize::new(0) }; NUM_CLASSES],
+                freed_remotely: [const { AtomicUsize::new(0) }; NUM_CLASSES],
+                taken_back: [const { AtomicUsize::new(0) }; NUM_CLASSES],
                 pools: [const { AtomicUsize::new(0) }; NUM_CLASSES],
                 full: [const { AtomicUsize::new(0) }; NUM_CLASSES],
             },
@@ -266,11 +274,7 @@ impl HeapCell {
     pub(crate) unsafe fn alloc_fast(&self, class: SizeClass) -> Option<NonNull<u8>> {
         // SAFETY: claimed (caller); listed pools are live, ours, and have a block to hand
         // out (H1).
-        unsafe {
-            let block = self.heap().list(class).first()?.alloc_before_last_free()?;
-            bump(&self.counters.live, class, 1);
-            Some(block)
-        }
+        unsafe { self.heap().list(class).first()?.alloc_before_last_free() }
     }
 
     /// [`HeapCell::alloc`] when the first listed pool's freelist holds one block or none:
@@ -299,7 +303,6 @@ impl HeapCell {
                 self.heap().list(class).remove(pool);
                 bump(&self.counters.full, class, 1);
             }
-            bump(&self.counters.live, class, 1);
             Some(block)
         }
     }
@@ -385,13 +388,9 @@ impl HeapCell {
             }
             pool.reclass_sole_block(to);
         }
-        for (counters, delta) in [
-            (&self.counters.live, 1),
-            (&self.counters.pools, 1),
-            (&self.counters.full, 1),
-        ] {
-            bump(counters, from, -delta);
-            bump(counters, to, delta);
+        for counters in [&self.counters.pools, &self.counters.full] {
+            bump(counters, from, -1);
+            bump(counters, to, 1);
         }
         true
     }
@@ -406,16 +405,19 @@ impl HeapCell {
     pub(crate) unsafe fn free<P: Platform>(&self, block: NonNull<u8>, alloc: &Allocator<P>) {
         // SAFETY: the block is in use (caller), so its pool is live and entered in its arena.
         let pool = unsafe { PoolPtr::containing(block) };
-        // SAFETY: the block is in use, so its pool is live (caller); its class and owner do
-        // not change while a block is in use (P7).
-        let (class, owner) = unsafe { (pool.class(), pool.owner()) };
-        bump(&self.counters.live, class, -1);
+        // SAFETY: the block is in use, so its pool is live (caller); its owner does not
+        // change while a block is in use (P7).
+        let owner = unsafe { pool.owner() };
         if owner == self.id() {
             // SAFETY: a block in use of a pool this claimed heap owns (caller).
             unsafe { self.free_local(block, pool, alloc) }
         } else {
-            // SAFETY: heaps live as long as their allocator, and pools record theirs (P7).
-            unsafe { free_remote(&*owner.cast::<HeapCell>(), block, pool, alloc) }
+            // SAFETY: as above, for the class; heaps live as long as their allocator, and
+            // pools record theirs (P7).
+            unsafe {
+                bump(&self.counters.freed_remotely, pool.class(), 1);
+                free_remote(&*owner.cast::<HeapCell>(), block, pool, alloc)
+            }
         }
     }
 
@@ -547,6 +549,7 @@ impl HeapCell {
         for (block, pool) in self.remote.0.take_all() {
             // SAFETY: pushed blocks are in use in live pools of this heap (R1, H4).
             unsafe {
+                bump(&self.counters.taken_back, pool.class(), 1);
                 if let Some(freed) = self.put_back(block, pool) {
                     self.pool_changed_state(pool, freed, shared);
                 }

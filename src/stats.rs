@@ -1,16 +1,17 @@
 //! [`Stats`]: a snapshot of an allocator's figures, in the spirit of CPython's
 //! `sys._debugmallocstats()`. Every field is public; `Display` prints it as a table.
 //!
-//! Pooled-block figures are sums of every heap's own counters (threads' heaps, unbound ones
-//! and the fallback), so they are exact whenever no other thread is allocating, and never
-//! out of range while one is. Blocks freed by one thread and not yet taken back by their
-//! heap's owner count as free.
+//! Blocks in use are the sum of every pool's count (pool invariant P8), less the blocks that
+//! wait on remote lists (summed from every heap's counters: threads' heaps, unbound ones and
+//! the fallback; H5 in `heap.rs`): blocks freed by one thread and not yet taken back by their
+//! heap's owner count as free. Pool figures are sums of the heaps' counters. All are exact
+//! whenever no other thread is allocating, and never out of range while one is.
 
 use core::fmt;
 use core::sync::atomic::Ordering;
 
 use pymalloc_arena::Platform;
-use pymalloc_pool::{NUM_CLASSES, SizeClass, blocks_per_pool};
+use pymalloc_pool::{NUM_CLASSES, PoolPtr, SizeClass, blocks_per_pool};
 
 use crate::allocator::{Allocator, Shared};
 
@@ -71,28 +72,47 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Sums the counters of every heap (H5 in `heap.rs`) and reads the shared figures.
+    /// Sums the blocks in use of every pool and the counters of every heap (H5 in `heap.rs`),
+    /// and reads the shared figures. `shared` is the allocator's, locked.
     pub(crate) fn collect<P: Platform>(alloc: &Allocator<P>, shared: &Shared) -> Stats {
         let mut classes = [ClassStats::default(); NUM_CLASSES];
-        // Summed with wrapping: a block freed by another heap than the one that handed it out
-        // makes one heap's difference negative, and only the total means anything.
-        let mut totals = [[0usize; 3]; NUM_CLASSES];
+        let mut used = [0usize; NUM_CLASSES];
+        shared.arenas.for_each_pool(|memory| {
+            // SAFETY: a pool in use, its descriptor written under the lock we hold when its
+            // slots were handed out; `class` and `used` are atomics (P8).
+            unsafe {
+                let pool = PoolPtr::at(memory);
+                used[pool.class().index()] += pool.used();
+            }
+        });
+        // Summed with wrapping: a heap's blocks taken back were freed remotely by others,
+        // and only the totals mean anything.
+        let mut totals = [[0usize; 4]; NUM_CLASSES];
         let mut heaps = 0;
         alloc.for_each_heap(|cell| {
             heaps += 1;
             let c = &cell.counters;
             for (i, t) in totals.iter_mut().enumerate() {
-                for (total, counter) in t.iter_mut().zip([&c.live[i], &c.pools[i], &c.full[i]]) {
+                let counters = [
+                    &c.freed_remotely[i],
+                    &c.taken_back[i],
+                    &c.pools[i],
+                    &c.full[i],
+                ];
+                for (total, counter) in t.iter_mut().zip(counters) {
                     *total = total.wrapping_add(counter.load(Ordering::Relaxed));
                 }
             }
         });
-        for ((class, stats), [live, pools, full]) in
-            SizeClass::all().zip(classes.iter_mut()).zip(totals)
+        for (((class, stats), [freed_remotely, taken_back, pools, full]), used) in SizeClass::all()
+            .zip(classes.iter_mut())
+            .zip(totals)
+            .zip(used)
         {
             // While other threads run, the counters are read at slightly different moments;
             // keep the figures in range.
-            let in_use = clamp(live);
+            let waiting = clamp(freed_remotely.wrapping_sub(taken_back));
+            let in_use = used.saturating_sub(waiting);
             stats.block_size = class.block_size();
             stats.pools = clamp(pools);
             stats.full_pools = clamp(full).min(stats.pools);

@@ -146,6 +146,15 @@ impl SizeClass {
         }
     }
 
+    /// The class with this index, which the caller knows to exist.
+    ///
+    /// # Safety
+    /// `index` is below [`NUM_CLASSES`] (it came from [`SizeClass::index`]).
+    #[inline(always)]
+    pub(crate) const unsafe fn from_index_unchecked(index: u8) -> SizeClass {
+        SizeClass(index)
+    }
+
     /// Index into per-class tables; always below [`NUM_CLASSES`].
     #[inline(always)]
     pub const fn index(self) -> usize {

@@ -35,11 +35,14 @@
 //! - P5 the pool is *full* exactly when its freelist is empty and no block is left to carve.
 //! - P6 if `fresh`, the memory from `bump` to the end of the pool reads zero.
 //! - P7 `owner` is set when the pool is created or reused and does not change while a block
-//!   is in use; it is the only field other threads read (atomically), to learn where a block
-//!   they free must go. Everything else belongs to whoever owns the pool.
+//!   is in use; other threads read it (atomically) to learn where a block they free must go.
+//! - P8 `class` holds the index of a size class, and it and `used` are written only by
+//!   whoever has the pool (a load and a store, no read-modify-write) but are atomics, so that
+//!   statistics may read them from any thread, for a figure of some recent moment. Every
+//!   other field belongs to whoever has the pool.
 
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU16, Ordering};
 
 use crate::asan;
 use crate::class::{ALIGNMENT, MAX_SPAN_SLOTS, POOLED_MAX, SizeClass};
@@ -152,9 +155,12 @@ pub struct Pool {
     size: u32,
     /// Bytes of the pool: `class.pool_bytes()`.
     limit: u32,
-    /// Blocks handed out and not yet freed (at most 1 024: 16 KiB of 16-byte blocks).
-    used: u16,
-    class: SizeClass,
+    /// Blocks handed out and not yet freed (at most 1 024: 16 KiB of 16-byte blocks). Like
+    /// `class`, written only by whoever has the pool (with a load and a store, no
+    /// read-modify-write) and atomic so that statistics may read it from any thread (P8).
+    used: AtomicU16,
+    /// The index of the pool's [`SizeClass`].
+    class: AtomicU8,
     /// Whether the never-used part of the pool reads zero (invariant P6).
     fresh: bool,
 }
@@ -163,6 +169,18 @@ const _: () = assert!(
     POOL_SIZE / ALIGNMENT <= u16::MAX as usize,
     "a pool's count of blocks in use fits `used`"
 );
+
+/// Counts one more block in use in the pool `p`: a load and a store, as only whoever has the
+/// pool writes the count (P8).
+///
+/// # Safety
+/// `p` is a live pool the caller has exclusive access to.
+#[inline(always)]
+unsafe fn add_used(p: *mut Pool) {
+    // SAFETY: the pool is live (caller).
+    let used = unsafe { &(*p).used };
+    used.store(used.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+}
 
 /// See [`Pool::reciprocal`].
 const RECIPROCAL_SHIFT: u32 = 40;
@@ -238,11 +256,11 @@ impl PoolPtr {
                 free: ptr::null_mut(),
                 prev: ptr::null_mut(),
                 next: ptr::null_mut(),
-                used: 0,
+                used: AtomicU16::new(0),
                 bump: 0,
                 size: class.block_size() as u32,
                 limit: limit as u32,
-                class,
+                class: AtomicU8::new(class.index() as u8),
                 fresh,
                 owner: AtomicPtr::new(owner),
                 reciprocal: reciprocal(class.block_size()),
@@ -276,7 +294,7 @@ impl PoolPtr {
         // own so that `owner` is never written non-atomically.
         unsafe {
             ensure(
-                (*p).limit as usize == class.pool_bytes() && (*p).used == 0,
+                (*p).limit as usize == class.pool_bytes() && (*p).used.load(Ordering::Relaxed) == 0,
                 "pool reused for a class of another size, or with blocks in use",
             );
             (*p).free = ptr::null_mut();
@@ -285,7 +303,7 @@ impl PoolPtr {
             (*p).bump = 0;
             (*p).size = class.block_size() as u32;
             (*p).reciprocal = reciprocal(class.block_size());
-            (*p).class = class;
+            (*p).class.store(class.index() as u8, Ordering::Relaxed);
             (*p).fresh = false;
             asan::poison(self.memory().as_ptr(), (*p).limit as usize);
         }
@@ -305,7 +323,7 @@ impl PoolPtr {
         // SAFETY: the pool is live and the caller's (caller); `owner` is left alone.
         unsafe {
             ensure(
-                (*p).used == 1
+                (*p).used.load(Ordering::Relaxed) == 1
                     && (*p).bump == (*p).size
                     && (*p).free.is_null()
                     && (*p).limit / (*p).size == 1
@@ -317,7 +335,7 @@ impl PoolPtr {
             (*p).bump = (*p).size;
             (*p).limit = limit as u32;
             (*p).reciprocal = reciprocal(class.block_size());
-            (*p).class = class;
+            (*p).class.store(class.index() as u8, Ordering::Relaxed);
             (*p).fresh = false;
             // The block is usable whole; the tail, never carved, is not; slots given back
             // are unpoisoned, as pools going back to the arenas are.
@@ -390,7 +408,7 @@ impl PoolPtr {
                 return None;
             }
             (*p).free = next;
-            (*p).used += 1;
+            add_used(p);
             Some(block)
         }
     }
@@ -409,14 +427,14 @@ impl PoolPtr {
             if let Some(block) = NonNull::new((*p).free) {
                 asan::unpoison(block.as_ptr(), (*p).size as usize);
                 (*p).free = block.cast::<*mut u8>().read();
-                (*p).used += 1;
+                add_used(p);
                 return Some((block, false));
             }
             let bump = (*p).bump;
             let next = bump + (*p).size;
             if next <= (*p).limit {
                 (*p).bump = next;
-                (*p).used += 1;
+                add_used(p);
                 let block = self.memory().add(bump as usize);
                 asan::unpoison(block.as_ptr(), (*p).size as usize);
                 return Some((block, (*p).fresh));
@@ -447,8 +465,9 @@ impl PoolPtr {
         // SAFETY: the pool is live and ours; `block` is one of its blocks in use (caller), so
         // its first word is ours to overwrite with the freelist link.
         unsafe {
+            let used = (*p).used.load(Ordering::Relaxed);
             ensure(
-                (*p).used != 0,
+                used != 0,
                 "free into a pool with no block in use (double free)",
             );
             // The cheap half of a double-free check, as glibc's "fasttop": the block freed
@@ -462,10 +481,11 @@ impl PoolPtr {
             block.cast::<*mut u8>().write(head);
             asan::poison(block.as_ptr(), (*p).size as usize);
             (*p).free = block.as_ptr();
-            (*p).used -= 1;
+            // A store of what was loaded above, less one (P8).
+            (*p).used.store(used - 1, Ordering::Relaxed);
             Freed {
                 was_full,
-                now_empty: (*p).used == 0,
+                now_empty: used == 1,
             }
         }
     }
@@ -513,18 +533,19 @@ impl PoolPtr {
     /// `self` is a live pool.
     #[inline(always)]
     pub unsafe fn class(self) -> SizeClass {
-        // SAFETY: the pool is live (caller).
-        unsafe { (*self.0.as_ptr()).class }
+        // SAFETY: the pool is live (caller); `class` holds a class's index (P8).
+        unsafe { SizeClass::from_index_unchecked((*self.0.as_ptr()).class.load(Ordering::Relaxed)) }
     }
 
-    /// Blocks in use.
+    /// Blocks in use. From a thread that does not have the pool, a figure of some recent
+    /// moment (P8).
     ///
     /// # Safety
     /// `self` is a live pool.
     #[inline]
     pub unsafe fn used(self) -> usize {
         // SAFETY: the pool is live (caller).
-        unsafe { (*self.0.as_ptr()).used as usize }
+        unsafe { (*self.0.as_ptr()).used.load(Ordering::Relaxed) as usize }
     }
 
     /// Checks invariants P1 to P5 by walking the freelist.
@@ -538,11 +559,11 @@ impl PoolPtr {
             let (size, limit, bump) = ((*p).size as usize, (*p).limit as usize, (*p).bump as usize);
             let reciprocal = (*p).reciprocal;
             (
-                (*p).class,
+                self.class(),
                 size,
                 limit,
                 bump,
-                (*p).used as usize,
+                self.used(),
                 (*p).free,
                 reciprocal,
             )
