@@ -318,6 +318,7 @@ impl<P: Platform> Allocator<P> {
     /// alone, without a lock; `None` if `ptr` is in no pool in use, or is not a pointer that
     /// was handed out (it points inside a block). Exact for a block the caller holds; for
     /// other addresses, a best effort.
+    #[inline]
     fn pooled_block(&self, ptr: NonNull<u8>) -> Option<(PoolPtr, NonNull<u8>)> {
         let memory = self.map.pool_of(ptr.addr().get())?;
         // SAFETY: a pool in use starts there (the map); its geometry does not change while a
@@ -698,11 +699,12 @@ impl<'a, P: Platform> Session<'a, P> {
     ///
     /// # Safety
     /// As [`Allocator::dealloc_unsized`].
+    #[inline]
     pub(crate) unsafe fn dealloc_unsized(self, ptr: NonNull<u8>) {
-        if let Some((_, start)) = self.alloc.pooled_block(ptr) {
-            // SAFETY: `start` is a block of the pool, in use (caller); the heap is claimed
+        if let Some((pool, start)) = self.alloc.pooled_block(ptr) {
+            // SAFETY: `start` is a block of `pool`, in use (caller); the heap is claimed
             // (Session::new).
-            unsafe { self.cell.free(start, self.alloc) };
+            unsafe { self.cell.free_in(start, pool, self.alloc) };
         } else {
             // SAFETY: a large block in use, or (checked there) no block at all (caller).
             unsafe { self.alloc.free_large(ptr, None) };

@@ -46,6 +46,7 @@ fn set_errno(code: c_int) {
 }
 
 /// A block of `size` bytes aligned to `align` (a power of two), or null; no `errno`.
+#[inline]
 fn allocate(size: usize, align: usize) -> *mut c_void {
     match Layout::from_size_align(size, align.max(ALIGNMENT)) {
         Ok(layout) => with_session(|s| s.alloc(layout)).cast(),
@@ -54,6 +55,7 @@ fn allocate(size: usize, align: usize) -> *mut c_void {
 }
 
 /// `p`, with `errno = ENOMEM` if it is null (a request that could not be served).
+#[inline]
 fn enomem_if_null(p: *mut c_void) -> *mut c_void {
     if p.is_null() {
         set_errno(libc::ENOMEM);
@@ -62,11 +64,13 @@ fn enomem_if_null(p: *mut c_void) -> *mut c_void {
 }
 
 /// [`allocate`], with `errno = ENOMEM` on failure.
+#[inline]
 fn allocate_or_enomem(size: usize, align: usize) -> *mut c_void {
     enomem_if_null(allocate(size, align))
 }
 
 /// C's `malloc`.
+#[inline]
 pub fn malloc(size: usize) -> *mut c_void {
     allocate_or_enomem(size, ALIGNMENT)
 }
@@ -87,6 +91,7 @@ pub fn calloc(count: usize, size: usize) -> *mut c_void {
 /// # Safety
 /// `ptr` is null, or a block from these functions (or the global allocator) in use, not
 /// used after this call.
+#[inline]
 pub unsafe fn free(ptr: *mut c_void) {
     if let Some(ptr) = NonNull::new(ptr.cast::<u8>()) {
         // SAFETY: as the caller guarantees.

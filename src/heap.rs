@@ -405,6 +405,21 @@ impl HeapCell {
     pub(crate) unsafe fn free<P: Platform>(&self, block: NonNull<u8>, alloc: &Allocator<P>) {
         // SAFETY: the block is in use (caller), so its pool is live and entered in its arena.
         let pool = unsafe { PoolPtr::containing(block) };
+        // SAFETY: as the caller guarantees.
+        unsafe { self.free_in(block, pool, alloc) }
+    }
+
+    /// [`HeapCell::free`] for a caller that has found the block's pool already.
+    ///
+    /// # Safety
+    /// As [`HeapCell::free`], and `pool` is the pool of `block`.
+    #[inline(always)]
+    pub(crate) unsafe fn free_in<P: Platform>(
+        &self,
+        block: NonNull<u8>,
+        pool: PoolPtr,
+        alloc: &Allocator<P>,
+    ) {
         // SAFETY: the block is in use, so its pool is live (caller); its owner does not
         // change while a block is in use (P7).
         let owner = unsafe { pool.owner() };

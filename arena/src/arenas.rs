@@ -471,6 +471,7 @@ impl Arenas {
         addr.as_ptr().map_addr(|a| a & !(ARENA_SIZE - 1)).cast()
     }
 
+    #[inline]
     pub(crate) fn slot(h: *mut Header, index: u32) -> NonNull<u8> {
         // SAFETY: `index < SLOTS`, so the slot lies inside the arena that starts at `h`.
         unsafe { NonNull::new_unchecked(h.cast::<u8>().add(index as usize * POOL_SIZE)) }
@@ -490,6 +491,7 @@ impl Arenas {
     ///
     /// # Safety
     /// `h` is a live arena header and `i < SLOTS`.
+    #[inline]
     pub(crate) unsafe fn pool_head(h: *mut Header, i: u32) -> u8 {
         // SAFETY: as `set_pool_head`.
         unsafe { first_slot_entry(Self::slot(h, i)).as_ref() }.load(Ordering::Relaxed)
