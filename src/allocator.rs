@@ -16,13 +16,13 @@ use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, Ordering};
 
 use pymalloc_arena::{ArenaMap, Arenas, Platform};
-use pymalloc_pool::{ALIGNMENT, NUM_CLASSES, POOLED_MAX, PoolPtr, SizeClass, fatal};
+use pymalloc_pool::{ALIGNMENT, POOLED_MAX, PoolPtr, SizeClass, fatal};
 
 use crate::debug;
 use crate::heap::{self, HeapCell, SharedAccess};
 use crate::large::{Large, fits, mapping_len};
 use crate::lock::{SpinGuard, SpinLock};
-use crate::stats::Stats;
+use crate::stats::{self, Stats};
 
 /// How a layout is served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -372,8 +372,7 @@ impl<P: Platform> Allocator<P> {
     /// Checks every invariant of the arenas and of every heap that no other thread holds
     /// (the caller's own, `mine`, included), walking all their memory. Each checked heap
     /// first takes back its remotely freed blocks; then, if every heap could be checked, no
-    /// block may be left counted as waiting on a remote list (the statistics' blocks in use,
-    /// which subtract those, must equal the pools' counts), so a block that went missing
+    /// block may be left counted as waiting on a remote list, so a block that went missing
     /// between two heaps is found.
     pub(crate) fn check_with(&self, mine: Option<&HeapCell>) -> Result<(), &'static str> {
         let guard = self.shared();
@@ -383,7 +382,6 @@ impl<P: Platform> Allocator<P> {
             .arenas
             .check(&self.map)
             .and(shared.get().large.check());
-        let mut used = [0usize; NUM_CLASSES];
         let mut all_checked = true;
         self.for_each_heap(|cell| {
             let is_mine = mine.is_some_and(|m| ptr::eq(m, cell));
@@ -397,23 +395,15 @@ impl<P: Platform> Allocator<P> {
             // SAFETY: claimed, by the caller or just now (and released at once).
             unsafe {
                 cell.collect_remote(&mut shared);
-                result = cell.check(&shared.get().arenas, &self.map, &mut used);
+                result = cell.check(&shared.get().arenas, &self.map);
                 if !is_mine {
                     cell.claim().unlock();
                 }
             }
         });
         result?;
-        if all_checked {
-            let counted = Stats::collect(self, shared.get());
-            let mismatch = counted
-                .classes
-                .iter()
-                .zip(used)
-                .any(|(c, used)| c.blocks_in_use != used);
-            if mismatch {
-                return Err("heaps: blocks freed remotely were never taken back");
-            }
+        if all_checked && stats::waiting_on_remote_lists(self).iter().any(|&w| w != 0) {
+            return Err("heaps: blocks freed remotely were never taken back");
         }
         drop(shared);
         self.for_each_heap(|cell| heap::collect(cell, self));

@@ -611,17 +611,11 @@ impl HeapCell {
         !self.remote.0.is_empty()
     }
 
-    /// Checks H1 and H2 and the pools' own invariants, and adds up the blocks in use of the
-    /// heap's pools per class into `used`.
+    /// Checks H1 and H2 and the pools' own invariants.
     ///
     /// # Safety
     /// The caller has claimed the heap.
-    pub(crate) unsafe fn check(
-        &self,
-        arenas: &Arenas,
-        map: &ArenaMap,
-        used: &mut [usize; NUM_CLASSES],
-    ) -> Result<(), &'static str> {
+    pub(crate) unsafe fn check(&self, arenas: &Arenas, map: &ArenaMap) -> Result<(), &'static str> {
         // SAFETY: claimed (caller).
         let heap = unsafe { self.heap() };
         let (mut listed, mut listed_empty) = (0, 0);
@@ -670,7 +664,6 @@ impl HeapCell {
                     return;
                 }
                 result = pool.check();
-                used[pool.class().index()] += pool.used();
                 if pool.used() == 0 {
                     empty += 1;
                 } else if !pool.is_full() {

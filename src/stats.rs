@@ -85,34 +85,27 @@ impl Stats {
                 used[pool.class().index()] += pool.used();
             }
         });
-        // Summed with wrapping: a heap's blocks taken back were freed remotely by others,
-        // and only the totals mean anything.
-        let mut totals = [[0usize; 4]; NUM_CLASSES];
+        let waiting = waiting_on_remote_lists(alloc);
+        let mut totals = [[0usize; 2]; NUM_CLASSES];
         let mut heaps = 0;
         alloc.for_each_heap(|cell| {
             heaps += 1;
             let c = &cell.counters;
             for (i, t) in totals.iter_mut().enumerate() {
-                let counters = [
-                    &c.freed_remotely[i],
-                    &c.taken_back[i],
-                    &c.pools[i],
-                    &c.full[i],
-                ];
-                for (total, counter) in t.iter_mut().zip(counters) {
+                for (total, counter) in t.iter_mut().zip([&c.pools[i], &c.full[i]]) {
                     *total = total.wrapping_add(counter.load(Ordering::Relaxed));
                 }
             }
         });
-        for (((class, stats), [freed_remotely, taken_back, pools, full]), used) in SizeClass::all()
+        for ((((class, stats), [pools, full]), used), waiting) in SizeClass::all()
             .zip(classes.iter_mut())
             .zip(totals)
             .zip(used)
+            .zip(waiting)
         {
             // While other threads run, the counters are read at slightly different moments;
             // keep the figures in range.
-            let waiting = clamp(freed_remotely.wrapping_sub(taken_back));
-            let in_use = used.saturating_sub(waiting);
+            let in_use = used.saturating_sub(clamp(waiting));
             stats.block_size = class.block_size();
             stats.pools = clamp(pools);
             stats.full_pools = clamp(full).min(stats.pools);
@@ -152,6 +145,23 @@ impl Stats {
                 + (heaps - 1) * alloc.heap_bytes(),
         }
     }
+}
+
+/// Per class, the blocks waiting on remote lists: over every heap (H5 in `heap.rs`), the
+/// blocks freed onto other heaps' lists less those taken back. Summed with wrapping: a heap
+/// takes back blocks that others freed, so only the total means anything, and while other
+/// threads run it may read as negative.
+pub(crate) fn waiting_on_remote_lists<P: Platform>(alloc: &Allocator<P>) -> [usize; NUM_CLASSES] {
+    let mut waiting = [0usize; NUM_CLASSES];
+    alloc.for_each_heap(|cell| {
+        let c = &cell.counters;
+        for (i, w) in waiting.iter_mut().enumerate() {
+            *w = w
+                .wrapping_add(c.freed_remotely[i].load(Ordering::Relaxed))
+                .wrapping_sub(c.taken_back[i].load(Ordering::Relaxed));
+        }
+    });
+    waiting
 }
 
 /// A counter sum read as signed: a transiently negative one counts as zero.
