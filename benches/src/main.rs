@@ -148,36 +148,42 @@ fn thread_counts(max: usize) -> Vec<usize> {
 
 /// `small-churn` at 1 to `opts.threads` threads, each thread doing the same work: total
 /// throughput per allocator, pymalloc's ratio to the system allocator, and each allocator's
-/// speed-up over its own one-thread run.
+/// speed-up over its own one-thread run. Each round runs every thread count on every allocator
+/// and the machine's own loop, so that a speed-up compares runs taken minutes apart at most,
+/// not a first half of the table with a second half taken while the machine was busier.
 fn scaling(dir: &Path, opts: &Options) -> String {
     let counts = thread_counts(opts.threads);
-    let mut mops: BTreeMap<(usize, &str), f64> = BTreeMap::new();
+    let mut times: BTreeMap<(usize, &str), Vec<u64>> = BTreeMap::new();
+    let mut spins: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
     let total = counts.len() * opts.runs * ALLOCATORS.len();
     let mut k = 0;
-    for &t in &counts {
-        let mut times: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
-        for run in 1..=opts.runs {
+    for run in 1..=opts.runs {
+        for &t in &counts {
             for a in ALLOCATORS {
                 k += 1;
                 eprint!("\r[{k:>3}/{total}] small-churn × {t:<3} {a:<9} run {run}   ");
                 let sample = run_worker(dir, a, "small-churn", opts.quick, t);
-                times.entry(a).or_default().push(sample.time_ns);
+                times.entry((t, a)).or_default().push(sample.time_ns);
             }
-        }
-        let ops = (t * churn_ops(if opts.quick {
-            pymalloc_bench::Scale::Quick
-        } else {
-            pymalloc_bench::Scale::Full
-        })) as f64;
-        for (a, v) in times {
-            mops.insert((t, a), ops / median(v) as f64 * 1e3);
+            spins.entry(t).or_default().push(spin_rate(t));
         }
     }
     eprintln!();
-    let ceiling: Vec<f64> = counts
-        .iter()
-        .map(|&t| spin_rate(t) / spin_rate(1))
+    let churn = churn_ops(if opts.quick {
+        pymalloc_bench::Scale::Quick
+    } else {
+        pymalloc_bench::Scale::Full
+    });
+    let mops: BTreeMap<(usize, &str), f64> = times
+        .into_iter()
+        .map(|((t, a), v)| ((t, a), (t * churn) as f64 / median(v) as f64 * 1e3))
         .collect();
+    let spin = |t: usize| {
+        let mut v = spins[&t].clone();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let ceiling: Vec<f64> = counts.iter().map(|&t| spin(t) / spin(1)).collect();
     let mut out = String::from(
         "\n**Thread scaling**: `small-churn` with every thread doing the same work; million \
          operations (a free and an allocation) per second, all threads together; higher is \
@@ -219,29 +225,23 @@ fn scaling(dir: &Path, opts: &Options) -> String {
     out
 }
 
-/// Iterations per second of an arithmetic loop on `threads` threads together (the median of
-/// three runs): the machine's own scaling, with no allocator involved.
+/// Iterations per second of an arithmetic loop on `threads` threads together: the machine's
+/// own scaling, with no allocator involved.
 fn spin_rate(threads: usize) -> f64 {
     const ITERATIONS: u64 = 200_000_000;
-    let mut rates: Vec<u64> = (0..3)
-        .map(|_| {
-            let start = std::time::Instant::now();
-            std::thread::scope(|s| {
-                for t in 0..threads as u64 {
-                    s.spawn(move || {
-                        let mut x = t;
-                        for i in 0..ITERATIONS {
-                            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(i);
-                        }
-                        std::hint::black_box(x);
-                    });
+    let start = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads as u64 {
+            s.spawn(move || {
+                let mut x = t;
+                for i in 0..ITERATIONS {
+                    x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(i);
                 }
+                std::hint::black_box(x);
             });
-            (threads as u64 * ITERATIONS * 1000) / start.elapsed().as_micros().max(1) as u64
-        })
-        .collect();
-    rates.sort_unstable();
-    rates[1] as f64
+        }
+    });
+    (threads as u64 * ITERATIONS) as f64 / start.elapsed().as_secs_f64()
 }
 
 /// Horizontal bars of each allocator's time and peak-RSS ratio to the system allocator, on a
