@@ -189,7 +189,9 @@ fn scaling(dir: &Path, opts: &Options) -> String {
          operations (a free and an allocation) per second, all threads together; higher is \
          better. *× system*: pymalloc's throughput over the system allocator's; *speed-up*: \
          each allocator's throughput over its own one-thread figure; *machine*: the speed-up of \
-         a loop that does not allocate at all, the most this machine's cores can give.\n\n",
+         a loop that does not allocate at all, the most this machine's cores can give. Each run \
+         takes every thread count in turn, so that load drifting during the table weighs on \
+         one-thread and many-thread figures alike.\n\n",
     );
     writeln!(
         out,
@@ -399,7 +401,12 @@ fn main() {
     let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
     let mut md = String::from("# Benchmarks\n\n");
     writeln!(md, "pymalloc beside the system allocator (glibc), mimalloc and jemalloc, each the global allocator of its own worker process, run interleaved; medians of {} runs.\n", opts.runs).unwrap();
-    let flags = if opts.quick { " -- --quick" } else { "" };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flags = if args.is_empty() {
+        String::new()
+    } else {
+        format!(" -- {}", args.join(" "))
+    };
     writeln!(
         md,
         "- command: `cargo run --release -p pymalloc-bench{flags}`"
