@@ -336,7 +336,8 @@ impl<P: Platform> Allocator<P> {
 
     /// Resizes a large block of `old` bytes of mapping, aligned to `align`, without copying:
     /// in place if its mapping still [`fits`] the new size, else by remapping (with the lock
-    /// released). `None` if it must move by copy, in which case the block is unchanged.
+    /// released). `None` if it should move by copy — it cannot be remapped, or it grows and a
+    /// cached mapping fits it — in which case the block is unchanged.
     ///
     /// # Safety
     /// `block` is a large block in use with a mapping of `old` bytes, aligned to `align`.
@@ -351,6 +352,12 @@ impl<P: Platform> Allocator<P> {
         let new = mapping_len(new_size, page)?;
         if fits(old, new) {
             return Some(block);
+        }
+        // Growing by half or more into a cached mapping that fits: that mapping's pages are
+        // already faulted in, and copying the block costs less than faulting in as many fresh
+        // pages as a remap would add (a page fault costs several times a page's copy).
+        if new - old.min(new) >= old / 2 && self.shared().large.has_cached(new, align) {
+            return None;
         }
         if !P::CAN_REMAP {
             return None;

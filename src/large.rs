@@ -150,6 +150,13 @@ impl Large {
         Some(block)
     }
 
+    /// Whether [`Large::take_cached`] would find a mapping for `len` bytes aligned to `align`.
+    pub(crate) fn has_cached(&self, len: usize, align: usize) -> bool {
+        self.cache
+            .iter()
+            .any(|c| !c.ptr.is_null() && fits(c.len, len) && c.ptr.addr() % align == 0)
+    }
+
     /// Registers a new mapping of `len` bytes in use. Call [`Large::make_room`] first.
     pub(crate) fn register(&mut self, block: NonNull<u8>, len: usize) {
         self.in_use.insert(block, len);

@@ -612,6 +612,40 @@ fn realloc_moves_only_when_the_class_changes() {
     a.check().unwrap();
 }
 
+/// A large block that grows by half or more moves into a cached mapping that fits — pages
+/// already faulted in — instead of being remapped onto fresh ones; one that grows by less is
+/// remapped. Contents survive either way.
+#[test]
+fn a_large_block_grows_into_a_cached_mapping_that_fits() {
+    const MIB: usize = 1 << 20;
+    let a = Allocator::new(TestPlatform::new());
+    let at = |size| Layout::from_size_align(size, 16).unwrap();
+    let cached = a.alloc(at(3 * MIB));
+    // SAFETY: a live block of that layout, the first of which are the others.
+    unsafe {
+        a.dealloc(cached, at(3 * MIB));
+        assert_eq!(a.stats().large_cached_blocks, 1);
+        let p = a.alloc(at(3 * MIB / 2));
+        assert_ne!(p, cached, "too small for the cached mapping");
+        fill(p, 3 * MIB / 2, 5);
+        let q = a.realloc(p, at(3 * MIB / 2), 2 * MIB);
+        assert_ne!(q, cached, "grows by a third: remapped");
+        assert!(holds_prefix(q, 3 * MIB / 2, 3 * MIB / 2, 5));
+        fill(q, 2 * MIB, 6);
+        let r = a.realloc(q, at(2 * MIB), 3 * MIB);
+        assert_eq!(r, cached, "grows by half: into the cached mapping");
+        assert!(holds_prefix(r, 2 * MIB, 2 * MIB, 6));
+        let stats = a.stats();
+        assert_eq!(
+            (stats.large_blocks, stats.large_cached_blocks),
+            (1, 1),
+            "the mapping it left is cached: {stats}"
+        );
+        a.dealloc(r, at(3 * MIB));
+    }
+    a.check().unwrap();
+}
+
 /// A block alone in its pool (the largest classes) grows into the free slots after it, and
 /// shrinks by giving slots back, without moving; with a pool right after it, it moves.
 #[test]

@@ -53,7 +53,7 @@ use crate::fatal::{ensure, fatal};
 pub const POOL_SIZE: usize = 16 * 1024;
 /// log2 of [`ARENA_SIZE`].
 pub const ARENA_SHIFT: u32 = 21;
-/// Bytes in one arena: 1 MiB, as CPython's radix-tree configuration.
+/// Bytes in one arena: 2 MiB (CPython uses 1 MiB; `docs/design.md` says why 2).
 pub const ARENA_SIZE: usize = 1 << ARENA_SHIFT;
 /// Slots per arena, slot 0 (the arena's own) included.
 pub const SLOTS: usize = ARENA_SIZE / POOL_SIZE;
