@@ -13,7 +13,7 @@
 
 use core::alloc::Layout;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 use pymalloc_arena::{ArenaMap, Arenas, Platform};
 use pymalloc_pool::{ALIGNMENT, POOLED_MAX, PoolPtr, SizeClass, fatal};
@@ -75,6 +75,9 @@ pub struct Allocator<P: Platform> {
     /// Every heap made for threads and local heaps, newest first, linked through `next_all`;
     /// heaps are only ever added.
     heaps: AtomicPtr<HeapCell>,
+    /// Heaps made so far: the next one's remote-list shard, so that the first
+    /// [`REMOTE_SHARDS`](crate::heap::REMOTE_SHARDS) threads each get a shard of their own.
+    heaps_made: AtomicUsize,
 }
 
 impl<P: Platform> Allocator<P> {
@@ -88,8 +91,9 @@ impl<P: Platform> Allocator<P> {
                 large: Large::new(),
                 free_heaps: ptr::null_mut(),
             }),
-            fallback: HeapCell::new(),
+            fallback: HeapCell::new(0),
             heaps: AtomicPtr::new(ptr::null_mut()),
+            heaps_made: AtomicUsize::new(1),
         }
     }
 
@@ -218,7 +222,9 @@ impl<P: Platform> Allocator<P> {
         // SAFETY: fresh memory of the right size and alignment, ours alone until published
         // by the swap below; after that only `next_all`'s readers see it, and it never changes.
         unsafe {
-            cell.write(HeapCell::new());
+            cell.write(HeapCell::new(
+                self.heaps_made.fetch_add(1, Ordering::Relaxed),
+            ));
             if !cell.as_ref().claim().try_lock() {
                 fatal("heap: a new heap was already claimed");
             }

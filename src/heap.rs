@@ -1,6 +1,6 @@
 //! Heaps: [`HeapCell`], one heap — for each size class the list of its *usable* pools, and a
-//! few empty pools kept back — with the lock-free list of blocks other threads freed into it,
-//! and its counters.
+//! few empty pools kept back — with the lock-free lists of blocks other threads freed into it
+//! (one per [`REMOTE_SHARDS`] shard, the freeing heap's), and its counters.
 //!
 //! A heap is used by one thread at a time: the one that *claimed* it (its `claim` lock). A
 //! thread's own heap stays claimed as long as the thread is bound to it; an instance's
@@ -19,13 +19,13 @@
 //! - H2 every pool listed or cached is a pool slot in use in the arenas, owned by this heap;
 //! - H3 only the claimant reads or writes the heap's pools and lists; other threads touch only
 //!   `remote` (push) and the pools' `owner` field (read);
-//! - H4 a block freed by a thread that does not own its pool is pushed on the owner's remote
-//!   list and stays in use in its pool until the owner takes the list back — when it has no
-//!   usable pool for a class, before taking new memory; a pool that was full rejoins its list
-//!   then, so no full pool is ever lost. If the owner has no thread, whoever sees that after
-//!   pushing collects the list itself (`collect`): a pusher pushes then looks at the claim, a
-//!   releasing claimant releases then looks at the list, both sequentially consistent, so at
-//!   least one of them sees the other;
+//! - H4 a block freed by a thread that does not own its pool is pushed on one of the owner's
+//!   remote lists (the freeing heap's shard) and stays in use in its pool until the owner
+//!   takes the lists back — when it has no usable pool for a class, before taking new memory;
+//!   a pool that was full rejoins its list then, so no full pool is ever lost. If the owner
+//!   has no thread, whoever sees that after pushing collects the lists itself (`collect`): a
+//!   pusher pushes then looks at the claim, a releasing claimant releases then looks at every
+//!   list, both sequentially consistent, so at least one of them sees the other;
 //! - H5 `counters` are written only by the claimant, with plain loads and stores (no
 //!   read-modify-write), and read by anyone: per class, the pools owned and full, and the
 //!   blocks freed onto other heaps' remote lists and taken back from this heap's. Blocks in
@@ -123,7 +123,7 @@ impl Heap {
 pub(crate) struct Counters {
     /// Blocks its claimant freed onto other heaps' remote lists.
     pub(crate) freed_remotely: [AtomicUsize; NUM_CLASSES],
-    /// Blocks taken back from this heap's remote list. Summed over all heaps, the first
+    /// Blocks taken back from this heap's remote lists. Summed over all heaps, the first
     /// less this is the blocks waiting on remote lists: still counted in their pools'
     /// `used`, though their owners no longer hold them.
     pub(crate) taken_back: [AtomicUsize; NUM_CLASSES],
@@ -144,11 +144,17 @@ fn bump(counters: &[AtomicUsize; NUM_CLASSES], class: SizeClass, delta: isize) {
     );
 }
 
-/// The remote list on a cache line of its own, away from what the owner writes.
+/// A remote list on a cache line of its own, away from what the owner writes and from the
+/// other lists.
 #[repr(align(128))]
 struct Padded(RemoteList);
 
-/// One heap, its claim, its remote list and its counters. See the module documentation.
+/// Remote lists per heap. A freeing heap pushes onto the list of its own shard
+/// ([`HeapCell::shard`]), so that threads freeing into one heap each update a line of their
+/// own rather than all contending for one; the owner takes them all back together.
+pub const REMOTE_SHARDS: usize = 8;
+
+/// One heap, its claim, its remote lists and its counters. See the module documentation.
 pub(crate) struct HeapCell {
     claim: RawLock,
     heap: UnsafeCell<Heap>,
@@ -158,7 +164,10 @@ pub(crate) struct HeapCell {
     pub(crate) next_all: *const HeapCell,
     /// The next heap on the allocator's stack of unbound heaps; only under its lock.
     pub(crate) next_free: AtomicPtr<HeapCell>,
-    remote: Padded,
+    /// Which of other heaps' remote lists this heap's frees go to: set when the heap is made,
+    /// then never changed.
+    shard: usize,
+    remote: [Padded; REMOTE_SHARDS],
 }
 
 // SAFETY: the heap's own state is only touched by its claimant (H3), which the claim lock
@@ -206,7 +215,9 @@ impl<'a, P: Platform> SharedAccess<'a, P> {
 }
 
 impl HeapCell {
-    pub(crate) const fn new() -> HeapCell {
+    /// A heap whose frees into other heaps go to their remote lists of `shard` (taken modulo
+    /// [`REMOTE_SHARDS`]).
+    pub(crate) const fn new(shard: usize) -> HeapCell {
         HeapCell {
             claim: RawLock::new(),
             heap: UnsafeCell::new(Heap {
@@ -221,7 +232,8 @@ impl HeapCell {
             },
             next_all: ptr::null(),
             next_free: AtomicPtr::new(ptr::null_mut()),
-            remote: Padded(RemoteList::new()),
+            shard: shard % REMOTE_SHARDS,
+            remote: [const { Padded(RemoteList::new()) }; REMOTE_SHARDS],
         }
     }
 
@@ -322,7 +334,7 @@ impl HeapCell {
         let mut shared = SharedAccess::new(alloc);
         // SAFETY: claimed (caller).
         unsafe {
-            if !self.remote.0.is_empty() {
+            if self.has_remote() {
                 self.collect_remote(&mut shared);
                 if let Some(pool) = self.heap().list(class).first() {
                     return Some(pool);
@@ -431,7 +443,7 @@ impl HeapCell {
             // pools record theirs (P7).
             unsafe {
                 bump(&self.counters.freed_remotely, pool.class(), 1);
-                free_remote(&*owner.cast::<HeapCell>(), block, pool, alloc)
+                free_remote(&*owner.cast::<HeapCell>(), self.shard, block, pool, alloc)
             }
         }
     }
@@ -555,13 +567,13 @@ impl HeapCell {
         }
     }
 
-    /// Frees every block other threads pushed on this heap's remote list, as if they had been
+    /// Frees every block other threads pushed on this heap's remote lists, as if they had been
     /// freed here (H4).
     ///
     /// # Safety
     /// The caller has claimed the heap.
     pub(crate) unsafe fn collect_remote<P: Platform>(&self, shared: &mut SharedAccess<'_, P>) {
-        for (block, pool) in self.remote.0.take_all() {
+        for (block, pool) in self.remote.iter().flat_map(|list| list.0.take_all()) {
             // SAFETY: pushed blocks are in use in live pools of this heap (R1, H4).
             unsafe {
                 bump(&self.counters.taken_back, pool.class(), 1);
@@ -606,9 +618,9 @@ impl HeapCell {
         }
     }
 
-    /// Whether blocks wait on the remote list.
+    /// Whether blocks wait on the remote lists.
     pub(crate) fn has_remote(&self) -> bool {
-        !self.remote.0.is_empty()
+        self.remote.iter().any(|list| !list.0.is_empty())
     }
 
     /// Checks H1 and H2 and the pools' own invariants.
@@ -682,21 +694,23 @@ impl HeapCell {
     }
 }
 
-/// Pushes a block on its owner's remote list; if the owner has no thread at that moment,
-/// collects the list (H4).
+/// Pushes a block on its owner's remote list of `shard` (below [`REMOTE_SHARDS`]); if the
+/// owner has no thread at that moment, collects its lists (H4).
 ///
 /// # Safety
-/// `block` is a block in use of `pool`, owned by `owner`, and not used after this call.
+/// `block` is a block in use of `pool`, owned by `owner`, and not used after this call;
+/// `shard < REMOTE_SHARDS`.
 #[cold]
 #[inline(never)]
 unsafe fn free_remote<P: Platform>(
     owner: &HeapCell,
+    shard: usize,
     block: NonNull<u8>,
     pool: PoolPtr,
     alloc: &Allocator<P>,
 ) {
-    // SAFETY: as the caller guarantees.
-    unsafe { owner.remote.0.push(block, pool) };
+    // SAFETY: as the caller guarantees; a shard is below REMOTE_SHARDS.
+    unsafe { owner.remote.get_unchecked(shard).0.push(block, pool) };
     if !owner.claim.is_locked() {
         collect(owner, alloc);
     }

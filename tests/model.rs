@@ -682,6 +682,48 @@ fn a_block_alone_in_its_pool_resizes_in_place_where_the_slots_allow() {
     assert_eq!(a.stats().pooled_blocks, 0);
 }
 
+/// Blocks freed into one heap by more heaps than it has remote lists all come back: the owner
+/// takes every list back before it asks for a new pool.
+#[test]
+fn remote_frees_from_more_heaps_than_shards_all_come_back() {
+    let a = Allocator::new(TestPlatform::new());
+    let mut owner = a.local_heap().unwrap();
+    let mut others: Vec<_> = (0..pymalloc::REMOTE_SHARDS + 2)
+        .map(|_| a.local_heap().unwrap())
+        .collect();
+    let layout = Layout::from_size_align(64, 8).unwrap();
+    let per_pool = pymalloc_pool::blocks_per_pool(pymalloc_pool::SizeClass::for_size(64).unwrap());
+    assert!(per_pool >= others.len());
+    let blocks: Vec<*mut u8> = (0..per_pool).map(|_| owner.alloc(layout)).collect();
+    let mut freed: Vec<*mut u8> = blocks
+        .iter()
+        .copied()
+        .step_by(2)
+        .take(others.len())
+        .collect();
+    for (other, &p) in others.iter_mut().zip(&freed) {
+        // SAFETY: a live block of this layout, freed once, by a heap that does not own it.
+        unsafe { other.dealloc(p, layout) };
+    }
+    // The pool is full for its owner until it takes the lists back.
+    let mut again: Vec<*mut u8> = (0..freed.len()).map(|_| owner.alloc(layout)).collect();
+    again.sort();
+    freed.sort();
+    assert_eq!(
+        again, freed,
+        "every remotely freed block is handed out again"
+    );
+    let stats = a.stats();
+    assert_eq!((stats.pools_full, stats.pools_used), (1, 0), "{stats}");
+    for p in blocks {
+        // SAFETY: live blocks of this layout, each freed once.
+        unsafe { owner.dealloc(p, layout) };
+    }
+    drop((owner, others));
+    a.check().unwrap();
+    assert_eq!(a.stats().pooled_blocks, 0);
+}
+
 /// A pool that is full when another heap frees one of its blocks is not lost: its owner takes
 /// the block back when it next needs one of that class, and reuses that very pool.
 #[test]
