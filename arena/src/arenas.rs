@@ -157,6 +157,24 @@ const fn longest_run(bits: SlotBits) -> usize {
     len
 }
 
+/// The length of the stretch of set bits in `bits` that holds bit `i` (set), capped at
+/// [`MAX_SPAN_SLOTS`] as [`longest_run`] is: a few instructions where `longest_run` takes
+/// dozens, for the bucket updates whose answer only this stretch can change.
+const fn stretch_at(bits: SlotBits, i: u32) -> usize {
+    let from_i = (!(bits >> i)).trailing_zeros();
+    let below_i = if i == 0 {
+        0
+    } else {
+        (!(bits << (SlotBits::BITS - i))).leading_zeros()
+    };
+    let len = (from_i + below_i) as usize;
+    if len < MAX_SPAN_SLOTS {
+        len
+    } else {
+        MAX_SPAN_SLOTS
+    }
+}
+
 /// Where to place a run of `len` slots in `bits`: at the start of the shortest stretch of set
 /// bits that holds it (stretches of [`MAX_SPAN_SLOTS`] or more count as equally long, and the
 /// first is taken), so that long stretches stay whole for long spans; `None` if no stretch is
@@ -537,6 +555,30 @@ impl Arenas {
         }
     }
 
+    /// Both buckets, after slots holding slot `start` were added to `free` and `dirty`: no
+    /// other stretch changed, so each longest run is the old one or the stretch at `start`.
+    ///
+    /// # Safety
+    /// As [`Arenas::rebucket_free`], and slot `start` is free and dirty.
+    unsafe fn rebucket_after_adding(&mut self, h: *mut Header, start: u32) {
+        // SAFETY: as the caller guarantees; runs are capped below RUN_BUCKETS.
+        unsafe {
+            let (old, run) = ((*h).run_bucket as usize, stretch_at((*h).free, start));
+            if run > old {
+                self.by_run.shift(h, old, run);
+                (*h).run_bucket = run as u8;
+            }
+            let (old, run) = (
+                (*h).dirty_run_bucket as usize,
+                stretch_at((*h).dirty, start),
+            );
+            if run > old {
+                self.by_dirty_run.shift(h, old, run);
+                (*h).dirty_run_bucket = run as u8;
+            }
+        }
+    }
+
     /// Hands out one pool of `slots` consecutive slots (1 to [`MAX_SPAN_SLOTS`]):
     /// `slots * POOL_SIZE` bytes starting at a slot, exclusively the caller's until given
     /// back with [`Arenas::free_pool`], with whether they read zero. `None` if the platform
@@ -635,7 +677,7 @@ impl Arenas {
             }
             (*h).dirty |= run;
             self.dirty_slots += len as usize;
-            self.rebucket(h);
+            self.rebucket_after_adding(h, start);
         }
     }
 
@@ -1044,6 +1086,24 @@ mod bit_tests {
                 .max()
                 .unwrap_or(0) as usize;
             assert_eq!(longest_run(bits), longest.min(MAX_SPAN_SLOTS), "{bits:#x}");
+        }
+    }
+
+    #[test]
+    fn stretch_at_measures_the_stretch_around_a_set_bit() {
+        for bits in PATTERNS {
+            for i in (0..SlotBits::BITS).filter(|&i| bits >> i & 1 == 1) {
+                let mut first = i;
+                while first > 0 && bits >> (first - 1) & 1 == 1 {
+                    first -= 1;
+                }
+                let expected = stretch(bits, first) as usize;
+                assert_eq!(
+                    stretch_at(bits, i),
+                    expected.min(MAX_SPAN_SLOTS),
+                    "bits {bits:#x} slot {i}"
+                );
+            }
         }
     }
 
