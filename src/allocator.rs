@@ -362,10 +362,9 @@ impl<P: Platform> Allocator<P> {
         // Growing by half or more into a cached mapping that fits: that mapping's pages are
         // already faulted in, and copying the block costs less than faulting in as many fresh
         // pages as a remap would add (a page fault costs several times a page's copy).
-        if new - old.min(new) >= old / 2 && self.shared().large.has_cached(new, align) {
-            return None;
-        }
-        if !P::CAN_REMAP {
+        if !P::CAN_REMAP
+            || (new.saturating_sub(old) >= old / 2 && self.shared().large.has_cached(new, align))
+        {
             return None;
         }
         // The system places a moved mapping on a page boundary, no more: over-aligned blocks

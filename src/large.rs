@@ -48,6 +48,14 @@ struct Cached {
     len: usize,
 }
 
+impl Cached {
+    /// Whether this entry holds a mapping that may serve a block needing `len` bytes aligned
+    /// to `align` (L1, L3).
+    fn serves(&self, len: usize, align: usize) -> bool {
+        !self.ptr.is_null() && fits(self.len, len) && self.ptr.addr() % align == 0
+    }
+}
+
 const VACANT: Cached = Cached {
     ptr: ptr::null_mut(),
     len: 0,
@@ -139,7 +147,7 @@ impl Large {
             .cache
             .iter()
             .enumerate()
-            .filter(|(_, c)| !c.ptr.is_null() && fits(c.len, len) && c.ptr.addr() % align == 0)
+            .filter(|(_, c)| c.serves(len, align))
             .min_by_key(|(_, c)| c.len)?
             .0;
         let entry = core::mem::replace(&mut self.cache[i], VACANT);
@@ -152,9 +160,7 @@ impl Large {
 
     /// Whether [`Large::take_cached`] would find a mapping for `len` bytes aligned to `align`.
     pub(crate) fn has_cached(&self, len: usize, align: usize) -> bool {
-        self.cache
-            .iter()
-            .any(|c| !c.ptr.is_null() && fits(c.len, len) && c.ptr.addr() % align == 0)
+        self.cache.iter().any(|c| c.serves(len, align))
     }
 
     /// Registers a new mapping of `len` bytes in use. Call [`Large::make_room`] first.

@@ -154,7 +154,7 @@ fn thread_counts(max: usize) -> Vec<usize> {
 fn scaling(dir: &Path, opts: &Options) -> String {
     let counts = thread_counts(opts.threads);
     let mut times: BTreeMap<(usize, &str), Vec<u64>> = BTreeMap::new();
-    let mut spins: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    let mut spins: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
     let total = counts.len() * opts.runs * ALLOCATORS.len();
     let mut k = 0;
     for run in 1..=opts.runs {
@@ -178,11 +178,7 @@ fn scaling(dir: &Path, opts: &Options) -> String {
         .into_iter()
         .map(|((t, a), v)| ((t, a), (t * churn) as f64 / median(v) as f64 * 1e3))
         .collect();
-    let spin = |t: usize| {
-        let mut v = spins[&t].clone();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
+    let spin = |t: usize| median(spins[&t].clone()) as f64;
     let ceiling: Vec<f64> = counts.iter().map(|&t| spin(t) / spin(1)).collect();
     let mut out = String::from(
         "\n**Thread scaling**: `small-churn` with every thread doing the same work; million \
@@ -229,7 +225,7 @@ fn scaling(dir: &Path, opts: &Options) -> String {
 
 /// Iterations per second of an arithmetic loop on `threads` threads together: the machine's
 /// own scaling, with no allocator involved.
-fn spin_rate(threads: usize) -> f64 {
+fn spin_rate(threads: usize) -> u64 {
     const ITERATIONS: u64 = 200_000_000;
     let start = std::time::Instant::now();
     std::thread::scope(|s| {
@@ -243,7 +239,7 @@ fn spin_rate(threads: usize) -> f64 {
             });
         }
     });
-    (threads as u64 * ITERATIONS) as f64 / start.elapsed().as_secs_f64()
+    ((threads as u64 * ITERATIONS) as f64 / start.elapsed().as_secs_f64()) as u64
 }
 
 /// Horizontal bars of each allocator's time and peak-RSS ratio to the system allocator, on a
