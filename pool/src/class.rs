@@ -2,9 +2,10 @@
 //!
 //! - *Small* classes: 16-byte steps up to [`SMALL_MAX`] = 512 bytes, exactly as CPython's
 //!   obmalloc (32 classes).
-//! - *Medium* classes: eight per power of two from 512 bytes up to [`POOLED_MAX`] = 256 KiB
-//!   (72 classes), so that a request never wastes more than 12.5% of itself: the step in
-//!   `(2^k, 2^(k+1)]` is `2^(k-3)`, at most an eighth of any size in that range.
+//! - *Medium* classes: `MEDIUM_PER_DOUBLING` = 8 per power of two from 512 bytes up to
+//!   [`POOLED_MAX`] = 256 KiB (72 classes), so that a request never wastes more than 12.5% of
+//!   itself: the step in `(2^k, 2^(k+1)]` is `2^k / 8`, at most an eighth of any size in that
+//!   range. Block sizes and the lookup both derive the step from that one constant.
 //!
 //! Each class's pool spans `span_slots()` consecutive slots of [`POOL_SIZE`] bytes, at most
 //! [`MAX_SPAN_SLOTS`]: the fewest that hold at least eight blocks (one block, for classes of
@@ -38,6 +39,12 @@ pub const NUM_CLASSES: usize =
 
 const _: () = assert!(NUM_CLASSES <= u8::MAX as usize + 1);
 const _: () = assert!(MAX_SPAN_SLOTS.is_power_of_two());
+const _: () = assert!(
+    MEDIUM_PER_DOUBLING.is_power_of_two()
+        && MEDIUM_PER_DOUBLING >= 8
+        && MEDIUM_PER_DOUBLING <= SMALL_MAX / ALIGNMENT,
+    "medium steps waste at most an eighth and are whole multiples of the alignment"
+);
 
 /// Block size of class `index`.
 const fn block_size_of(index: usize) -> usize {
@@ -46,7 +53,7 @@ const fn block_size_of(index: usize) -> usize {
     } else {
         let m = index - SMALL_CLASSES;
         let log = SMALL_MAX_LOG as usize + m / MEDIUM_PER_DOUBLING;
-        (1 << log) + (m % MEDIUM_PER_DOUBLING + 1) * (1 << (log - 3))
+        (1 << log) + (m % MEDIUM_PER_DOUBLING + 1) * ((1 << log) / MEDIUM_PER_DOUBLING)
     }
 }
 
@@ -128,7 +135,7 @@ impl SizeClass {
         } else if size <= POOLED_MAX {
             let x = size - 1;
             let log = x.ilog2();
-            let step = (x >> (log - 3)) & (MEDIUM_PER_DOUBLING - 1);
+            let step = (x >> (log - MEDIUM_PER_DOUBLING.ilog2())) & (MEDIUM_PER_DOUBLING - 1);
             let index = SMALL_CLASSES + (log - SMALL_MAX_LOG) as usize * MEDIUM_PER_DOUBLING + step;
             Some(SizeClass(index as u8))
         } else {
@@ -190,8 +197,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn classes_cover_every_pooled_size_with_at_most_an_eighth_wasted() {
-        assert_eq!(NUM_CLASSES, 32 + 72);
+    fn classes_cover_every_pooled_size_with_at_most_a_step_wasted() {
+        assert_eq!(
+            NUM_CLASSES,
+            SMALL_CLASSES + MEDIUM_PER_DOUBLING * (POOLED_MAX / SMALL_MAX).ilog2() as usize
+        );
         assert_eq!(SizeClass::for_size(0).unwrap().block_size(), 16);
         let mut previous = SizeClass::for_size(1).unwrap();
         let step = if cfg!(miri) { 97 } else { 1 };
@@ -199,7 +209,8 @@ mod tests {
             let class = SizeClass::for_size(size).unwrap();
             assert!(class.block_size() >= size, "size {size}");
             assert!(
-                (class.block_size() - size) * 8 <= size.max(ALIGNMENT * 8),
+                (class.block_size() - size) * MEDIUM_PER_DOUBLING
+                    <= size.max(ALIGNMENT * MEDIUM_PER_DOUBLING),
                 "size {size} wastes too much"
             );
             assert!(class >= previous, "classes grow with sizes");
