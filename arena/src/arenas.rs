@@ -22,11 +22,14 @@
 //!   long spans, and sparse arenas drain and can go back. Inside the arena the run starts the
 //!   shortest free stretch that holds it, so that longer stretches stay whole.
 //! - *Decommit with hysteresis*: once more free slots are dirty than
-//!   [`Arenas::dirty_limit`] allows (one arena's worth, or half as many as the slots in use if
+//!   [`Arenas::dirty_limit`] allows (the *dirty floor*, or half as many as the slots in use if
 //!   more), the oldest are decommitted until half that remains, so a pool freed and taken
 //!   again in a loop costs no system call, a program whose live memory churns reuses what it
 //!   freed instead of faulting fresh pages in, yet a program that frees most of its memory
-//!   gets it back.
+//!   gets it back. The floor starts at one arena's worth and doubles (up to
+//!   [`MAX_DIRTY_FLOOR`]) whenever half of what the last purge decommitted has been taken back
+//!   into use by the next: a program whose free slots swing by more than the floor would
+//!   otherwise decommit and fault the same pages in again and again.
 //! - *Keep some empty arenas*: up to [`Arenas::empty_limit`] wholly free arenas
 //!   ([`MIN_EMPTY_ARENAS`], or one per [`EMPTY_SHARE`] arenas' worth of slots in use if more) stay
 //!   mapped (their pages subject to the decommit policy); beyond that the one emptied longest
@@ -37,8 +40,8 @@
 //! - A1 every arena is in the list of all arenas, in the run bucket of its longest free run
 //!   and the dirty-run bucket of its longest dirty run (each capped at [`MAX_SPAN_SLOTS`]; in
 //!   none for 0), and a bucket's bit is set in its bitmap exactly when it is not empty;
-//! - A2 `dirty ⊆ free ⊆ USABLE` (slot 0 is never free); the pools (a head and its span) tile
-//!   exactly the slots that are not free;
+//! - A2 `dirty ⊆ free ⊆ USABLE` (slot 0 is never free), `purged ⊆ free` and disjoint from
+//!   `dirty`; the pools (a head and its span) tile exactly the slots that are not free;
 //! - A3 an arena is in the dirty list exactly when its `dirty` is not zero, and `dirty_slots`
 //!   is the sum of their dirty bits; an arena is in the empty list exactly when every slot is
 //!   free, `empty` counts them, and is at most [`Arenas::empty_limit`];
@@ -65,10 +68,12 @@ use crate::map::ArenaMap;
 pub const POOLS_PER_ARENA: usize = SLOTS - 1;
 /// Wholly free arenas always allowed to stay mapped (see [`Arenas::empty_limit`]).
 pub const MIN_EMPTY_ARENAS: usize = 4;
-/// Dirty free slots always allowed before the oldest are decommitted: one arena's worth (see
-/// [`Arenas::dirty_limit`]).
+/// Dirty free slots always allowed before the oldest are decommitted, at first: one arena's
+/// worth (see [`Arenas::dirty_limit`]).
 pub const MIN_DIRTY_SLOTS: usize = SLOTS;
-/// Beyond [`MIN_DIRTY_SLOTS`], one dirty free slot may be kept per this many slots in use.
+/// The most the dirty floor grows to when purges keep being undone: eight arenas' worth.
+pub const MAX_DIRTY_FLOOR: usize = 8 * SLOTS;
+/// Beyond the dirty floor, one dirty free slot may be kept per this many slots in use.
 /// Measured on random medium sizes (`docs/design.md`): keeping less makes the program fault
 /// freed memory back in, slower and with no lower peak.
 pub const DIRTY_SHARE: usize = 2;
@@ -215,6 +220,9 @@ const UNLINKED: Links = Links {
 pub struct Header {
     free: SlotBits,
     dirty: SlotBits,
+    /// Free slots decommitted by a purge (they read zero) and not taken since: taking them
+    /// back is what shows a purge was undone.
+    purged: SlotBits,
     heads: SlotBits,
     /// Span length of the pool starting at each slot (meaningful for heads only).
     span: [u8; SLOTS],
@@ -439,6 +447,13 @@ pub struct Arenas {
     /// Arenas with dirty free slots, the oldest first.
     dirty: List,
     dirty_slots: usize,
+    /// Dirty free slots always allowed: [`MIN_DIRTY_SLOTS`], doubled up to
+    /// [`MAX_DIRTY_FLOOR`] each time a purge is found undone.
+    dirty_floor: usize,
+    /// Slots the last purge over the limit decommitted.
+    last_purged: usize,
+    /// Purged slots taken into use since that purge.
+    purged_taken: usize,
     /// Arenas with every slot free, the one emptied longest ago first.
     empties: List,
     /// Slots in pools in use, over all arenas.
@@ -466,6 +481,9 @@ impl Arenas {
             by_dirty_run: Buckets::new(Chain::DirtyRuns),
             dirty: List::EMPTY,
             dirty_slots: 0,
+            dirty_floor: MIN_DIRTY_SLOTS,
+            last_purged: 0,
+            purged_taken: 0,
             empties: List::EMPTY,
             slots_in_use: 0,
             arenas: 0,
@@ -473,10 +491,11 @@ impl Arenas {
         }
     }
 
-    /// Dirty free slots allowed before the oldest are decommitted: [`MIN_DIRTY_SLOTS`], or
-    /// one per [`DIRTY_SHARE`] slots in use if that is more.
+    /// Dirty free slots allowed before the oldest are decommitted: the dirty floor (from
+    /// [`MIN_DIRTY_SLOTS`] to [`MAX_DIRTY_FLOOR`]), or one per [`DIRTY_SHARE`] slots in use if
+    /// that is more.
     pub fn dirty_limit(&self) -> usize {
-        MIN_DIRTY_SLOTS.max(self.slots_in_use / DIRTY_SHARE)
+        self.dirty_floor.max(self.slots_in_use / DIRTY_SHARE)
     }
 
     /// Wholly free arenas allowed to stay mapped: [`MIN_EMPTY_ARENAS`], or one per
@@ -645,6 +664,11 @@ impl Arenas {
                 self.empties.remove(h, Chain::Empty);
                 self.empty -= 1;
             }
+            let purged_in_run = (*h).purged & run;
+            if purged_in_run != 0 {
+                (*h).purged &= !run;
+                self.purged_taken += purged_in_run.count_ones() as usize;
+            }
             (*h).free &= !run;
             self.slots_in_use += len as usize;
             if dirty_in_run != 0 {
@@ -682,12 +706,26 @@ impl Arenas {
     }
 
     /// Decommits the oldest dirty slots if more are dirty than [`Arenas::dirty_limit`] allows,
-    /// until half that remains.
+    /// until half that remains; first doubles the dirty floor if half of what the last such
+    /// purge decommitted has been taken back into use since (the purge was undone).
     fn purge_over_limit<P: Platform>(&mut self, platform: &P) {
-        let limit = self.dirty_limit();
-        if self.dirty_slots > limit {
-            self.purge(platform, limit / 2);
+        if self.dirty_slots <= self.dirty_limit() {
+            return;
         }
+        if self.last_purged > 0
+            && self.purged_taken * 2 >= self.last_purged
+            && self.dirty_floor < MAX_DIRTY_FLOOR
+        {
+            self.dirty_floor *= 2;
+            self.last_purged = 0;
+            if self.dirty_slots <= self.dirty_limit() {
+                return;
+            }
+        }
+        let before = self.dirty_slots;
+        self.purge(platform, self.dirty_limit() / 2);
+        self.last_purged = before - self.dirty_slots;
+        self.purged_taken = 0;
     }
 
     /// Maps, registers and lists a new, empty arena.
@@ -699,6 +737,7 @@ impl Arenas {
             h.write(Header {
                 free: USABLE,
                 dirty: 0,
+                purged: 0,
                 heads: 0,
                 span: [0; SLOTS],
                 run_bucket: 0,
@@ -853,6 +892,7 @@ impl Arenas {
                     refused = !platform.decommit(Self::slot(h, start), len as usize * POOL_SIZE);
                     if !refused {
                         (*h).dirty &= !run_mask(start, len);
+                        (*h).purged |= run_mask(start, len);
                         self.dirty_slots -= len as usize;
                     }
                 }
@@ -919,10 +959,11 @@ impl Arenas {
     /// `h` is a live arena header of this manager.
     unsafe fn check_arena(&self, h: *mut Header, map: &ArenaMap) -> Result<(), &'static str> {
         // SAFETY: a live header (caller).
-        let (free, dirty, heads, span, buckets) = unsafe {
+        let (free, dirty, purged, heads, span, buckets) = unsafe {
             (
                 (*h).free,
                 (*h).dirty,
+                (*h).purged,
                 (*h).heads,
                 &(*h).span,
                 ((*h).run_bucket as usize, (*h).dirty_run_bucket as usize),
@@ -930,6 +971,9 @@ impl Arenas {
         };
         if free & !USABLE != 0 || dirty & !free != 0 || heads & (free | !USABLE) != 0 {
             return Err("arenas: dirty slots not free, a head slot free, or the header slot free");
+        }
+        if purged & !free != 0 || purged & dirty != 0 {
+            return Err("arenas: purged slots in use or dirty");
         }
         if buckets != (longest_run(free), longest_run(dirty)) {
             return Err("arenas: an arena is in the wrong bucket for its longest runs");

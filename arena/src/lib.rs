@@ -18,8 +18,8 @@ mod platform;
 mod test_platform;
 
 pub use arenas::{
-    ARENA_SHIFT, ARENA_SIZE, ArenaStats, Arenas, DIRTY_SHARE, EMPTY_SHARE, MIN_DIRTY_SLOTS,
-    MIN_EMPTY_ARENAS, POOLS_PER_ARENA, SLOTS,
+    ARENA_SHIFT, ARENA_SIZE, ArenaStats, Arenas, DIRTY_SHARE, EMPTY_SHARE, MAX_DIRTY_FLOOR,
+    MIN_DIRTY_SLOTS, MIN_EMPTY_ARENAS, POOLS_PER_ARENA, SLOTS,
 };
 pub use map::ArenaMap;
 pub use platform::{OsPlatform, Platform};

@@ -212,6 +212,52 @@ fn dirty_slots_beyond_the_limit_are_decommitted_oldest_first() {
     assert!(dirty_used > 0);
 }
 
+/// Takes `n` one-slot pools and gives back all but one in a hundred (so that no arena
+/// empties and goes back), returning the kept ones.
+fn churn_slots(f: &mut Fixture, n: usize) -> Vec<NonNull<u8>> {
+    let slots: Vec<_> = (0..n).map(|_| f.alloc().unwrap().0).collect();
+    let mut kept = Vec::new();
+    for (i, s) in slots.into_iter().enumerate() {
+        if i % 100 == 0 {
+            kept.push(s);
+        } else {
+            f.free(s);
+        }
+    }
+    kept
+}
+
+#[test]
+fn a_purge_undone_by_the_next_takes_doubles_the_dirty_floor_up_to_its_cap() {
+    let mut f = Fixture::new();
+    let mut kept = Vec::new();
+    assert_eq!(f.arenas.dirty_limit(), MIN_DIRTY_SLOTS);
+    // Free slots swing past the limit: the first purge decommits.
+    let n = MIN_DIRTY_SLOTS + MIN_DIRTY_SLOTS / 2;
+    kept.extend(churn_slots(&mut f, n));
+    let purges = f.platform.decommits();
+    assert!(purges >= 1);
+    // The same swing again takes the purged slots back: the floor doubles instead of a
+    // second purge.
+    kept.extend(churn_slots(&mut f, n));
+    assert_eq!(f.arenas.dirty_limit(), 2 * MIN_DIRTY_SLOTS);
+    assert_eq!(
+        f.platform.decommits(),
+        purges,
+        "no purge while under the new floor"
+    );
+    // Ever larger swings raise it to the cap, and no further.
+    for _ in 0..8 {
+        let n = f.arenas.dirty_limit() * 3 / 2;
+        kept.extend(churn_slots(&mut f, n));
+        kept.extend(churn_slots(&mut f, n));
+    }
+    assert_eq!(f.arenas.dirty_limit(), MAX_DIRTY_FLOOR);
+    for s in kept {
+        f.free(s);
+    }
+}
+
 #[test]
 fn refused_memory_gives_none_and_leaves_the_manager_consistent() {
     // The arena's own mapping refused; then each of the radix tree's three nodes refused.
