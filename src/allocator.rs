@@ -705,8 +705,13 @@ impl<'a, P: Platform> Session<'a, P> {
     pub(crate) unsafe fn dealloc_unsized(self, ptr: NonNull<u8>) {
         if let Some((pool, start)) = self.alloc.pooled_block(ptr) {
             // SAFETY: `start` is a block of `pool`, in use (caller); the heap is claimed
-            // (Session::new).
-            unsafe { self.cell.free_in(start, pool, self.alloc) };
+            // (Session::new), so a pool it owns is its alone to check and mark (P9).
+            unsafe {
+                if pool.owner() == self.cell.id() {
+                    pool.check_and_mark_free(start);
+                }
+                self.cell.free_in(start, pool, self.alloc)
+            };
         } else {
             // SAFETY: a large block in use, or (checked there) no block at all (caller).
             unsafe { self.alloc.free_large(ptr, None) };

@@ -5,6 +5,7 @@
 mod common;
 
 use std::alloc::Layout;
+use std::ptr::NonNull;
 
 use common::{expect_abort, fill, holds, in_child};
 use pymalloc::{Allocator, OsPlatform};
@@ -244,6 +245,47 @@ fn freeing_the_block_freed_last_again_aborts_with_a_message() {
             a.dealloc(p, layout);
         }
     }
+}
+
+#[test]
+fn a_c_free_of_a_block_freed_before_others_aborts_with_a_message() {
+    // Through C's `free` (no layout): blocks freed since put another at the freelist's head,
+    // and the pool still has a block in use; the freed mark tells (pool invariant P9).
+    expect_abort(
+        "a_c_free_of_a_block_freed_before_others_aborts_with_a_message",
+        "pymalloc: fatal: free of a block that is already free (double free)",
+    );
+    if in_child() {
+        let a = Allocator::new(TestPlatform::new());
+        let layout = Layout::from_size_align(24, 8).unwrap();
+        let (p, q, _r) = (a.alloc(layout), a.alloc(layout), a.alloc(layout));
+        // SAFETY: deliberately not: the third free is the misuse under test.
+        unsafe {
+            a.dealloc_unsized(NonNull::new(p).unwrap());
+            a.dealloc_unsized(NonNull::new(q).unwrap());
+            a.dealloc_unsized(NonNull::new(p).unwrap());
+        }
+    }
+}
+
+#[test]
+fn a_c_free_of_a_block_that_holds_the_mark_by_chance_frees_it() {
+    // A block freed through C's `free`, handed out again and freed again without its second
+    // word written: it still holds the mark, and the freelist walk clears it.
+    let a = Allocator::new(TestPlatform::new());
+    let layout = Layout::from_size_align(16, 8).unwrap();
+    let keep = a.alloc(layout);
+    for _ in 0..3 {
+        let p = NonNull::new(a.alloc(layout)).unwrap();
+        // SAFETY: a live block, freed once per round; only its first word is written.
+        unsafe {
+            p.cast::<usize>().write(7);
+            a.dealloc_unsized(p);
+        }
+        a.check().unwrap();
+    }
+    // SAFETY: a live block of this layout.
+    unsafe { a.dealloc(keep, layout) };
 }
 
 #[test]

@@ -119,6 +119,20 @@ fn freeing_a_block_twice_in_a_row_aborts_with_a_message() {
 }
 
 #[test]
+fn freeing_a_block_again_after_another_aborts_with_a_message() {
+    let mut command = Command::new(abi_test());
+    command.arg("double-free-later");
+    let out = run(command, true);
+    assert_eq!(out.status.signal(), Some(libc::SIGABRT));
+    // The freelist's head is the other block: the freed mark gives it away.
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("pymalloc: fatal: free of a block that is already free (double free)"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn the_c_test_notices_when_pymalloc_is_not_loaded() {
     let out = run(Command::new(abi_test()), false);
     assert!(!out.status.success());

@@ -42,7 +42,7 @@ pub use class::{ALIGNMENT, MAX_SPAN_SLOTS, NUM_CLASSES, POOLED_MAX, SMALL_MAX, S
 pub use fatal::{ensure, fatal};
 pub use pool::{
     ARENA_SHIFT, ARENA_SIZE, DESCRIPTORS, Freed, POOL_SIZE, Pool, PoolList, PoolPtr, SLOTS,
-    blocks_per_pool, first_slot_entry, set_first_slot_entries,
+    blocks_per_pool, clear_freed_mark, first_slot_entry, set_first_slot_entries,
 };
 pub use remote::{Drain, RemoteList};
 

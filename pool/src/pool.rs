@@ -40,6 +40,12 @@
 //!   whoever has the pool (a load and a store, no read-modify-write) but are atomics, so that
 //!   statistics may read them from any thread, for a figure of some recent moment. Every
 //!   other field belongs to whoever has the pool.
+//! - P9 a block that C's `free` put on the freelist holds its pool's *freed mark*
+//!   ([`PoolPtr::check_and_mark_free`]) in its second word until it is handed out again, when
+//!   C's `malloc` clears it ([`clear_freed_mark`]); so C's `free` of a block that carries the
+//!   mark walks the freelist, and a block found there is a double free, whichever block of
+//!   the pool it is. A program may store the same value by chance; the walk tells the two
+//!   apart. Rust's sized frees, which safe code cannot repeat, neither check nor mark.
 
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU16, Ordering};
@@ -128,7 +134,7 @@ fn descriptor_at(address: NonNull<u8>, slot: usize) -> NonNull<Pool> {
 
 /// The descriptor of the pool whose memory starts at `memory`, a slot of an arena (P1).
 #[inline(always)]
-fn descriptor_of(memory: NonNull<u8>) -> NonNull<Pool> {
+pub(crate) fn descriptor_of(memory: NonNull<u8>) -> NonNull<Pool> {
     descriptor_at(
         memory,
         (memory.addr().get() >> POOL_SIZE.trailing_zeros()) & (SLOTS - 1),
@@ -490,6 +496,42 @@ impl PoolPtr {
         }
     }
 
+    /// For C's `free`, which no type system stands behind: aborts if `block` is already on the
+    /// freelist — it carries the freed mark (P9) and a walk of the freelist finds it — and
+    /// otherwise marks it, for the [`PoolPtr::free`] that follows. The walk is bounded by the
+    /// blocks carved, and taken only when the mark is there.
+    ///
+    /// # Safety
+    /// `self` is a live pool the caller has exclusive access to, and `block` is the start of a
+    /// block of this pool that the caller is about to free (a block in use, unless this is a
+    /// double free).
+    #[inline(always)]
+    pub unsafe fn check_and_mark_free(self, block: NonNull<u8>) {
+        let p = self.0.as_ptr();
+        let mark = block.cast::<usize>().as_ptr().wrapping_add(1);
+        // SAFETY: the pool is live and ours (caller); the block's first two words lie inside
+        // the pool, and are the caller's to overwrite; freelist entries are carved blocks
+        // whose first word holds the next entry (P3), at most `bump / size` of them (P4).
+        unsafe {
+            if read_frozen(mark) == freed_mark(p) {
+                let mut free = (*p).free;
+                let mut left = (*p).bump / (*p).size;
+                while !free.is_null() && left > 0 {
+                    if free == block.as_ptr() {
+                        fatal("free of a block that is already free (double free)");
+                    }
+                    let link = size_of::<*mut u8>();
+                    asan::unpoison(free, link);
+                    let next = free.cast::<*mut u8>().read();
+                    asan::poison(free, link);
+                    free = next;
+                    left -= 1;
+                }
+            }
+            mark.write(freed_mark(p));
+        }
+    }
+
     /// The start of the block that contains `ptr`, for pointers handed out at an offset
     /// inside their block (over-aligned requests).
     ///
@@ -615,6 +657,75 @@ impl PoolPtr {
             return Err("pool: blocks in use plus free blocks differ from blocks carved");
         }
         Ok(())
+    }
+}
+
+/// The value a block freed by C's `free` holds in its second word (P9): its pool's descriptor
+/// address (which the block's own address gives away anyway, as its freelist link does).
+#[inline(always)]
+pub(crate) fn freed_mark(p: *mut Pool) -> usize {
+    p.addr()
+}
+
+const _: () = assert!(
+    ALIGNMENT >= 2 * size_of::<usize>(),
+    "a block holds the freelist link and the freed mark"
+);
+
+/// Clears the freed mark (P9) of a block C's `malloc` hands out, so that its next `free`
+/// does not walk the freelist: a block of 16 bytes holding 8 would otherwise keep the mark.
+///
+/// # Safety
+/// `block` starts a block (at least [`ALIGNMENT`] bytes) that the caller has just been
+/// handed and has not yet given to the program.
+#[inline(always)]
+pub unsafe fn clear_freed_mark(block: NonNull<u8>) {
+    // SAFETY: the caller's block, at least two words long.
+    unsafe { block.cast::<usize>().add(1).write(0) };
+}
+
+/// The word at `word` as the machine holds it: the program may have left uninitialized bytes
+/// there (a struct's padding, even in safe code), which a plain read may not look at. An
+/// inline `asm` load yields an initialized value whatever the bytes (and AddressSanitizer does
+/// not see it, so a block freed twice gets our message, not its report). Where the target has
+/// none here, or under Miri, a plain read.
+///
+/// # Safety
+/// `word` is valid for reading a `usize`, and aligned.
+#[inline(always)]
+unsafe fn read_frozen(word: *const usize) -> usize {
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    {
+        let value: usize;
+        // SAFETY: one aligned load from a valid address (caller), no other effect.
+        unsafe {
+            core::arch::asm!(
+                "mov {value}, qword ptr [{word}]",
+                word = in(reg) word,
+                value = lateout(reg) value,
+                options(nostack, readonly, preserves_flags),
+            )
+        };
+        value
+    }
+    #[cfg(all(target_arch = "aarch64", not(miri)))]
+    {
+        let value: usize;
+        // SAFETY: as above.
+        unsafe {
+            core::arch::asm!(
+                "ldr {value}, [{word}]",
+                word = in(reg) word,
+                value = lateout(reg) value,
+                options(nostack, readonly, preserves_flags),
+            )
+        };
+        value
+    }
+    #[cfg(any(miri, not(any(target_arch = "x86_64", target_arch = "aarch64"))))]
+    // SAFETY: valid and aligned (caller); the tests under Miri free only initialized blocks.
+    unsafe {
+        word.read()
     }
 }
 

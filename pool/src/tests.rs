@@ -5,7 +5,7 @@ use std::ptr::NonNull;
 use quickcheck::{QuickCheck, TestResult};
 
 use super::*;
-use crate::pool::{block_index, reciprocal};
+use crate::pool::{block_index, descriptor_of, freed_mark, reciprocal};
 
 /// A zeroed arena owned by the test, with one pool of a class entered in its first-slot entries:
 /// `.0` is the pool's memory, from slot [`FIRST`] on (not aligned to a span's size: spans
@@ -221,6 +221,36 @@ fn check_catches_a_corrupted_freelist() {
         // A link back to itself: a cycle.
         a.cast::<*mut u8>().write(a.as_ptr());
         assert!(pool.check().is_err());
+    }
+}
+
+#[test]
+fn a_c_free_marks_the_block_and_a_block_holding_the_mark_by_chance_frees_normally() {
+    let class = SizeClass::for_size(48).unwrap();
+    let slot = Mem::new(class);
+    let mark = freed_mark(descriptor_of(slot.0).as_ptr());
+    // SAFETY: the memory is ours; every block freed below was handed out by this pool and is
+    // freed once.
+    unsafe {
+        let pool = PoolPtr::init(slot.0, class, true, core::ptr::null_mut());
+        let (a, b) = (pool.alloc().unwrap().0, pool.alloc().unwrap().0);
+        pool.check_and_mark_free(a);
+        pool.free(a);
+        assert_eq!(a.cast::<usize>().add(1).read(), mark, "P9");
+        // A program that stores the mark's value in its block: the walk does not find the
+        // block on the freelist, and the free goes on.
+        b.cast::<usize>().add(1).write(mark);
+        pool.check_and_mark_free(b);
+        pool.free(b);
+        assert_eq!(pool.used(), 0);
+        assert_eq!(pool.check(), Ok(()));
+        // Handed out again, a block's mark is cleared by C's malloc.
+        let again = pool.alloc().unwrap().0;
+        clear_freed_mark(again);
+        assert_eq!(again.cast::<usize>().add(1).read(), 0);
+        pool.check_and_mark_free(again);
+        pool.free(again);
+        assert_eq!(pool.check(), Ok(()));
     }
 }
 

@@ -6,6 +6,7 @@
  *   abi_test invalid-free free a pointer pymalloc never handed out (must abort)
  *   abi_test interior-free free a pointer into the middle of a block (must abort)
  *   abi_test double-free   free a block twice in a row (must abort)
+ *   abi_test double-free-later  free a block again after freeing another (must abort)
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -325,6 +326,14 @@ int main(int argc, char **argv) {
         free(p);
         free(p);
         free(q);
+        return 0;
+    }
+    if (argc > 1 && strcmp(argv[1], "double-free-later") == 0) {
+        char *volatile p = malloc(40), *volatile q = malloc(40), *volatile r = malloc(40);
+        free(p);
+        free(q);
+        free(p);
+        free(r);
         return 0;
     }
     if (argc > 1 && strcmp(argv[1], "interior-free") == 0) {
