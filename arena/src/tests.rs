@@ -246,13 +246,17 @@ fn a_purge_undone_by_the_next_takes_doubles_the_dirty_floor_up_to_its_cap() {
         purges,
         "no purge while under the new floor"
     );
-    // Ever larger swings raise it to the cap, and no further.
-    for _ in 0..8 {
+    // Ever larger swings raise it to the cap, and no further (thousands of slots: too slow
+    // under Miri, which has checked the doubling above).
+    let rounds = if cfg!(miri) { 0 } else { 8 };
+    for _ in 0..rounds {
         let n = f.arenas.dirty_limit() * 3 / 2;
         kept.extend(churn_slots(&mut f, n));
         kept.extend(churn_slots(&mut f, n));
     }
-    assert_eq!(f.arenas.dirty_limit(), MAX_DIRTY_FLOOR);
+    if !cfg!(miri) {
+        assert_eq!(f.arenas.dirty_limit(), MAX_DIRTY_FLOOR);
+    }
     for s in kept {
         f.free(s);
     }
