@@ -269,6 +269,26 @@ fn a_c_free_of_a_block_freed_before_others_aborts_with_a_message() {
 }
 
 #[test]
+fn a_block_freed_twice_by_another_heap_aborts_with_a_message() {
+    // The second free finds the block at the head of the owner's remote list.
+    expect_abort(
+        "a_block_freed_twice_by_another_heap_aborts_with_a_message",
+        "pymalloc: fatal: free of a block already on its way back to its heap (double free)",
+    );
+    if in_child() {
+        let a = Allocator::new(TestPlatform::new());
+        let (mut owner, mut other) = (a.local_heap().unwrap(), a.local_heap().unwrap());
+        let layout = Layout::from_size_align(24, 8).unwrap();
+        let (p, _q) = (owner.alloc(layout), owner.alloc(layout));
+        // SAFETY: deliberately not: the second free is the misuse under test.
+        unsafe {
+            other.dealloc(p, layout);
+            other.dealloc(p, layout);
+        }
+    }
+}
+
+#[test]
 fn a_c_free_of_a_block_that_holds_the_mark_by_chance_frees_it() {
     // A block freed through C's `free`, handed out again and freed again without its second
     // word written: it still holds the mark, and the freelist walk clears it.

@@ -8,7 +8,8 @@
 //!
 //! Invariants:
 //! - R1 a block is pushed only while it is in use in its pool (the pool stays live until the
-//!   owner takes the block back), and the pusher never touches it again;
+//!   owner takes the block back), and the pusher never touches it again; a push of the block
+//!   already at the head (a double free) aborts;
 //! - R2 the list is emptied only by [`RemoteList::take_all`], which swaps the head for null:
 //!   no single block is ever popped, so no ABA can occur (a head that is compared and swapped
 //!   by a pusher can only have gained blocks, never lost and regained one);
@@ -19,6 +20,7 @@
 use core::ptr::{self, NonNull};
 
 use crate::class::ALIGNMENT;
+use crate::fatal::fatal;
 use crate::pool::PoolPtr;
 use crate::sync::{AtomicPtr, Ordering};
 
@@ -67,6 +69,11 @@ impl RemoteList {
         unsafe { words.add(1).write(pool.memory().as_ptr()) };
         let mut head = self.head.load(Ordering::Relaxed);
         loop {
+            // A block at the head was pushed and not yet taken back: pushing it again would
+            // make the list a cycle (and the owner loop on it).
+            if head == block.as_ptr() {
+                fatal("free of a block already on its way back to its heap (double free)");
+            }
             // SAFETY: as above; the block is not yet visible to anyone else.
             unsafe { words.write(head) };
             match self.head.compare_exchange_weak(
