@@ -50,6 +50,9 @@ pub struct Stats {
     pub pools_free_dirty: usize,
     /// Free pool slots never used or decommitted (no physical memory).
     pub pools_free_clean: usize,
+    /// Committed free slots allowed before the oldest are decommitted: half the slots in use,
+    /// or a floor that starts at one arena's worth and doubles when purges are undone.
+    pub pools_free_dirty_limit: usize,
     /// Per size class, indexed by `SizeClass::index`.
     pub classes: [ClassStats; NUM_CLASSES],
     /// Pooled blocks (small and medium classes) in use.
@@ -130,6 +133,7 @@ impl Stats {
             pools_kept: arenas.pools_in_use.saturating_sub(pools),
             pools_free_dirty: arenas.free_dirty_slots,
             pools_free_clean: arenas.free_clean_slots,
+            pools_free_dirty_limit: arenas.dirty_limit,
             classes,
             pooled_blocks,
             pooled_bytes,
@@ -197,9 +201,10 @@ impl fmt::Display for Stats {
         writeln!(f, "# empty pools kept by heaps  {:>14}", self.pools_kept)?;
         writeln!(
             f,
-            "# free pool slots            {:>14} ({} committed, {} released)",
+            "# free pool slots            {:>14} ({} committed of at most {}, {} released)",
             self.pools_free_dirty + self.pools_free_clean,
             self.pools_free_dirty,
+            self.pools_free_dirty_limit,
             self.pools_free_clean
         )?;
         writeln!(

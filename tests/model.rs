@@ -559,7 +559,8 @@ fn waves_fill_and_empty_pools_across_classes() {
     );
     assert!(stats.pools_kept <= pymalloc::CACHED_POOLS, "{stats}");
     assert!(
-        stats.pools_free_dirty <= pymalloc_arena::MIN_DIRTY_SLOTS,
+        stats.pools_free_dirty <= stats.pools_free_dirty_limit
+            && stats.pools_free_dirty_limit <= pymalloc_arena::MAX_DIRTY_FLOOR,
         "{stats}"
     );
 }

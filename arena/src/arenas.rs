@@ -432,6 +432,8 @@ pub struct ArenaStats {
     pub free_dirty_slots: usize,
     /// Free pool slots that are fresh or decommitted.
     pub free_clean_slots: usize,
+    /// Dirty free slots allowed before the oldest are decommitted ([`Arenas::dirty_limit`]).
+    pub dirty_limit: usize,
     /// Bytes mapped for arenas and for the radix tree's nodes.
     pub mapped_bytes: usize,
 }
@@ -949,6 +951,7 @@ impl Arenas {
             slots_in_use: self.slots_in_use,
             free_dirty_slots: self.dirty_slots,
             free_clean_slots: free_slots - self.dirty_slots,
+            dirty_limit: self.dirty_limit(),
             mapped_bytes: self.arenas * ARENA_SIZE + map.radix.node_bytes_in_use(),
         }
     }
