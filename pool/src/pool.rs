@@ -520,11 +520,7 @@ impl PoolPtr {
                     if free == block.as_ptr() {
                         fatal("free of a block that is already free (double free)");
                     }
-                    let link = size_of::<*mut u8>();
-                    asan::unpoison(free, link);
-                    let next = free.cast::<*mut u8>().read();
-                    asan::poison(free, link);
-                    free = next;
+                    free = next_free(free);
                     left -= 1;
                 }
             }
@@ -646,18 +642,30 @@ impl PoolPtr {
             if listed > carved {
                 return Err("pool: freelist longer than the carved blocks (cycle?)");
             }
-            let link = size_of::<*mut u8>();
-            asan::unpoison(free, link);
             // SAFETY: `free` was just checked to be a carved block of this live pool.
-            let next = unsafe { free.cast::<*mut u8>().read() };
-            asan::poison(free, link);
-            free = next;
+            free = unsafe { next_free(free) };
         }
         if used + listed != carved {
             return Err("pool: blocks in use plus free blocks differ from blocks carved");
         }
         Ok(())
     }
+}
+
+/// The freelist entry after `block`, read through AddressSanitizer's poison (free blocks stay
+/// poisoned, but for this moment).
+///
+/// # Safety
+/// `block` is a block on the freelist of a live pool the caller has exclusive access to, so
+/// its first word holds the next entry (P3).
+#[inline(always)]
+unsafe fn next_free(block: *mut u8) -> *mut u8 {
+    let link = size_of::<*mut u8>();
+    asan::unpoison(block, link);
+    // SAFETY: as the caller guarantees.
+    let next = unsafe { block.cast::<*mut u8>().read() };
+    asan::poison(block, link);
+    next
 }
 
 /// The value a block freed by C's `free` holds in its second word (P9): its pool's descriptor
