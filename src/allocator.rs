@@ -290,6 +290,7 @@ impl<P: Platform> Allocator<P> {
             if let Some(cached) = shared.large.take_cached(len, layout.align()) {
                 return Some((cached, false));
             }
+            shared.large.missed(len);
         }
         let fresh = self.platform.reserve(len, layout.align())?;
         let mut shared = self.shared();
@@ -340,13 +341,14 @@ impl<P: Platform> Allocator<P> {
         handed_out.then_some((pool, start))
     }
 
-    /// Resizes a large block of `old` bytes of mapping, aligned to `align`, without copying:
-    /// in place if its mapping still [`fits`] the new size, else by remapping (with the lock
-    /// released). `None` if it should move by copy — it cannot be remapped, or it grows and a
-    /// cached mapping fits it — in which case the block is unchanged.
+    /// Resizes a large block of `old` bytes, aligned to `align`, without copying: in place if
+    /// its range still [`fits`] the new size or grows into the cached range right after it,
+    /// else by remapping (with the lock released). `None` if it should move by copy — it
+    /// cannot be remapped, or it grows by half or more and the cache holds a range for it —
+    /// in which case the block is unchanged.
     ///
     /// # Safety
-    /// `block` is a large block in use with a mapping of `old` bytes, aligned to `align`.
+    /// `block` is a large block in use of `old` bytes, aligned to `align`.
     unsafe fn resize_large(
         &self,
         block: NonNull<u8>,
@@ -359,17 +361,26 @@ impl<P: Platform> Allocator<P> {
         if fits(old, new) {
             return Some(block);
         }
-        // Growing by half or more into a cached mapping that fits: that mapping's pages are
-        // already faulted in, and copying the block costs less than faulting in as many fresh
-        // pages as a remap would add (a page fault costs several times a page's copy).
-        if !P::CAN_REMAP
-            || (new.saturating_sub(old) >= old / 2 && self.shared().large.has_cached(new, align))
-        {
+        if new > old {
+            let mut shared = self.shared();
+            // Growing into the cached pages after it: already faulted in, and nothing moves.
+            if shared.large.grow_in_place(block, old, new) {
+                return Some(block);
+            }
+            // Growing by half or more into cached pages elsewhere: copying the block costs
+            // less than faulting in as many fresh pages as a remap would add (a page fault
+            // costs several times a page's copy).
+            if new - old >= old / 2 && shared.large.has_cached(new, align) {
+                return None;
+            }
+            shared.large.missed(new - old);
+        }
+        if !P::CAN_REMAP {
             return None;
         }
         // The system places a moved mapping on a page boundary, no more: over-aligned blocks
         // may only be resized in place.
-        // SAFETY: `block` starts a live mapping of `old` bytes (L1, L2), ours alone (caller).
+        // SAFETY: `block` starts `old` mapped bytes (L1, L2), ours alone (caller).
         let resized = unsafe { self.platform.remap(block, old, new, align <= page) }?;
         self.shared().large.moved(block, resized, new);
         Some(resized)

@@ -1,20 +1,37 @@
 //! Large blocks: requests above the small range (or too aligned for it), each served by a
-//! mapping of its own straight from the platform, with a small cache of freed mappings so
-//! that repeated large allocations do not each pay for a system call and fresh page faults.
+//! range of whole pages of its own straight from the platform, with a small cache of freed
+//! ranges so that repeated large allocations do not each pay for a system call and fresh
+//! page faults.
+//!
+//! The cache works like an extent allocator's, in miniature. A freed block joins the cached
+//! ranges just before and after it. A request takes a cached range whole if it [`fits`],
+//! else the front of the largest that holds it, leaving the rest cached. And a block that
+//! grows takes the front of the cached range that starts where it ends, in place. So a
+//! buffer that is freed and then grown again by doubling, the usual life of a `Vec` that
+//! outgrows the pools, reuses pages already faulted in, with neither a copy nor a system
+//! call.
+//!
+//! The cache's limit adapts, as glibc's mmap threshold does: it starts at [`CACHE_BYTES`]
+//! and doubles, up to [`MAX_CACHE_BYTES`], whenever a request finds no cached range for it
+//! after the cache evicted at least as many bytes since the previous such miss. A program
+//! that frees large buffers and is done keeps at most the starting limit; one that cycles
+//! through more than the limit (two buffers regrown to 4 MiB, say) soon keeps what it
+//! reuses, instead of faulting it in afresh every time.
 //!
 //! [`Large`] is bookkeeping; the allocator makes the system calls for blocks (reserve, remap,
 //! release) with its lock released. Only the table of blocks in use ([`Registry`]) takes
 //! memory under the lock, when it doubles.
 //!
 //! Invariants:
-//! - L1 a large block of layout (size, align) starts a mapping of [`mapping_len`]`(size)`
-//!   bytes, or up to a quarter more ([`fits`]: a cached mapping reused, or a block resized in
-//!   place), aligned to `max(align, page)`; large blocks carry no header;
-//! - L2 every large block in use is registered, by its start, with its mapping length; no
-//!   other address is;
-//! - L3 the cache holds at most [`CACHE_ENTRIES`] mappings and [`CACHE_BYTES`] bytes, none of
-//!   them in use; a cached mapping is handed out again only for the same length and an
-//!   alignment its address already has.
+//! - L1 a large block of layout (size, align) starts a range of [`mapping_len`]`(size)`
+//!   mapped bytes, or up to a quarter more ([`fits`]: a cached range reused whole, or a
+//!   block resized in place), aligned to `max(align, page)`; large blocks carry no header;
+//! - L2 every large block in use is registered, by its start, with its length; no other
+//!   address is;
+//! - L3 the cache holds at most [`CACHE_ENTRIES`] ranges and `cache_limit` bytes, mapped,
+//!   none of them in use, no two of them touching (a freed block merges with its
+//!   neighbours); `cached_bytes` and `cached_blocks` count them; `cache_limit` lies between
+//!   [`CACHE_BYTES`] and [`MAX_CACHE_BYTES`].
 
 use core::ptr::{self, NonNull};
 
@@ -23,10 +40,12 @@ use pymalloc_pool::fatal;
 
 use crate::registry::Registry;
 
-/// Freed mappings kept for reuse.
+/// Freed ranges kept for reuse.
 pub const CACHE_ENTRIES: usize = 8;
-/// Bytes of freed mappings kept for reuse, at most.
+/// Bytes of freed ranges kept for reuse, at first.
 pub const CACHE_BYTES: usize = 4 << 20;
+/// The most bytes of freed ranges the cache grows to keep.
+pub const MAX_CACHE_BYTES: usize = 8 * CACHE_BYTES;
 
 /// Bytes mapped for a large block of `size` bytes; `None` if that overflows.
 #[inline]
@@ -34,45 +53,57 @@ pub fn mapping_len(size: usize, page: usize) -> Option<usize> {
     size.max(1).checked_next_multiple_of(page)
 }
 
-/// Whether a mapping of `len` bytes may hold a block that needs `needed` (L1): at least that,
-/// and at most a quarter more, so a mapping is reused for sizes near its own without a system
+/// Whether a range of `len` bytes may hold a block that needs `needed` (L1): at least that,
+/// and at most a quarter more, so a range is reused for sizes near its own without a system
 /// call, but never wastes much.
 #[inline]
 pub fn fits(len: usize, needed: usize) -> bool {
     len >= needed && len - needed <= needed / 4
 }
 
+/// A cached range; `ptr` null for a vacant entry.
 #[derive(Clone, Copy)]
 struct Cached {
     ptr: *mut u8,
     len: usize,
+    /// When it was freed (merged ranges: the latest), by [`Large::clock`]; the oldest is
+    /// evicted first.
+    freed_at: u64,
 }
 
 impl Cached {
-    /// Whether this entry holds a mapping that may serve a block needing `len` bytes aligned
-    /// to `align` (L1, L3).
-    fn serves(&self, len: usize, align: usize) -> bool {
-        !self.ptr.is_null() && fits(self.len, len) && self.ptr.addr() % align == 0
+    /// Whether this entry may give a block needing `len` bytes aligned to `align` (L1, L3).
+    fn holds(&self, len: usize, align: usize) -> bool {
+        !self.ptr.is_null() && self.len >= len && self.ptr.addr() % align == 0
+    }
+
+    fn end(&self) -> usize {
+        self.ptr.addr() + self.len
     }
 }
 
 const VACANT: Cached = Cached {
     ptr: ptr::null_mut(),
     len: 0,
+    freed_at: 0,
 };
 
 pub(crate) struct Large {
-    /// A ring of cached mappings; `next` is where the next one goes, so walking from `next`
-    /// visits them oldest first.
+    /// The cached ranges, in no order (L3).
     cache: [Cached; CACHE_ENTRIES],
-    next: usize,
+    /// Counts frees, to date the cached ranges.
+    clock: u64,
+    /// The most bytes cached (L3).
+    cache_limit: usize,
+    /// Bytes evicted since the last request the cache could not serve.
+    evicted: usize,
     cached_bytes: usize,
     cached_blocks: usize,
     /// The blocks in use (L2).
     in_use: Registry,
 }
 
-// SAFETY: cached mappings are owned exclusively by this value.
+// SAFETY: cached ranges are owned exclusively by this value.
 unsafe impl Send for Large {}
 
 /// Figures about large blocks.
@@ -82,6 +113,7 @@ pub(crate) struct LargeStats {
     pub bytes: usize,
     pub cached_blocks: usize,
     pub cached_bytes: usize,
+    pub cache_limit: usize,
     /// Bytes of the table of blocks in use.
     pub table_bytes: usize,
 }
@@ -127,7 +159,9 @@ impl Large {
     pub(crate) const fn new() -> Large {
         Large {
             cache: [VACANT; CACHE_ENTRIES],
-            next: 0,
+            clock: 0,
+            cache_limit: CACHE_BYTES,
+            evicted: 0,
             cached_bytes: 0,
             cached_blocks: 0,
             in_use: Registry::new(),
@@ -139,41 +173,91 @@ impl Large {
         self.in_use.make_room(platform)
     }
 
-    /// The smallest cached mapping that [`fits`] a block needing `len` bytes, aligned to
-    /// `align`, now registered in use (with its own length), if there is one. Call
-    /// [`Large::make_room`] first.
+    /// The entry a block needing `len` bytes aligned to `align` should come from: the
+    /// smallest that [`fits`] it whole, else the largest that holds it, which keeps the most
+    /// room behind the block for it to grow into.
+    fn pick(&self, len: usize, align: usize) -> Option<usize> {
+        let holding = || {
+            self.cache
+                .iter()
+                .enumerate()
+                .filter(move |(_, c)| c.holds(len, align))
+        };
+        holding()
+            .filter(|(_, c)| fits(c.len, len))
+            .min_by_key(|(_, c)| c.len)
+            .or_else(|| holding().max_by_key(|(_, c)| c.len))
+            .map(|(i, _)| i)
+    }
+
+    /// Takes `len` bytes from the front of entry `i` (all of it if they are), leaving the
+    /// rest cached.
+    fn take_front(&mut self, i: usize, len: usize) {
+        let entry = &mut self.cache[i];
+        if len == entry.len {
+            *entry = VACANT;
+            self.cached_blocks -= 1;
+        } else {
+            entry.ptr = entry.ptr.wrapping_add(len);
+            entry.len -= len;
+        }
+        self.cached_bytes -= len;
+    }
+
+    /// A block needing `len` bytes aligned to `align`, from the cache (see [`Large::pick`]),
+    /// now registered in use, if the cache has one. Call [`Large::make_room`] first.
     pub(crate) fn take_cached(&mut self, len: usize, align: usize) -> Option<NonNull<u8>> {
-        let i = self
-            .cache
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.serves(len, align))
-            .min_by_key(|(_, c)| c.len)?
-            .0;
-        let entry = core::mem::replace(&mut self.cache[i], VACANT);
-        self.cached_bytes -= entry.len;
-        self.cached_blocks -= 1;
+        let i = self.pick(len, align)?;
+        let entry = self.cache[i];
+        let take = if fits(entry.len, len) { entry.len } else { len };
+        self.take_front(i, take);
         let block = NonNull::new(entry.ptr)?;
-        self.in_use.insert(block, entry.len);
+        self.in_use.insert(block, take);
         Some(block)
     }
 
-    /// Whether [`Large::take_cached`] would find a mapping for `len` bytes aligned to `align`.
+    /// Whether [`Large::take_cached`] would find a block for `len` bytes aligned to `align`.
     pub(crate) fn has_cached(&self, len: usize, align: usize) -> bool {
-        self.cache.iter().any(|c| c.serves(len, align))
+        self.pick(len, align).is_some()
     }
 
-    /// Registers a new mapping of `len` bytes in use. Call [`Large::make_room`] first.
+    /// Notes that `len` bytes must come from fresh pages, the cache having none for them: if
+    /// it evicted as many since the last such miss, it was too small, and its limit doubles.
+    pub(crate) fn missed(&mut self, len: usize) {
+        if self.evicted >= len {
+            self.cache_limit = (2 * self.cache_limit).min(MAX_CACHE_BYTES);
+        }
+        self.evicted = 0;
+    }
+
+    /// Grows the block in use at `block`, `old` bytes long, to `new` bytes in place, with
+    /// the front of the cached range that starts where it ends; `false`, changing nothing, if
+    /// no cached range there is long enough.
+    pub(crate) fn grow_in_place(&mut self, block: NonNull<u8>, old: usize, new: usize) -> bool {
+        let end = block.addr().get() + old;
+        let Some(i) = self
+            .cache
+            .iter()
+            .position(|c| !c.ptr.is_null() && c.ptr.addr() == end && old + c.len >= new)
+        else {
+            return false;
+        };
+        self.take_front(i, new - old);
+        self.moved(block, block, new);
+        true
+    }
+
+    /// Registers a new range of `len` bytes in use. Call [`Large::make_room`] first.
     pub(crate) fn register(&mut self, block: NonNull<u8>, len: usize) {
         self.in_use.insert(block, len);
     }
 
-    /// The mapping length of the large block in use at `ptr`, if there is one.
+    /// The length of the large block in use at `ptr`, if there is one.
     pub(crate) fn len_of(&self, ptr: *mut u8) -> Option<usize> {
         self.in_use.len_of(ptr)
     }
 
-    /// Records that the block at `old` was remapped to `new`, `len` bytes long.
+    /// Records that the block at `old` now starts at `new`, `len` bytes long.
     pub(crate) fn moved(&mut self, old: NonNull<u8>, new: NonNull<u8>, len: usize) {
         if self.in_use.remove(old.as_ptr()).is_none() {
             fatal("large: a resized block was not registered");
@@ -182,48 +266,92 @@ impl Large {
         self.in_use.insert(new, len);
     }
 
-    /// Takes back a freed block: unregistered, then into the cache if it fits there. Returns
-    /// its mapping length (`None`, changing nothing, if `ptr` is no large block in use) and
-    /// what must be unmapped (the block itself, or cached mappings evicted for it).
+    /// Takes back a freed block: unregistered, then (unless longer than the whole cache, when
+    /// it is unmapped) merged with the cached ranges beside it and cached, evicting the oldest
+    /// for room; of a merged range longer than the whole cache, only the front
+    /// `cache_limit` bytes are kept. Returns the block's length (`None`,
+    /// changing nothing, if `ptr` is no large block in use) and what must be unmapped.
     pub(crate) fn retire(&mut self, ptr: NonNull<u8>) -> Option<(usize, Unmap)> {
         let len = self.in_use.remove(ptr.as_ptr())?;
         let mut unmap = Unmap::NONE;
-        let block = Cached {
-            ptr: ptr.as_ptr(),
-            len,
-        };
-        if len > CACHE_BYTES {
-            unmap.push(block);
+        if len > self.cache_limit {
+            unmap.push(Cached {
+                ptr: ptr.as_ptr(),
+                len,
+                freed_at: 0,
+            });
             return Some((len, unmap));
         }
-        // Evict the oldest until the block fits and its entry is vacant.
-        let mut i = self.next;
-        while self.cached_bytes + len > CACHE_BYTES || !self.cache[self.next].ptr.is_null() {
-            self.evict(i, &mut unmap);
-            i = (i + 1) % CACHE_ENTRIES;
+        self.clock += 1;
+        let mut range = Cached {
+            ptr: ptr.as_ptr(),
+            len,
+            freed_at: self.clock,
+        };
+        // No two cached ranges touch (L3), so at most one ends where the block starts and
+        // one starts where it ends.
+        for i in 0..CACHE_ENTRIES {
+            let c = self.cache[i];
+            if c.ptr.is_null() {
+                continue;
+            }
+            if c.end() == range.ptr.addr() {
+                range.ptr = c.ptr;
+            } else if c.ptr.addr() != range.end() {
+                continue;
+            }
+            range.len += c.len;
+            self.take_front(i, c.len);
         }
-        self.cache[self.next] = block;
-        self.next = (self.next + 1) % CACHE_ENTRIES;
-        self.cached_bytes += len;
+        if range.len > self.cache_limit {
+            // Keep the front, where the next request would start and grow.
+            unmap.push(Cached {
+                ptr: range.ptr.wrapping_add(self.cache_limit),
+                len: range.len - self.cache_limit,
+                freed_at: 0,
+            });
+            self.evicted += range.len - self.cache_limit;
+            range.len = self.cache_limit;
+        }
+        while self.cached_bytes + range.len > self.cache_limit
+            || self.cached_blocks == CACHE_ENTRIES
+        {
+            self.evict_oldest(&mut unmap);
+        }
+        match self.cache.iter_mut().find(|c| c.ptr.is_null()) {
+            Some(vacant) => *vacant = range,
+            None => fatal("large: no vacant cache entry after eviction"),
+        }
+        self.cached_bytes += range.len;
         self.cached_blocks += 1;
         Some((len, unmap))
     }
 
-    fn evict(&mut self, i: usize, unmap: &mut Unmap) {
-        let entry = core::mem::replace(&mut self.cache[i], VACANT);
-        if !entry.ptr.is_null() {
-            self.cached_bytes -= entry.len;
-            self.cached_blocks -= 1;
-            unmap.push(entry);
+    fn evict_oldest(&mut self, unmap: &mut Unmap) {
+        let oldest = self
+            .cache
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.ptr.is_null())
+            .min_by_key(|(_, c)| c.freed_at);
+        match oldest {
+            Some((i, &entry)) => {
+                self.take_front(i, entry.len);
+                self.evicted += entry.len;
+                unmap.push(entry);
+            }
+            None => fatal("large: eviction from an empty cache"),
         }
     }
 
     /// Empties the cache; returns what must be unmapped.
     pub(crate) fn trim(&mut self) -> Unmap {
         let mut unmap = Unmap::NONE;
-        for i in 0..CACHE_ENTRIES {
-            self.evict(i, &mut unmap);
+        while self.cached_blocks > 0 {
+            self.evict_oldest(&mut unmap);
         }
+        // Asked for, not forced by the limit.
+        self.evicted = 0;
         unmap
     }
 
@@ -233,12 +361,31 @@ impl Large {
             bytes: self.in_use.bytes(),
             cached_blocks: self.cached_blocks,
             cached_bytes: self.cached_bytes,
+            cache_limit: self.cache_limit,
             table_bytes: self.in_use.table_bytes(),
         }
     }
 
-    /// Checks the table of blocks in use (G1 to G3 in `registry.rs`).
+    /// Checks the table of blocks in use (G1 to G3 in `registry.rs`) and the cache (L3).
     pub(crate) fn check(&self) -> Result<(), &'static str> {
+        let cached = || self.cache.iter().filter(|c| !c.ptr.is_null());
+        let counts = (cached().count(), cached().map(|c| c.len).sum::<usize>());
+        let limit_ok = (CACHE_BYTES..=MAX_CACHE_BYTES).contains(&self.cache_limit);
+        if counts != (self.cached_blocks, self.cached_bytes)
+            || self.cached_bytes > self.cache_limit
+            || !limit_ok
+        {
+            return Err("large: the cache's counts are off, or it holds too much");
+        }
+        let touching = cached().any(|a| {
+            cached().any(|b| {
+                a.end() == b.ptr.addr()
+                    || (a.ptr != b.ptr && a.ptr.addr() < b.end() && b.ptr.addr() < a.end())
+            })
+        });
+        if touching {
+            return Err("large: two cached ranges touch or overlap");
+        }
         self.in_use.check()
     }
 

@@ -44,7 +44,7 @@ use core::alloc::{GlobalAlloc, Layout};
 
 pub use allocator::{Allocator, LocalHeap};
 pub use heap::{CACHED_POOLS, CACHED_SLOTS, REMOTE_SHARDS};
-pub use large::{CACHE_BYTES, CACHE_ENTRIES};
+pub use large::{CACHE_BYTES, CACHE_ENTRIES, MAX_CACHE_BYTES};
 pub use pymalloc_arena::{OsPlatform, Platform};
 pub use stats::{ClassStats, Stats};
 

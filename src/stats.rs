@@ -63,10 +63,13 @@ pub struct Stats {
     pub large_blocks: usize,
     /// Bytes mapped for large blocks in use.
     pub large_bytes: usize,
-    /// Freed large mappings kept for reuse.
+    /// Freed large ranges kept for reuse.
     pub large_cached_blocks: usize,
-    /// Bytes of freed large mappings kept for reuse.
+    /// Bytes of freed large ranges kept for reuse.
     pub large_cached_bytes: usize,
+    /// The most bytes of freed large ranges kept: [`crate::CACHE_BYTES`] at first, more for
+    /// a program whose large blocks cycle through more (see `large.rs`).
+    pub large_cached_limit: usize,
     /// Bytes handed out: `pooled_bytes + large_bytes`.
     pub bytes_in_use: usize,
     /// Bytes mapped from the system: arenas, radix-tree nodes, large blocks and the cache, and
@@ -141,6 +144,7 @@ impl Stats {
             large_bytes: large.bytes,
             large_cached_blocks: large.cached_blocks,
             large_cached_bytes: large.cached_bytes,
+            large_cached_limit: large.cache_limit,
             bytes_in_use: pooled_bytes + large.bytes,
             bytes_mapped: arenas.mapped_bytes
                 + large.bytes
@@ -219,8 +223,8 @@ impl fmt::Display for Stats {
         )?;
         writeln!(
             f,
-            "# large mappings cached      {:>14} ({} bytes)",
-            self.large_cached_blocks, self.large_cached_bytes
+            "# large ranges cached        {:>14} ({} bytes of at most {})",
+            self.large_cached_blocks, self.large_cached_bytes, self.large_cached_limit
         )?;
         writeln!(f, "# bytes in use               {:>14}", self.bytes_in_use)?;
         write!(f, "# bytes mapped               {:>14}", self.bytes_mapped)

@@ -613,38 +613,165 @@ fn realloc_moves_only_when_the_class_changes() {
     a.check().unwrap();
 }
 
-/// A large block that grows by half or more moves into a cached mapping that fits — pages
-/// already faulted in — instead of being remapped onto fresh ones; one that grows by less is
-/// remapped. Contents survive either way.
+/// A large block freed and then grown again from small, as a `Vec` is, reuses its pages:
+/// the next large request takes the front of the cached range, and each doubling takes the
+/// cached pages right after it, in place, with no system call.
 #[test]
-fn a_large_block_grows_into_a_cached_mapping_that_fits() {
+fn a_large_block_regrows_in_place_into_the_range_it_freed() {
     const MIB: usize = 1 << 20;
     let a = Allocator::new(TestPlatform::new());
     let at = |size| Layout::from_size_align(size, 16).unwrap();
-    let cached = a.alloc(at(3 * MIB));
-    // SAFETY: a live block of that layout, the first of which are the others.
+    let freed = a.alloc(at(4 * MIB));
+    // SAFETY: live blocks of the layouts given, each the one the previous realloc returned.
     unsafe {
-        a.dealloc(cached, at(3 * MIB));
-        assert_eq!(a.stats().large_cached_blocks, 1);
-        let p = a.alloc(at(3 * MIB / 2));
-        assert_ne!(p, cached, "too small for the cached mapping");
-        fill(p, 3 * MIB / 2, 5);
-        let q = a.realloc(p, at(3 * MIB / 2), 2 * MIB);
-        assert_ne!(q, cached, "grows by a third: remapped");
-        assert!(holds_prefix(q, 3 * MIB / 2, 3 * MIB / 2, 5));
-        fill(q, 2 * MIB, 6);
-        let r = a.realloc(q, at(2 * MIB), 3 * MIB);
-        assert_eq!(r, cached, "grows by half: into the cached mapping");
-        assert!(holds_prefix(r, 2 * MIB, 2 * MIB, 6));
+        a.dealloc(freed, at(4 * MIB));
+        let reserves = a.platform().reserve_calls();
+        let mut p = a.alloc(at(MIB / 2));
+        assert_eq!(p, freed, "the front of the cached range");
+        fill(p, MIB / 2, 3);
+        let mut size = MIB / 2;
+        while size < 4 * MIB {
+            let q = a.realloc(p, at(size), 2 * size);
+            assert_eq!(q, p, "{size} -> {}: in place", 2 * size);
+            assert!(holds_prefix(q, size, size, 3));
+            fill(q, 2 * size, 3);
+            (p, size) = (q, 2 * size);
+            let stats = a.stats();
+            assert_eq!(stats.large_cached_bytes, 4 * MIB - size, "{stats}");
+            a.check().unwrap();
+        }
+        assert_eq!(a.platform().reserve_calls(), reserves, "no system call");
+        a.dealloc(p, at(size));
+    }
+    let stats = a.stats();
+    assert_eq!(
+        (stats.large_cached_blocks, stats.large_cached_bytes),
+        (1, 4 * MIB),
+        "{stats}"
+    );
+    a.check().unwrap();
+}
+
+/// The cache splits, merges and evicts ranges: two blocks cut from one cached range; the
+/// first, unable to grow into the second, moves by copy into the rest of the range (growing
+/// by half or more), the second is remapped or copied to fresh pages (the test platform
+/// remaps whole reservations only); the ranges they leave merge back into one, which is
+/// evicted, unmapped, when a newer one needs the room. Contents survive throughout.
+#[test]
+fn the_large_cache_splits_merges_and_evicts_ranges() {
+    const MIB: usize = 1 << 20;
+    let a = Allocator::new(TestPlatform::new());
+    let at = |size| Layout::from_size_align(size, 16).unwrap();
+    let x = a.alloc(at(4 * MIB));
+    // SAFETY: live blocks of the layouts given, each the one the previous realloc returned.
+    unsafe {
+        a.dealloc(x, at(4 * MIB));
+        let p = a.alloc(at(MIB));
+        let q = a.alloc(at(MIB));
+        assert_eq!(
+            (p, q),
+            (x, x.add(MIB)),
+            "fronts of the largest cached range"
+        );
+        fill(p, MIB, 1);
+        fill(q, MIB, 2);
+        let p2 = a.realloc(p, at(MIB), 2 * MIB);
+        assert_eq!(p2, x.add(2 * MIB), "copied into the cached rest");
+        assert!(holds(p2, MIB, 1));
         let stats = a.stats();
         assert_eq!(
-            (stats.large_blocks, stats.large_cached_blocks),
-            (1, 1),
-            "the mapping it left is cached: {stats}"
+            (stats.large_cached_blocks, stats.large_cached_bytes),
+            (1, MIB),
+            "p's old range is cached: {stats}"
         );
-        a.dealloc(r, at(3 * MIB));
+        let q2 = a.realloc(q, at(MIB), 3 * MIB / 2);
+        assert!(
+            !q2.is_null() && q2 != q,
+            "no room after q, none cached that holds it"
+        );
+        assert!(holds(q2, MIB, 2));
+        let stats = a.stats();
+        assert_eq!(
+            (stats.large_cached_blocks, stats.large_cached_bytes),
+            (1, 2 * MIB),
+            "q's old range merged with p's: {stats}"
+        );
+        a.check().unwrap();
+        a.dealloc(p2, at(2 * MIB));
+        let stats = a.stats();
+        assert_eq!(
+            (stats.large_cached_blocks, stats.large_cached_bytes),
+            (1, 4 * MIB),
+            "merged back into the whole range: {stats}"
+        );
+        let live = a.platform().live_bytes();
+        a.dealloc(q2, at(3 * MIB / 2));
+        let stats = a.stats();
+        assert_eq!(
+            (stats.large_cached_blocks, stats.large_cached_bytes),
+            (1, 3 * MIB / 2),
+            "the older range evicted for the newer: {stats}"
+        );
+        assert_eq!(a.platform().live_bytes(), live - 4 * MIB, "and unmapped");
     }
     a.check().unwrap();
+}
+
+/// The large cache's limit doubles only for a program that cycles through more than it
+/// keeps: freeing two 4 MiB blocks evicts one (the limit stays), allocating them again
+/// misses the evicted one and doubles the limit, and from then on the cycle is served from
+/// the cache with no system call.
+#[test]
+fn the_large_cache_grows_for_blocks_that_cycle_through_more_than_it_keeps() {
+    const MIB: usize = 1 << 20;
+    let a = Allocator::new(TestPlatform::new());
+    let big = Layout::from_size_align(4 * MIB, 16).unwrap();
+    let cycle = || {
+        let (p, q) = (a.alloc(big), a.alloc(big));
+        assert!(!p.is_null() && !q.is_null());
+        // SAFETY: live blocks of `big`.
+        unsafe {
+            fill(p, big.size(), 1);
+            fill(q, big.size(), 2);
+            assert!(holds(p, big.size(), 1) && holds(q, big.size(), 2));
+            a.dealloc(p, big);
+            a.dealloc(q, big);
+        }
+        a.check().unwrap();
+        a.stats()
+    };
+    let stats = cycle();
+    assert_eq!(stats.large_cached_limit, pymalloc::CACHE_BYTES, "{stats}");
+    assert_eq!(stats.large_cached_bytes, 4 * MIB, "one evicted: {stats}");
+    let stats = cycle();
+    assert_eq!(
+        stats.large_cached_limit,
+        2 * pymalloc::CACHE_BYTES,
+        "{stats}"
+    );
+    assert_eq!(stats.large_cached_bytes, 8 * MIB, "both kept: {stats}");
+    let reserves = a.platform().reserve_calls();
+    let stats = cycle();
+    assert_eq!(
+        a.platform().reserve_calls(),
+        reserves,
+        "served from the cache"
+    );
+    assert_eq!(
+        stats.large_cached_limit,
+        2 * pymalloc::CACHE_BYTES,
+        "{stats}"
+    );
+    a.trim();
+    let stats = a.stats();
+    assert_eq!(stats.large_cached_bytes, 0, "{stats}");
+    let stats = cycle();
+    assert_eq!(
+        stats.large_cached_limit,
+        2 * pymalloc::CACHE_BYTES,
+        "what trim unmapped does not count as evicted: {stats}"
+    );
+    assert!(pymalloc::MAX_CACHE_BYTES >= stats.large_cached_limit);
 }
 
 /// A block alone in its pool (the largest classes) grows into the free slots after it, and

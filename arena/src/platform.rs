@@ -33,10 +33,12 @@ pub unsafe trait Platform: Sync {
     /// Maps `size` bytes aligned to `max(align, page_size)`, or `None`.
     fn reserve(&self, size: usize, align: usize) -> Option<NonNull<u8>>;
 
-    /// Unmaps a whole reservation.
+    /// Unmaps whole pages of reservations, as `munmap` does: a whole reservation, or part of
+    /// one, or neighbouring parts of several.
     ///
     /// # Safety
-    /// `ptr` and `size` describe a live reservation (after any remap), no longer used.
+    /// Every page of the `size` bytes from `ptr` lies in a live reservation (after any remap)
+    /// and is no longer used.
     unsafe fn release(&self, ptr: NonNull<u8>, size: usize);
 
     /// Makes a decommitted range usable again; `false` if the system refuses.
@@ -52,11 +54,13 @@ pub unsafe trait Platform: Sync {
     /// The range lies inside a live reservation and holds nothing the caller still needs.
     unsafe fn decommit(&self, ptr: NonNull<u8>, size: usize) -> bool;
 
-    /// Resizes a reservation, keeping its contents up to the smaller size. In place unless
-    /// `may_move`; on success the old range must no longer be used (unless returned again).
+    /// Resizes a range of mapped pages (a reservation, or what [`Platform::release`] left of
+    /// one), keeping its contents up to the smaller size; may refuse (`None`) a range that is
+    /// not one whole reservation. In place unless `may_move`; on success the old range must
+    /// no longer be used (unless returned again).
     ///
     /// # Safety
-    /// `ptr` and `old_size` describe a live reservation.
+    /// Every page of the `old_size` bytes from `ptr` lies in a live reservation, ours alone.
     unsafe fn remap(
         &self,
         ptr: NonNull<u8>,
@@ -133,7 +137,7 @@ unsafe impl Platform for OsPlatform {
     }
 
     unsafe fn release(&self, ptr: NonNull<u8>, size: usize) {
-        // SAFETY: a live reservation of ours (caller). munmap of our own range cannot fail in
+        // SAFETY: pages of live reservations of ours (caller). munmap of our own range cannot fail in
         // a way we could act on; its memory is no longer used either way.
         unsafe { libc::munmap(ptr.as_ptr().cast(), size) };
     }
@@ -156,7 +160,7 @@ unsafe impl Platform for OsPlatform {
         may_move: bool,
     ) -> Option<NonNull<u8>> {
         let flags = if may_move { libc::MREMAP_MAYMOVE } else { 0 };
-        // SAFETY: a live reservation of ours (caller).
+        // SAFETY: mapped pages of ours (caller); mremap refuses a range it cannot resize.
         let p = unsafe { libc::mremap(ptr.as_ptr().cast(), old_size, new_size, flags) };
         if p == libc::MAP_FAILED {
             None

@@ -2,6 +2,11 @@
 //! every kind of call able to fail on demand, and every call checked against the live
 //! reservations so that a release or decommit of a wrong range aborts the test at once.
 //!
+//! A release may unmap any whole pages of live reservations, as `munmap` does: the pages
+//! are marked unmapped, and a reservation's memory goes back to the system allocator when
+//! none of its pages is left. `remap` takes whole, untouched reservations only, and refuses
+//! (`None`) a range that is part of one, as a system that cannot remap it would.
+//!
 //! It runs under Miri. It allocates (its bookkeeping is a `Vec`), so it must serve only a
 //! pymalloc instance that is not the process's global allocator.
 
@@ -21,6 +26,14 @@ struct Region {
     ptr: NonNull<u8>,
     len: usize,
     layout: Layout,
+    /// Offsets of the pages of `0..len` already released.
+    unmapped: BTreeSet<usize>,
+}
+
+impl Region {
+    fn end(&self) -> usize {
+        self.ptr.addr().get() + self.len
+    }
 }
 
 #[derive(Default)]
@@ -91,27 +104,50 @@ impl TestPlatform {
         self.state().commits
     }
 
-    /// Live reservations.
+    /// Live reservations: those with a page still mapped.
     pub fn live_reservations(&self) -> usize {
         self.state().live.len()
     }
 
-    /// Bytes in live reservations.
+    /// Bytes still mapped.
     pub fn live_bytes(&self) -> usize {
-        self.state().live.iter().map(|r| r.len).sum()
+        let s = self.state();
+        s.live
+            .iter()
+            .map(|r| r.len - r.unmapped.len() * TEST_PAGE_SIZE)
+            .sum()
     }
 
-    fn find(s: &State, ptr: NonNull<u8>, len: usize) -> Option<usize> {
-        s.live.iter().position(|r| r.ptr == ptr && r.len == len)
+    /// The reservations that hold `size` bytes from `ptr`, as `(index, start, end)` pieces
+    /// (offsets in the reservation), in address order; `None` unless every page of the range,
+    /// whole pages, is mapped.
+    fn pieces(s: &State, ptr: NonNull<u8>, size: usize) -> Option<Vec<(usize, usize, usize)>> {
+        let (mut at, end) = (ptr.addr().get(), ptr.addr().get().checked_add(size)?);
+        if at % TEST_PAGE_SIZE != 0 || size % TEST_PAGE_SIZE != 0 || size == 0 {
+            return None;
+        }
+        let mut pieces = Vec::new();
+        while at < end {
+            let i = s
+                .live
+                .iter()
+                .position(|r| (r.ptr.addr().get()..r.end()).contains(&at))?;
+            let r = &s.live[i];
+            let (from, to) = (
+                at - r.ptr.addr().get(),
+                end.min(r.end()) - r.ptr.addr().get(),
+            );
+            if r.unmapped.range(from..to).next().is_some() {
+                return None;
+            }
+            pieces.push((i, from, to));
+            at += to - from;
+        }
+        Some(pieces)
     }
 
     fn check_inside(s: &State, ptr: NonNull<u8>, size: usize, what: &str) {
-        let (a, b) = (ptr.addr().get(), ptr.addr().get() + size);
-        let inside = s
-            .live
-            .iter()
-            .any(|r| r.ptr.addr().get() <= a && b <= r.ptr.addr().get() + r.len);
-        if !inside || a % TEST_PAGE_SIZE != 0 || size % TEST_PAGE_SIZE != 0 || size == 0 {
+        if Self::pieces(s, ptr, size).is_none() {
             fatal(what);
         }
     }
@@ -154,18 +190,36 @@ unsafe impl Platform for TestPlatform {
             ptr,
             len: size,
             layout,
+            unmapped: BTreeSet::new(),
         });
         Some(ptr)
     }
 
     unsafe fn release(&self, ptr: NonNull<u8>, size: usize) {
         let mut s = self.state();
-        let Some(i) = Self::find(&s, ptr, size) else {
-            fatal("test platform: release of a range that is not a live reservation");
+        let Some(pieces) = Self::pieces(&s, ptr, size) else {
+            fatal("test platform: release of a range that is not all mapped");
         };
-        let r = s.live.swap_remove(i);
-        // SAFETY: allocated with this layout and no longer used (caller).
-        unsafe { System.dealloc(r.ptr.as_ptr(), r.layout) };
+        let mut emptied = Vec::new();
+        for (i, from, to) in pieces {
+            let r = &mut s.live[i];
+            if (from, to) == (0, r.len) {
+                emptied.push(i); // Whole (its pages were all mapped): the usual case.
+                continue;
+            }
+            r.unmapped.extend((from..to).step_by(TEST_PAGE_SIZE));
+            if r.unmapped.len() * TEST_PAGE_SIZE == r.len {
+                emptied.push(i);
+            }
+        }
+        // Highest index first, so that each removal leaves the others' indices valid.
+        emptied.sort_unstable();
+        for i in emptied.into_iter().rev() {
+            let r = s.live.swap_remove(i);
+            // SAFETY: allocated with this layout; none of its pages is mapped any more, so
+            // nothing uses it (caller).
+            unsafe { System.dealloc(r.ptr.as_ptr(), r.layout) };
+        }
     }
 
     unsafe fn commit(&self, ptr: NonNull<u8>, size: usize) -> bool {
@@ -203,8 +257,18 @@ unsafe impl Platform for TestPlatform {
         may_move: bool,
     ) -> Option<NonNull<u8>> {
         let mut s = self.state();
-        let Some(i) = Self::find(&s, ptr, old_size) else {
-            fatal("test platform: remap of a range that is not a live reservation");
+        let whole = s
+            .live
+            .iter()
+            .position(|r| r.ptr == ptr && r.len == old_size && r.unmapped.is_empty());
+        let Some(i) = whole else {
+            Self::check_inside(
+                &s,
+                ptr,
+                old_size,
+                "test platform: remap of a range that is not all mapped",
+            );
+            return None;
         };
         if new_size == 0 || new_size % TEST_PAGE_SIZE != 0 {
             return None;
@@ -236,6 +300,7 @@ unsafe impl Platform for TestPlatform {
             ptr: new,
             len: new_size,
             layout,
+            unmapped: BTreeSet::new(),
         });
         Some(new)
     }

@@ -536,3 +536,24 @@ fn a_pool_at_the_end_of_its_arena_cannot_grow_and_a_refused_commit_changes_nothi
         f.free(p);
     }
 }
+
+/// The test platform releases pages as `munmap` does, any whole pages of its reservations,
+/// and frees a reservation's memory once none is left; it remaps whole reservations only.
+#[test]
+fn the_test_platform_releases_parts_of_reservations() {
+    let p = TestPlatform::new();
+    let page = TEST_PAGE_SIZE;
+    let r = p.reserve(4 * page, page).unwrap();
+    // SAFETY: pages of the live reservation `r`, unused.
+    unsafe {
+        p.release(r.byte_add(page), 2 * page);
+        assert_eq!((p.live_reservations(), p.live_bytes()), (1, 2 * page));
+        assert!(
+            p.remap(r, page, 2 * page, true).is_none(),
+            "a part: refused"
+        );
+        p.release(r, page);
+        p.release(r.byte_add(3 * page), page);
+    }
+    assert_eq!((p.live_reservations(), p.live_bytes()), (0, 0));
+}
