@@ -12,11 +12,12 @@
 //! call.
 //!
 //! The cache's limit adapts, as glibc's mmap threshold does: it starts at [`CACHE_BYTES`]
-//! and doubles, up to [`MAX_CACHE_BYTES`], whenever a request finds no cached range for it
-//! after the cache evicted at least as many bytes since the previous such miss. A program
-//! that frees large buffers and is done keeps at most the starting limit; one that cycles
-//! through more than the limit (two buffers regrown to 4 MiB, say) soon keeps what it
-//! reuses, instead of faulting it in afresh every time.
+//! and doubles, up to [`MAX_CACHE_BYTES`] and the most bytes of large blocks ever in use at
+//! once, whenever a request of half the limit or more finds no cached range for it after
+//! the cache evicted at least as many bytes (see [`Large::missed`]). A program that frees
+//! large buffers and is done keeps at most the starting limit; one that cycles blocks too
+//! big for it (two buffers regrown to 4 MiB, say) soon keeps what it reuses, instead of
+//! faulting it in afresh every time.
 //!
 //! [`Large`] is bookkeeping; the allocator makes the system calls for blocks (reserve, remap,
 //! release) with its lock released. Only the table of blocks in use ([`Registry`]) takes
@@ -95,7 +96,7 @@ pub(crate) struct Large {
     clock: u64,
     /// The most bytes cached (L3).
     cache_limit: usize,
-    /// Bytes evicted since the last request the cache could not serve.
+    /// Bytes evicted since the limit last changed (or `trim` emptied the cache).
     evicted: usize,
     cached_bytes: usize,
     cached_blocks: usize,
@@ -221,13 +222,22 @@ impl Large {
         self.pick(len, align).is_some()
     }
 
-    /// Notes that `len` bytes must come from fresh pages, the cache having none for them: if
-    /// it evicted as many since the last such miss, it was too small, and its limit doubles.
+    /// Notes that `len` bytes must come from fresh pages, the cache having none for them. If
+    /// that is half the limit or more, and the cache evicted as much since the limit last
+    /// changed, the cache is too small for the blocks the program cycles through (it holds
+    /// two of them at most), and its limit doubles; though never past the most bytes of
+    /// large blocks in use at once (nor [`MAX_CACHE_BYTES`]): a program cannot reuse more
+    /// than that. Smaller misses are left alone: they are the luck of sizes in a cache that
+    /// holds many blocks, and more memory buys little there (`docs/design.md`).
     pub(crate) fn missed(&mut self, len: usize) {
-        if self.evicted >= len {
-            self.cache_limit = (2 * self.cache_limit).min(MAX_CACHE_BYTES);
+        if 2 * len >= self.cache_limit && self.evicted >= len {
+            let reusable = self.in_use.peak_bytes().max(CACHE_BYTES);
+            self.cache_limit = (2 * self.cache_limit)
+                .min(reusable)
+                .min(MAX_CACHE_BYTES)
+                .max(self.cache_limit);
+            self.evicted = 0;
         }
-        self.evicted = 0;
     }
 
     /// Grows the block in use at `block`, `old` bytes long, to `new` bytes in place, with

@@ -11,7 +11,8 @@
 //!   of which `count` are occupied and `2 * count <= capacity`, so a probe always ends;
 //! - G2 an occupied entry sits at its home index or after it, with no vacant entry in between
 //!   (cyclically): a probe from the home index finds it;
-//! - G3 `bytes` is the sum of the occupied entries' lengths; no block appears twice.
+//! - G3 `bytes` is the sum of the occupied entries' lengths, at most `peak_bytes`; no block appears
+//!   twice.
 
 use core::ptr::{self, NonNull};
 
@@ -35,6 +36,8 @@ pub(crate) struct Registry {
     capacity: usize,
     count: usize,
     bytes: usize,
+    /// The most `bytes` has been.
+    peak_bytes: usize,
 }
 
 // SAFETY: the table's memory is owned by this value alone.
@@ -47,6 +50,7 @@ impl Registry {
             capacity: 0,
             count: 0,
             bytes: 0,
+            peak_bytes: 0,
         }
     }
 
@@ -58,6 +62,11 @@ impl Registry {
     /// Bytes of mapping of the blocks registered.
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// The most bytes of mapping registered at once so far.
+    pub(crate) fn peak_bytes(&self) -> usize {
+        self.peak_bytes
     }
 
     /// Bytes of the table itself, mapped from the platform.
@@ -131,8 +140,7 @@ impl Registry {
         let old = Registry {
             entries: self.entries,
             capacity: self.capacity,
-            count: 0,
-            bytes: 0,
+            ..Registry::new()
         };
         self.entries = entries;
         self.capacity = capacity;
@@ -173,6 +181,7 @@ impl Registry {
         });
         self.count += 1;
         self.bytes += len;
+        self.peak_bytes = self.peak_bytes.max(self.bytes);
     }
 
     /// Unregisters the block at `ptr`; its mapping length, or `None` if it is not registered.
@@ -244,7 +253,11 @@ impl Registry {
             }
         });
         result?;
-        if count != self.count || bytes != self.bytes || 2 * self.count > self.capacity {
+        if count != self.count
+            || bytes != self.bytes
+            || bytes > self.peak_bytes
+            || 2 * self.count > self.capacity
+        {
             return Err("registry: the counts disagree with the table");
         }
         Ok(())

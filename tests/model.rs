@@ -717,29 +717,38 @@ fn the_large_cache_splits_merges_and_evicts_ranges() {
     a.check().unwrap();
 }
 
-/// The large cache's limit doubles only for a program that cycles through more than it
-/// keeps: freeing two 4 MiB blocks evicts one (the limit stays), allocating them again
-/// misses the evicted one and doubles the limit, and from then on the cycle is served from
-/// the cache with no system call.
+/// The large cache's limit doubles only for a program that cycles blocks too big for it:
+/// six 1 MiB blocks, more than it keeps but small beside it, leave it as it is; freeing two
+/// 4 MiB blocks evicts one (the limit stays), allocating them again misses the evicted one
+/// and doubles the limit, and from then on the cycle is served from the cache with no
+/// system call.
 #[test]
 fn the_large_cache_grows_for_blocks_that_cycle_through_more_than_it_keeps() {
     const MIB: usize = 1 << 20;
     let a = Allocator::new(TestPlatform::new());
-    let big = Layout::from_size_align(4 * MIB, 16).unwrap();
-    let cycle = || {
-        let (p, q) = (a.alloc(big), a.alloc(big));
-        assert!(!p.is_null() && !q.is_null());
-        // SAFETY: live blocks of `big`.
+    let cycle_of = |n, size| {
+        let layout = Layout::from_size_align(size, 16).unwrap();
+        let blocks: Vec<_> = (0..n).map(|_| a.alloc(layout)).collect();
+        // SAFETY: live blocks of `layout`.
         unsafe {
-            fill(p, big.size(), 1);
-            fill(q, big.size(), 2);
-            assert!(holds(p, big.size(), 1) && holds(q, big.size(), 2));
-            a.dealloc(p, big);
-            a.dealloc(q, big);
+            for (i, &p) in blocks.iter().enumerate() {
+                assert!(!p.is_null());
+                fill(p, size, i as u64);
+            }
+            for (i, &p) in blocks.iter().enumerate() {
+                assert!(holds(p, size, i as u64));
+                a.dealloc(p, layout);
+            }
         }
         a.check().unwrap();
         a.stats()
     };
+    for _ in 0..3 {
+        let stats = cycle_of(6, MIB);
+        assert_eq!(stats.large_cached_limit, pymalloc::CACHE_BYTES, "{stats}");
+    }
+    a.trim();
+    let cycle = || cycle_of(2, 4 * MIB);
     let stats = cycle();
     assert_eq!(stats.large_cached_limit, pymalloc::CACHE_BYTES, "{stats}");
     assert_eq!(stats.large_cached_bytes, 4 * MIB, "one evicted: {stats}");
