@@ -119,7 +119,7 @@ pub(crate) struct LargeStats {
     pub table_bytes: usize,
 }
 
-/// Mappings to unmap once the allocator's lock is released.
+/// Ranges to unmap once the allocator's lock is released.
 pub(crate) struct Unmap {
     items: [Cached; CACHE_ENTRIES + 1],
     len: usize,
@@ -142,11 +142,11 @@ impl Unmap {
     /// Unmaps them all.
     ///
     /// # Safety
-    /// The mappings are no longer used by anyone (they were cached, or just freed).
+    /// The ranges are no longer used by anyone (they were cached, or just freed).
     pub(crate) unsafe fn release<P: Platform>(self, platform: &P) {
         for m in &self.items[..self.len] {
             if let Some(ptr) = NonNull::new(m.ptr) {
-                // SAFETY: a whole mapping of `len` bytes that nobody uses (caller, L1).
+                // SAFETY: `len` bytes of mapped pages of ours that nobody uses (caller, L1, L3).
                 unsafe { platform.release(ptr, m.len) };
             }
         }
@@ -290,6 +290,7 @@ impl Large {
                 len,
                 freed_at: 0,
             });
+            self.evicted += len;
             return Some((len, unmap));
         }
         self.clock += 1;

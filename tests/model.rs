@@ -783,6 +783,36 @@ fn the_large_cache_grows_for_blocks_that_cycle_through_more_than_it_keeps() {
     assert!(pymalloc::MAX_CACHE_BYTES >= stats.large_cached_limit);
 }
 
+/// A block too big for the large cache is unmapped when freed, but a program that keeps
+/// allocating it again grows the cache to hold it (to the most it had in use, no more), as
+/// glibc's mmap threshold rises to the largest block freed.
+#[test]
+fn the_large_cache_grows_to_hold_a_block_freed_and_allocated_again() {
+    const MIB: usize = 1 << 20;
+    let a = Allocator::new(TestPlatform::new());
+    let layout = Layout::from_size_align(6 * MIB, 16).unwrap();
+    let round = || {
+        let p = a.alloc(layout);
+        assert!(!p.is_null());
+        // SAFETY: a live block of `layout`.
+        unsafe { a.dealloc(p, layout) };
+        a.stats()
+    };
+    let stats = round();
+    assert_eq!(stats.large_cached_bytes, 0, "unmapped: {stats}");
+    let stats = round();
+    assert_eq!(stats.large_cached_limit, 6 * MIB, "{stats}");
+    assert_eq!(stats.large_cached_bytes, 6 * MIB, "{stats}");
+    let reserves = a.platform().reserve_calls();
+    round();
+    assert_eq!(
+        a.platform().reserve_calls(),
+        reserves,
+        "served from the cache"
+    );
+    a.check().unwrap();
+}
+
 /// A block alone in its pool (the largest classes) grows into the free slots after it, and
 /// shrinks by giving slots back, without moving; with a pool right after it, it moves.
 #[test]
