@@ -212,6 +212,20 @@ pub unsafe fn malloc_usable_size(ptr: *mut c_void) -> usize {
     }
 }
 
+/// C's `malloc_trim`: gives back to the system all memory not in use ([`crate::trim`]: free
+/// pools decommitted, empty arenas and cached large ranges unmapped); 1 if that released
+/// any, else 0. `pad` is ignored: pymalloc keeps no reserve at the top of a heap, as glibc
+/// does.
+pub fn malloc_trim(_pad: usize) -> c_int {
+    let before = crate::stats();
+    crate::trim();
+    let after = crate::stats();
+    c_int::from(
+        after.bytes_mapped < before.bytes_mapped
+            || after.pools_free_dirty < before.pools_free_dirty,
+    )
+}
+
 /// Writes the global allocator's statistics ([`crate::stats`]) to the file descriptor `fd`,
 /// without allocating: for `PYMALLOC_STATS=1` at exit.
 pub fn write_stats(fd: c_int) {

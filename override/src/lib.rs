@@ -5,8 +5,8 @@
 //! LD_PRELOAD=$PWD/target/release/libpymalloc_override.so some-program
 //! ```
 //!
-//! It exports the C allocation functions (their semantics are in `pymalloc::c_abi`), and
-//! `pymalloc_write_stats(fd)`. With `PYMALLOC_STATS=1` in the environment, the statistics
+//! It exports the C allocation functions and `malloc_trim` (their semantics are in
+//! `pymalloc::c_abi`), and `pymalloc_write_stats(fd)`. With `PYMALLOC_STATS=1` in the environment, the statistics
 //! table goes to stderr when the program exits. Rust code inside the library allocates
 //! through pymalloc directly.
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -104,6 +104,12 @@ pub extern "C" fn pvalloc(size: usize) -> *mut c_void {
 pub unsafe extern "C" fn malloc_usable_size(ptr: *mut c_void) -> usize {
     // SAFETY: as the caller guarantees.
     unsafe { c_abi::malloc_usable_size(ptr) }
+}
+
+/// `malloc_trim(3)`: 1 if memory went back to the system, else 0.
+#[unsafe(no_mangle)]
+pub extern "C" fn malloc_trim(pad: usize) -> c_int {
+    c_abi::malloc_trim(pad)
 }
 
 /// Writes pymalloc's statistics table to the file descriptor `fd`.

@@ -314,6 +314,20 @@ static void test_loader(void) {
     free(f);
 }
 
+static void test_trim(void) {
+    /* Freed large blocks stay cached until malloc_trim gives them back; then nothing is
+       left to give. */
+    void *big[4];
+    for (int i = 0; i < 4; i++) {
+        big[i] = malloc(1 << 20);
+        CHECK(big[i] != NULL);
+        memset(big[i], i, 1 << 20);
+    }
+    for (int i = 0; i < 4; i++) free(big[i]);
+    CHECK(malloc_trim(0) == 1);
+    CHECK(malloc_trim(0) == 0);
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "invalid-free") == 0) {
         static char not_ours[64];
@@ -351,6 +365,7 @@ int main(int argc, char **argv) {
     test_threads();
     test_fork();
     test_loader();
+    test_trim();
     puts("ok");
     return 0;
 }
