@@ -342,10 +342,10 @@ impl<P: Platform> Allocator<P> {
     }
 
     /// Resizes a large block of `old` bytes, aligned to `align`, without copying: in place if
-    /// its range still [`fits`] the new size or grows into the cached range right after it,
-    /// else by remapping (with the lock released). `None` if it should move by copy — it
-    /// cannot be remapped, or it grows by half or more and the cache holds a range for it —
-    /// in which case the block is unchanged.
+    /// its range still [`fits`] the new size, shrinks (its tail cached), or grows into the
+    /// cached range right after it, else by remapping (with the lock released). `None` if it
+    /// should move by copy — it cannot be remapped, or it grows by half or more and the cache
+    /// holds a range for it — in which case the block is unchanged.
     ///
     /// # Safety
     /// `block` is a large block in use of `old` bytes, aligned to `align`.
@@ -361,20 +361,25 @@ impl<P: Platform> Allocator<P> {
         if fits(old, new) {
             return Some(block);
         }
-        if new > old {
-            let mut shared = self.shared();
-            // Growing into the cached pages after it: already faulted in, and nothing moves.
-            if shared.large.grow_in_place(block, old, new) {
-                return Some(block);
-            }
-            // Growing by half or more into cached pages elsewhere: copying the block costs
-            // less than faulting in as many fresh pages as a remap would add (a page fault
-            // costs several times a page's copy).
-            if new - old >= old / 2 && shared.large.has_cached(new, align) {
-                return None;
-            }
-            shared.large.missed(new - old);
+        if new < old {
+            let unmap = self.shared().large.shrink(block, old, new);
+            // SAFETY: the block's tail and cached ranges evicted for it are unused.
+            unsafe { unmap.release(&self.platform) };
+            return Some(block);
         }
+        let mut shared = self.shared();
+        // Growing into the cached pages after it: already faulted in, and nothing moves.
+        if shared.large.grow_in_place(block, old, new) {
+            return Some(block);
+        }
+        // Growing by half or more into cached pages elsewhere: copying the block costs less
+        // than faulting in as many fresh pages as a remap would add (a page fault costs
+        // several times a page's copy).
+        if new - old >= old / 2 && shared.large.has_cached(new, align) {
+            return None;
+        }
+        shared.large.missed(new - old);
+        drop(shared);
         if !P::CAN_REMAP {
             return None;
         }

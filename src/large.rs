@@ -5,8 +5,9 @@
 //!
 //! The cache works like an extent allocator's, in miniature. A freed block joins the cached
 //! ranges just before and after it. A request takes a cached range whole if it [`fits`],
-//! else the front of the largest that holds it, leaving the rest cached. And a block that
-//! grows takes the front of the cached range that starts where it ends, in place. So a
+//! else the front of the largest that holds it, leaving the rest cached. A block that
+//! shrinks caches its tail; one that grows takes the front of the cached range that starts
+//! where it ends, in place. So a
 //! buffer that is freed and then grown again by doubling, the usual life of a `Vec` that
 //! outgrows the pools, reuses pages already faulted in, with neither a copy nor a system
 //! call.
@@ -276,26 +277,40 @@ impl Large {
         self.in_use.insert(new, len);
     }
 
-    /// Takes back a freed block: unregistered, then (unless longer than the whole cache, when
-    /// it is unmapped) merged with the cached ranges beside it and cached, evicting the oldest
-    /// for room; of a merged range longer than the whole cache, only the front
-    /// `cache_limit` bytes are kept. Returns the block's length (`None`,
-    /// changing nothing, if `ptr` is no large block in use) and what must be unmapped.
+    /// Takes back a freed block: unregistered, then cached ([`Large::cache_range`]). Returns
+    /// the block's length (`None`, changing nothing, if `ptr` is no large block in use) and
+    /// what must be unmapped.
     pub(crate) fn retire(&mut self, ptr: NonNull<u8>) -> Option<(usize, Unmap)> {
         let len = self.in_use.remove(ptr.as_ptr())?;
+        Some((len, self.cache_range(ptr.as_ptr(), len)))
+    }
+
+    /// Shrinks the block in use at `block` from `old` bytes to `new`, in place: its tail is
+    /// cached ([`Large::cache_range`]), so the pages stay for the next request, or for the
+    /// block to grow back into. Returns what must be unmapped.
+    pub(crate) fn shrink(&mut self, block: NonNull<u8>, old: usize, new: usize) -> Unmap {
+        self.moved(block, block, new);
+        self.cache_range(block.as_ptr().wrapping_add(new), old - new)
+    }
+
+    /// Caches a range of `len` bytes at `ptr` that nobody uses: unless longer than the whole
+    /// cache (then it is unmapped), merged with the cached ranges beside it and cached,
+    /// evicting the oldest for room; of a merged range longer than the whole cache, only the
+    /// front `cache_limit` bytes are kept. Returns what must be unmapped.
+    fn cache_range(&mut self, ptr: *mut u8, len: usize) -> Unmap {
         let mut unmap = Unmap::NONE;
         if len > self.cache_limit {
             unmap.push(Cached {
-                ptr: ptr.as_ptr(),
+                ptr,
                 len,
                 freed_at: 0,
             });
             self.evicted += len;
-            return Some((len, unmap));
+            return unmap;
         }
         self.clock += 1;
         let mut range = Cached {
-            ptr: ptr.as_ptr(),
+            ptr,
             len,
             freed_at: self.clock,
         };
@@ -335,7 +350,7 @@ impl Large {
         }
         self.cached_bytes += range.len;
         self.cached_blocks += 1;
-        Some((len, unmap))
+        unmap
     }
 
     fn evict_oldest(&mut self, unmap: &mut Unmap) {

@@ -652,6 +652,36 @@ fn a_large_block_regrows_in_place_into_the_range_it_freed() {
     a.check().unwrap();
 }
 
+/// A large block shrinks in place, its tail cached, and grows back into it in place: no
+/// system call either way, and its contents survive.
+#[test]
+fn a_large_block_shrinks_into_the_cache_and_grows_back() {
+    const MIB: usize = 1 << 20;
+    let a = Allocator::new(TestPlatform::new());
+    let at = |size| Layout::from_size_align(size, 16).unwrap();
+    let p = a.alloc(at(4 * MIB));
+    // SAFETY: live blocks of the layouts given, each the one the previous realloc returned.
+    unsafe {
+        fill(p, MIB, 4);
+        let reserves = a.platform().reserve_calls();
+        let q = a.realloc(p, at(4 * MIB), MIB);
+        assert_eq!(q, p, "shrunk in place");
+        let stats = a.stats();
+        assert_eq!(
+            (stats.large_bytes, stats.large_cached_bytes),
+            (MIB, 3 * MIB),
+            "{stats}"
+        );
+        let r = a.realloc(q, at(MIB), 4 * MIB);
+        assert_eq!(r, p, "grown back in place");
+        assert!(holds(r, MIB, 4));
+        assert_eq!(a.stats().large_cached_bytes, 0);
+        assert_eq!(a.platform().reserve_calls(), reserves, "no system call");
+        a.dealloc(r, at(4 * MIB));
+    }
+    a.check().unwrap();
+}
+
 /// The cache splits, merges and evicts ranges: two blocks cut from one cached range; the
 /// first, unable to grow into the second, moves by copy into the rest of the range (growing
 /// by half or more), the second is remapped or copied to fresh pages (the test platform
