@@ -211,9 +211,9 @@ impl Large {
     pub(crate) fn take_cached(&mut self, len: usize, align: usize) -> Option<NonNull<u8>> {
         let i = self.pick(len, align)?;
         let entry = self.cache[i];
+        let block = NonNull::new(entry.ptr)?;
         let take = if fits(entry.len, len) { entry.len } else { len };
         self.take_front(i, take);
-        let block = NonNull::new(entry.ptr)?;
         self.in_use.insert(block, take);
         Some(block)
     }

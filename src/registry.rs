@@ -11,8 +11,8 @@
 //!   of which `count` are occupied and `2 * count <= capacity`, so a probe always ends;
 //! - G2 an occupied entry sits at its home index or after it, with no vacant entry in between
 //!   (cyclically): a probe from the home index finds it;
-//! - G3 `bytes` is the sum of the occupied entries' lengths, at most `peak_bytes`; no block appears
-//!   twice.
+//! - G3 `bytes` is the sum of the occupied entries' lengths, at most `peak_bytes`; no block
+//!   appears twice.
 
 use core::ptr::{self, NonNull};
 
