@@ -6,9 +6,10 @@
 //! Lock order: a heap's claim, then the shared lock. Code that holds the shared lock only
 //! ever *tries* a claim, so nothing waits in the other order.
 //!
-//! Every `Layout` is routed by its size and alignment alone ([`Route`]): what fits a size
-//! class (up to 256 KiB) once padded for its alignment is a pool block; anything else is a
-//! large block.
+//! Every `Layout` is routed by its size and alignment alone ([`Route`]): a size up to 256 KiB
+//! aligned to at most a slot (16 KiB) takes a pool block, of a class whose blocks all have
+//! the alignment (`SizeClass::for_layout`), so that every pointer handed out starts its
+//! block; anything else is a large block.
 //! Nothing here allocates, panics or unwinds: a request that cannot be served gets null.
 
 use core::alloc::Layout;
@@ -16,7 +17,7 @@ use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 use pymalloc_arena::{ArenaMap, Arenas, Platform};
-use pymalloc_pool::{ALIGNMENT, POOLED_MAX, PoolPtr, SizeClass, fatal};
+use pymalloc_pool::{ALIGNMENT, POOLED_MAX, PoolPtr, SizeClass, fatal, holds_freed_mark};
 
 use crate::debug;
 use crate::heap::{self, HeapCell, SharedAccess};
@@ -27,8 +28,8 @@ use crate::stats::{self, Stats};
 /// How a layout is served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Route {
-    /// A block of this class (small or medium); over-aligned layouts get a block padded by
-    /// `align - 16` and a pointer aligned inside it.
+    /// A block of this class (small or medium), aligned as the layout asks, handed out from
+    /// its start.
     Pooled(SizeClass),
     /// A mapping of its own.
     Large,
@@ -37,10 +38,7 @@ pub(crate) enum Route {
 impl Route {
     #[inline(always)]
     pub(crate) fn of(layout: Layout) -> Route {
-        // `align - 16` for alignments above 16, else 0 (alignments are powers of two).
-        // `Layout` guarantees size + align - 1 <= isize::MAX, so this cannot overflow.
-        let padded = layout.size() + ((layout.align() - 1) & !(ALIGNMENT - 1));
-        match SizeClass::for_size(padded) {
+        match SizeClass::for_layout(layout.size(), layout.align()) {
             Some(class) => Route::Pooled(class),
             None => Route::Large,
         }
@@ -321,24 +319,18 @@ impl<P: Platform> Allocator<P> {
         unsafe { unmap.release(&self.platform) };
     }
 
-    /// The pool and start of the block that `ptr` was handed out as, found from the address
-    /// alone, without a lock; `None` if `ptr` is in no pool in use, or is not a pointer that
-    /// was handed out (it points inside a block). Exact for a block the caller holds; for
-    /// other addresses, a best effort.
+    /// The pool of the block that `ptr` was handed out as, found from the address alone,
+    /// without a lock; `None` if `ptr` is in no pool in use, or does not start a block the
+    /// pool has carved (every pointer handed out starts its block: an interior pointer, or
+    /// one past the blocks carved, is none). Exact for a block the caller holds; for other
+    /// addresses, a best effort that is never undefined behaviour.
     #[inline]
-    fn pooled_block(&self, ptr: NonNull<u8>) -> Option<(PoolPtr, NonNull<u8>)> {
+    fn pooled_block(&self, ptr: NonNull<u8>) -> Option<PoolPtr> {
         let memory = self.map.pool_of(ptr.addr().get())?;
-        // SAFETY: a pool in use starts there (the map); its geometry does not change while a
-        // block of it is in use.
-        let (pool, start) = unsafe {
-            let pool = PoolPtr::at(memory);
-            (pool, pool.block_holding(ptr)?)
-        };
-        // Handed out means: the block's start, or that start aligned up to the layout's
-        // alignment, a power of two that `ptr` has and that exceeds the distance.
-        let offset = ptr.addr().get() - start.addr().get();
-        let handed_out = offset == 0 || offset < 1 << ptr.addr().get().trailing_zeros();
-        handed_out.then_some((pool, start))
+        // SAFETY: a pool in use starts there (the map).
+        let pool = unsafe { PoolPtr::at(memory) };
+        // SAFETY: as above.
+        unsafe { pool.starts_carved_block(ptr) }.then_some(pool)
     }
 
     /// Resizes a large block of `old` bytes, aligned to `align`, without copying: in place if
@@ -505,13 +497,8 @@ impl<P: Platform> Allocator<P> {
 /// A block handed out, as its address alone tells (`Session::find`).
 #[derive(Clone, Copy)]
 enum Found {
-    /// In a pool of `class`: the block starting at `start`, with `usable` bytes from the
-    /// pointer on.
-    Pooled {
-        class: SizeClass,
-        start: NonNull<u8>,
-        usable: usize,
-    },
+    /// The block starting at the pointer, in `pool`, of `class`.
+    Pooled { pool: PoolPtr, class: SizeClass },
     /// A large block with a mapping of `len` bytes.
     Large { len: usize },
 }
@@ -556,15 +543,9 @@ impl<'a, P: Platform> Session<'a, P> {
     #[inline(never)]
     fn allocate_rarely(self, layout: Layout) -> Option<(NonNull<u8>, bool)> {
         match Route::of(layout) {
-            Route::Pooled(class) => {
-                // SAFETY: the heap is claimed (Session::new).
-                let (block, zeroed) = unsafe { self.cell.alloc(class, self.alloc) }?;
-                // `Layout` alignments are powers of two: round up with a mask, not a division.
-                let mask = layout.align() - 1;
-                let aligned = block.as_ptr().map_addr(|a| (a + mask) & !mask);
-                // SAFETY: aligning up a non-null address stays inside the padded block.
-                Some((unsafe { NonNull::new_unchecked(aligned) }, zeroed))
-            }
+            // SAFETY: the heap is claimed (Session::new); every block of the class has the
+            // layout's alignment (`SizeClass::for_layout`).
+            Route::Pooled(class) => unsafe { self.cell.alloc(class, self.alloc) },
             Route::Large => self.alloc.allocate_large(layout),
         }
     }
@@ -664,11 +645,9 @@ impl<'a, P: Platform> Session<'a, P> {
                 if cfg!(debug_assertions) {
                     check_pooled_block(&self.alloc.map, ptr, class);
                 }
-                // SAFETY: `ptr` lies inside a block in use of a live pool (caller).
-                let block = unsafe { PoolPtr::containing(ptr).block_start(ptr) };
-                // SAFETY: `block` starts a block of `class` in use (caller); the heap is
-                // claimed (Session::new).
-                unsafe { self.cell.free(block, self.alloc) }
+                // SAFETY: `ptr` starts a block of `class` in use (caller; blocks are handed
+                // out from their start); the heap is claimed (Session::new).
+                unsafe { self.cell.free(ptr, self.alloc) }
             }
             // SAFETY: a large block in use of `layout` (caller).
             Route::Large => unsafe {
@@ -684,15 +663,10 @@ impl<'a, P: Platform> Session<'a, P> {
     /// # Safety
     /// `ptr` is a block in use of this allocator, as far as the caller knows.
     unsafe fn find(self, ptr: NonNull<u8>, message: &'static str) -> Found {
-        if let Some((pool, start)) = self.alloc.pooled_block(ptr) {
+        if let Some(pool) = self.alloc.pooled_block(ptr) {
             // SAFETY: a live pool (`pooled_block`).
             let class = unsafe { pool.class() };
-            let usable = start.addr().get() + class.block_size() - ptr.addr().get();
-            return Found::Pooled {
-                class,
-                start,
-                usable,
-            };
+            return Found::Pooled { pool, class };
         }
         match self.alloc.shared().large.len_of(ptr.as_ptr()) {
             Some(len) => Found::Large { len },
@@ -708,7 +682,7 @@ impl<'a, P: Platform> Session<'a, P> {
         const MESSAGE: &str = "malloc_usable_size: pointer is no block of this allocator";
         // SAFETY: as the caller guarantees.
         match unsafe { self.find(ptr, MESSAGE) } {
-            Found::Pooled { usable, .. } => usable,
+            Found::Pooled { class, .. } => class.block_size(),
             Found::Large { len } => len,
         }
     }
@@ -719,15 +693,10 @@ impl<'a, P: Platform> Session<'a, P> {
     /// As [`Allocator::dealloc_unsized`].
     #[inline]
     pub(crate) unsafe fn dealloc_unsized(self, ptr: NonNull<u8>) {
-        if let Some((pool, start)) = self.alloc.pooled_block(ptr) {
-            // SAFETY: `start` is a block of `pool`, in use (caller); the heap is claimed
-            // (Session::new), so a pool it owns is its alone to check and mark (P9).
-            unsafe {
-                if pool.owner() == self.cell.id() {
-                    pool.check_and_mark_free(start);
-                }
-                self.cell.free_in(start, pool, self.alloc)
-            };
+        if let Some(pool) = self.alloc.pooled_block(ptr) {
+            // SAFETY: `ptr` starts a carved block of `pool`, in use unless this is a double
+            // free, which the heap looks for (caller); the heap is claimed (Session::new).
+            unsafe { self.cell.free_in(ptr, pool, self.alloc) };
         } else {
             // SAFETY: a large block in use, or (checked there) no block at all (caller).
             unsafe { self.alloc.free_large(ptr, None) };
@@ -746,14 +715,11 @@ impl<'a, P: Platform> Session<'a, P> {
         // SAFETY: as the caller guarantees.
         let found = unsafe { self.find(ptr, "realloc: pointer is no block of this allocator") };
         let old_size = match found {
-            // Only a block's start stays: the block is then one of `new_layout`, which a sized
-            // free may name (an over-aligned pointer inside its block would not be).
-            Found::Pooled {
-                class,
-                start,
-                usable,
-            } => {
-                if in_place && ptr == start {
+            Found::Pooled { pool, class } => {
+                // A block freed already must not be handed back as if it were live.
+                // SAFETY: `ptr` starts a carved block of `pool` (found above); claimed.
+                unsafe { self.cell.ensure_in_use(ptr, pool, self.alloc) };
+                if in_place {
                     match Route::of(new_layout) {
                         Route::Pooled(to) if to == class => return ptr.as_ptr(),
                         // SAFETY: a block in use of `class` at its start (found above); the
@@ -766,7 +732,7 @@ impl<'a, P: Platform> Session<'a, P> {
                         _ => {}
                     }
                 }
-                usable
+                class.block_size()
             }
             Found::Large { len } => {
                 if in_place && Route::of(new_layout) == Route::Large {
@@ -789,12 +755,31 @@ impl<'a, P: Platform> Session<'a, P> {
             unsafe {
                 ptr::copy_nonoverlapping(ptr.as_ptr(), new, old_size.min(new_size));
                 match found {
-                    Found::Pooled { start, .. } => self.cell.free(start, self.alloc),
+                    // Freed as C's `free` would: marked (P9), so a later free of it is caught.
+                    Found::Pooled { pool, .. } => self.cell.free_in(ptr, pool, self.alloc),
                     Found::Large { len } => self.alloc.free_large(ptr, Some(len)),
                 }
             }
         }
         new
+    }
+
+    /// For a block resized in place through Rust's `realloc`, which holds its freed mark: it
+    /// must not be free (see [`HeapCell::ensure_in_use`]).
+    ///
+    /// # Safety
+    /// `block` is, as far as the caller knows, a pooled block in use.
+    #[cold]
+    #[inline(never)]
+    unsafe fn ensure_pooled_in_use(self, block: NonNull<u8>) {
+        // SAFETY: the block lies in a mapped arena (caller); a pool it names is live.
+        let pool = unsafe { PoolPtr::holding(block) }
+            .filter(|pool| unsafe { pool.starts_carved_block(block) });
+        match pool {
+            // SAFETY: a carved block of `pool`; the heap is claimed.
+            Some(pool) => unsafe { self.cell.ensure_in_use(block, pool, self.alloc) },
+            None => fatal("realloc: pointer is no block of this allocator"),
+        }
     }
 
     /// See [`Allocator::realloc`].
@@ -808,7 +793,14 @@ impl<'a, P: Platform> Session<'a, P> {
         // Under `debug`, every resize moves, so that both blocks' trailers are checked.
         match (Route::of(layout), Route::of(new_layout), NonNull::new(ptr)) {
             _ if cfg!(feature = "debug") => {}
-            (Route::Pooled(a), Route::Pooled(b), Some(_)) if a == b => return ptr,
+            (Route::Pooled(a), Route::Pooled(b), Some(block)) if a == b => {
+                // SAFETY: a pooled block (caller), so its two words are mapped.
+                if unsafe { holds_freed_mark(block) } {
+                    // SAFETY: as above; the heap is claimed.
+                    unsafe { self.ensure_pooled_in_use(block) };
+                }
+                return ptr;
+            }
             // SAFETY: a block in use of class `a` (caller), at its block's start as its
             // alignment is the blocks' own; the heap is claimed.
             (Route::Pooled(a), Route::Pooled(b), Some(block))

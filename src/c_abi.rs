@@ -26,7 +26,7 @@ use core::fmt::{self, Write};
 use core::ptr::{self, NonNull};
 
 use pymalloc_arena::{OsPlatform, Platform};
-use pymalloc_pool::{ALIGNMENT, POOLED_MAX, clear_freed_mark};
+use pymalloc_pool::ALIGNMENT;
 
 use crate::allocator::Session;
 use crate::thread;
@@ -45,23 +45,13 @@ fn set_errno(code: c_int) {
     unsafe { *libc::__errno_location() = code };
 }
 
-/// A block of `size` bytes aligned to `align` (a power of two), or null; no `errno`. A pooled
-/// block's freed mark is cleared (pool invariant P9), so that freeing it walks no freelist.
+/// A block of `size` bytes aligned to `align` (a power of two), or null; no `errno`.
 #[inline]
 fn allocate(size: usize, align: usize) -> *mut c_void {
     let Ok(layout) = Layout::from_size_align(size, align.max(ALIGNMENT)) else {
         return ptr::null_mut();
     };
-    let p = with_session(|s| s.alloc(layout));
-    if let Some(block) = NonNull::new(p)
-        && size <= POOLED_MAX
-    {
-        // SAFETY: a block just handed out, not yet the program's, of at least ALIGNMENT
-        // bytes; an over-aligned one is cleared where it was handed out, which is only less
-        // likely to spare its free a walk.
-        unsafe { clear_freed_mark(block) };
-    }
-    p.cast()
+    with_session(|s| s.alloc(layout)).cast()
 }
 
 /// `p`, with `errno = ENOMEM` if it is null (a request that could not be served).

@@ -45,7 +45,7 @@ use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use pymalloc_arena::{ArenaMap, Arenas, Platform};
 use pymalloc_pool::{
     Freed, MAX_SPAN_SLOTS, NUM_CLASSES, PoolList, PoolPtr, RemoteList, SizeClass, blocks_per_pool,
-    fatal,
+    fatal, holds_freed_mark,
 };
 
 use crate::allocator::{Allocator, Shared};
@@ -409,22 +409,31 @@ impl HeapCell {
 
     /// Frees a block: onto its pool's freelist if this heap owns it, else onto its owner's
     /// remote list. The pool says the block's class: a free needs no size class computed.
+    /// A pointer inside a pool that does not start a block handed out (one inside a block, or
+    /// past the blocks carved, or in a slot no pool holds) is reported and aborts.
     ///
     /// # Safety
-    /// The caller has claimed the heap; `block` is the start of a pooled block in use, handed
-    /// out by a heap of `alloc`, and not used after this call.
+    /// The caller has claimed the heap; `block` lies in an arena of `alloc` and is, as far as
+    /// the caller knows, the start of a pooled block in use, not used after this call.
     #[inline(always)]
     pub(crate) unsafe fn free<P: Platform>(&self, block: NonNull<u8>, alloc: &Allocator<P>) {
-        // SAFETY: the block is in use (caller), so its pool is live and entered in its arena.
-        let pool = unsafe { PoolPtr::containing(block) };
-        // SAFETY: as the caller guarantees.
+        // SAFETY: the block lies in a mapped arena (caller); a pool it names is live.
+        let pool = unsafe { PoolPtr::holding(block) }
+            .filter(|pool| unsafe { pool.starts_carved_block(block) });
+        let Some(pool) = pool else {
+            fatal("free: pointer is no block of this allocator (not a block's start in a pool)")
+        };
+        // SAFETY: a carved block of a live pool, in use unless this is a double free, which
+        // `free_local` looks for (caller).
         unsafe { self.free_in(block, pool, alloc) }
     }
 
-    /// [`HeapCell::free`] for a caller that has found the block's pool already.
+    /// [`HeapCell::free`] for a caller that has found the block's pool already and knows
+    /// `block` to start a carved block of it.
     ///
     /// # Safety
-    /// As [`HeapCell::free`], and `pool` is the pool of `block`.
+    /// As [`HeapCell::free`], and `pool` is the live pool of `block`, which starts one of its
+    /// carved blocks.
     #[inline(always)]
     pub(crate) unsafe fn free_in<P: Platform>(
         &self,
@@ -443,14 +452,17 @@ impl HeapCell {
             // pools record theirs (P7).
             unsafe {
                 bump(&self.counters.freed_remotely, pool.class(), 1);
-                free_remote(&*owner.cast::<HeapCell>(), self.shard, block, pool, alloc)
+                free_remote(&*owner.cast::<HeapCell>(), self.shard, block, alloc)
             }
         }
     }
 
+    /// A free of a block of a pool this heap owns. A block that holds its freed mark (pool
+    /// invariant P9) may be free already: [`HeapCell::ensure_not_free`] settles it first.
+    ///
     /// # Safety
-    /// The caller has claimed the heap, and `block` is a block in use of `pool`, which this
-    /// heap owns.
+    /// The caller has claimed the heap, and `block` starts a carved block of `pool`, which
+    /// this heap owns, in use unless this is a double free.
     #[inline(always)]
     unsafe fn free_local<P: Platform>(
         &self,
@@ -460,8 +472,58 @@ impl HeapCell {
     ) {
         // SAFETY: as the caller guarantees; the change of state is this pool's.
         unsafe {
+            if holds_freed_mark(block) {
+                self.ensure_not_free(block, pool, alloc);
+            }
             if let Some(freed) = self.put_back(block, pool) {
                 self.pool_changed_state_unlocked(pool, freed, alloc)
+            }
+        }
+    }
+
+    /// Aborts if `block`, which holds its freed mark, is free: on its pool's freelist, or
+    /// waiting on this heap's remote lists (taken back here, the others freed as usual);
+    /// otherwise the program stored the mark's value by chance, and nothing is changed but
+    /// the remote lists taken back.
+    ///
+    /// # Safety
+    /// The caller has claimed the heap, and `block` starts a carved block of `pool`, which
+    /// this heap owns.
+    #[cold]
+    #[inline(never)]
+    unsafe fn ensure_not_free<P: Platform>(
+        &self,
+        block: NonNull<u8>,
+        pool: PoolPtr,
+        alloc: &Allocator<P>,
+    ) {
+        // SAFETY: the pool is ours (caller), so its freelist is ours to walk.
+        if unsafe { pool.on_freelist(block) } {
+            fatal("free of a block that is already free (double free)");
+        }
+        if self.has_remote() {
+            // SAFETY: claimed (caller).
+            unsafe { self.collect_remote_watching(&mut SharedAccess::new(alloc), Some(block)) };
+        }
+    }
+
+    /// For a block being resized, which must be in use: aborts if it is free in a pool this
+    /// heap owns (a block of another heap's pool is not checked: its lists are not ours).
+    ///
+    /// # Safety
+    /// The caller has claimed the heap, and `block` starts a carved block of `pool`.
+    #[inline]
+    pub(crate) unsafe fn ensure_in_use<P: Platform>(
+        &self,
+        block: NonNull<u8>,
+        pool: PoolPtr,
+        alloc: &Allocator<P>,
+    ) {
+        // SAFETY: as the caller guarantees; the owner does not change while a block of the
+        // pool is in use, and a pool that is not ours is only compared.
+        unsafe {
+            if holds_freed_mark(block) && pool.owner() == self.id() {
+                self.ensure_not_free(block, pool, alloc);
             }
         }
     }
@@ -573,7 +635,27 @@ impl HeapCell {
     /// # Safety
     /// The caller has claimed the heap.
     pub(crate) unsafe fn collect_remote<P: Platform>(&self, shared: &mut SharedAccess<'_, P>) {
+        // SAFETY: claimed (caller).
+        unsafe { self.collect_remote_watching(shared, None) }
+    }
+
+    /// [`HeapCell::collect_remote`], aborting if `suspect` is among the blocks taken back: a
+    /// block freed again by its owner while it waits there (a double free).
+    ///
+    /// # Safety
+    /// The caller has claimed the heap.
+    unsafe fn collect_remote_watching<P: Platform>(
+        &self,
+        shared: &mut SharedAccess<'_, P>,
+        suspect: Option<NonNull<u8>>,
+    ) {
         for (block, pool) in self.remote.iter().flat_map(|list| list.0.take_all()) {
+            if suspect == Some(block) {
+                fatal(
+                    "free of a block that is already free: another thread freed it, and it \
+                     waits to go back to its heap (double free)",
+                );
+            }
             // SAFETY: pushed blocks are in use in live pools of this heap (R1, H4).
             unsafe {
                 bump(&self.counters.taken_back, pool.class(), 1);
@@ -698,7 +780,7 @@ impl HeapCell {
 /// owner has no thread at that moment, collects its lists (H4).
 ///
 /// # Safety
-/// `block` is a block in use of `pool`, owned by `owner`, and not used after this call;
+/// `block` is a block in use of a live pool owned by `owner`, and not used after this call;
 /// `shard < REMOTE_SHARDS`.
 #[cold]
 #[inline(never)]
@@ -706,11 +788,10 @@ unsafe fn free_remote<P: Platform>(
     owner: &HeapCell,
     shard: usize,
     block: NonNull<u8>,
-    pool: PoolPtr,
     alloc: &Allocator<P>,
 ) {
     // SAFETY: as the caller guarantees; a shard is below REMOTE_SHARDS.
-    unsafe { owner.remote.get_unchecked(shard).0.push(block, pool) };
+    unsafe { owner.remote.get_unchecked(shard).0.push(block) };
     if !owner.claim.is_locked() {
         collect(owner, alloc);
     }

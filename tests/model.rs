@@ -14,6 +14,7 @@ use std::ptr::NonNull;
 use common::{fill, holds, holds_prefix};
 use pymalloc::{Allocator, LocalHeap};
 use pymalloc_arena::{TEST_PAGE_SIZE, TestPlatform};
+use pymalloc_pool::SizeClass;
 use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
 
 const MAX_SIZE: usize = 4 << 20;
@@ -112,17 +113,41 @@ struct Live {
     seed: u64,
 }
 
-/// The size class the spec gives a padded request: 16-byte steps to 512 bytes, then eight
-/// classes per power of two up to 256 KiB; `None` for a large block.
-fn class_of(padded: usize) -> Option<usize> {
-    match padded {
-        0..=512 => Some(padded.saturating_sub(1) / 16),
+/// The size class the spec gives a size: 16-byte steps to 512 bytes, then eight classes per
+/// power of two up to 256 KiB; `None` for a large block.
+fn class_of_size(size: usize) -> Option<usize> {
+    match size {
+        0..=512 => Some(size.saturating_sub(1) / 16),
         513..=262_144 => {
-            let log = (padded - 1).ilog2() as usize;
-            Some(32 + (log - 9) * 8 + ((padded - 1) >> (log - 3)) % 8)
+            let log = (size - 1).ilog2() as usize;
+            Some(32 + (log - 9) * 8 + ((size - 1) >> (log - 3)) % 8)
         }
         _ => None,
     }
+}
+
+/// The block size of class `c`, as the spec gives it.
+fn block_size_of(c: usize) -> usize {
+    if c < 32 {
+        16 * (c + 1)
+    } else {
+        let log = 9 + (c - 32) / 8;
+        (1 << log) + ((c - 32) % 8 + 1) * (1 << (log - 3))
+    }
+}
+
+/// The class the spec gives a layout: the smallest at or above its size's whose every block
+/// starts at a multiple of the alignment (its size is a multiple of it, or its pool holds one
+/// block, at a 16 KiB slot); `None` for a large block (too big, or aligned to more than 16 KiB).
+fn class_of(layout: Layout) -> Option<usize> {
+    let first = class_of_size(layout.size())?;
+    if layout.align() > 16 << 10 {
+        return None;
+    }
+    (first..104).find(|&c| {
+        let one_block = pymalloc_pool::blocks_per_pool(SizeClass::from_index(c).unwrap()) == 1;
+        block_size_of(c) % layout.align() == 0 || one_block
+    })
 }
 
 /// What the model says the stats must show: blocks per class, large blocks and bytes.
@@ -130,8 +155,7 @@ fn expected(live: &[Live]) -> ([usize; 104], usize, usize) {
     let mut classes = [0; 104];
     let (mut large, mut large_bytes) = (0, 0);
     for b in live {
-        let padded = b.layout.size() + b.layout.align().saturating_sub(16);
-        match class_of(padded) {
+        match class_of(b.layout) {
             Some(c) => classes[c] += 1,
             None => {
                 large += 1;
@@ -259,9 +283,12 @@ impl Caller<'_, '_> {
 fn check_usable(a: &Allocator<TestPlatform>, b: &Live) -> Result<(), String> {
     // SAFETY: a live block.
     let usable = unsafe { a.usable_size(NonNull::new(b.ptr).unwrap()) };
-    let padded = b.layout.size() + b.layout.align().saturating_sub(16);
-    let most = match class_of(padded) {
-        Some(_) => padded.max(16).next_power_of_two(),
+    let most = match class_of(b.layout) {
+        // Every pointer handed out starts its block: all of it is usable.
+        Some(c) if usable != block_size_of(c) => {
+            return Err(format!("usable size {usable} of a block of class {c}"));
+        }
+        Some(c) => block_size_of(c),
         None => {
             let len = b.layout.size().next_multiple_of(TEST_PAGE_SIZE);
             len + len / 4
@@ -466,17 +493,49 @@ fn every_size_up_to_two_pages_and_every_alignment_round_trips() {
 }
 
 #[test]
-fn zero_sized_requests_get_distinct_blocks() {
+fn zero_sized_requests_get_distinct_blocks_of_their_own() {
+    // Live 16-byte blocks all around: a zero-size request at any alignment must get a block
+    // of its own, not the start of a neighbour (which an aligned pointer just past a 16-byte
+    // block once was), and freeing it must leave the neighbours alone.
     let a = Allocator::new(TestPlatform::new());
-    for align in [1, 16, 64, 4096, 1 << 16] {
-        let layout = Layout::from_size_align(0, align).unwrap();
-        let (p, q) = (a.alloc(layout), a.alloc(layout));
-        assert!(!p.is_null() && !q.is_null() && p != q);
-        assert_eq!(p as usize % align, 0);
-        // SAFETY: live blocks of this layout.
+    let small = Layout::from_size_align(16, 16).unwrap();
+    let neighbours: Vec<*mut u8> = (0..256).map(|_| a.alloc(small)).collect();
+    for (i, &n) in neighbours.iter().enumerate() {
+        // SAFETY: a live block of 16 bytes.
+        unsafe { fill(n, 16, i as u64) };
+    }
+    for log in 0..=17 {
+        let layout = Layout::from_size_align(0, 1 << log).unwrap();
+        let zeros: Vec<*mut u8> = (0..64).map(|_| a.alloc(layout)).collect();
+        for (i, &p) in zeros.iter().enumerate() {
+            assert!(
+                !p.is_null() && p as usize % layout.align() == 0,
+                "align {}",
+                1 << log
+            );
+            assert!(
+                !zeros[..i].contains(&p),
+                "align {}: handed out twice",
+                1 << log
+            );
+            let inside = |n: &*mut u8| (*n as usize..*n as usize + 16).contains(&(p as usize));
+            assert!(
+                !neighbours.iter().any(inside),
+                "align {}: a zero-size block inside a live one",
+                1 << log
+            );
+        }
+        for p in zeros {
+            // SAFETY: live blocks of this layout.
+            unsafe { a.dealloc(p, layout) };
+        }
+        a.check().unwrap();
+    }
+    for (i, &n) in neighbours.iter().enumerate() {
+        // SAFETY: live blocks, filled above.
         unsafe {
-            a.dealloc(p, layout);
-            a.dealloc(q, layout);
+            assert!(holds(n, 16, i as u64), "a neighbour was written");
+            a.dealloc(n, small);
         }
     }
     a.check().unwrap();
@@ -578,7 +637,7 @@ fn realloc_moves_only_when_the_class_changes() {
     let (mut moves, mut class_changes) = (0, 0);
     while layout.size() < 64 << 20 {
         for new_size in [layout.size() + layout.size() / 2, layout.size() * 2] {
-            let same_class = match (class_of(layout.size()), class_of(new_size)) {
+            let same_class = match (class_of_size(layout.size()), class_of_size(new_size)) {
                 (Some(a), Some(b)) => a == b,
                 _ => false,
             };

@@ -13,6 +13,12 @@
 //! the pool, or else the count of those that wastes the least. A span may start at any slot
 //! of an arena.
 //!
+//! A request aligned to more than [`ALIGNMENT`] (up to [`MAX_POOLED_ALIGN`], a slot) takes the
+//! smallest class at or above its size's whose every block starts at a multiple of the
+//! alignment — its block size is a multiple of it, or its pool holds one block, which starts
+//! at a slot — so that every pointer handed out is a block's start ([`SizeClass::for_layout`]).
+//! Any other pointer freed is not a block, which is how `free` refuses interior pointers.
+//!
 //! Invariant: a [`SizeClass`] always holds an index below [`NUM_CLASSES`], so tables of
 //! `NUM_CLASSES` entries may be indexed by it without a bounds check.
 
@@ -121,6 +127,44 @@ const SPAN_SLOTS: [u8; NUM_CLASSES] = {
 
 const _: () = assert!(block_size_of(NUM_CLASSES - 1) == POOLED_MAX);
 
+/// The largest alignment pools serve: a pool starts at a slot, so its blocks can be aligned to
+/// no more. Requests aligned to more are large blocks.
+pub const MAX_POOLED_ALIGN: usize = POOL_SIZE;
+/// log2 of the smallest alignment above [`ALIGNMENT`].
+const OVER_ALIGNED_LOG: u32 = ALIGNMENT.ilog2() + 1;
+/// Alignments above [`ALIGNMENT`] that pools serve: 32 to [`MAX_POOLED_ALIGN`].
+const OVER_ALIGNMENTS: usize = (MAX_POOLED_ALIGN.ilog2() + 1 - OVER_ALIGNED_LOG) as usize;
+
+/// Whether every block of class `index` starts at a multiple of `align` (a power of two up to
+/// a slot), pools starting at slots: its size is a multiple of `align`, or its pool holds one.
+const fn blocks_aligned(index: usize, align: usize) -> bool {
+    let size = block_size_of(index);
+    size % align == 0 || span_slots_of(size) * POOL_SIZE / size == 1
+}
+
+/// `ALIGNED_CLASSES[a * NUM_CLASSES + c]`: for the alignment `2^(OVER_ALIGNED_LOG + a)`, the
+/// smallest class at or above `c` whose blocks are all aligned to it.
+const ALIGNED_CLASSES: [u8; OVER_ALIGNMENTS * NUM_CLASSES] = {
+    let mut t = [0; OVER_ALIGNMENTS * NUM_CLASSES];
+    let mut a = 0;
+    while a < OVER_ALIGNMENTS {
+        let align = 1 << (OVER_ALIGNED_LOG as usize + a);
+        let mut c = 0;
+        while c < NUM_CLASSES {
+            let mut aligned = c;
+            while !blocks_aligned(aligned, align) {
+                aligned += 1;
+                // The largest class has pools of one block, so the search always ends.
+                assert!(aligned < NUM_CLASSES, "some class serves every alignment");
+            }
+            t[a * NUM_CLASSES + c] = aligned as u8;
+            c += 1;
+        }
+        a += 1;
+    }
+    t
+};
+
 /// One size class.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SizeClass(u8);
@@ -141,6 +185,25 @@ impl SizeClass {
         } else {
             None
         }
+    }
+
+    /// The class of a request of `size` bytes aligned to `align` (a power of two): every
+    /// block of it starts at a multiple of `align`, so the block is handed out from its first
+    /// byte. `None` for a request too big or too aligned for pools (a large block).
+    #[inline]
+    pub fn for_layout(size: usize, align: usize) -> Option<SizeClass> {
+        let class = SizeClass::for_size(size)?;
+        if align <= ALIGNMENT {
+            return Some(class);
+        }
+        if align > MAX_POOLED_ALIGN {
+            return None;
+        }
+        // `align` is a power of two in (ALIGNMENT, MAX_POOLED_ALIGN]: its row exists.
+        let row = (align.ilog2() - OVER_ALIGNED_LOG) as usize;
+        ALIGNED_CLASSES
+            .get(row * NUM_CLASSES + class.index())
+            .map(|&index| SizeClass(index))
     }
 
     /// The class with this index, if it exists.
@@ -289,6 +352,39 @@ mod tests {
             Some(MAX_SPAN_SLOTS),
             "the cap is what some class needs"
         );
+    }
+
+    #[test]
+    fn aligned_classes_align_every_block_and_waste_no_more_than_padding_would() {
+        for size in (0..=POOLED_MAX).step_by(if cfg!(miri) { 4099 } else { 7 }) {
+            for log in 0..=POOL_SIZE.ilog2() + 1 {
+                let align = 1usize << log;
+                let Some(class) = SizeClass::for_layout(size, align) else {
+                    assert!(align > MAX_POOLED_ALIGN, "size {size} align {align}");
+                    continue;
+                };
+                assert!(class.block_size() >= size.max(1));
+                let blocks = blocks_per_pool_of(class);
+                for k in 0..blocks {
+                    // Pools start at slots, which are aligned to POOL_SIZE.
+                    assert_eq!((k * class.block_size()) % align.min(POOL_SIZE), 0);
+                }
+                // The class the older rule (pad by `align - 16`, point inside) would take.
+                let padded = size.max(1) + align.saturating_sub(ALIGNMENT);
+                if let Some(old) = SizeClass::for_size(padded) {
+                    assert!(
+                        class <= old,
+                        "size {size} align {align}: {class:?} > {old:?}"
+                    );
+                }
+                if align <= ALIGNMENT {
+                    assert_eq!(Some(class), SizeClass::for_size(size));
+                }
+            }
+        }
+        // A zero-size request gets a block of its own, aligned (issue: the next block's start).
+        let zero = SizeClass::for_layout(0, 32).unwrap();
+        assert_eq!(zero.block_size(), 32);
     }
 
     fn blocks_per_pool_of(class: SizeClass) -> usize {

@@ -38,11 +38,13 @@ mod sync {
     pub(crate) use loom::sync::atomic::{AtomicPtr, Ordering};
 }
 
-pub use class::{ALIGNMENT, MAX_SPAN_SLOTS, NUM_CLASSES, POOLED_MAX, SMALL_MAX, SizeClass};
+pub use class::{
+    ALIGNMENT, MAX_POOLED_ALIGN, MAX_SPAN_SLOTS, NUM_CLASSES, POOLED_MAX, SMALL_MAX, SizeClass,
+};
 pub use fatal::{ensure, fatal};
 pub use pool::{
     ARENA_SHIFT, ARENA_SIZE, DESCRIPTORS, Freed, POOL_SIZE, Pool, PoolList, PoolPtr, SLOTS,
-    blocks_per_pool, clear_freed_mark, first_slot_entry, set_first_slot_entries,
+    blocks_per_pool, first_slot_entry, freed_mark, holds_freed_mark, set_first_slot_entries,
 };
 pub use remote::{Drain, RemoteList};
 

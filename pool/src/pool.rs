@@ -40,19 +40,23 @@
 //!   whoever has the pool (a load and a store, no read-modify-write) but are atomics, so that
 //!   statistics may read them from any thread, for a figure of some recent moment. Every
 //!   other field belongs to whoever has the pool.
-//! - P9 a block that C's `free` put on the freelist holds its pool's *freed mark*
-//!   ([`PoolPtr::check_and_mark_free`]) in its second word until it is handed out again, when
-//!   C's `malloc` clears it ([`clear_freed_mark`]); so C's `free` of a block that carries the
-//!   mark walks the freelist, and a block found there is a double free, whichever block of
-//!   the pool it is. A program may store the same value by chance; the walk tells the two
-//!   apart. Rust's sized frees, which safe code cannot repeat, neither check nor mark.
+//! - P9 every block on the freelist holds its *freed mark* ([`freed_mark`]: its address
+//!   XOR a constant) in its second word, written by the [`PoolPtr::free`] that put it there
+//!   (or by the remote free that sent it back, `remote.rs`); every block handed out has that
+//!   word cleared. So a free of a block that holds its mark is suspect, and the freelist walk
+//!   ([`PoolPtr::on_freelist`]) tells a double free — whichever block of the pool it is —
+//!   from a program that stored the same value by chance.
+//! - P10 `bump` only grows while a block of the pool is in use; it is atomic, so that any
+//!   thread may test whether a pointer starts a block handed out
+//!   ([`PoolPtr::starts_carved_block`]): a pointer past the blocks carved, or inside a block,
+//!   is none.
 
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU16, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU16, AtomicU32, Ordering};
 
 use crate::asan;
 use crate::class::{ALIGNMENT, MAX_SPAN_SLOTS, POOLED_MAX, SizeClass};
-use crate::fatal::{ensure, fatal};
+use crate::fatal::ensure;
 
 /// Bytes in one slot — the unit arenas hand out, and the size of a single-slot pool. A power
 /// of two, like every pool's size.
@@ -152,11 +156,12 @@ pub struct Pool {
     next: *mut Pool,
     /// The heap that owns the pool, opaque to this crate (invariant P7).
     owner: AtomicPtr<()>,
-    /// `ceil(2^RECIPROCAL_SHIFT / size)`: dividing an offset in the pool by the block size is
-    /// a multiplication ([`block_index`]).
+    /// `ceil(2^RECIPROCAL_SHIFT / size)`: whether an offset in the pool is a multiple of the
+    /// block size is a multiplication ([`is_block_offset`]).
     reciprocal: u64,
-    /// Offset of the first never-used block.
-    bump: u32,
+    /// Offset of the first never-used block (P10). Written only by whoever has the pool,
+    /// with a load and a store, and read by any thread that frees a pointer into the pool.
+    bump: AtomicU32,
     /// Block size of `class`, kept here so the fast path need not look it up.
     size: u32,
     /// Bytes of the pool: `class.pool_bytes()`.
@@ -200,16 +205,32 @@ const _: () = assert!(
         && (MAX_SPAN_SLOTS * POOL_SIZE) as u64 * POOLED_MAX as u64 <= 1 << RECIPROCAL_SHIFT
 );
 
-/// The reciprocal of a block size, for [`block_index`].
+/// The reciprocal of a block size, for [`is_block_offset`].
 pub(crate) const fn reciprocal(size: usize) -> u64 {
     (1u64 << RECIPROCAL_SHIFT).div_ceil(size as u64)
 }
 
-/// `offset / size` for an offset inside a pool whose blocks have the size `reciprocal` was
-/// made from.
+/// Below this, the low [`RECIPROCAL_SHIFT`] bits of `offset * reciprocal` say that `offset`
+/// is a multiple of the block size ([`is_block_offset`]).
+const ON_GRID: u64 = 1 << 20;
+
+// For `offset = j * size + r` (`r < size`) inside a pool of `limit` bytes, with `reciprocal =
+// R = (2^s + e) / size` (`e < size`), `offset * R = j * 2^s + j * e + r * R`. Its low `s` bits
+// are `j * e + r * R`, which does not reach 2^s (`r * R <= 2^s + e - R` and `j * e < limit`,
+// while `e + limit <= R`). It is below `limit` when `r == 0`, and at least `R >= 2^s /
+// POOLED_MAX` otherwise: `ON_GRID` lies between the two.
+const _: () = assert!(
+    (MAX_SPAN_SLOTS * POOL_SIZE) as u64 <= ON_GRID
+        && ON_GRID <= (1u64 << RECIPROCAL_SHIFT) / POOLED_MAX as u64
+        && (POOLED_MAX + MAX_SPAN_SLOTS * POOL_SIZE) as u64
+            <= (1u64 << RECIPROCAL_SHIFT) / POOLED_MAX as u64
+);
+
+/// Whether `offset`, inside a pool whose blocks have the size `reciprocal` was made from, is
+/// a block's start: one multiplication, no division.
 #[inline(always)]
-pub(crate) fn block_index(offset: usize, reciprocal: u64) -> usize {
-    ((offset as u64 * reciprocal) >> RECIPROCAL_SHIFT) as usize
+pub(crate) fn is_block_offset(offset: usize, reciprocal: u64) -> bool {
+    (offset as u64).wrapping_mul(reciprocal) & ((1 << RECIPROCAL_SHIFT) - 1) < ON_GRID
 }
 
 /// What a free did to its pool's state.
@@ -263,7 +284,7 @@ impl PoolPtr {
                 prev: ptr::null_mut(),
                 next: ptr::null_mut(),
                 used: AtomicU16::new(0),
-                bump: 0,
+                bump: AtomicU32::new(0),
                 size: class.block_size() as u32,
                 limit: limit as u32,
                 class: AtomicU8::new(class.index() as u8),
@@ -306,7 +327,7 @@ impl PoolPtr {
             (*p).free = ptr::null_mut();
             (*p).prev = ptr::null_mut();
             (*p).next = ptr::null_mut();
-            (*p).bump = 0;
+            (*p).bump.store(0, Ordering::Relaxed);
             (*p).size = class.block_size() as u32;
             (*p).reciprocal = reciprocal(class.block_size());
             (*p).class.store(class.index() as u8, Ordering::Relaxed);
@@ -330,7 +351,7 @@ impl PoolPtr {
         unsafe {
             ensure(
                 (*p).used.load(Ordering::Relaxed) == 1
-                    && (*p).bump == (*p).size
+                    && (*p).bump.load(Ordering::Relaxed) == (*p).size
                     && (*p).free.is_null()
                     && (*p).limit / (*p).size == 1
                     && blocks_per_pool(class) == 1,
@@ -338,7 +359,7 @@ impl PoolPtr {
             );
             let (old_limit, limit) = ((*p).limit as usize, class.pool_bytes());
             (*p).size = class.block_size() as u32;
-            (*p).bump = (*p).size;
+            (*p).bump.store((*p).size, Ordering::Relaxed);
             (*p).limit = limit as u32;
             (*p).reciprocal = reciprocal(class.block_size());
             (*p).class.store(class.index() as u8, Ordering::Relaxed);
@@ -372,6 +393,20 @@ impl PoolPtr {
         // before the pool was handed out, which happened before the caller got its block.
         let first = unsafe { first_slot_entry(block).as_ref().load(Ordering::Relaxed) };
         PoolPtr(descriptor_at(block, first as usize))
+    }
+
+    /// The pool in use that holds `address`, through its slot's first-slot entry (P1); `None`
+    /// for a slot in no pool (or the header slot). For an address inside a block the caller
+    /// holds the answer is exact; for any other address inside a mapped arena it is a hint
+    /// that is never undefined behaviour (the entry is atomic).
+    ///
+    /// # Safety
+    /// `address` lies in a mapped arena.
+    #[inline(always)]
+    pub unsafe fn holding(address: NonNull<u8>) -> Option<PoolPtr> {
+        // SAFETY: the arena is mapped (caller); see `containing` on the ordering.
+        let first = unsafe { first_slot_entry(address).as_ref().load(Ordering::Relaxed) };
+        (first != 0).then(|| PoolPtr(descriptor_at(address, first as usize)))
     }
 
     /// The pool that starts at `memory`.
@@ -415,6 +450,7 @@ impl PoolPtr {
             }
             (*p).free = next;
             add_used(p);
+            clear_freed_mark(block);
             Some(block)
         }
     }
@@ -434,16 +470,24 @@ impl PoolPtr {
                 asan::unpoison(block.as_ptr(), (*p).size as usize);
                 (*p).free = block.cast::<*mut u8>().read();
                 add_used(p);
+                clear_freed_mark(block);
                 return Some((block, false));
             }
-            let bump = (*p).bump;
+            let bump = (*p).bump.load(Ordering::Relaxed);
             let next = bump + (*p).size;
             if next <= (*p).limit {
-                (*p).bump = next;
+                // Published with the block: whoever is handed it sees it carved (P10).
+                (*p).bump.store(next, Ordering::Relaxed);
                 add_used(p);
                 let block = self.memory().add(bump as usize);
                 asan::unpoison(block.as_ptr(), (*p).size as usize);
-                return Some((block, (*p).fresh));
+                let fresh = (*p).fresh;
+                // Fresh memory reads zero already; other memory may hold a stale mark from a
+                // pool of another class that had a block here.
+                if !fresh {
+                    clear_freed_mark(block);
+                }
+                return Some((block, fresh));
             }
         }
         None
@@ -457,10 +501,10 @@ impl PoolPtr {
     pub unsafe fn is_full(self) -> bool {
         let p = self.0.as_ptr();
         // SAFETY: the pool is live (caller).
-        unsafe { (*p).free.is_null() && (*p).bump + (*p).size > (*p).limit }
+        unsafe { (*p).free.is_null() && (*p).bump.load(Ordering::Relaxed) + (*p).size > (*p).limit }
     }
 
-    /// Returns `block` to the freelist.
+    /// Returns `block` to the freelist, its freed mark written (P9).
     ///
     /// # Safety
     /// `self` is a live pool the caller has exclusive access to, and `block` is the start of a
@@ -484,7 +528,9 @@ impl PoolPtr {
                 "free of the block this pool freed last (double free)",
             );
             let was_full = self.is_full();
-            block.cast::<*mut u8>().write(head);
+            let words = block.cast::<usize>().as_ptr();
+            words.cast::<*mut u8>().write(head);
+            words.add(1).write(freed_mark(block));
             asan::poison(block.as_ptr(), (*p).size as usize);
             (*p).free = block.as_ptr();
             // A store of what was loaded above, less one (P8).
@@ -496,73 +542,45 @@ impl PoolPtr {
         }
     }
 
-    /// For C's `free`, which no type system stands behind: aborts if `block` is already on the
-    /// freelist — it carries the freed mark (P9) and a walk of the freelist finds it — and
-    /// otherwise marks it, for the [`PoolPtr::free`] that follows. The walk is bounded by the
-    /// blocks carved, and taken only when the mark is there.
+    /// Whether `block`, the start of a block of this pool, is on its freelist: the walk that
+    /// confirms a double free once [`holds_freed_mark`] says the block may be free (P9). Bounded
+    /// by the blocks carved, whatever the freelist holds.
     ///
     /// # Safety
-    /// `self` is a live pool the caller has exclusive access to, and `block` is the start of a
-    /// block of this pool that the caller is about to free (a block in use, unless this is a
-    /// double free).
-    #[inline(always)]
-    pub unsafe fn check_and_mark_free(self, block: NonNull<u8>) {
+    /// `self` is a live pool the caller has exclusive access to.
+    pub unsafe fn on_freelist(self, block: NonNull<u8>) -> bool {
         let p = self.0.as_ptr();
-        let mark = block.cast::<usize>().as_ptr().wrapping_add(1);
-        // SAFETY: the pool is live and ours (caller); the block's first two words lie inside
-        // the pool, and are the caller's to overwrite; freelist entries are carved blocks
+        // SAFETY: the pool is live and ours (caller); freelist entries are carved blocks
         // whose first word holds the next entry (P3), at most `bump / size` of them (P4).
         unsafe {
-            if read_frozen(mark) == freed_mark(p) {
-                let mut free = (*p).free;
-                let mut left = (*p).bump / (*p).size;
-                while !free.is_null() && left > 0 {
-                    if free == block.as_ptr() {
-                        fatal("free of a block that is already free (double free)");
-                    }
-                    free = next_free(free);
-                    left -= 1;
+            let mut free = (*p).free;
+            let mut left = (*p).bump.load(Ordering::Relaxed) / (*p).size;
+            while !free.is_null() && left > 0 {
+                if free == block.as_ptr() {
+                    return true;
                 }
+                free = next_free(free);
+                left -= 1;
             }
-            mark.write(freed_mark(p));
         }
+        false
     }
 
-    /// The start of the block that contains `ptr`, for pointers handed out at an offset
-    /// inside their block (over-aligned requests).
-    ///
-    /// # Safety
-    /// `self` is a live pool and `ptr` points into one of its blocks.
-    #[inline]
-    pub unsafe fn block_start(self, ptr: NonNull<u8>) -> NonNull<u8> {
-        // SAFETY: the pool is live (caller).
-        match unsafe { self.block_holding(ptr) } {
-            Some(start) => start,
-            None => fatal("pool: a pointer freed as this pool's lies in none of its blocks"),
-        }
-    }
-
-    /// The start of the block that `ptr` points into, if it lies in the pool's block area
-    /// (P2); `None` for the tail that holds no whole block, or another pool.
-    /// Reads only what is fixed while a block of the pool is in use (its size and limit).
+    /// Whether `ptr` starts a block this pool has handed out at some time: it lies below the
+    /// bump offset (P10), on the block grid (P2). Any thread may ask; for a block the caller
+    /// holds the answer is exact, for any other pointer into the pool it is a hint that is
+    /// never undefined behaviour.
     ///
     /// # Safety
     /// `self` is a live pool.
-    #[inline]
-    pub unsafe fn block_holding(self, ptr: NonNull<u8>) -> Option<NonNull<u8>> {
-        // SAFETY: the pool is live (caller).
-        let (size, limit, reciprocal) = unsafe {
-            let p = self.0.as_ptr();
-            ((*p).size as usize, (*p).limit as usize, (*p).reciprocal)
-        };
-        let memory = self.memory();
-        let offset = ptr.addr().get().wrapping_sub(memory.addr().get());
-        if offset >= limit {
-            return None;
-        }
-        let start = block_index(offset, reciprocal) * size;
-        // SAFETY: `start < limit`: inside the pool's memory, so not null.
-        (start + size <= limit).then(|| unsafe { memory.add(start) })
+    #[inline(always)]
+    pub unsafe fn starts_carved_block(self, ptr: NonNull<u8>) -> bool {
+        let p = self.0.as_ptr();
+        // SAFETY: the pool is live (caller). The size and reciprocal are fixed while a block
+        // of the pool is in use.
+        let (bump, reciprocal) = unsafe { ((*p).bump.load(Ordering::Relaxed), (*p).reciprocal) };
+        let offset = ptr.addr().get().wrapping_sub(self.memory().addr().get());
+        offset < bump as usize && is_block_offset(offset, reciprocal)
     }
 
     /// The pool's size class.
@@ -586,7 +604,7 @@ impl PoolPtr {
         unsafe { (*self.0.as_ptr()).used.load(Ordering::Relaxed) as usize }
     }
 
-    /// Checks invariants P1 to P5 by walking the freelist.
+    /// Checks invariants P1 to P5, P9 and P10 by walking the freelist.
     ///
     /// # Safety
     /// `self` is a live pool the caller has exclusive access to.
@@ -594,7 +612,8 @@ impl PoolPtr {
         // SAFETY: the pool is live and ours (caller).
         let (class, size, limit, bump, used, mut free, reciprocal) = unsafe {
             let p = self.0.as_ptr();
-            let (size, limit, bump) = ((*p).size as usize, (*p).limit as usize, (*p).bump as usize);
+            let (size, limit) = ((*p).size as usize, (*p).limit as usize);
+            let bump = (*p).bump.load(Ordering::Relaxed) as usize;
             let reciprocal = (*p).reciprocal;
             (
                 self.class(),
@@ -642,6 +661,10 @@ impl PoolPtr {
             if listed > carved {
                 return Err("pool: freelist longer than the carved blocks (cycle?)");
             }
+            // SAFETY: a carved block of this live pool, two words long at least.
+            if !unsafe { holds_freed_mark(NonNull::new_unchecked(free)) } {
+                return Err("pool: a free block lost its freed mark (written after free?)");
+            }
             // SAFETY: `free` was just checked to be a carved block of this live pool.
             free = unsafe { next_free(free) };
         }
@@ -668,11 +691,16 @@ unsafe fn next_free(block: *mut u8) -> *mut u8 {
     next
 }
 
-/// The value a block freed by C's `free` holds in its second word (P9): its pool's descriptor
-/// address (which the block's own address gives away anyway, as its freelist link does).
+/// Mixed into a block's address to make its freed mark: the result has its top bit set, so
+/// it is never an address a program holds (user addresses have it clear on the targets
+/// pymalloc serves), nor zero, the cleared word.
+const MARK_KEY: usize = 0x9e37_79b9_7f4a_7c15_u64 as usize;
+
+/// The value a free block holds in its second word (P9): its address XOR [`MARK_KEY`], which
+/// any free can compute without a lookup.
 #[inline(always)]
-pub(crate) fn freed_mark(p: *mut Pool) -> usize {
-    p.addr()
+pub fn freed_mark(block: NonNull<u8>) -> usize {
+    block.addr().get() ^ MARK_KEY
 }
 
 const _: () = assert!(
@@ -680,16 +708,28 @@ const _: () = assert!(
     "a block holds the freelist link and the freed mark"
 );
 
-/// Clears the freed mark (P9) of a block C's `malloc` hands out, so that its next `free`
-/// does not walk the freelist: a block of 16 bytes holding 8 would otherwise keep the mark.
+/// Clears the freed mark (P9) of a block being handed out, so that its next free does not
+/// walk the freelist: a block of 16 bytes holding 8 would otherwise keep the mark.
 ///
 /// # Safety
 /// `block` starts a block (at least [`ALIGNMENT`] bytes) that the caller has just been
 /// handed and has not yet given to the program.
 #[inline(always)]
-pub unsafe fn clear_freed_mark(block: NonNull<u8>) {
+pub(crate) unsafe fn clear_freed_mark(block: NonNull<u8>) {
     // SAFETY: the caller's block, at least two words long.
     unsafe { block.cast::<usize>().add(1).write(0) };
+}
+
+/// Whether the block at `block` holds its freed mark (P9): it may be free already, which
+/// [`PoolPtr::on_freelist`] (or its heap's remote lists) must settle. The word is read as the
+/// machine holds it, whatever the program left there.
+///
+/// # Safety
+/// `block` starts a block of a live pool (at least [`ALIGNMENT`] bytes, mapped).
+#[inline(always)]
+pub unsafe fn holds_freed_mark(block: NonNull<u8>) -> bool {
+    // SAFETY: the block's second word is mapped and aligned (caller).
+    unsafe { read_frozen(block.cast::<usize>().as_ptr().add(1)) == freed_mark(block) }
 }
 
 /// The word at `word` as the machine holds it: the program may have left uninitialized bytes

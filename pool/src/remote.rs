@@ -3,13 +3,15 @@
 //! once.
 //!
 //! Each block on the list carries two words in its own memory (every block holds at least
-//! [`ALIGNMENT`] = 16 bytes): the next block, and the pool the block belongs to, so that the
-//! owner can free a block of any class without looking anything up.
+//! [`ALIGNMENT`] = 16 bytes): the next block, and the block's freed mark (pool invariant P9),
+//! as if it were free already: so a block that waits here is seen as freed by its owner's
+//! own free (which then looks for it here), and still is once taken back. The owner finds a
+//! block's pool from its address ([`PoolPtr::containing`]).
 //!
 //! Invariants:
 //! - R1 a block is pushed only while it is in use in its pool (the pool stays live until the
 //!   owner takes the block back), and the pusher never touches it again; a push of the block
-//!   already at the head (a double free) aborts;
+//!   already at the head (a double free) aborts; every block on the list holds its freed mark;
 //! - R2 the list is emptied only by [`RemoteList::take_all`], which swaps the head for null:
 //!   no single block is ever popped, so no ABA can occur (a head that is compared and swapped
 //!   by a pusher can only have gained blocks, never lost and regained one);
@@ -21,7 +23,7 @@ use core::ptr::{self, NonNull};
 
 use crate::class::ALIGNMENT;
 use crate::fatal::fatal;
-use crate::pool::PoolPtr;
+use crate::pool::{PoolPtr, freed_mark};
 use crate::sync::{AtomicPtr, Ordering};
 
 const _: () = assert!(ALIGNMENT >= 2 * size_of::<*mut u8>());
@@ -55,18 +57,18 @@ impl RemoteList {
         }
     }
 
-    /// Pushes `block`, a block in use of `pool`. Sequentially consistent, so that a pusher
-    /// that then finds the owner gone and an owner that leaves and then looks at the list
-    /// cannot both miss the block.
+    /// Pushes `block`, the start of a block in use of a live pool. Sequentially consistent,
+    /// so that a pusher that then finds the owner gone and an owner that leaves and then
+    /// looks at the list cannot both miss the block.
     ///
     /// # Safety
-    /// As R1: `block` is the start of a block in use of the live pool `pool`, at least 16
-    /// bytes, which the caller gives up.
+    /// As R1: `block` is the start of a block in use of a live pool, at least 16 bytes, which
+    /// the caller gives up.
     #[inline]
-    pub unsafe fn push(&self, block: NonNull<u8>, pool: PoolPtr) {
+    pub unsafe fn push(&self, block: NonNull<u8>) {
         let words = block.cast::<*mut u8>().as_ptr();
         // SAFETY: the block is ours to overwrite and holds two words (caller, ALIGNMENT).
-        unsafe { words.add(1).write(pool.memory().as_ptr()) };
+        unsafe { words.cast::<usize>().add(1).write(freed_mark(block)) };
         let mut head = self.head.load(Ordering::Relaxed);
         loop {
             // A block at the head was pushed and not yet taken back: pushing it again would
@@ -113,12 +115,11 @@ impl Iterator for Drain {
 
     fn next(&mut self) -> Option<(NonNull<u8>, PoolPtr)> {
         let block = NonNull::new(self.next)?;
-        let words = block.cast::<*mut u8>().as_ptr();
-        // SAFETY: a pushed block holds its successor and its pool in its first two words,
-        // written before the push that published it (R3); no one else reads them now.
-        let (next, pool) = unsafe { (words.read(), words.add(1).read()) };
-        self.next = next;
-        // SAFETY: a pushed block's pool is live (R1) and not null.
-        Some((block, unsafe { PoolPtr::at(NonNull::new_unchecked(pool)) }))
+        // SAFETY: a pushed block holds its successor in its first word, written before the
+        // push that published it (R3); no one else reads it now. Its pool is live (R1).
+        unsafe {
+            self.next = block.cast::<*mut u8>().read();
+            Some((block, PoolPtr::containing(block)))
+        }
     }
 }

@@ -5,7 +5,7 @@ use std::ptr::NonNull;
 use quickcheck::{QuickCheck, TestResult};
 
 use super::*;
-use crate::pool::{block_index, descriptor_of, freed_mark, reciprocal};
+use crate::pool::{is_block_offset, reciprocal};
 
 /// A zeroed arena owned by the test, with one pool of a class entered in its first-slot entries:
 /// `.0` is the pool's memory, from slot [`FIRST`] on (not aligned to a span's size: spans
@@ -137,40 +137,29 @@ fn state_transitions_follow_obmalloc() {
 }
 
 #[test]
-fn block_start_finds_the_block_of_an_interior_pointer() {
-    let class = SizeClass::for_size(96).unwrap();
-    let slot = Mem::new(class);
-    // SAFETY: the memory is ours and the pointers stay inside handed-out blocks.
-    unsafe {
-        let pool = PoolPtr::init(slot.0, class, true, core::ptr::null_mut());
-        for _ in 0..10 {
-            let (block, _) = pool.alloc().unwrap();
-            for delta in [0, 1, 15, 16, 95] {
-                assert_eq!(pool.block_start(block.add(delta)), block);
-            }
-        }
-    }
-}
-
-#[test]
-fn block_index_divides_exactly_for_every_class() {
+fn is_block_offset_holds_exactly_for_the_multiples_of_every_class() {
     for class in SizeClass::all() {
         let size = class.block_size();
         let r = reciprocal(size);
         let step = if cfg!(miri) { 997 } else { 1 };
-        for k in (0..=class.pool_bytes() / size).step_by(step) {
-            for offset in [k * size, (k * size).wrapping_sub(1), k * size + 1] {
-                if offset < class.pool_bytes() {
-                    assert_eq!(block_index(offset, r), offset / size, "size {size}");
-                }
-            }
+        for offset in (0..class.pool_bytes()).step_by(step) {
+            assert_eq!(
+                is_block_offset(offset, r),
+                offset % size == 0,
+                "size {size} {offset}"
+            );
+        }
+        for k in 0..blocks_per_pool(class) {
+            assert!(is_block_offset(k * size, r));
+            assert!(!is_block_offset(k * size + 1, r));
+            assert!(!is_block_offset(k * size + size - 1, r));
         }
     }
 }
 
 #[test]
-fn block_holding_finds_blocks_only_in_the_block_area() {
-    for size in [16, 96, 3000, 40_000] {
+fn starts_carved_block_takes_only_the_starts_of_blocks_carved_so_far() {
+    for size in [16, 48, 112, 3000, 40_000] {
         let class = SizeClass::for_size(size).unwrap();
         let mem = Mem::new(class);
         // SAFETY: the memory is ours; the pointers are only compared, never dereferenced.
@@ -178,23 +167,32 @@ fn block_holding_finds_blocks_only_in_the_block_area() {
             let pool = PoolPtr::init(mem.0, class, true, core::ptr::null_mut());
             let base = mem.0.as_ptr();
             let bytes = class.block_size();
-            let count = blocks_per_pool(class);
-            for k in [0, 1, count - 1] {
-                let block = base.add(k * bytes);
-                for delta in [0, 1, bytes - 1] {
-                    let found = pool.block_holding(NonNull::new(block.add(delta)).unwrap());
-                    assert_eq!(found.map(NonNull::as_ptr), Some(block), "size {size} k {k}");
+            let at = |offset: usize| NonNull::new(base.wrapping_add(offset)).unwrap();
+            assert!(!pool.starts_carved_block(at(0)), "nothing carved yet");
+            let carved = blocks_per_pool(class).min(3);
+            for _ in 0..carved {
+                pool.alloc().unwrap();
+            }
+            for k in 0..carved {
+                assert!(pool.starts_carved_block(at(k * bytes)), "size {size} k {k}");
+                // Interior pointers: 16 and 48 bytes in (what `memalign` once handed out).
+                for delta in [1, 8, 16, 48, bytes - 1] {
+                    if delta < bytes {
+                        let p = at(k * bytes + delta);
+                        assert!(!pool.starts_carved_block(p), "size {size} +{delta}");
+                    }
                 }
             }
-            // The tail that holds no whole block, and on either side of the pool.
-            let end = count * bytes;
-            if end < class.pool_bytes() {
-                let tail = NonNull::new(base.add(end)).unwrap();
-                assert_eq!(pool.block_holding(tail), None, "size {size}");
+            // Past the bump offset: never handed out; and on either side of the pool.
+            if carved < blocks_per_pool(class) {
+                assert!(!pool.starts_carved_block(at(carved * bytes)), "size {size}");
             }
-            for outside in [base.wrapping_sub(1), base.wrapping_add(class.pool_bytes())] {
+            for outside in [
+                base.wrapping_sub(bytes),
+                base.wrapping_add(class.pool_bytes()),
+            ] {
                 let p = NonNull::new(outside).unwrap();
-                assert_eq!(pool.block_holding(p), None, "size {size}");
+                assert!(!pool.starts_carved_block(p), "size {size}");
             }
         }
     }
@@ -221,38 +219,40 @@ fn check_catches_a_corrupted_freelist() {
         // A link back to itself: a cycle.
         a.cast::<*mut u8>().write(a.as_ptr());
         assert!(pool.check().is_err());
+        // A write over the freed mark alone (P9).
+        a.cast::<*mut u8>().write(core::ptr::null_mut());
+        assert_eq!(pool.check(), Ok(()));
+        a.cast::<usize>().add(1).write(0);
+        assert!(pool.check().is_err());
     }
 }
 
 #[test]
-fn a_c_free_marks_the_block_and_a_block_holding_the_mark_by_chance_frees_normally() {
+fn a_free_marks_the_block_an_allocation_clears_it_and_a_mark_by_chance_is_told_apart() {
     let class = SizeClass::for_size(48).unwrap();
     let slot = Mem::new(class);
-    let mark = freed_mark(descriptor_of(slot.0).as_ptr());
     // SAFETY: the memory is ours; every block freed below was handed out by this pool and is
     // freed once.
     unsafe {
         let pool = PoolPtr::init(slot.0, class, true, core::ptr::null_mut());
         let (a, b) = (pool.alloc().unwrap().0, pool.alloc().unwrap().0);
-        pool.check_and_mark_free(a);
+        assert!(!holds_freed_mark(a) && !holds_freed_mark(b));
         pool.free(a);
-        // Free blocks are poisoned under AddressSanitizer: the test looks through that.
-        crate::asan::unpoison(a.as_ptr(), 2 * size_of::<usize>());
-        assert_eq!(a.cast::<usize>().add(1).read(), mark, "P9");
-        crate::asan::poison(a.as_ptr(), 2 * size_of::<usize>());
+        assert!(holds_freed_mark(a), "P9");
+        assert!(pool.on_freelist(a));
         // A program that stores the mark's value in its block: the walk does not find the
         // block on the freelist, and the free goes on.
-        b.cast::<usize>().add(1).write(mark);
-        pool.check_and_mark_free(b);
+        b.cast::<usize>().add(1).write(freed_mark(b));
+        assert!(holds_freed_mark(b) && !pool.on_freelist(b));
         pool.free(b);
         assert_eq!(pool.used(), 0);
         assert_eq!(pool.check(), Ok(()));
-        // Handed out again, a block's mark is cleared by C's malloc.
-        let again = pool.alloc().unwrap().0;
-        clear_freed_mark(again);
-        assert_eq!(again.cast::<usize>().add(1).read(), 0);
-        pool.check_and_mark_free(again);
-        pool.free(again);
+        // Handed out again, from the freelist or carved, a block's mark is cleared.
+        for _ in 0..3 {
+            let again = pool.alloc().unwrap().0;
+            assert_eq!(again.cast::<usize>().add(1).read(), 0);
+            assert!(!holds_freed_mark(again));
+        }
         assert_eq!(pool.check(), Ok(()));
     }
 }
@@ -408,7 +408,9 @@ fn remote_list_returns_every_block_with_its_pool_newest_first() {
         // while in use.
         unsafe {
             let (block, _) = pool.alloc().unwrap();
-            list.push(block, pool);
+            list.push(block);
+            // Waiting, the block holds its freed mark (R1), as a free block does.
+            assert!(holds_freed_mark(block));
             pushed.push((block, pool));
         }
     }

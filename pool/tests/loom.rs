@@ -91,7 +91,7 @@ fn pushes_racing_with_take_all_deliver_every_block_once() {
                 thread::spawn(move || {
                     // SAFETY: a block in use of the live pool, given up by this thread.
                     let pool = unsafe { PoolPtr::at(block(pool_addr)) };
-                    unsafe { list.push(block(b), pool) };
+                    unsafe { list.push(block(b)) };
                 })
             })
             .collect();
@@ -140,7 +140,7 @@ fn a_full_pool_freed_into_remotely_rejoins_its_list() {
                 // SAFETY: blocks in use of the live pool, given up by this thread.
                 let pool = unsafe { PoolPtr::at(block(pool_addr)) };
                 for b in mine {
-                    unsafe { list.push(block(b), pool) };
+                    unsafe { list.push(block(b)) };
                     pushed.fetch_add(1, Ordering::Release);
                 }
             })
