@@ -47,6 +47,7 @@ pub use heap::{CACHED_POOLS, CACHED_SLOTS, REMOTE_SHARDS};
 pub use large::{CACHE_BYTES, CACHE_ENTRIES, MAX_CACHE_BYTES};
 pub use pymalloc_arena::{OsPlatform, Platform};
 pub use stats::{ClassStats, Stats};
+pub use thread::register_fork_handlers;
 
 /// The process-wide instance behind [`PyMalloc`].
 static GLOBAL: Allocator<OsPlatform> = Allocator::new(OsPlatform);

@@ -14,9 +14,14 @@
 //! freed into its remote list from anywhere, and whoever finds the heap unbound collects
 //! that list (H4 in `heap.rs`).
 //!
-//! `fork`: handlers registered with `pthread_atfork` on the first binding take the fallback
-//! heap and the shared lock before the process is copied and release them after, in parent
-//! and child, so the child can allocate at once.
+//! `fork`: handlers registered with `pthread_atfork` take the fallback heap and the shared
+//! lock before the process is copied and release them after, in parent and child, so the
+//! child can allocate at once. They are registered when the program is loaded (an
+//! `.init_array` entry, before any of the program's own code runs), and else on the first
+//! binding: registered before the program's handlers, ours *prepare* last (the program's may
+//! allocate, or wait for a thread that is allocating) and release first in parent and child
+//! (the program's may allocate there too) — `pthread_atfork` runs prepare handlers in the
+//! reverse order of registration and the others in order.
 
 use core::cell::Cell;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -104,7 +109,20 @@ pub(crate) fn current() -> Option<&'static HeapCell> {
 
 static FORK_HANDLERS: AtomicBool = AtomicBool::new(false);
 
-fn register_fork_handlers() {
+/// An `.init_array` entry runs when the program (or the library holding pymalloc) is loaded,
+/// before the constructors of code loaded after it and before `main`.
+#[cfg(target_os = "linux")]
+#[used]
+#[unsafe(link_section = ".init_array")]
+static AT_LOAD: extern "C" fn() = {
+    extern "C" fn at_load() {
+        register_fork_handlers();
+    }
+    at_load
+};
+
+/// Registers the `fork` handlers, once (see the module's text); later calls do nothing.
+pub fn register_fork_handlers() {
     if FORK_HANDLERS.swap(true, Ordering::Relaxed) {
         return;
     }

@@ -122,8 +122,12 @@ pub extern "C" fn pymalloc_write_stats(fd: c_int) {
 /// time, since programs may close stderr before exit (GNU coreutils do); -1 for none.
 static STATS_FD: AtomicI32 = AtomicI32::new(-1);
 
-/// Runs when the library is loaded, before the program's own constructors.
+/// Runs when the library is loaded, before the program's own constructors: registers
+/// pymalloc's `fork` handlers before the program can register any (which a program that
+/// allocates in its own handlers needs; see `pymalloc::register_fork_handlers`), and opens
+/// the statistics' descriptor if asked.
 extern "C" fn at_load() {
+    pymalloc::register_fork_handlers();
     const NAME: &core::ffi::CStr = c"PYMALLOC_STATS";
     // SAFETY: a NUL-terminated name; the value, if any, is a NUL-terminated string that is
     // only read here, byte by byte up to its terminator.

@@ -5,10 +5,11 @@
 //! `python3` (`.ci/run` checks they are there).
 #![cfg(target_os = "linux")]
 
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 /// The library cargo built for this test: `target/<profile>/deps/libpymalloc_override.so` (a `cargo
 /// build` also copies it up to `target/<profile>/`).
@@ -25,28 +26,43 @@ fn scratch() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("preload")
 }
 
+/// Compiles `tests/c/<name>.c` into the scratch folder.
+fn compile(name: &str) -> PathBuf {
+    std::fs::create_dir_all(scratch()).unwrap();
+    let exe = scratch().join(name);
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/c/{name}.c"));
+    let status = Command::new("cc")
+        .args(["-O2", "-Wall", "-Wextra", "-Werror", "-o"])
+        .arg(&exe)
+        .arg(&source)
+        .args(["-lpthread", "-ldl"])
+        .status()
+        .expect("cc (a C compiler) must be installed");
+    assert!(status.success(), "compiling {}", source.display());
+    exe
+}
+
 /// The C test program, compiled once.
 fn abi_test() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        std::fs::create_dir_all(scratch()).unwrap();
-        let exe = scratch().join("abi_test");
-        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/abi_test.c");
-        let status = Command::new("cc")
-            .args(["-O2", "-Wall", "-Wextra", "-Werror", "-o"])
-            .arg(&exe)
-            .arg(&source)
-            .args(["-lpthread", "-ldl"])
-            .status()
-            .expect("cc (a C compiler) must be installed");
-        assert!(status.success(), "compiling {}", source.display());
-        exe
-    })
+    BUILT.get_or_init(|| compile("abi_test"))
+}
+
+/// The program that forks under its own `pthread_atfork` handlers, compiled once.
+fn fork_handlers() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| compile("fork_handlers"))
 }
 
 /// Runs `command` on pymalloc (`preload`) or on the system allocator, with the statistics
 /// printed at exit when preloaded.
-fn run(mut command: Command, preload: bool) -> Output {
+fn run(command: Command, preload: bool) -> Output {
+    run_within(command, preload, Duration::from_secs(600))
+}
+
+/// [`run`], but a program still running after `limit` is killed, with its children (its
+/// process group), and the test fails: it hung.
+fn run_within(mut command: Command, preload: bool, limit: Duration) -> Output {
     if preload {
         command
             .env("LD_PRELOAD", library())
@@ -54,7 +70,24 @@ fn run(mut command: Command, preload: bool) -> Output {
     } else {
         command.env_remove("LD_PRELOAD");
     }
-    command.output().expect("program runs")
+    let mut child = command
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("program runs");
+    let start = Instant::now();
+    while child.try_wait().expect("wait for the program").is_none() {
+        if start.elapsed() > limit {
+            let group = -i32::try_from(child.id()).expect("a pid fits an i32");
+            // SAFETY: kill has no memory-safety conditions; the group is the child's own.
+            unsafe { libc::kill(group, libc::SIGKILL) };
+            let _ = child.wait();
+            panic!("{command:?} still running after {limit:?}: it hung");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("program's output")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -137,6 +170,30 @@ fn the_c_test_notices_when_pymalloc_is_not_loaded() {
     let out = run(Command::new(abi_test()), false);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("marker != NULL"));
+}
+
+/// A program that registers its `pthread_atfork` handlers before its first `malloc` forks 300
+/// times, in each of the three orders that deadlock when pymalloc's prepare handler runs
+/// first (it holds the allocator's locks while the program's handlers run): a prepare
+/// handler waiting for a thread that is inside `malloc`, a prepare handler that allocates,
+/// and a child handler that allocates. glibc runs all three.
+#[test]
+fn fork_works_under_handlers_the_program_registered_first() {
+    for mode in ["prepare-lock", "prepare-malloc", "child-malloc"] {
+        for preload in [false, true] {
+            let mut command = Command::new(fork_handlers());
+            command.arg(mode);
+            let out = run_within(command, preload, Duration::from_secs(120));
+            let on = if preload { "pymalloc" } else { "system" };
+            assert!(
+                out.status.success(),
+                "{mode} on {on}: {}{}",
+                text(&out.stdout),
+                text(&out.stderr)
+            );
+            assert_eq!(text(&out.stdout), "ok\n", "{mode} on {on}");
+        }
+    }
 }
 
 #[test]
