@@ -97,7 +97,7 @@ pub(crate) struct Large {
     clock: u64,
     /// The most bytes cached (L3).
     cache_limit: usize,
-    /// Bytes evicted since the limit last changed (or `trim` emptied the cache).
+    /// Bytes evicted since the limit last changed (or `trim` emptied the cache); saturates.
     evicted: usize,
     cached_bytes: usize,
     cached_blocks: usize,
@@ -231,8 +231,11 @@ impl Large {
     /// than that. Smaller misses are left alone: they are the luck of sizes in a cache that
     /// holds many blocks, and more memory buys little there (`docs/design.md`).
     pub(crate) fn missed(&mut self, len: usize) {
-        if 2 * len >= self.cache_limit && self.evicted >= len {
+        // `len` is any request's length, up to `isize::MAX`: compared with half the limit,
+        // never doubled.
+        if len >= self.cache_limit - self.cache_limit / 2 && self.evicted >= len {
             let reusable = self.in_use.peak_bytes().max(CACHE_BYTES);
+            // At most MAX_CACHE_BYTES (L3), so doubling it cannot overflow.
             self.cache_limit = (2 * self.cache_limit)
                 .min(reusable)
                 .min(MAX_CACHE_BYTES)
@@ -305,7 +308,7 @@ impl Large {
                 len,
                 freed_at: 0,
             });
-            self.evicted += len;
+            self.evicted = self.evicted.saturating_add(len);
             return unmap;
         }
         self.clock += 1;
@@ -336,7 +339,7 @@ impl Large {
                 len: range.len - self.cache_limit,
                 freed_at: 0,
             });
-            self.evicted += range.len - self.cache_limit;
+            self.evicted = self.evicted.saturating_add(range.len - self.cache_limit);
             range.len = self.cache_limit;
         }
         while self.cached_bytes + range.len > self.cache_limit
@@ -363,7 +366,7 @@ impl Large {
         match oldest {
             Some((i, &entry)) => {
                 self.take_front(i, entry.len);
-                self.evicted += entry.len;
+                self.evicted = self.evicted.saturating_add(entry.len);
                 unmap.push(entry);
             }
             None => fatal("large: eviction from an empty cache"),

@@ -1,8 +1,13 @@
 //! A program with `PyMalloc` as its global allocator: collections, strings, over-aligned
 //! types and threads all run on it.
 
+use std::alloc::{GlobalAlloc, Layout};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+mod common;
+use common::{in_child, passes_in_child_within};
 
 #[global_allocator]
 static GLOBAL: pymalloc::PyMalloc = pymalloc::PyMalloc;
@@ -92,5 +97,91 @@ fn threads_share_and_free_each_others_data() {
     }
     let all = shared.lock().unwrap();
     assert!(all.iter().flatten().all(|s| s.split('-').count() == 3));
+    pymalloc::check().unwrap();
+}
+
+/// Requests no machine can serve, through every entry point, in a build with overflow checks
+/// (the test profile's): each gives null or `Err`, and nothing on the way overflows. An
+/// overflow panics while the allocator's lock is held, and the panic's message allocates and
+/// waits on that lock forever: so the requests run in a child process that must finish.
+#[test]
+fn huge_requests_fail_cleanly_with_overflow_checks_on() {
+    if !in_child() {
+        return passes_in_child_within(
+            "huge_requests_fail_cleanly_with_overflow_checks_on",
+            Duration::from_secs(120),
+        );
+    }
+    let one = std::hint::black_box(usize::MAX);
+    assert!(
+        std::panic::catch_unwind(|| one + 1).is_err(),
+        "this build checks for overflow"
+    );
+    let max = isize::MAX as usize;
+    for len in [
+        max,
+        max - 1,
+        max - 4095,
+        max - 4096,
+        max - (1 << 20),
+        max / 2 + 1,
+        1 << 62,
+    ] {
+        assert!(Vec::<u8>::new().try_reserve_exact(len).is_err(), "{len:#x}");
+        assert!(Vec::<u8>::new().try_reserve(len).is_err(), "{len:#x}");
+        let mut small = vec![7u8; 100];
+        assert!(small.try_reserve_exact(len).is_err(), "{len:#x} more");
+        assert!(small.iter().all(|&b| b == 7));
+    }
+    for align in [1, 16, 64, 4096, 1 << 16, 1 << 21, 1 << 30] {
+        for size in [max - (align - 1), max / 2, 1 << 62] {
+            let layout = Layout::from_size_align(size, align).unwrap();
+            // SAFETY: a layout of non-zero size; nothing is freed.
+            unsafe {
+                assert!(GLOBAL.alloc(layout).is_null(), "{layout:?}");
+                assert!(GLOBAL.alloc_zeroed(layout).is_null(), "{layout:?}");
+            }
+        }
+        let layout = Layout::from_size_align(100, align).unwrap();
+        // SAFETY: a live block of `layout`, resized only on success, freed once.
+        unsafe {
+            let p = GLOBAL.alloc(layout);
+            assert!(!p.is_null());
+            for new in [max - (align - 1), max / 2, 1 << 62] {
+                assert!(
+                    GLOBAL.realloc(p, layout, new).is_null(),
+                    "{layout:?} to {new:#x}"
+                );
+            }
+            GLOBAL.dealloc(p, layout);
+        }
+    }
+    use pymalloc::c_abi;
+    for size in [usize::MAX, usize::MAX - 4096, max, max - 4095, 1 << 62] {
+        assert!(c_abi::malloc(size).is_null(), "malloc {size:#x}");
+        assert!(c_abi::calloc(1, size).is_null(), "calloc {size:#x}");
+        assert!(c_abi::valloc(size).is_null(), "valloc {size:#x}");
+        assert!(c_abi::pvalloc(size).is_null(), "pvalloc {size:#x}");
+        assert!(
+            c_abi::aligned_alloc(1 << 20, size).is_null(),
+            "aligned_alloc {size:#x}"
+        );
+        assert!(
+            c_abi::memalign(1 << 20, size).is_null(),
+            "memalign {size:#x}"
+        );
+        let mut out = core::ptr::null_mut();
+        // SAFETY: `out` is a valid place for the result.
+        let rc = unsafe { c_abi::posix_memalign(&mut out, 4096, size) };
+        assert_eq!(rc, libc::ENOMEM, "posix_memalign {size:#x}");
+        // SAFETY: a live block, resized only on success, freed once.
+        unsafe {
+            let p = c_abi::malloc(100);
+            assert!(c_abi::realloc(p, size).is_null(), "realloc {size:#x}");
+            assert!(c_abi::reallocarray(p, 2, size / 2 + 1).is_null());
+            c_abi::free(p);
+        }
+    }
+    assert!(c_abi::calloc(usize::MAX / 2, 3).is_null());
     pymalloc::check().unwrap();
 }

@@ -309,3 +309,37 @@ pub fn expect_abort(test: &str, expected: &str) {
 pub fn in_child() -> bool {
     std::env::var_os("PYMALLOC_CHILD").is_some()
 }
+
+/// Runs the test named `test` again in a child process (where [`in_child`] is true) and
+/// checks that it passes there within `limit`; a child still running then is killed and the
+/// test fails: it hung. For tests of what could deadlock the allocator, which would take
+/// the test harness with it.
+pub fn passes_in_child_within(test: &str, limit: std::time::Duration) {
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env("PYMALLOC_CHILD", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{test}: still running after {limit:?}, it hung:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{test}: {:?}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
