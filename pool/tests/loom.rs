@@ -82,7 +82,6 @@ fn pushes_racing_with_take_all_deliver_every_block_once() {
             .collect::<Option<_>>()
             .unwrap();
         let list = Arc::new(RemoteList::new());
-        let pool_addr = Addr(pool.memory().as_ptr() as usize);
         let pushers: Vec<_> = blocks
             .iter()
             .copied()
@@ -90,7 +89,6 @@ fn pushes_racing_with_take_all_deliver_every_block_once() {
                 let list = list.clone();
                 thread::spawn(move || {
                     // SAFETY: a block in use of the live pool, given up by this thread.
-                    let pool = unsafe { PoolPtr::at(block(pool_addr)) };
                     unsafe { list.push(block(b)) };
                 })
             })
@@ -131,15 +129,13 @@ fn a_full_pool_freed_into_remotely_rejoins_its_list() {
         }
         let list = Arc::new(RemoteList::new());
         let pushed = Arc::new(AtomicUsize::new(0));
-        let pool_addr = Addr(pool.memory().as_ptr() as usize);
         // Another thread frees the first two blocks remotely.
         let remote = {
             let (list, pushed) = (list.clone(), pushed.clone());
             let mine = blocks[..2.min(blocks.len())].to_vec();
             thread::spawn(move || {
-                // SAFETY: blocks in use of the live pool, given up by this thread.
-                let pool = unsafe { PoolPtr::at(block(pool_addr)) };
                 for b in mine {
+                    // SAFETY: a block in use of the live pool, given up by this thread.
                     unsafe { list.push(block(b)) };
                     pushed.fetch_add(1, Ordering::Release);
                 }
