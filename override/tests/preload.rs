@@ -5,6 +5,7 @@
 //! `python3` (`.ci/run` checks they are there).
 #![cfg(target_os = "linux")]
 
+use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -76,8 +77,21 @@ fn run_within(mut command: Command, preload: bool, limit: Duration) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("program runs");
+    // Read as it comes, so that a program writing more than a pipe holds never waits on us.
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            pipe.read_to_end(&mut bytes).expect("program's output");
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("piped")));
+    let stderr = drain(Box::new(child.stderr.take().expect("piped")));
     let start = Instant::now();
-    while child.try_wait().expect("wait for the program").is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the program") {
+            break status;
+        }
         if start.elapsed() > limit {
             let group = -i32::try_from(child.id()).expect("a pid fits an i32");
             // SAFETY: kill has no memory-safety conditions; the group is the child's own.
@@ -86,8 +100,12 @@ fn run_within(mut command: Command, preload: bool, limit: Duration) -> Output {
             panic!("{command:?} still running after {limit:?}: it hung");
         }
         std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
     }
-    child.wait_with_output().expect("program's output")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -208,6 +226,36 @@ fn freeing_a_pointer_pymalloc_did_not_hand_out_aborts_with_a_message() {
             stderr.contains("pymalloc: fatal: free: pointer is no block of this allocator"),
             "{mode}: {stderr}"
         );
+    }
+}
+
+/// Bad frees that would have a block handed out twice: each aborts with its message.
+#[test]
+fn bad_frees_that_would_hand_out_a_block_twice_abort_with_a_message() {
+    let double = "pymalloc: fatal: free of a block that is already free";
+    let not_a_block = "pymalloc: fatal: free: pointer is no block of this allocator";
+    for (mode, expected) in [
+        ("free-after-realloc-moved", double),
+        ("realloc-of-freed-moving", double),
+        ("realloc-of-freed-in-place", double),
+        ("free-of-uncarved", not_a_block),
+        ("free-after-remote-free-taken-back", double),
+        ("free-while-remote-free-waits", double),
+        ("interior-48+16", not_a_block),
+        ("interior-112+16", not_a_block),
+        ("interior-112+48", not_a_block),
+    ] {
+        let mut command = Command::new(abi_test());
+        command.arg(mode);
+        let out = run(command, true);
+        let stderr = text(&out.stderr);
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGABRT),
+            "{mode}: {:?}\n{stderr}",
+            out.status
+        );
+        assert!(stderr.contains(expected), "{mode}: {stderr}");
     }
 }
 

@@ -7,6 +7,7 @@
  *   abi_test interior-free free a pointer into the middle of a block (must abort)
  *   abi_test double-free   free a block twice in a row (must abort)
  *   abi_test double-free-later  free a block again after freeing another (must abort)
+ *   abi_test <bad-free>    one of the bad frees in bad_frees below (must abort)
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -230,6 +231,50 @@ static void test_aligned(void) {
     CHECK(pvalloc(opaque(SIZE_MAX - 1)) == NULL && errno == ENOMEM);
 }
 
+/* A zero-size request at any alignment, through each aligned entry point, gets a block of
+   its own: never a live block, never another such request's, and the live blocks of every
+   small size around it keep their bytes. */
+static void test_aligned_zero_size(void) {
+    enum { LIVE = 512, ZERO = 3 * 16 };
+    static unsigned char *live[LIVE];
+    static size_t live_size[LIVE];
+    static void *zero[ZERO];
+    for (int i = 0; i < LIVE; i++) {
+        live_size[i] = 16 * (size_t)(1 + i % 16);
+        live[i] = malloc(live_size[i]);
+        CHECK(live[i]);
+        fill(live[i], live_size[i], (unsigned)i);
+    }
+    int n = 0;
+    for (size_t align = 16; align <= ((size_t)1 << 19); align *= 2) {
+        CHECK(posix_memalign(&zero[n], align, 0) == 0 && zero[n] && aligned(zero[n], align));
+        n++;
+        zero[n] = aligned_alloc(align, 0);
+        CHECK(zero[n] && aligned(zero[n], align));
+        n++;
+        zero[n] = memalign(align, 0);
+        CHECK(zero[n] && aligned(zero[n], align));
+        n++;
+    }
+    for (int z = 0; z < n; z++) {
+        unsigned char *p = zero[z];
+        for (int y = 0; y < z; y++) CHECK(zero[y] != zero[z]);
+        for (int i = 0; i < LIVE; i++) CHECK(p < live[i] || p >= live[i] + live_size[i]);
+    }
+    for (int i = 0; i < LIVE; i++) CHECK(filled(live[i], live_size[i], (unsigned)i));
+    for (int z = 0; z < n; z++) free(zero[z]);
+    /* What the next requests get is no live block either. */
+    for (int i = 0; i < LIVE; i++) {
+        unsigned char *p = malloc(live_size[i]);
+        for (int j = 0; j < LIVE; j++) CHECK(p != live[j]);
+        free(p);
+    }
+    for (int i = 0; i < LIVE; i++) {
+        CHECK(filled(live[i], live_size[i], (unsigned)i));
+        free(live[i]);
+    }
+}
+
 /* Threads pass blocks around a ring: each frees what its neighbour allocated. */
 enum { THREADS = 8, ROUNDS = 20000, SLOTS = 64 };
 static void *mailbox[THREADS][SLOTS];
@@ -328,6 +373,101 @@ static void test_trim(void) {
     CHECK(malloc_trim(0) == 0);
 }
 
+/* Bad frees that must abort with a message (each glibc catches too); each leaves the program
+   thinking a block is free that the allocator would otherwise hand out twice. Pointers pass
+   through volatile variables so that the compiler cannot see the misuse. */
+static void *volatile sink;
+
+static void *freer(void *arg) {
+    free(arg);
+    return NULL;
+}
+
+static void free_in_another_thread(void *p) {
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, freer, p) == 0);
+    CHECK(pthread_join(t, NULL) == 0);
+}
+
+/* A block of `size` bytes at least `offset` bytes into which lies on an `align` boundary, as
+   memalign's results do. */
+static unsigned char *block_with_aligned_inside(size_t size, size_t offset, size_t align) {
+    for (int i = 0; i < 10000; i++) {
+        unsigned char *p = malloc(size);
+        CHECK(p && malloc_usable_size(p) == size);
+        if (aligned(p + offset, align)) return p;
+    }
+    CHECK(!"no block with an aligned interior pointer");
+    return NULL;
+}
+
+static int bad_free(const char *mode) {
+    if (strcmp(mode, "free-after-realloc-moved") == 0) {
+        /* realloc freed the old block when it moved it; free(old) frees it again. */
+        char *volatile old = malloc(40), *volatile keep = malloc(40);
+        char *volatile moved = realloc(old, 4000);
+        CHECK(moved && moved != old);
+        free(keep);
+        free(old);
+        return 1;
+    }
+    if (strcmp(mode, "realloc-of-freed-moving") == 0) {
+        char *volatile p = malloc(40), *volatile keep = malloc(40);
+        free(p);
+        free(keep);
+        sink = realloc(p, 4000);
+        return 1;
+    }
+    if (strcmp(mode, "realloc-of-freed-in-place") == 0) {
+        char *volatile p = malloc(40), *volatile keep = malloc(40);
+        free(p);
+        free(keep);
+        sink = realloc(p, 44);
+        return 1;
+    }
+    if (strcmp(mode, "free-of-uncarved") == 0) {
+        /* A size nothing else uses: its pool has carved one block; the next ones lie ahead. */
+        unsigned char *p = malloc(3000);
+        size_t size = malloc_usable_size(p);
+        void *volatile ahead = p + 3 * size;
+        free(ahead);
+        return 1;
+    }
+    if (strcmp(mode, "free-after-remote-free-taken-back") == 0) {
+        /* Another thread frees the block; its heap takes it back while finding pools for
+           other sizes; the owner frees it again. */
+        char *volatile p = malloc(48), *volatile keep = malloc(48);
+        free_in_another_thread(p);
+        for (int i = 0; i < 400; i++) sink = malloc(1000 + (size_t)(i % 40) * 600);
+        free(p);
+        (void)keep;
+        return 1;
+    }
+    if (strcmp(mode, "free-while-remote-free-waits") == 0) {
+        char *volatile p = malloc(48), *volatile keep = malloc(48);
+        free_in_another_thread(p);
+        free(p);
+        (void)keep;
+        return 1;
+    }
+    if (strcmp(mode, "interior-48+16") == 0) {
+        void *volatile inside = block_with_aligned_inside(48, 16, 32) + 16;
+        free(inside);
+        return 1;
+    }
+    if (strcmp(mode, "interior-112+16") == 0) {
+        void *volatile inside = block_with_aligned_inside(112, 16, 32) + 16;
+        free(inside);
+        return 1;
+    }
+    if (strcmp(mode, "interior-112+48") == 0) {
+        void *volatile inside = block_with_aligned_inside(112, 48, 64) + 48;
+        free(inside);
+        return 1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "invalid-free") == 0) {
         static char not_ours[64];
@@ -356,12 +496,14 @@ int main(int argc, char **argv) {
         free(inside);
         return 0;
     }
+    if (argc > 1 && bad_free(argv[1])) return 0;
     test_loaded();
     test_malloc_free();
     test_calloc();
     test_realloc();
     test_reallocarray();
     test_aligned();
+    test_aligned_zero_size();
     test_threads();
     test_fork();
     test_loader();
