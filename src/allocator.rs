@@ -290,7 +290,20 @@ impl<P: Platform> Allocator<P> {
             }
             shared.large.missed(len);
         }
-        let fresh = self.platform.reserve(len, layout.align())?;
+        let fresh = match self.platform.reserve(len, layout.align()) {
+            Some(fresh) => fresh,
+            None => {
+                // Refused: what the cache holds may be the address space or commit charge
+                // the system lacks. Empty it and ask once more.
+                let unmap = self.shared().large.trim();
+                if unmap.is_empty() {
+                    return None;
+                }
+                // SAFETY: cached mappings are used by nobody.
+                unsafe { unmap.release(&self.platform) };
+                self.platform.reserve(len, layout.align())?
+            }
+        };
         let mut shared = self.shared();
         if !shared.large.make_room(&self.platform) {
             drop(shared);

@@ -140,6 +140,11 @@ impl Unmap {
         self.len += 1;
     }
 
+    /// Whether there is nothing to unmap.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// Unmaps them all.
     ///
     /// # Safety

@@ -126,6 +126,28 @@ fn with_every_reservation_refused_only_memory_at_hand_is_served() {
 }
 
 #[test]
+fn a_refused_large_mapping_is_asked_for_again_once_the_cache_is_emptied() {
+    // What the cache holds counts against the system's limits (address space, commit
+    // charge), so a refusal while it holds something empties it and asks once more.
+    let a = Allocator::new(TestPlatform::new());
+    let cached = Layout::from_size_align(1 << 20, 8).unwrap();
+    let bigger = Layout::from_size_align(3 << 20, 8).unwrap();
+    let p = alloc_filled(&a, cached);
+    // SAFETY: a live block of this layout.
+    unsafe { a.dealloc(p, cached) };
+    assert_eq!(a.stats().large_cached_blocks, 1);
+    a.platform().fail_reserve_in(1);
+    let q = alloc_filled(&a, bigger);
+    assert!(!q.is_null(), "served by the second request");
+    assert_eq!(a.stats().large_cached_blocks, 0, "the cache was emptied");
+    // With nothing cached, a refusal is final.
+    a.platform().fail_reserve_in(1);
+    assert!(a.alloc(bigger).is_null());
+    a.check().unwrap();
+    free_all(&a, vec![(q, bigger)]);
+}
+
+#[test]
 fn a_refused_commit_gives_null_and_nothing_is_lost() {
     let a = Allocator::new(TestPlatform::new());
     let first = Layout::from_size_align(32, 8).unwrap();

@@ -185,3 +185,29 @@ fn huge_requests_fail_cleanly_with_overflow_checks_on() {
     assert!(c_abi::calloc(usize::MAX / 2, 3).is_null());
     pymalloc::check().unwrap();
 }
+
+/// A reservation the machine cannot back — twice its RAM and swap — is an `Err` from
+/// `try_reserve`, and the vector keeps its contents, rather than a buffer that faults when
+/// touched. Under `overcommit_memory` 1 the kernel backs anything: nothing to check.
+#[test]
+fn try_reserve_of_more_than_the_machine_can_back_is_an_error() {
+    let policy = std::fs::read_to_string("/proc/sys/vm/overcommit_memory").unwrap();
+    if policy.trim() == "1" {
+        eprintln!("overcommit_memory is 1: every request is backed; skipped");
+        return;
+    }
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let kib = |key: &str| -> usize {
+        let line = meminfo.lines().find(|l| l.starts_with(key)).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let too_much = 2 * (kib("MemTotal:") + kib("SwapTotal:")) * 1024;
+    let mut bytes = vec![7u8; 1000];
+    assert!(bytes.try_reserve(too_much).is_err());
+    assert!(bytes.iter().all(|&b| b == 7));
+    let mut empty: Vec<u64> = Vec::new();
+    assert!(empty.try_reserve_exact(too_much / 8).is_err());
+    let mut text = String::from("kept");
+    assert!(text.try_reserve(too_much).is_err());
+    assert_eq!(text, "kept");
+}

@@ -4,8 +4,8 @@
 //! make any call fail on demand (`TestPlatform`, feature `test-platform`). [`OsPlatform`] is
 //! the real one: anonymous `mmap`, `madvise` and, on Linux, `mremap`.
 //!
-//! Vocabulary: *reserve* maps address space that reads and writes (Linux commits each page on
-//! first touch); *decommit* hands a range's physical pages back while keeping the addresses;
+//! Vocabulary: *reserve* maps address space that reads and writes, charged to the kernel's
+//! overcommit accounting (Linux backs each page on first touch); *decommit* hands a range's physical pages back while keeping the addresses;
 //! *commit* makes a decommitted range usable again; *release* unmaps.
 
 use core::ptr::NonNull;
@@ -99,40 +99,57 @@ unsafe impl Platform for OsPlatform {
         page
     }
 
+    /// Commits what it maps under the kernel's overcommit accounting (no `MAP_NORESERVE`), so
+    /// that a request no machine can back fails here, as glibc's does, rather than at first
+    /// touch. An aligned request takes no more address space than it needs unless it must:
+    /// the exact size first (the kernel often places it aligned already), then grown in place
+    /// down or up to an aligned start, and only then over-reserved by the alignment and trimmed.
     fn reserve(&self, size: usize, align: usize) -> Option<NonNull<u8>> {
         let page = self.page_size();
         if size == 0 || size % page != 0 || !align.is_power_of_two() {
             return None;
         }
         let align = align.max(page);
-        // Over-reserve by the alignment, then trim both ends.
-        let span = size.checked_add(align - page)?;
-        // SAFETY: a fresh anonymous mapping; the kernel picks the address.
-        let base = unsafe {
-            libc::mmap(
-                core::ptr::null_mut(),
-                span,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return None;
+        let span = size.checked_add(align - page)?; // what the fallback maps
+        let base = map(None, size)?;
+        let misalignment = base.addr().get() % align;
+        if misalignment == 0 {
+            return Some(base);
         }
-        let base = base.cast::<u8>();
-        let head = base.addr().next_multiple_of(align) - base.addr();
+        // Grow down to the aligned start below, then give back the tail above it...
+        let below = misalignment;
+        if let Some(start) = base.addr().get().checked_sub(below)
+            && map(Some(start), below).is_some()
+        {
+            // SAFETY: [start, start + size + below) is ours (the two mappings just made);
+            // the top `below` bytes are unused.
+            unsafe { libc::munmap((start + size) as *mut libc::c_void, below) };
+            return NonNull::new(start as *mut u8);
+        }
+        // ...or up to the aligned start above, giving back the head below it.
+        let above = align - misalignment;
+        if let Some(end) = base.addr().get().checked_add(size)
+            && map(Some(end), above).is_some()
+        {
+            // SAFETY: [base, end + above) is ours (the two mappings just made); the first
+            // `above` bytes are unused.
+            unsafe { libc::munmap(base.as_ptr().cast(), above) };
+            return NonNull::new(base.as_ptr().wrapping_add(above));
+        }
+        // SAFETY: the mapping just made, unused.
+        unsafe { libc::munmap(base.as_ptr().cast(), size) };
+        let base = map(None, span)?;
+        let head = base.addr().get().next_multiple_of(align) - base.addr().get();
         let tail = span - head - size;
         // SAFETY: head and tail are the page-aligned ends of the mapping just made, unused.
         unsafe {
             if head > 0 {
-                libc::munmap(base.cast(), head);
+                libc::munmap(base.as_ptr().cast(), head);
             }
             if tail > 0 {
-                libc::munmap(base.add(head + size).cast(), tail);
+                libc::munmap(base.as_ptr().add(head + size).cast(), tail);
             }
-            NonNull::new(base.add(head))
+            NonNull::new(base.as_ptr().add(head))
         }
     }
 
@@ -172,6 +189,34 @@ unsafe impl Platform for OsPlatform {
     #[cfg(not(target_os = "linux"))]
     unsafe fn remap(&self, _: NonNull<u8>, _: usize, _: usize, _: bool) -> Option<NonNull<u8>> {
         None
+    }
+}
+
+/// A fresh private anonymous read-write mapping of `len` bytes, under overcommit accounting:
+/// anywhere, or exactly at `at` (never replacing a mapping there), or `None`.
+fn map(at: Option<usize>, len: usize) -> Option<NonNull<u8>> {
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+    let (hint, flags) = match at {
+        None => (core::ptr::null_mut(), flags),
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        Some(at) => (at as *mut libc::c_void, flags | libc::MAP_FIXED_NOREPLACE),
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        Some(at) => (at as *mut libc::c_void, flags),
+    };
+    // SAFETY: a new anonymous mapping replaces nothing: without MAP_FIXED the kernel only
+    // takes `hint` as a hint, and MAP_FIXED_NOREPLACE fails rather than replace a mapping.
+    let p = unsafe { libc::mmap(hint, len, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0) };
+    if p == libc::MAP_FAILED {
+        return None;
+    }
+    match at {
+        // A kernel older than 4.17 ignores MAP_FIXED_NOREPLACE and may place it elsewhere.
+        Some(at) if p.addr() != at => {
+            // SAFETY: the mapping just made, unused.
+            unsafe { libc::munmap(p, len) };
+            None
+        }
+        _ => NonNull::new(p.cast()),
     }
 }
 
@@ -218,6 +263,45 @@ mod tests {
                 let q2 = os.remap(q, 64 * page, page, false).unwrap();
                 assert_eq!(q2, q, "shrinking stays in place");
                 os.release(q2, page);
+            }
+        }
+    }
+
+    /// What the kernel would refuse to back — more than RAM and swap together, under the
+    /// heuristic (0) or strict (2) overcommit policy — is refused at `reserve`, not handed out
+    /// to fault on first touch. Policy 1 backs everything, so there is nothing to check.
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri has no /proc")]
+    fn os_platform_refuses_what_the_machine_cannot_back() {
+        let policy = std::fs::read_to_string("/proc/sys/vm/overcommit_memory").unwrap();
+        if policy.trim() == "1" {
+            eprintln!("overcommit_memory is 1: every mapping is backed; skipped");
+            return;
+        }
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+        let kib = |key: &str| -> usize {
+            let line = meminfo.lines().find(|l| l.starts_with(key)).unwrap();
+            line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        };
+        let backable = (kib("MemTotal:") + kib("SwapTotal:")) * 1024;
+        let os = OsPlatform;
+        let too_much = (2 * backable).next_multiple_of(1 << 21);
+        for align in [1, 1 << 21, 1 << 30] {
+            assert!(
+                os.reserve(too_much, align).is_none(),
+                "{too_much} bytes aligned to {align} on a machine that can back {backable}"
+            );
+        }
+        if OsPlatform::CAN_REMAP {
+            let page = os.page_size();
+            let p = os.reserve(page, 1).unwrap();
+            // SAFETY: a live reservation of ours, released through whichever pointer is live.
+            unsafe {
+                assert!(
+                    os.remap(p, page, too_much, true).is_none(),
+                    "growing is charged too"
+                );
+                os.release(p, page);
             }
         }
     }

@@ -259,6 +259,47 @@ fn bad_frees_that_would_hand_out_a_block_twice_abort_with_a_message() {
     }
 }
 
+/// Requests no machine can back — twice its RAM and swap, and 2^40 bytes — give null and
+/// `ENOMEM` through every entry point, as on glibc, rather than a block that faults when
+/// touched; a failed realloc keeps the block. Under `overcommit_memory` 1 the kernel backs
+/// anything, so there is nothing to check.
+#[test]
+fn requests_the_machine_cannot_back_give_null_and_enomem_as_on_glibc() {
+    let policy = std::fs::read_to_string("/proc/sys/vm/overcommit_memory").expect("Linux");
+    if policy.trim() == "1" {
+        eprintln!("overcommit_memory is 1: every request is backed; skipped");
+        return;
+    }
+    let meminfo = std::fs::read_to_string("/proc/meminfo").expect("Linux");
+    let kib = |key: &str| -> u64 {
+        let line = meminfo.lines().find(|l| l.starts_with(key)).expect(key);
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .expect(key)
+    };
+    let backable = (kib("MemTotal:") + kib("SwapTotal:")) * 1024;
+    for size in [
+        (2 * backable).next_multiple_of(1 << 30),
+        (1 << 40).max(4 * backable),
+    ] {
+        let command = || {
+            let mut command = Command::new(abi_test());
+            command.args(["unbackable", &size.to_string()]);
+            command
+        };
+        let (system, ours) = (run(command(), false), run(command(), true));
+        assert!(system.status.success(), "system: {}", text(&system.stderr));
+        assert!(ours.status.success(), "pymalloc: {}", text(&ours.stderr));
+        let lines = text(&ours.stdout);
+        assert_eq!(lines.lines().count(), 9, "{lines}");
+        for line in lines.lines() {
+            assert!(line.ends_with("ENOMEM"), "{size} bytes: {line}");
+        }
+        assert_eq!(text(&system.stdout), lines, "{size} bytes: as on glibc");
+    }
+}
+
 /// Lines of pseudo-random words and numbers, written once.
 fn input_file(name: &str, lines: usize) -> PathBuf {
     std::fs::create_dir_all(scratch()).unwrap();

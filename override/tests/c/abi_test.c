@@ -8,6 +8,7 @@
  *   abi_test double-free   free a block twice in a row (must abort)
  *   abi_test double-free-later  free a block again after freeing another (must abort)
  *   abi_test <bad-free>    one of the bad frees in bad_frees below (must abort)
+ *   abi_test unbackable N  ask for N bytes through every entry point; print what each gave
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -468,6 +469,47 @@ static int bad_free(const char *mode) {
     return 0;
 }
 
+/* Requests for `size` bytes, more than the machine can back: one line per entry point, saying
+ * whether it gave a block, or null and with which errno. The test compares them with glibc's. */
+static void unbackable(size_t size) {
+    size = opaque(size);
+    void *p;
+    char *small = malloc(100), *large = malloc(1 << 20);
+    CHECK(small && large);
+    fill((unsigned char *)small, 100, 5);
+    fill((unsigned char *)large, 1 << 20, 6);
+#define REPORT(name, call)                                                            \
+    do {                                                                              \
+        errno = 0;                                                                    \
+        p = (call);                                                                   \
+        printf("%s: %s\n", name, p ? "a block" : errno == ENOMEM ? "null, ENOMEM" : "null"); \
+        if (p) free(p);                                                               \
+    } while (0)
+    REPORT("malloc", malloc(size));
+    REPORT("calloc(1, n)", calloc(1, size));
+    REPORT("calloc(n / 4096, 4096)", calloc(size / 4096, 4096));
+    REPORT("aligned_alloc(4096, n)", aligned_alloc(4096, size));
+    REPORT("memalign(1 << 21, n)", memalign(1 << 21, size));
+    REPORT("valloc(n)", valloc(size));
+    errno = 0;
+    p = NULL;
+    int rc = posix_memalign(&p, 64, size);
+    printf("posix_memalign(64, n): %s\n", rc == ENOMEM && !p ? "ENOMEM" : rc ? "error" : "a block");
+    if (!rc) free(p);
+    /* A failed realloc leaves the block as it was. */
+    errno = 0;
+    p = realloc(small, size);
+    printf("realloc(small, n): %s\n", p ? "a block" : errno == ENOMEM ? "null, ENOMEM" : "null");
+    if (p) small = p; else CHECK(filled((unsigned char *)small, 100, 5));
+    errno = 0;
+    p = realloc(large, size);
+    printf("realloc(large, n): %s\n", p ? "a block" : errno == ENOMEM ? "null, ENOMEM" : "null");
+    if (p) large = p; else CHECK(filled((unsigned char *)large, 1 << 20, 6));
+#undef REPORT
+    free(small);
+    free(large);
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "invalid-free") == 0) {
         static char not_ours[64];
@@ -494,6 +536,10 @@ int main(int argc, char **argv) {
         char *p = malloc(100);
         void *volatile inside = p + 8;
         free(inside);
+        return 0;
+    }
+    if (argc > 2 && strcmp(argv[1], "unbackable") == 0) {
+        unbackable(strtoull(argv[2], NULL, 0));
         return 0;
     }
     if (argc > 1 && bad_free(argv[1])) return 0;
