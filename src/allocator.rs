@@ -119,6 +119,18 @@ impl<P: Platform> Allocator<P> {
         result
     }
 
+    /// Runs `f` with the fallback heap claimed, for a heap that shares its pools (heap H6).
+    #[inline]
+    pub(crate) fn with_fallback_heap<R>(&self, f: impl FnOnce(&HeapCell) -> R) -> R {
+        self.with_fallback(|session| f(session.cell))
+    }
+
+    /// The fallback heap's identity, as its pools record their owner.
+    #[inline(always)]
+    pub(crate) fn fallback_heap_id(&self) -> *mut () {
+        self.fallback.id()
+    }
+
     /// Allocates a block for `layout`; null if it cannot be served. Like
     /// [`GlobalAlloc::alloc`](core::alloc::GlobalAlloc::alloc), but a zero size is allowed.
     pub fn alloc(&self, layout: Layout) -> *mut u8 {
@@ -191,15 +203,24 @@ impl<P: Platform> Allocator<P> {
     /// blocks take no lock. `None` if the memory for it cannot be had. Dropping it hands the
     /// heap on to the next caller; its blocks stay valid and may be freed anywhere.
     pub fn local_heap(&self) -> Option<LocalHeap<'_, P>> {
-        let cell = self.acquire_heap()?;
+        let cell = self.acquire_heap(false)?;
         // SAFETY: `acquire_heap` claimed it; `LocalHeap::drop` releases it.
         Some(LocalHeap {
             session: unsafe { Session::new(self, cell) },
         })
     }
 
+    /// Claims a heap no thread holds, or makes a new one; it takes its first blocks of each
+    /// class from the fallback heap if it `shares` (heap H6).
+    pub(crate) fn acquire_heap(&self, shares: bool) -> Option<&HeapCell> {
+        let cell = self.acquire_unbound_heap()?;
+        // SAFETY: claimed by acquire_unbound_heap.
+        unsafe { cell.set_sharing(shares) };
+        Some(cell)
+    }
+
     /// Claims a heap no thread holds, or makes a new one.
-    pub(crate) fn acquire_heap(&self) -> Option<&HeapCell> {
+    fn acquire_unbound_heap(&self) -> Option<&HeapCell> {
         let mut shared = self.shared();
         if let Some(cell) = NonNull::new(shared.free_heaps) {
             // SAFETY: heaps on the free stack live as long as the allocator.
@@ -786,8 +807,7 @@ impl<'a, P: Platform> Session<'a, P> {
     #[inline(never)]
     unsafe fn ensure_pooled_in_use(self, block: NonNull<u8>) {
         // SAFETY: the block lies in a mapped arena (caller); a pool it names is live.
-        let pool = unsafe { PoolPtr::holding(block) }
-            .filter(|pool| unsafe { pool.starts_carved_block(block) });
+        let pool = unsafe { PoolPtr::of_block(block) };
         match pool {
             // SAFETY: a carved block of `pool`; the heap is claimed.
             Some(pool) => unsafe { self.cell.ensure_in_use(block, pool, self.alloc) },

@@ -32,7 +32,17 @@
 //!   use are not counted here but in each pool's `used` (pool invariant P8), which still
 //!   counts a block waiting on a remote list: the sum over all heaps of blocks freed
 //!   remotely less blocks taken back is what to subtract, exact whenever no thread is
-//!   between the two.
+//!   between the two;
+//! - H6 a *sharing* heap (a thread's; never the fallback heap, nor a local heap) with no
+//!   usable pool for a class takes the class's blocks from the fallback heap, claiming it,
+//!   until it has taken [`SHARED_BYTES`] of the class; then it takes pools of its own. A
+//!   block of a pool the fallback heap owns is freed, and checked, in the fallback heap,
+//!   claimed, whoever frees it — never through a remote list;
+//! - H7 every empty pool listed (a one-slot pool at its class's head, H1) is *parked*: one
+//!   of at most [`PARKED_POOLS`] the heap remembers, each a pool it owns; parking one more
+//!   displaces the oldest, retired if it is still empty and listed. So a heap's idle memory
+//!   is bounded — parked pools and [`CACHED_POOLS`] kept ones — however many classes its
+//!   thread touched.
 //!
 //! The fast path is [`HeapCell::alloc`] and [`HeapCell::free`]: a freelist pop or push, no
 //! lock and no atomic read-modify-write; a new pool, a full or empty pool and remote frees are
@@ -44,8 +54,8 @@ use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 use pymalloc_arena::{ArenaMap, Arenas, Platform};
 use pymalloc_pool::{
-    Freed, MAX_SPAN_SLOTS, NUM_CLASSES, PoolList, PoolPtr, RemoteList, SizeClass, blocks_per_pool,
-    fatal, holds_freed_mark,
+    Freed, MAX_SPAN_SLOTS, NUM_CLASSES, POOLED_MAX, PoolList, PoolPtr, RemoteList, SizeClass,
+    blocks_per_pool, fatal, holds_freed_mark,
 };
 
 use crate::allocator::{Allocator, Shared};
@@ -56,6 +66,73 @@ use crate::lock::{RawLock, SpinGuard};
 pub const CACHED_POOLS: usize = 4;
 /// Most slots the kept pools may hold together (one span of the largest class).
 pub const CACHED_SLOTS: usize = MAX_SPAN_SLOTS;
+/// Empty one-slot pools a heap leaves listed at the head of their class's list (H1, H7):
+/// enough for a thread that frees its last block of a few classes and allocates again, few
+/// enough that a thread that touched many classes and went idle holds little.
+pub const PARKED_POOLS: usize = 4;
+/// Bytes of each class a sharing heap (a thread's) takes from the fallback heap's pools,
+/// shared by all threads, before it takes a pool of its own: one page, the least a pool of
+/// its own costs in memory. A thread that uses a class for a few blocks — most classes of
+/// most threads — so never holds a pool of it mostly idle (H6).
+pub const SHARED_BYTES: usize = 4096;
+
+/// The empty pools a heap leaves listed (H7), and the one parked last, which its next free
+/// need not look for. When all places are taken, the next pool parked displaces the one in
+/// place `next`, which goes round: roughly the oldest.
+struct Parked {
+    pools: [Option<PoolPtr>; PARKED_POOLS],
+    len: usize,
+    next: usize,
+    last: Option<PoolPtr>,
+}
+
+impl Parked {
+    const fn new() -> Parked {
+        Parked {
+            pools: [None; PARKED_POOLS],
+            len: 0,
+            next: 0,
+            last: None,
+        }
+    }
+
+    /// The parked pools.
+    fn all(&self) -> impl Iterator<Item = PoolPtr> + '_ {
+        self.pools.iter().take(self.len).flatten().copied()
+    }
+
+    /// Parks `pool`; returns the pool it displaced, if all places were taken.
+    fn park(&mut self, pool: PoolPtr) -> Option<PoolPtr> {
+        self.last = Some(pool);
+        if self.all().any(|p| p == pool) {
+            return None;
+        }
+        if let Some(place) = self.pools.get_mut(self.len) {
+            *place = Some(pool);
+            self.len += 1;
+            return None;
+        }
+        let place = self.pools.get_mut(self.next)?;
+        self.next = (self.next + 1) % PARKED_POOLS;
+        place.replace(pool)
+    }
+
+    /// Forgets `pool` if it is parked: the last place's pool takes its place.
+    fn remove(&mut self, pool: PoolPtr) {
+        if self.last == Some(pool) {
+            self.last = None;
+        }
+        let Some(i) = self.all().position(|p| p == pool) else {
+            return;
+        };
+        self.len -= 1;
+        let moved = self.pools.get_mut(self.len).and_then(Option::take);
+        if let Some(place) = self.pools.get_mut(i) {
+            *place = moved;
+        }
+        self.next %= self.len.max(1);
+    }
+}
 
 /// A heap's empty pools, with their sizes in slots.
 struct EmptyPools {
@@ -109,6 +186,12 @@ impl EmptyPools {
 struct Heap {
     usable: [PoolList; NUM_CLASSES],
     empty: EmptyPools,
+    parked: Parked,
+    /// Whether the heap takes its claimant's first [`SHARED_BYTES`] of each class from the
+    /// fallback heap (H6): set by whoever claims an unbound heap.
+    shares: bool,
+    /// Bytes of each class taken from the fallback heap, up to [`SHARED_BYTES`].
+    shared_taken: [u32; NUM_CLASSES],
 }
 
 impl Heap {
@@ -223,6 +306,9 @@ impl HeapCell {
             heap: UnsafeCell::new(Heap {
                 usable: [const { PoolList::new() }; NUM_CLASSES],
                 empty: EmptyPools::new(),
+                parked: Parked::new(),
+                shares: false,
+                shared_taken: [0; NUM_CLASSES],
             }),
             counters: Counters {
                 freed_remotely: [const { AtomicUsize::new(0) }; NUM_CLASSES],
@@ -246,6 +332,18 @@ impl HeapCell {
     /// The claim lock.
     pub(crate) fn claim(&self) -> &RawLock {
         &self.claim
+    }
+
+    /// Makes the heap take its next claimant's first blocks of each class from the fallback
+    /// heap, or not (H6). Never for the fallback heap itself.
+    ///
+    /// # Safety
+    /// The caller has just claimed the heap for a new thread or local heap.
+    pub(crate) unsafe fn set_sharing(&self, shares: bool) {
+        // SAFETY: claimed (caller).
+        let heap = unsafe { self.heap() };
+        heap.shares = shares;
+        heap.shared_taken = [0; NUM_CLASSES];
     }
 
     /// # Safety
@@ -306,7 +404,12 @@ impl HeapCell {
         unsafe {
             let pool = match self.heap().list(class).first() {
                 Some(pool) => pool,
-                None => self.refill(class, alloc)?,
+                None => {
+                    if let Some(shared) = self.alloc_shared(class, alloc) {
+                        return Some(shared);
+                    }
+                    self.refill(class, alloc)?
+                }
             };
             let Some(block) = pool.alloc() else {
                 fatal("heap: a usable pool had no block")
@@ -317,6 +420,30 @@ impl HeapCell {
             }
             Some(block)
         }
+    }
+
+    /// A block of `class` from the fallback heap, if this heap shares and has taken less than
+    /// [`SHARED_BYTES`] of the class so far (H6).
+    ///
+    /// # Safety
+    /// The caller has claimed the heap, and `class` has no usable pool.
+    #[cold]
+    #[inline(never)]
+    unsafe fn alloc_shared<P: Platform>(
+        &self,
+        class: SizeClass,
+        alloc: &Allocator<P>,
+    ) -> Option<(NonNull<u8>, bool)> {
+        // SAFETY: claimed (caller); a SizeClass's index is below NUM_CLASSES.
+        let heap = unsafe { self.heap() };
+        let taken = unsafe { heap.shared_taken.get_unchecked_mut(class.index()) };
+        if !heap.shares || *taken as usize >= SHARED_BYTES {
+            return None;
+        }
+        // A block is at most POOLED_MAX (2^18) bytes, so this stays below 2^19.
+        *taken += class.block_size() as u32;
+        // SAFETY: the fallback heap is claimed around the call (`with_fallback_heap`).
+        alloc.with_fallback_heap(|fallback| unsafe { fallback.alloc(class, alloc) })
     }
 
     /// A usable pool for `class`: from the blocks other threads freed, else a kept empty
@@ -418,8 +545,7 @@ impl HeapCell {
     #[inline(always)]
     pub(crate) unsafe fn free<P: Platform>(&self, block: NonNull<u8>, alloc: &Allocator<P>) {
         // SAFETY: the block lies in a mapped arena (caller); a pool it names is live.
-        let pool = unsafe { PoolPtr::holding(block) }
-            .filter(|pool| unsafe { pool.starts_carved_block(block) });
+        let pool = unsafe { PoolPtr::of_block(block) };
         let Some(pool) = pool else {
             fatal("free: pointer is no block of this allocator (not a block's start in a pool)")
         };
@@ -447,6 +573,9 @@ impl HeapCell {
         if owner == self.id() {
             // SAFETY: a block in use of a pool this claimed heap owns (caller).
             unsafe { self.free_local(block, pool, alloc) }
+        } else if owner == alloc.fallback_heap_id() {
+            // SAFETY: as the caller guarantees, and the fallback heap owns the pool.
+            unsafe { free_shared(block, pool, alloc) }
         } else {
             // SAFETY: as above, for the class; heaps live as long as their allocator, and
             // pools record theirs (P7).
@@ -473,8 +602,31 @@ impl HeapCell {
         // SAFETY: as the caller guarantees; the change of state is this pool's.
         unsafe {
             if holds_freed_mark(block) {
-                self.ensure_not_free(block, pool, alloc);
+                return self.free_local_marked(block, pool, alloc);
             }
+            if let Some(freed) = self.put_back(block, pool) {
+                self.pool_changed_state_unlocked(pool, freed, alloc)
+            }
+        }
+    }
+
+    /// [`HeapCell::free_local`] of a block that holds its freed mark: settled by
+    /// [`HeapCell::ensure_not_free`], then freed. Out of line and called last, so that the
+    /// common free keeps nothing in registers across a call.
+    ///
+    /// # Safety
+    /// As [`HeapCell::free_local`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn free_local_marked<P: Platform>(
+        &self,
+        block: NonNull<u8>,
+        pool: PoolPtr,
+        alloc: &Allocator<P>,
+    ) {
+        // SAFETY: as the caller guarantees; the change of state is this pool's.
+        unsafe {
+            self.ensure_not_free(block, pool, alloc);
             if let Some(freed) = self.put_back(block, pool) {
                 self.pool_changed_state_unlocked(pool, freed, alloc)
             }
@@ -508,7 +660,8 @@ impl HeapCell {
     }
 
     /// For a block being resized, which must be in use: aborts if it is free in a pool this
-    /// heap owns (a block of another heap's pool is not checked: its lists are not ours).
+    /// heap or the fallback heap owns (a block of another heap's pool is not checked: its
+    /// lists belong to a thread that may be using them).
     ///
     /// # Safety
     /// The caller has claimed the heap, and `block` starts a carved block of `pool`.
@@ -522,8 +675,16 @@ impl HeapCell {
         // SAFETY: as the caller guarantees; the owner does not change while a block of the
         // pool is in use, and a pool that is not ours is only compared.
         unsafe {
-            if holds_freed_mark(block) && pool.owner() == self.id() {
-                self.ensure_not_free(block, pool, alloc);
+            if holds_freed_mark(block) {
+                let owner = pool.owner();
+                if owner == self.id() {
+                    self.ensure_not_free(block, pool, alloc);
+                } else if owner == alloc.fallback_heap_id() {
+                    // SAFETY: claimed around the call, and the pool's owner.
+                    alloc.with_fallback_heap(|fallback| {
+                        fallback.ensure_not_free(block, pool, alloc)
+                    });
+                }
             }
         }
     }
@@ -545,26 +706,50 @@ impl HeapCell {
         }
     }
 
-    /// Whether a pool that has just emptied stays listed: a one-slot pool at the head of its
-    /// class's list, where the next allocation of the class will look (H1).
+    /// Whether a pool that has just emptied stays listed without more ado: the pool parked
+    /// last, at the head of its class's list (H1, H7). Any other pool that may stay
+    /// ([`HeapCell::may_park`]) is parked by `pool_changed_state`.
     ///
     /// # Safety
     /// The caller has claimed the heap, and `pool` is ours and empty.
     #[inline(always)]
     unsafe fn keeps_empty(&self, pool: PoolPtr) -> bool {
         // SAFETY: claimed (caller).
+        unsafe { self.heap().parked.last == Some(pool) && self.may_park(pool) }
+    }
+
+    /// Whether an empty pool may stay listed: a one-slot pool at the head of its class's
+    /// list, where the next allocation of the class will look (H1).
+    ///
+    /// # Safety
+    /// The caller has claimed the heap, and `pool` is ours.
+    #[inline(always)]
+    unsafe fn may_park(&self, pool: PoolPtr) -> bool {
+        // SAFETY: claimed (caller).
         unsafe {
             let class = pool.class();
-            self.heap().list(class).first() == Some(pool) && class.span_slots() == 1
+            class.span_slots() == 1 && self.heap().list(class).first() == Some(pool)
         }
     }
 
-    /// A full pool rejoins its class's list; an empty one that does not stay listed
-    /// ([`HeapCell::keeps_empty`]) is kept or goes back to the arenas.
+    /// Leaves `pool`, empty and listed at its class's head, listed (H7); the oldest parked
+    /// pool makes way if all places are taken: still empty and listed, it is retired.
     ///
     /// # Safety
-    /// The caller has claimed the heap; `pool` is ours and `freed` is what its last free
-    /// reported, as passed on by `put_back`.
+    /// The caller has claimed the heap; `pool` is ours, empty, and [`HeapCell::may_park`].
+    unsafe fn park<P: Platform>(&self, pool: PoolPtr, shared: &mut SharedAccess<'_, P>) {
+        // SAFETY: claimed (caller); parked pools are ours and live (H7).
+        unsafe {
+            let Some(oldest) = self.heap().parked.park(pool) else {
+                return;
+            };
+            if oldest.used() == 0 && self.may_park(oldest) {
+                self.heap().list(oldest.class()).remove(oldest);
+                self.retire(oldest, shared);
+            }
+        }
+    }
+
     /// [`HeapCell::pool_changed_state`] with the shared lock not yet taken; out of line, so
     /// that the free path needs no room on the stack for the lock's guard.
     ///
@@ -582,6 +767,12 @@ impl HeapCell {
         unsafe { self.pool_changed_state(pool, freed, &mut SharedAccess::new(alloc)) }
     }
 
+    /// A full pool rejoins its class's list; an empty one is parked if it may stay listed
+    /// ([`HeapCell::may_park`]), else kept or given back to the arenas.
+    ///
+    /// # Safety
+    /// The caller has claimed the heap; `pool` is ours and `freed` is what its last free
+    /// reported, as passed on by `put_back`.
     #[cold]
     #[inline(never)]
     unsafe fn pool_changed_state<P: Platform>(
@@ -607,6 +798,9 @@ impl HeapCell {
                     self.heap().list(class).push_front(pool);
                     return;
                 }
+            } else if self.may_park(pool) {
+                self.park(pool, shared);
+                return;
             } else {
                 self.heap().list(class).remove(pool);
             }
@@ -623,6 +817,7 @@ impl HeapCell {
         unsafe {
             let class = pool.class();
             bump(&self.counters.pools, class, -1);
+            self.heap().parked.remove(pool);
             if !self.heap().empty.put(pool.memory(), class.span_slots()) {
                 shared.free_pool(pool);
             }
@@ -678,6 +873,7 @@ impl HeapCell {
                 if let Some(head) = list.first().filter(|head| head.used() == 0) {
                     list.remove(head);
                     bump(&self.counters.pools, class, -1);
+                    self.heap().parked.remove(head);
                     shared.free_pool(head);
                 }
             }
@@ -712,6 +908,14 @@ impl HeapCell {
     pub(crate) unsafe fn check(&self, arenas: &Arenas, map: &ArenaMap) -> Result<(), &'static str> {
         // SAFETY: claimed (caller).
         let heap = unsafe { self.heap() };
+        // H6: each count stops growing at the first block past SHARED_BYTES.
+        if heap
+            .shared_taken
+            .iter()
+            .any(|&taken| taken as usize >= SHARED_BYTES + POOLED_MAX)
+        {
+            return Err("heap: more bytes of a class taken from the fallback heap than shared");
+        }
         let (mut listed, mut listed_empty) = (0, 0);
         let mut result = Ok(());
         for (index, list) in heap.usable.iter().enumerate() {
@@ -736,6 +940,8 @@ impl HeapCell {
                         && (pool.class().span_slots() != 1 || list.first() != Some(pool))
                     {
                         Err("heap: an empty pool is listed other than at a one-slot head")
+                    } else if pool.used() == 0 && !heap.parked.all().any(|p| p == pool) {
+                        Err("heap: an empty listed pool is not parked")
                     } else {
                         empty_here += (pool.used() == 0) as usize;
                         Ok(())
@@ -747,6 +953,14 @@ impl HeapCell {
                 return Err("heap: more than one empty pool listed for a class");
             }
             listed_empty += empty_here;
+        }
+        for parked in heap.parked.all() {
+            let memory = parked.memory();
+            let in_use = map.pool_of(memory.addr().get()) == Some(memory);
+            // SAFETY: a pool in use of the arenas is live.
+            if !in_use || unsafe { parked.owner() } != self.id() {
+                return Err("heap: a parked pool is not a pool of this heap");
+            }
         }
         let (mut usable, mut empty) = (0, 0);
         arenas.for_each_pool(|memory| {
@@ -795,6 +1009,19 @@ unsafe fn free_remote<P: Platform>(
     if !owner.claim.is_locked() {
         collect(owner, alloc);
     }
+}
+
+/// Frees a shared block (H6) in the fallback heap, which owns its pool, claimed: with every
+/// check of a local free.
+///
+/// # Safety
+/// `block` starts a carved block of `pool`, in use unless this is a double free, and the
+/// fallback heap of `alloc` owns `pool`.
+#[cold]
+#[inline(never)]
+unsafe fn free_shared<P: Platform>(block: NonNull<u8>, pool: PoolPtr, alloc: &Allocator<P>) {
+    // SAFETY: as the caller guarantees; the fallback heap is claimed around the call.
+    alloc.with_fallback_heap(|fallback| unsafe { fallback.free_local(block, pool, alloc) })
 }
 
 /// Tidies a heap nobody holds while blocks wait on its remote list (H4).

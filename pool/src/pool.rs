@@ -409,6 +409,34 @@ impl PoolPtr {
         (first != 0).then(|| PoolPtr(descriptor_at(address, first as usize)))
     }
 
+    /// The pool in use of which `address` starts a block carved so far: [`PoolPtr::holding`]
+    /// and [`PoolPtr::starts_carved_block`] at once, the offset taken from the first-slot
+    /// entry rather than recomputed from the descriptor. Exact for a block the caller holds; a
+    /// hint that is never undefined behaviour for any other address inside a mapped arena.
+    ///
+    /// # Safety
+    /// `address` lies in a mapped arena.
+    #[inline(always)]
+    pub unsafe fn of_block(address: NonNull<u8>) -> Option<PoolPtr> {
+        // SAFETY: the arena is mapped (caller); see `containing` on the ordering.
+        let first = unsafe { first_slot_entry(address).as_ref().load(Ordering::Relaxed) };
+        if first == 0 {
+            return None;
+        }
+        let p = descriptor_at(address, first as usize);
+        // The pool's memory starts `first` slots into the arena (P1).
+        let offset =
+            (address.addr().get() & (ARENA_SIZE - 1)).wrapping_sub(first as usize * POOL_SIZE);
+        // SAFETY: a nonzero entry names the first slot of a pool in use, whose descriptor is
+        // live; a racing change for an address the caller does not hold only makes this a
+        // hint (the fields are atomic or fixed while a block is in use).
+        let (bump, reciprocal) = unsafe {
+            let p = p.as_ptr();
+            ((*p).bump.load(Ordering::Relaxed), (*p).reciprocal)
+        };
+        (offset < bump as usize && is_block_offset(offset, reciprocal)).then_some(PoolPtr(p))
+    }
+
     /// The pool that starts at `memory`.
     ///
     /// # Safety
