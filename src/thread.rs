@@ -85,7 +85,7 @@ fn bind() -> Option<&'static HeapCell> {
     }
     STATE.set(BINDING);
     register_fork_handlers();
-    let Some(cell) = GLOBAL.acquire_heap() else {
+    let Some(cell) = GLOBAL.acquire_heap(true) else {
         STATE.set(UNBOUND);
         return None;
     };

@@ -105,6 +105,10 @@ fn threads_share_and_free_each_others_data() {
 /// overflow panics while the allocator's lock is held, and the panic's message allocates and
 /// waits on that lock forever: so the requests run in a child process that must finish.
 #[test]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "needs overflow checks, which the test profile has and release builds lack"
+)]
 fn huge_requests_fail_cleanly_with_overflow_checks_on() {
     if !in_child() {
         return passes_in_child_within(
@@ -210,4 +214,88 @@ fn try_reserve_of_more_than_the_machine_can_back_is_an_error() {
     let mut text = String::from("kept");
     assert!(text.try_reserve(too_much).is_err());
     assert_eq!(text, "kept");
+}
+
+/// Live threads that each touched ~50 size classes for a few blocks, then went idle, hold a
+/// few pools each, not one per class: a thread's first blocks of a class come from pools all
+/// threads share (`SHARED_BYTES`), and a heap's empty pools are bounded (`PARKED_POOLS`
+/// listed, `CACHED_POOLS` kept), however many classes it touched.
+#[test]
+fn idle_threads_that_touched_many_classes_hold_few_pools() {
+    if !in_child() {
+        return passes_in_child_within(
+            "idle_threads_that_touched_many_classes_hold_few_pools",
+            Duration::from_secs(120),
+        );
+    }
+    const THREADS: usize = 64;
+    // 16 to 512 bytes in steps of 16, then medium sizes up to 2 240.
+    let sizes: Vec<usize> = (0..50)
+        .map(|i| {
+            if i < 32 {
+                16 * (i + 1)
+            } else {
+                512 + (i - 31) * 96
+            }
+        })
+        .collect();
+    let held = |rounds: usize, keep: usize| -> (usize, usize) {
+        let barrier = Arc::new(std::sync::Barrier::new(THREADS + 1));
+        let threads: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let (barrier, sizes) = (barrier.clone(), sizes.clone());
+                std::thread::spawn(move || {
+                    // The blocks' addresses on the stack, so that they are all the thread holds.
+                    let mut blocks = [[std::ptr::null_mut::<u8>(); 16]; 50];
+                    let layout = |size| Layout::from_size_align(size, 1).unwrap();
+                    for (of_size, &size) in blocks.iter_mut().zip(&sizes) {
+                        for block in &mut of_size[..rounds] {
+                            // SAFETY: a layout of non-zero size.
+                            *block = unsafe { std::alloc::alloc(layout(size)) };
+                            assert!(!block.is_null());
+                            // SAFETY: a fresh block of `size` bytes.
+                            unsafe { block.write_bytes(1, size) };
+                        }
+                    }
+                    let free = |blocks: &mut [*mut u8], size| {
+                        for block in blocks {
+                            // SAFETY: a live block of this layout, freed once.
+                            unsafe { std::alloc::dealloc(*block, layout(size)) };
+                        }
+                    };
+                    for (of_size, &size) in blocks.iter_mut().zip(&sizes) {
+                        free(&mut of_size[keep..rounds], size);
+                    }
+                    barrier.wait(); // idle, with `keep` blocks of each size
+                    barrier.wait();
+                    for (of_size, &size) in blocks.iter_mut().zip(&sizes) {
+                        free(&mut of_size[..keep], size);
+                    }
+                })
+            })
+            .collect();
+        barrier.wait();
+        let s = pymalloc::stats();
+        barrier.wait();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        (s.pools_used + s.pools_full + s.pools_kept, s.pooled_bytes)
+    };
+    // Everything freed: each heap (and the shared one) holds at most its parked and kept
+    // empty pools, and the main thread's own.
+    let (pools, _) = held(16, 0);
+    let bound = (THREADS + 2) * (pymalloc::PARKED_POOLS + pymalloc::CACHED_POOLS) + 50;
+    assert!(
+        pools <= bound,
+        "{pools} pools held, at most {bound} expected"
+    );
+    // One block of each size kept, in shared pools: no more pools in use than twice what
+    // the blocks fill (16 KiB each), beside the empty ones as above. One pool per thread and
+    // class would be 50 per thread, 3 200 in all.
+    let (pools, bytes) = held(4, 1);
+    assert!(bytes >= THREADS * sizes.iter().sum::<usize>());
+    let bound = bound + 2 * bytes / (16 << 10);
+    assert!(
+        pools <= bound,
+        "{pools} pools held by {THREADS} idle threads, at most {bound}"
+    );
 }

@@ -1009,3 +1009,42 @@ fn a_full_pool_that_receives_a_remote_free_returns_to_use() {
     let stats = a.stats();
     assert_eq!((stats.pooled_blocks, stats.pools_full), (0, 0), "{stats}");
 }
+
+#[test]
+fn a_heap_holds_few_empty_pools_however_many_classes_it_emptied() {
+    // One block of each small class, all freed: only the last PARKED_POOLS pools stay listed
+    // (the next block of their class takes no new pool), the rest are kept or given back.
+    let a = Allocator::new(TestPlatform::new());
+    let layouts: Vec<Layout> = (1..=32)
+        .map(|i| Layout::from_size_align(16 * i, 8).unwrap())
+        .collect();
+    let blocks: Vec<*mut u8> = layouts.iter().map(|&l| a.alloc(l)).collect();
+    assert!(blocks.iter().all(|p| !p.is_null()));
+    for (&p, &l) in blocks.iter().zip(&layouts) {
+        // SAFETY: live blocks of these layouts, each freed once.
+        unsafe { a.dealloc(p, l) };
+        a.check().unwrap();
+    }
+    let s = a.stats();
+    let held = s.pools_used + s.pools_full + s.pools_kept;
+    assert!(
+        held <= pymalloc::PARKED_POOLS + pymalloc::CACHED_POOLS,
+        "{held} empty pools held for 32 classes"
+    );
+    assert!(
+        s.pools_used >= pymalloc::PARKED_POOLS,
+        "the last ones stay listed"
+    );
+    for (&p, &l) in blocks
+        .iter()
+        .zip(&layouts)
+        .rev()
+        .take(pymalloc::PARKED_POOLS)
+    {
+        let again = a.alloc(l);
+        assert_eq!(again, p, "a parked pool serves its class again");
+        // SAFETY: a live block of this layout.
+        unsafe { a.dealloc(again, l) };
+    }
+    a.check().unwrap();
+}

@@ -240,7 +240,12 @@ fn bad_frees_that_would_hand_out_a_block_twice_abort_with_a_message() {
         ("realloc-of-freed-in-place", double),
         ("free-of-uncarved", not_a_block),
         ("free-after-remote-free-taken-back", double),
-        ("free-while-remote-free-waits", double),
+        (
+            "free-while-remote-free-waits",
+            "already free: another thread freed it, and it waits to go back to its heap",
+        ),
+        ("shared-block-freed-by-two-threads", double),
+        ("realloc-of-freed-shared-block", double),
         ("interior-48+16", not_a_block),
         ("interior-112+16", not_a_block),
         ("interior-112+48", not_a_block),

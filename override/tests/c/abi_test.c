@@ -402,6 +402,12 @@ static unsigned char *block_with_aligned_inside(size_t size, size_t offset, size
     return NULL;
 }
 
+/* A thread's first blocks of a size come from pools all threads share; these take the rest
+   of that share, so that the next block of `size` comes from the thread's own pool. */
+static void past_the_shared_blocks(size_t size) {
+    for (size_t taken = 0; taken <= 4096; taken += size) sink = malloc(size);
+}
+
 static int bad_free(const char *mode) {
     if (strcmp(mode, "free-after-realloc-moved") == 0) {
         /* realloc freed the old block when it moved it; free(old) frees it again. */
@@ -437,6 +443,7 @@ static int bad_free(const char *mode) {
     if (strcmp(mode, "free-after-remote-free-taken-back") == 0) {
         /* Another thread frees the block; its heap takes it back while finding pools for
            other sizes; the owner frees it again. */
+        past_the_shared_blocks(48);
         char *volatile p = malloc(48), *volatile keep = malloc(48);
         free_in_another_thread(p);
         for (int i = 0; i < 400; i++) sink = malloc(1000 + (size_t)(i % 40) * 600);
@@ -445,9 +452,26 @@ static int bad_free(const char *mode) {
         return 1;
     }
     if (strcmp(mode, "free-while-remote-free-waits") == 0) {
+        past_the_shared_blocks(48);
         char *volatile p = malloc(48), *volatile keep = malloc(48);
         free_in_another_thread(p);
         free(p);
+        (void)keep;
+        return 1;
+    }
+    if (strcmp(mode, "shared-block-freed-by-two-threads") == 0) {
+        /* A first block of its size, from the shared pools: freed in another thread, then
+           here. */
+        char *volatile p = malloc(48), *volatile keep = malloc(48);
+        free_in_another_thread(p);
+        free(p);
+        (void)keep;
+        return 1;
+    }
+    if (strcmp(mode, "realloc-of-freed-shared-block") == 0) {
+        char *volatile p = malloc(40), *volatile keep = malloc(40);
+        free_in_another_thread(p);
+        sink = realloc(p, 44);
         (void)keep;
         return 1;
     }
