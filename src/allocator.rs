@@ -76,6 +76,8 @@ pub struct Allocator<P: Platform> {
     /// Heaps made so far: the next one's remote-list shard, so that the first
     /// [`REMOTE_SHARDS`](crate::heap::REMOTE_SHARDS) threads each get a shard of their own.
     heaps_made: AtomicUsize,
+    /// Classes parked by all heaps together (heap H7).
+    parked: AtomicUsize,
 }
 
 impl<P: Platform> Allocator<P> {
@@ -92,6 +94,7 @@ impl<P: Platform> Allocator<P> {
             fallback: HeapCell::new(0),
             heaps: AtomicPtr::new(ptr::null_mut()),
             heaps_made: AtomicUsize::new(1),
+            parked: AtomicUsize::new(0),
         }
     }
 
@@ -123,6 +126,22 @@ impl<P: Platform> Allocator<P> {
     #[inline]
     pub(crate) fn with_fallback_heap<R>(&self, f: impl FnOnce(&HeapCell) -> R) -> R {
         self.with_fallback(|session| f(session.cell))
+    }
+
+    /// Classes parked by all heaps together (heap H7), stale bits included.
+    #[inline]
+    pub(crate) fn parked_total(&self) -> usize {
+        self.parked.load(Ordering::Relaxed)
+    }
+
+    /// Notes that a heap's parked classes went from `before` to `after`.
+    #[inline]
+    pub(crate) fn parked_changed(&self, before: usize, after: usize) {
+        if after > before {
+            self.parked.fetch_add(after - before, Ordering::Relaxed);
+        } else if before > after {
+            self.parked.fetch_sub(before - after, Ordering::Relaxed);
+        }
     }
 
     /// The fallback heap's identity, as its pools record their owner.

@@ -38,11 +38,13 @@
 //!   until it has taken [`SHARED_BYTES`] of the class; then it takes pools of its own. A
 //!   block of a pool the fallback heap owns is freed, and checked, in the fallback heap,
 //!   claimed, whoever frees it — never through a remote list;
-//! - H7 every empty pool listed (a one-slot pool at its class's head, H1) is *parked*: one
-//!   of at most [`PARKED_POOLS`] the heap remembers, each a pool it owns; parking one more
-//!   displaces the oldest, retired if it is still empty and listed. So a heap's idle memory
-//!   is bounded — parked pools and [`CACHED_POOLS`] kept ones — however many classes its
-//!   thread touched.
+//! - H7 every empty pool listed (a one-slot pool at its class's head, H1) has its class
+//!   *parked*: one bit of a mask, counted in the allocator's total. Parking one more class
+//!   when the heap has [`PARKED_POOLS`] parked and all heaps together [`PARKED_TOTAL`]
+//!   unparks others and retires their empty heads. So each of many threads holds
+//!   at most [`PARKED_POOLS`] listed empty pools and [`CACHED_POOLS`] kept ones, however
+//!   many classes it touched, while each of a few keeps an empty pool per class it cycles
+//!   through.
 //!
 //! The fast path is [`HeapCell::alloc`] and [`HeapCell::free`]: a freelist pop or push, no
 //! lock and no atomic read-modify-write; a new pool, a full or empty pool and remote frees are
@@ -66,71 +68,71 @@ use crate::lock::{RawLock, SpinGuard};
 pub const CACHED_POOLS: usize = 4;
 /// Most slots the kept pools may hold together (one span of the largest class).
 pub const CACHED_SLOTS: usize = MAX_SPAN_SLOTS;
-/// Empty one-slot pools a heap leaves listed at the head of their class's list (H1, H7):
-/// enough for a thread that frees its last block of a few classes and allocates again, few
-/// enough that a thread that touched many classes and went idle holds little.
+/// Empty one-slot pools a heap may leave listed at the head of their class's list (H1, H7)
+/// however many heaps there are; more while all heaps together park fewer than
+/// [`PARKED_TOTAL`]. So a program of a few threads keeps an empty pool for every class it
+/// cycles through, as obmalloc does (a producer whose blocks other threads free never waits
+/// on the arenas' lock for one), while each of a thousand threads that touched many classes
+/// for a few blocks and went idle holds only these few.
 pub const PARKED_POOLS: usize = 4;
+/// Empty listed pools all heaps together may hold, beyond [`PARKED_POOLS`] each: 1 024
+/// pools, at most 16 MiB of slots, of which only the pages once used are committed.
+pub const PARKED_TOTAL: usize = 1024;
 /// Bytes of each class a sharing heap (a thread's) takes from the fallback heap's pools,
 /// shared by all threads, before it takes a pool of its own: one page, the least a pool of
 /// its own costs in memory. A thread that uses a class for a few blocks — most classes of
 /// most threads — so never holds a pool of it mostly idle (H6).
 pub const SHARED_BYTES: usize = 4096;
 
-/// The empty pools a heap leaves listed (H7), and the one parked last, which its next free
-/// need not look for. When all places are taken, the next pool parked displaces the one in
-/// place `next`, which goes round: roughly the oldest.
+/// The classes whose list may start with an empty pool (H7), one bit each; a bit may stay set
+/// after its pool took a block again. When too many are set, the next class parked displaces
+/// the first set one from `cursor` on, which goes round: roughly the oldest.
 struct Parked {
-    pools: [Option<PoolPtr>; PARKED_POOLS],
-    len: usize,
-    next: usize,
-    last: Option<PoolPtr>,
+    classes: u128,
+    cursor: u32,
 }
+
+const _: () = assert!(NUM_CLASSES <= u128::BITS as usize, "a bit per class");
 
 impl Parked {
     const fn new() -> Parked {
         Parked {
-            pools: [None; PARKED_POOLS],
-            len: 0,
-            next: 0,
-            last: None,
+            classes: 0,
+            cursor: 0,
         }
     }
 
-    /// The parked pools.
-    fn all(&self) -> impl Iterator<Item = PoolPtr> + '_ {
-        self.pools.iter().take(self.len).flatten().copied()
+    #[inline(always)]
+    fn has(&self, class: SizeClass) -> bool {
+        self.classes >> class.index() & 1 != 0
     }
 
-    /// Parks `pool`; returns the pool it displaced, if all places were taken.
-    fn park(&mut self, pool: PoolPtr) -> Option<PoolPtr> {
-        self.last = Some(pool);
-        if self.all().any(|p| p == pool) {
+    fn count(&self) -> usize {
+        self.classes.count_ones() as usize
+    }
+
+    fn add(&mut self, class: SizeClass) {
+        self.classes |= 1 << class.index();
+    }
+
+    fn remove(&mut self, class: SizeClass) {
+        self.classes &= !(1 << class.index());
+    }
+
+    /// Unparks and returns the first parked class other than `keep` from the cursor on.
+    fn take_other(&mut self, keep: Option<SizeClass>) -> Option<SizeClass> {
+        let others = self.classes & !keep.map_or(0, |keep| 1 << keep.index());
+        if others == 0 {
             return None;
         }
-        if let Some(place) = self.pools.get_mut(self.len) {
-            *place = Some(pool);
-            self.len += 1;
-            return None;
-        }
-        let place = self.pools.get_mut(self.next)?;
-        self.next = (self.next + 1) % PARKED_POOLS;
-        place.replace(pool)
-    }
-
-    /// Forgets `pool` if it is parked: the last place's pool takes its place.
-    fn remove(&mut self, pool: PoolPtr) {
-        if self.last == Some(pool) {
-            self.last = None;
-        }
-        let Some(i) = self.all().position(|p| p == pool) else {
-            return;
-        };
-        self.len -= 1;
-        let moved = self.pools.get_mut(self.len).and_then(Option::take);
-        if let Some(place) = self.pools.get_mut(i) {
-            *place = moved;
-        }
-        self.next %= self.len.max(1);
+        // The set bits at or above the cursor first, then from the bottom.
+        let above = others & (u128::MAX << self.cursor);
+        let bits = if above != 0 { above } else { others };
+        let index = bits.trailing_zeros();
+        self.cursor = (index + 1) % u128::BITS;
+        let class = SizeClass::from_index(index as usize)?;
+        self.remove(class);
+        Some(class)
     }
 }
 
@@ -706,16 +708,16 @@ impl HeapCell {
         }
     }
 
-    /// Whether a pool that has just emptied stays listed without more ado: the pool parked
-    /// last, at the head of its class's list (H1, H7). Any other pool that may stay
-    /// ([`HeapCell::may_park`]) is parked by `pool_changed_state`.
+    /// Whether a pool that has just emptied stays listed without more ado: a pool that may
+    /// ([`HeapCell::may_park`]) of a class parked already (H7). Any other pool that may stay
+    /// is parked by `pool_changed_state`.
     ///
     /// # Safety
     /// The caller has claimed the heap, and `pool` is ours and empty.
     #[inline(always)]
     unsafe fn keeps_empty(&self, pool: PoolPtr) -> bool {
         // SAFETY: claimed (caller).
-        unsafe { self.heap().parked.last == Some(pool) && self.may_park(pool) }
+        unsafe { self.heap().parked.has(pool.class()) && self.may_park(pool) }
     }
 
     /// Whether an empty pool may stay listed: a one-slot pool at the head of its class's
@@ -732,21 +734,72 @@ impl HeapCell {
         }
     }
 
-    /// Leaves `pool`, empty and listed at its class's head, listed (H7); the oldest parked
-    /// pool makes way if all places are taken: still empty and listed, it is retired.
+    /// Leaves `pool`, empty and listed at its class's head, listed (H7), after making room.
     ///
     /// # Safety
     /// The caller has claimed the heap; `pool` is ours, empty, and [`HeapCell::may_park`].
     unsafe fn park<P: Platform>(&self, pool: PoolPtr, shared: &mut SharedAccess<'_, P>) {
-        // SAFETY: claimed (caller); parked pools are ours and live (H7).
+        // SAFETY: claimed (caller).
         unsafe {
-            let Some(oldest) = self.heap().parked.park(pool) else {
-                return;
-            };
-            if oldest.used() == 0 && self.may_park(oldest) {
-                self.heap().list(oldest.class()).remove(oldest);
-                self.retire(oldest, shared);
+            let class = pool.class();
+            self.unpark_over_limit(Some(class), 1, shared);
+            let before = self.heap().parked.count();
+            self.heap().parked.add(class);
+            shared
+                .alloc
+                .parked_changed(before, self.heap().parked.count());
+        }
+    }
+
+    /// Unparks classes other than `keep`, retiring the empty heads they still have, until
+    /// `room` more fit (H7): under [`PARKED_POOLS`] for this heap, or under [`PARKED_TOTAL`]
+    /// for all heaps together.
+    ///
+    /// # Safety
+    /// The caller has claimed the heap.
+    unsafe fn unpark_over_limit<P: Platform>(
+        &self,
+        keep: Option<SizeClass>,
+        room: usize,
+        shared: &mut SharedAccess<'_, P>,
+    ) {
+        let alloc = shared.alloc;
+        // SAFETY: claimed (caller).
+        let before = unsafe { self.heap().parked.count() };
+        // The other heaps' parked classes, as far as this heap can tell.
+        let others = alloc.parked_total().saturating_sub(before);
+        let fits =
+            |mine: usize| mine + room <= PARKED_POOLS || others + mine + room <= PARKED_TOTAL;
+        if fits(before) {
+            return;
+        }
+        // SAFETY: claimed (caller); listed pools are ours and live (H2).
+        unsafe {
+            // Bits whose class's head took a block again are dropped first, so that only
+            // pools still empty make way.
+            let mut bits = self.heap().parked.classes;
+            while bits != 0 {
+                let index = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let Some(class) = SizeClass::from_index(index) else {
+                    break;
+                };
+                let head = self.heap().list(class).first();
+                if head.is_none_or(|head| head.used() != 0) {
+                    self.heap().parked.remove(class);
+                }
             }
+            while !fits(self.heap().parked.count()) {
+                let Some(other) = self.heap().parked.take_other(keep) else {
+                    break;
+                };
+                let list = self.heap().list(other);
+                if let Some(head) = list.first().filter(|head| head.used() == 0) {
+                    list.remove(head);
+                    self.retire(head, shared);
+                }
+            }
+            alloc.parked_changed(before, self.heap().parked.count());
         }
     }
 
@@ -817,7 +870,6 @@ impl HeapCell {
         unsafe {
             let class = pool.class();
             bump(&self.counters.pools, class, -1);
-            self.heap().parked.remove(pool);
             if !self.heap().empty.put(pool.memory(), class.span_slots()) {
                 shared.free_pool(pool);
             }
@@ -873,10 +925,13 @@ impl HeapCell {
                 if let Some(head) = list.first().filter(|head| head.used() == 0) {
                     list.remove(head);
                     bump(&self.counters.pools, class, -1);
-                    self.heap().parked.remove(head);
                     shared.free_pool(head);
                 }
             }
+            // No listed pool is empty now: every bit left is stale.
+            let before = self.heap().parked.count();
+            self.heap().parked = Parked::new();
+            shared.alloc.parked_changed(before, 0);
             while let Some(memory) = self.heap().empty.pop() {
                 shared.free_pool(PoolPtr::at(memory));
             }
@@ -940,7 +995,9 @@ impl HeapCell {
                         && (pool.class().span_slots() != 1 || list.first() != Some(pool))
                     {
                         Err("heap: an empty pool is listed other than at a one-slot head")
-                    } else if pool.used() == 0 && !heap.parked.all().any(|p| p == pool) {
+                    } else if pool.used() == 0
+                        && SizeClass::from_index(index).is_none_or(|c| !heap.parked.has(c))
+                    {
                         Err("heap: an empty listed pool is not parked")
                     } else {
                         empty_here += (pool.used() == 0) as usize;
@@ -953,14 +1010,6 @@ impl HeapCell {
                 return Err("heap: more than one empty pool listed for a class");
             }
             listed_empty += empty_here;
-        }
-        for parked in heap.parked.all() {
-            let memory = parked.memory();
-            let in_use = map.pool_of(memory.addr().get()) == Some(memory);
-            // SAFETY: a pool in use of the arenas is live.
-            if !in_use || unsafe { parked.owner() } != self.id() {
-                return Err("heap: a parked pool is not a pool of this heap");
-            }
         }
         let (mut usable, mut empty) = (0, 0);
         arenas.for_each_pool(|memory| {

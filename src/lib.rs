@@ -43,7 +43,9 @@ mod thread;
 use core::alloc::{GlobalAlloc, Layout};
 
 pub use allocator::{Allocator, LocalHeap};
-pub use heap::{CACHED_POOLS, CACHED_SLOTS, PARKED_POOLS, REMOTE_SHARDS, SHARED_BYTES};
+pub use heap::{
+    CACHED_POOLS, CACHED_SLOTS, PARKED_POOLS, PARKED_TOTAL, REMOTE_SHARDS, SHARED_BYTES,
+};
 pub use large::{CACHE_BYTES, CACHE_ENTRIES, MAX_CACHE_BYTES};
 pub use pymalloc_arena::{OsPlatform, Platform};
 pub use stats::{ClassStats, Stats};

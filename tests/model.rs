@@ -1011,40 +1011,67 @@ fn a_full_pool_that_receives_a_remote_free_returns_to_use() {
 }
 
 #[test]
-fn a_heap_holds_few_empty_pools_however_many_classes_it_emptied() {
-    // One block of each small class, all freed: only the last PARKED_POOLS pools stay listed
-    // (the next block of their class takes no new pool), the rest are kept or given back.
+fn a_heap_of_few_keeps_an_empty_pool_for_each_class_it_cycles_through() {
+    // One block of each small class, all freed, on an allocator with one heap: far below
+    // PARKED_TOTAL, so every emptied pool stays listed and serves its class again, with no
+    // pool taken from the arenas (tests/global.rs has the bound for many heaps).
     let a = Allocator::new(TestPlatform::new());
     let layouts: Vec<Layout> = (1..=32)
         .map(|i| Layout::from_size_align(16 * i, 8).unwrap())
         .collect();
-    let blocks: Vec<*mut u8> = layouts.iter().map(|&l| a.alloc(l)).collect();
-    assert!(blocks.iter().all(|p| !p.is_null()));
-    for (&p, &l) in blocks.iter().zip(&layouts) {
-        // SAFETY: live blocks of these layouts, each freed once.
-        unsafe { a.dealloc(p, l) };
-        a.check().unwrap();
+    assert!(layouts.len() < pymalloc::PARKED_TOTAL);
+    for round in 0..3 {
+        let blocks: Vec<*mut u8> = layouts.iter().map(|&l| a.alloc(l)).collect();
+        assert!(blocks.iter().all(|p| !p.is_null()));
+        let reserved = a.platform().reserve_calls();
+        for (&p, &l) in blocks.iter().zip(&layouts) {
+            // SAFETY: live blocks of these layouts, each freed once.
+            unsafe { a.dealloc(p, l) };
+            a.check().unwrap();
+        }
+        let s = a.stats();
+        assert_eq!(
+            s.pools_used,
+            layouts.len(),
+            "round {round}: every class keeps its pool"
+        );
+        for (&p, &l) in blocks.iter().zip(&layouts) {
+            let again = a.alloc(l);
+            assert_eq!(
+                again, p,
+                "round {round}: the parked pool serves its class again"
+            );
+            // SAFETY: a live block of this layout.
+            unsafe { a.dealloc(again, l) };
+        }
+        assert_eq!(a.platform().reserve_calls(), reserved, "no new memory");
     }
-    let s = a.stats();
-    let held = s.pools_used + s.pools_full + s.pools_kept;
-    assert!(
-        held <= pymalloc::PARKED_POOLS + pymalloc::CACHED_POOLS,
-        "{held} empty pools held for 32 classes"
-    );
-    assert!(
-        s.pools_used >= pymalloc::PARKED_POOLS,
-        "the last ones stay listed"
-    );
-    for (&p, &l) in blocks
-        .iter()
-        .zip(&layouts)
-        .rev()
-        .take(pymalloc::PARKED_POOLS)
-    {
-        let again = a.alloc(l);
-        assert_eq!(again, p, "a parked pool serves its class again");
-        // SAFETY: a live block of this layout.
-        unsafe { a.dealloc(again, l) };
+    a.check().unwrap();
+}
+
+#[test]
+fn many_heaps_together_park_at_most_their_floor_and_the_total() {
+    // 48 heaps that each emptied a pool of 32 classes would park 1 536; together they may
+    // park PARKED_TOTAL, and each PARKED_POOLS beyond it: the rest are retired.
+    let a = Allocator::new(TestPlatform::new());
+    let layouts: Vec<Layout> = (1..=32)
+        .map(|i| Layout::from_size_align(16 * i, 8).unwrap())
+        .collect();
+    let mut heaps: Vec<LocalHeap<'_, TestPlatform>> = Vec::new();
+    for _ in 0..48 {
+        let mut heap = a.local_heap().unwrap();
+        let blocks: Vec<*mut u8> = layouts.iter().map(|&l| heap.alloc(l)).collect();
+        for (&p, &l) in blocks.iter().zip(&layouts) {
+            assert!(!p.is_null());
+            // SAFETY: live blocks of these layouts, each freed once.
+            unsafe { heap.dealloc(p, l) };
+        }
+        heaps.push(heap);
     }
+    let held = a.stats().pools_used;
+    let bound = pymalloc::PARKED_TOTAL + 48 * pymalloc::PARKED_POOLS;
+    assert!(held <= bound, "{held} empty pools listed, at most {bound}");
+    assert!(held >= pymalloc::PARKED_TOTAL, "{held}: the total is used");
+    drop(heaps);
     a.check().unwrap();
 }
