@@ -411,25 +411,28 @@ static void past_the_shared_blocks(size_t size) {
 static int bad_free(const char *mode) {
     if (strcmp(mode, "free-after-realloc-moved") == 0) {
         /* realloc freed the old block when it moved it; free(old) frees it again. */
-        char *volatile old = malloc(40), *volatile keep = malloc(40);
+        /* `stay` keeps the pool in use, and `keep`, freed after, heads its freelist. */
+        char *volatile old = malloc(40), *volatile keep = malloc(40), *volatile stay = malloc(40);
         char *volatile moved = realloc(old, 4000);
-        CHECK(moved && moved != old);
+        CHECK(moved && moved != old && stay);
         free(keep);
         free(old);
         return 1;
     }
     if (strcmp(mode, "realloc-of-freed-moving") == 0) {
-        char *volatile p = malloc(40), *volatile keep = malloc(40);
+        char *volatile p = malloc(40), *volatile keep = malloc(40), *volatile stay = malloc(40);
         free(p);
         free(keep);
         sink = realloc(p, 4000);
+        (void)stay;
         return 1;
     }
     if (strcmp(mode, "realloc-of-freed-in-place") == 0) {
-        char *volatile p = malloc(40), *volatile keep = malloc(40);
+        char *volatile p = malloc(40), *volatile keep = malloc(40), *volatile stay = malloc(40);
         free(p);
         free(keep);
         sink = realloc(p, 44);
+        (void)stay;
         return 1;
     }
     if (strcmp(mode, "free-of-uncarved") == 0) {
@@ -444,28 +447,31 @@ static int bad_free(const char *mode) {
         /* Another thread frees the block; its heap takes it back while finding pools for
            other sizes; the owner frees it again. */
         past_the_shared_blocks(48);
-        char *volatile p = malloc(48), *volatile keep = malloc(48);
+        char *volatile p = malloc(48), *volatile keep = malloc(48), *volatile stay = malloc(48);
         free_in_another_thread(p);
         for (int i = 0; i < 400; i++) sink = malloc(1000 + (size_t)(i % 40) * 600);
+        free(keep); /* p is no longer the freelist's head, and `stay` keeps the pool in use */
         free(p);
-        (void)keep;
+        (void)stay;
         return 1;
     }
     if (strcmp(mode, "free-while-remote-free-waits") == 0) {
         past_the_shared_blocks(48);
-        char *volatile p = malloc(48), *volatile keep = malloc(48);
+        char *volatile p = malloc(48), *volatile keep = malloc(48), *volatile stay = malloc(48);
         free_in_another_thread(p);
         free(p);
         (void)keep;
+        (void)stay;
         return 1;
     }
     if (strcmp(mode, "shared-block-freed-by-two-threads") == 0) {
         /* A first block of its size, from the shared pools: freed in another thread, then
            here. */
-        char *volatile p = malloc(48), *volatile keep = malloc(48);
+        char *volatile p = malloc(48), *volatile keep = malloc(48), *volatile stay = malloc(48);
         free_in_another_thread(p);
+        free(keep);
         free(p);
-        (void)keep;
+        (void)stay;
         return 1;
     }
     if (strcmp(mode, "realloc-of-freed-shared-block") == 0) {
