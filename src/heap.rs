@@ -34,8 +34,9 @@
 //!   remotely less blocks taken back is what to subtract, exact whenever no thread is
 //!   between the two;
 //! - H6 a *sharing* heap (a thread's; never the fallback heap, nor a local heap) with no
-//!   usable pool for a class takes the class's blocks from the fallback heap, claiming it,
-//!   until it has taken [`SHARED_BYTES`] of the class; then it takes pools of its own. A
+//!   usable pool for a class of blocks up to [`SHARED_MAX`] takes the class's blocks from the
+//!   fallback heap, claiming it, until it has taken [`SHARED_BYTES`] of the class; then it
+//!   takes pools of its own. A
 //!   block of a pool the fallback heap owns is freed, and checked, in the fallback heap,
 //!   claimed, whoever frees it — never through a remote list;
 //! - H7 every empty pool listed (a one-slot pool at its class's head, H1) has its class
@@ -83,6 +84,10 @@ pub const PARKED_TOTAL: usize = 1024;
 /// its own costs in memory. A thread that uses a class for a few blocks — most classes of
 /// most threads — so never holds a pool of it mostly idle (H6).
 pub const SHARED_BYTES: usize = 4096;
+/// The largest block size shared (H6): a bigger block fills most of a page on its own, so a
+/// pool of its own costs little more, and a block of another heap's pool cannot grow in
+/// place (`resize_in_place`), which growing vectors of a few KiB rely on.
+pub const SHARED_MAX: usize = SHARED_BYTES / 2;
 
 /// The classes whose list may start with an empty pool (H7), one bit each; a bit may stay set
 /// after its pool took a block again. When too many are set, the next class parked displaces
@@ -424,8 +429,8 @@ impl HeapCell {
         }
     }
 
-    /// A block of `class` from the fallback heap, if this heap shares and has taken less than
-    /// [`SHARED_BYTES`] of the class so far (H6).
+    /// A block of `class` from the fallback heap, if this heap shares, the class's blocks are
+    /// at most [`SHARED_MAX`] and it has taken less than [`SHARED_BYTES`] of them (H6).
     ///
     /// # Safety
     /// The caller has claimed the heap, and `class` has no usable pool.
@@ -439,7 +444,7 @@ impl HeapCell {
         // SAFETY: claimed (caller); a SizeClass's index is below NUM_CLASSES.
         let heap = unsafe { self.heap() };
         let taken = unsafe { heap.shared_taken.get_unchecked_mut(class.index()) };
-        if !heap.shares || *taken as usize >= SHARED_BYTES {
+        if !heap.shares || *taken as usize >= SHARED_BYTES || class.block_size() > SHARED_MAX {
             return None;
         }
         // A block is at most POOLED_MAX (2^18) bytes, so this stays below 2^19.
