@@ -36,9 +36,8 @@
 //! - H6 a *sharing* heap (a thread's; never the fallback heap, nor a local heap) with no
 //!   usable pool for a class of blocks up to [`SHARED_MAX`] takes the class's blocks from the
 //!   fallback heap, claiming it, until it has taken [`SHARED_BYTES`] of the class; then it
-//!   takes pools of its own. A
-//!   block of a pool the fallback heap owns is freed, and checked, in the fallback heap,
-//!   claimed, whoever frees it — never through a remote list;
+//!   takes pools of its own. A block of a pool the fallback heap owns is freed, and checked,
+//!   in the fallback heap, claimed, whoever frees it — never through a remote list;
 //! - H7 every empty pool listed (a one-slot pool at its class's head, H1) has its class
 //!   *parked*: one bit of a mask, counted in the allocator's total. Parking one more class
 //!   when the heap has [`PARKED_POOLS`] parked and all heaps together [`PARKED_TOTAL`]
@@ -611,6 +610,24 @@ impl HeapCell {
             if holds_freed_mark(block) {
                 return self.free_local_marked(block, pool, alloc);
             }
+            self.free_unmarked(block, pool, alloc)
+        }
+    }
+
+    /// The rest of [`HeapCell::free_local`], once the block is known not to be free: back to
+    /// its pool, and the pool's change of state dealt with.
+    ///
+    /// # Safety
+    /// As [`HeapCell::free_local`], and `block` is in use.
+    #[inline(always)]
+    unsafe fn free_unmarked<P: Platform>(
+        &self,
+        block: NonNull<u8>,
+        pool: PoolPtr,
+        alloc: &Allocator<P>,
+    ) {
+        // SAFETY: as the caller guarantees; the change of state is this pool's.
+        unsafe {
             if let Some(freed) = self.put_back(block, pool) {
                 self.pool_changed_state_unlocked(pool, freed, alloc)
             }
@@ -631,12 +648,10 @@ impl HeapCell {
         pool: PoolPtr,
         alloc: &Allocator<P>,
     ) {
-        // SAFETY: as the caller guarantees; the change of state is this pool's.
+        // SAFETY: as the caller guarantees; `ensure_not_free` returns only for a block in use.
         unsafe {
             self.ensure_not_free(block, pool, alloc);
-            if let Some(freed) = self.put_back(block, pool) {
-                self.pool_changed_state_unlocked(pool, freed, alloc)
-            }
+            self.free_unmarked(block, pool, alloc)
         }
     }
 

@@ -24,7 +24,7 @@ pub use arenas::{
 pub use map::ArenaMap;
 pub use platform::{OsPlatform, Platform};
 #[cfg(any(test, feature = "test-platform"))]
-pub use test_platform::{TEST_PAGE_SIZE, TestPlatform};
+pub use test_platform::{TEST_PAGE_SIZE, TestPlatform, unbackable_bytes};
 
 #[cfg(test)]
 mod tests;

@@ -22,6 +22,23 @@ use crate::Platform;
 /// The page size `TestPlatform` reports.
 pub const TEST_PAGE_SIZE: usize = 4096;
 
+/// A size no machine can back, for tests of the real platform: twice its RAM and swap
+/// together (`/proc/meminfo`), which Linux refuses to map under its heuristic (0) or strict
+/// (2) overcommit policy. `None` under policy 1, which backs everything, or where `/proc`
+/// cannot be read.
+pub fn unbackable_bytes() -> Option<usize> {
+    let policy = std::fs::read_to_string("/proc/sys/vm/overcommit_memory").ok()?;
+    if policy.trim() == "1" {
+        return None;
+    }
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = |key: &str| -> Option<usize> {
+        let line = meminfo.lines().find(|l| l.starts_with(key))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    Some(2 * (kib("MemTotal:")? + kib("SwapTotal:")?) * 1024)
+}
+
 struct Region {
     ptr: NonNull<u8>,
     len: usize,

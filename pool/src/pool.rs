@@ -233,6 +233,19 @@ pub(crate) fn is_block_offset(offset: usize, reciprocal: u64) -> bool {
     (offset as u64).wrapping_mul(reciprocal) & ((1 << RECIPROCAL_SHIFT) - 1) < ON_GRID
 }
 
+/// Whether `offset` into the pool `p` starts a block carved so far: below the bump offset
+/// (P10), on the block grid (P2).
+///
+/// # Safety
+/// `p` is a live pool. The reciprocal is fixed while a block of the pool is in use, and the
+/// bump offset atomic, so for a pool the caller holds no block of the answer is a hint.
+#[inline(always)]
+unsafe fn carved_block_at(p: *const Pool, offset: usize) -> bool {
+    // SAFETY: the pool is live (caller).
+    let (bump, reciprocal) = unsafe { ((*p).bump.load(Ordering::Relaxed), (*p).reciprocal) };
+    offset < bump as usize && is_block_offset(offset, reciprocal)
+}
+
 /// What a free did to its pool's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Freed {
@@ -429,12 +442,8 @@ impl PoolPtr {
             (address.addr().get() & (ARENA_SIZE - 1)).wrapping_sub(first as usize * POOL_SIZE);
         // SAFETY: a nonzero entry names the first slot of a pool in use, whose descriptor is
         // live; a racing change for an address the caller does not hold only makes this a
-        // hint (the fields are atomic or fixed while a block is in use).
-        let (bump, reciprocal) = unsafe {
-            let p = p.as_ptr();
-            ((*p).bump.load(Ordering::Relaxed), (*p).reciprocal)
-        };
-        (offset < bump as usize && is_block_offset(offset, reciprocal)).then_some(PoolPtr(p))
+        // hint.
+        unsafe { carved_block_at(p.as_ptr(), offset) }.then_some(PoolPtr(p))
     }
 
     /// The pool that starts at `memory`.
@@ -603,12 +612,9 @@ impl PoolPtr {
     /// `self` is a live pool.
     #[inline(always)]
     pub unsafe fn starts_carved_block(self, ptr: NonNull<u8>) -> bool {
-        let p = self.0.as_ptr();
-        // SAFETY: the pool is live (caller). The size and reciprocal are fixed while a block
-        // of the pool is in use.
-        let (bump, reciprocal) = unsafe { ((*p).bump.load(Ordering::Relaxed), (*p).reciprocal) };
         let offset = ptr.addr().get().wrapping_sub(self.memory().addr().get());
-        offset < bump as usize && is_block_offset(offset, reciprocal)
+        // SAFETY: the pool is live (caller).
+        unsafe { carved_block_at(self.0.as_ptr(), offset) }
     }
 
     /// The pool's size class.
