@@ -1010,15 +1010,20 @@ fn a_full_pool_that_receives_a_remote_free_returns_to_use() {
     assert_eq!((stats.pooled_blocks, stats.pools_full), (0, 0), "{stats}");
 }
 
+/// A layout of each of the 32 small classes: 16 to 512 bytes.
+fn one_layout_per_small_class() -> Vec<Layout> {
+    (1..=32)
+        .map(|i| Layout::from_size_align(16 * i, 8).unwrap())
+        .collect()
+}
+
 #[test]
 fn a_heap_of_few_keeps_an_empty_pool_for_each_class_it_cycles_through() {
     // One block of each small class, all freed, on an allocator with one heap: far below
     // PARKED_TOTAL, so every emptied pool stays listed and serves its class again, with no
     // pool taken from the arenas (tests/global.rs has the bound for many heaps).
     let a = Allocator::new(TestPlatform::new());
-    let layouts: Vec<Layout> = (1..=32)
-        .map(|i| Layout::from_size_align(16 * i, 8).unwrap())
-        .collect();
+    let layouts = one_layout_per_small_class();
     assert!(layouts.len() < pymalloc::PARKED_TOTAL);
     for round in 0..3 {
         let blocks: Vec<*mut u8> = layouts.iter().map(|&l| a.alloc(l)).collect();
@@ -1054,9 +1059,7 @@ fn many_heaps_together_park_at_most_their_floor_and_the_total() {
     // 48 heaps that each emptied a pool of 32 classes would park 1 536; together they may
     // park PARKED_TOTAL, and each PARKED_POOLS beyond it: the rest are retired.
     let a = Allocator::new(TestPlatform::new());
-    let layouts: Vec<Layout> = (1..=32)
-        .map(|i| Layout::from_size_align(16 * i, 8).unwrap())
-        .collect();
+    let layouts = one_layout_per_small_class();
     let mut heaps: Vec<LocalHeap<'_, TestPlatform>> = Vec::new();
     for _ in 0..48 {
         let mut heap = a.local_heap().unwrap();

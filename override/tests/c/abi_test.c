@@ -408,6 +408,16 @@ static void past_the_shared_blocks(size_t size) {
     for (size_t taken = 0; taken <= 4096; taken += size) sink = malloc(size);
 }
 
+/* realloc of a block already freed, to `new_size` bytes: in place within its class (44), or
+   moving (4000). `stay` keeps the pool in use, and `keep`, freed after, heads its freelist. */
+static void realloc_of_freed(size_t new_size) {
+    char *volatile p = malloc(40), *volatile keep = malloc(40), *volatile stay = malloc(40);
+    free(p);
+    free(keep);
+    sink = realloc(p, new_size);
+    (void)stay;
+}
+
 static int bad_free(const char *mode) {
     if (strcmp(mode, "free-after-realloc-moved") == 0) {
         /* realloc freed the old block when it moved it; free(old) frees it again. */
@@ -420,19 +430,11 @@ static int bad_free(const char *mode) {
         return 1;
     }
     if (strcmp(mode, "realloc-of-freed-moving") == 0) {
-        char *volatile p = malloc(40), *volatile keep = malloc(40), *volatile stay = malloc(40);
-        free(p);
-        free(keep);
-        sink = realloc(p, 4000);
-        (void)stay;
+        realloc_of_freed(4000);
         return 1;
     }
     if (strcmp(mode, "realloc-of-freed-in-place") == 0) {
-        char *volatile p = malloc(40), *volatile keep = malloc(40), *volatile stay = malloc(40);
-        free(p);
-        free(keep);
-        sink = realloc(p, 44);
-        (void)stay;
+        realloc_of_freed(44);
         return 1;
     }
     if (strcmp(mode, "free-of-uncarved") == 0) {
