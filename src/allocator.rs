@@ -377,13 +377,14 @@ impl<P: Platform> Allocator<P> {
     /// pool has carved (every pointer handed out starts its block: an interior pointer, or
     /// one past the blocks carved, is none). Exact for a block the caller holds; for other
     /// addresses, a best effort that is never undefined behaviour.
-    #[inline]
+    #[inline(always)]
     fn pooled_block(&self, ptr: NonNull<u8>) -> Option<PoolPtr> {
-        let memory = self.map.pool_of(ptr.addr().get())?;
-        // SAFETY: a pool in use starts there (the map).
-        let pool = unsafe { PoolPtr::at(memory) };
-        // SAFETY: as above.
-        unsafe { pool.starts_carved_block(ptr) }.then_some(pool)
+        if !self.map.contains(ptr.addr().get()) {
+            return None;
+        }
+        // SAFETY: `ptr` lies in one of our arenas (the map), which stays mapped while a block
+        // the caller holds is in it; for any other pointer the answer is a hint (see above).
+        unsafe { PoolPtr::of_block(ptr) }
     }
 
     /// Resizes a large block of `old` bytes, aligned to `align`, without copying: in place if
@@ -612,7 +613,7 @@ impl<'a, P: Platform> Session<'a, P> {
         if let Some(class) = SizeClass::for_size(layout.size()) {
             if layout.align() <= ALIGNMENT {
                 // SAFETY: the heap is claimed (Session::new).
-                if let Some(block) = unsafe { self.cell.alloc_fast(class) } {
+                if let Some((block, _)) = unsafe { self.cell.alloc_fast(class) } {
                     return block.as_ptr();
                 }
             }
@@ -753,6 +754,45 @@ impl<'a, P: Platform> Session<'a, P> {
         } else {
             // SAFETY: a large block in use, or (checked there) no block at all (caller).
             unsafe { self.alloc.free_large(ptr, None) };
+        }
+    }
+
+    /// A free that carries the block's size and alignment, as C23's `free_sized` and
+    /// `free_aligned_sized` and C++'s sized `operator delete`: found from the address as by
+    /// [`Session::dealloc_unsized`], and the block must be one that a request of `size` bytes
+    /// aligned to `align` is served with (the class or mapping length it routes to, also
+    /// after rounding `size` up to a multiple of `align`, as C++'s aligned `new` does); any
+    /// other size, or an alignment that is not a power of two, is reported and aborts.
+    ///
+    /// # Safety
+    /// As [`Allocator::dealloc_unsized`].
+    #[inline]
+    pub(crate) unsafe fn dealloc_checked(self, ptr: NonNull<u8>, size: usize, align: usize) {
+        const MESSAGE: &str = "free_sized: size or alignment does not match the block";
+        if !align.is_power_of_two() {
+            fatal(MESSAGE);
+        }
+        let align = align.max(ALIGNMENT);
+        if let Some(pool) = self.alloc.pooled_block(ptr) {
+            // SAFETY: a carved block of a live pool (`pooled_block`).
+            let class = unsafe { pool.class() };
+            let served_as = |size: usize| SizeClass::for_layout(size, align) == Some(class);
+            if !(served_as(size) || size.checked_next_multiple_of(align).is_some_and(served_as)) {
+                fatal(MESSAGE);
+            }
+            // SAFETY: `ptr` starts a carved block of `pool`, in use unless this is a double
+            // free, which the heap looks for (caller); the heap is claimed (Session::new).
+            unsafe { self.cell.free_in(ptr, pool, self.alloc) };
+        } else {
+            let pooled = Layout::from_size_align(size, align)
+                .is_ok_and(|layout| matches!(Route::of(layout), Route::Pooled(_)));
+            let Some(expected) =
+                mapping_len(size, self.alloc.platform.page_size()).filter(|_| !pooled)
+            else {
+                fatal(MESSAGE);
+            };
+            // SAFETY: a large block in use, or (checked there) no block at all (caller).
+            unsafe { self.alloc.free_large(ptr, Some(expected)) };
         }
     }
 
@@ -951,7 +991,7 @@ impl<P: Platform> Drop for LocalHeap<'_, P> {
 
 /// In debug builds: the block being freed must lie in a pool in use, of the layout's class.
 fn check_pooled_block(map: &ArenaMap, ptr: NonNull<u8>, class: SizeClass) {
-    let Some(memory) = map.pool_of(ptr.addr().get()) else {
+    let Some(memory) = map.pool_of(ptr) else {
         fatal("dealloc: pointer is in no pool of this allocator (wrong pointer or layout?)");
     };
     // SAFETY: the arenas say a live pool starts there.

@@ -1,5 +1,6 @@
 //! The C allocation functions — `malloc`, `free`, `calloc`, `realloc`, `reallocarray`,
-//! `posix_memalign`, `aligned_alloc`, `memalign`, `valloc`, `pvalloc`, `malloc_usable_size` —
+//! `posix_memalign`, `aligned_alloc`, `memalign`, `valloc`, `pvalloc`, `malloc_usable_size`,
+//! and C23's `free_sized` and `free_aligned_sized` —
 //! over the global allocator, with C's (and glibc's) semantics. The `pymalloc-override` crate
 //! exports them under their C names, as a library for `LD_PRELOAD`; a Rust program may export
 //! them itself.
@@ -15,7 +16,10 @@
 //!   not a power of two up to one, as glibc does);
 //! - `free`, `realloc` and `malloc_usable_size` find the block from its address (the arena map
 //!   or the table of large blocks); a pointer pymalloc did not hand out is reported on stderr
-//!   and aborts, as glibc's "free(): invalid pointer".
+//!   and aborts, as glibc's "free(): invalid pointer";
+//! - `free_sized` and `free_aligned_sized` (which C++'s sized `operator delete` forms use too)
+//!   free as `free` does, and abort with a message if the size or alignment is not one the
+//!   block could have been allocated with.
 //!
 //! Nothing here allocates or unwinds, so the functions can serve the dynamic loader and libc
 //! from the first call, and the thread-binding code's own reentrant calls.
@@ -96,6 +100,32 @@ pub unsafe fn free(ptr: *mut c_void) {
     if let Some(ptr) = NonNull::new(ptr.cast::<u8>()) {
         // SAFETY: as the caller guarantees.
         with_session(|s| unsafe { s.dealloc_unsized(ptr) });
+    }
+}
+
+/// C23's `free_sized`: `free` of a block allocated with `size` bytes by `malloc`, `calloc`
+/// or `realloc`. A size that does not match the block is reported and aborts.
+///
+/// # Safety
+/// As [`free`].
+#[inline]
+pub unsafe fn free_sized(ptr: *mut c_void, size: usize) {
+    // SAFETY: as the caller guarantees.
+    unsafe { free_aligned_sized(ptr, ALIGNMENT, size) }
+}
+
+/// C23's `free_aligned_sized`: `free` of a block allocated with `size` bytes aligned to
+/// `align` (`aligned_alloc`, `posix_memalign`, `memalign`); C++'s sized and aligned `operator
+/// delete` take this path too. A size or alignment that does not match the block is reported
+/// and aborts.
+///
+/// # Safety
+/// As [`free`].
+#[inline]
+pub unsafe fn free_aligned_sized(ptr: *mut c_void, align: usize, size: usize) {
+    if let Some(ptr) = NonNull::new(ptr.cast::<u8>()) {
+        // SAFETY: as the caller guarantees.
+        with_session(|s| unsafe { s.dealloc_checked(ptr, size, align) });
     }
 }
 

@@ -375,22 +375,23 @@ impl HeapCell {
         // SAFETY: claimed (caller).
         unsafe {
             match self.alloc_fast(class) {
-                Some(block) => Some((block, false)),
+                Some(found) => Some(found),
                 None => self.alloc_from_any_pool(class, alloc),
             }
         }
     }
 
-    /// The fast path of [`HeapCell::alloc`]: a block off the freelist of the class's first
-    /// pool when another block follows it there; `None` (and nothing changed) otherwise.
+    /// The fast path of [`HeapCell::alloc`]: a block of the class's first pool, when the pool
+    /// keeps another to hand out (`PoolPtr::alloc_unless_last`), with whether it reads zero;
+    /// `None` (and nothing changed) otherwise.
     ///
     /// # Safety
     /// The caller has claimed the heap.
     #[inline(always)]
-    pub(crate) unsafe fn alloc_fast(&self, class: SizeClass) -> Option<NonNull<u8>> {
+    pub(crate) unsafe fn alloc_fast(&self, class: SizeClass) -> Option<(NonNull<u8>, bool)> {
         // SAFETY: claimed (caller); listed pools are live, ours, and have a block to hand
         // out (H1).
-        unsafe { self.heap().list(class).first()?.alloc_before_last_free() }
+        unsafe { self.heap().list(class).first()?.alloc_unless_last() }
     }
 
     /// [`HeapCell::alloc`] when the first listed pool's freelist holds one block or none:
@@ -1003,7 +1004,7 @@ impl HeapCell {
                     if result.is_err() {
                         return;
                     }
-                    result = if map.pool_of(pool.memory().addr().get()) != Some(pool.memory()) {
+                    result = if map.pool_of(pool.memory()) != Some(pool.memory()) {
                         Err("heap: a listed pool is not a pool in use")
                     } else if pool.owner() != self.id() {
                         Err("heap: a listed pool has another owner")

@@ -39,6 +39,7 @@ mod lock;
 mod registry;
 mod stats;
 mod thread;
+mod tls;
 
 use core::alloc::{GlobalAlloc, Layout};
 

@@ -6,7 +6,8 @@
 //! - *unbound*: no heap yet; the next allocation binds one;
 //! - *binding*: setting up. Registering the thread-exit hook may allocate; such a reentrant
 //!   call is served by the fallback heap (claimed with a lock), never recursed into binding;
-//! - *bound*: `CURRENT` holds the thread's heap; the fast path is a thread-local read;
+//! - *bound*: the thread's [`HeapSlot`] holds its heap; the fast path is one read of it,
+//!   without `__tls_get_addr` (`tls.rs`);
 //! - *exited*: the exit hook has released the heap; calls made by later thread-local
 //!   destructors use the fallback heap.
 //!
@@ -31,6 +32,7 @@ use pymalloc_arena::OsPlatform;
 use crate::GLOBAL;
 use crate::allocator::Session;
 use crate::heap::HeapCell;
+use crate::tls::HeapSlot;
 
 const UNBOUND: u8 = 0;
 const BINDING: u8 = 1;
@@ -38,8 +40,6 @@ const BOUND: u8 = 2;
 const EXITED: u8 = 3;
 
 thread_local! {
-    /// The thread's heap, once bound. No destructor, so reading it never registers one.
-    static CURRENT: Cell<Option<&'static HeapCell>> = const { Cell::new(None) };
     static STATE: Cell<u8> = const { Cell::new(UNBOUND) };
     /// Touched once bound; its destructor hands the heap on at thread exit.
     static EXIT: ExitHook = const { ExitHook };
@@ -50,7 +50,7 @@ struct ExitHook;
 impl Drop for ExitHook {
     fn drop(&mut self) {
         STATE.set(EXITED);
-        if let Some(cell) = CURRENT.take() {
+        if let Some(cell) = HeapSlot::take() {
             // SAFETY: the thread claimed this heap when it bound it, and is done with it.
             unsafe { GLOBAL.release_heap(cell) };
         }
@@ -60,7 +60,7 @@ impl Drop for ExitHook {
 /// A session on the calling thread's heap, if it is bound: the fast path.
 #[inline(always)]
 pub(crate) fn session() -> Option<Session<'static, OsPlatform>> {
-    let cell = CURRENT.get()?;
+    let cell = HeapSlot::get()?;
     // SAFETY: the thread claimed its heap when binding and holds it until exit.
     Some(unsafe { Session::new(&GLOBAL, cell) })
 }
@@ -97,14 +97,14 @@ fn bind() -> Option<&'static HeapCell> {
         STATE.set(EXITED);
         return None;
     }
-    CURRENT.set(Some(cell));
+    HeapSlot::set(cell);
     STATE.set(BOUND);
     Some(cell)
 }
 
 /// The calling thread's heap, if it has one.
 pub(crate) fn current() -> Option<&'static HeapCell> {
-    CURRENT.get()
+    HeapSlot::get()
 }
 
 static FORK_HANDLERS: AtomicBool = AtomicBool::new(false);

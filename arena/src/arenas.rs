@@ -71,8 +71,9 @@ pub const MIN_EMPTY_ARENAS: usize = 4;
 /// Dirty free slots always allowed before the oldest are decommitted, at first: one arena's
 /// worth (see [`Arenas::dirty_limit`]).
 pub const MIN_DIRTY_SLOTS: usize = SLOTS;
-/// The most the dirty floor grows to when purges keep being undone: eight arenas' worth.
-pub const MAX_DIRTY_FLOOR: usize = 8 * SLOTS;
+/// The most the dirty floor grows to when releases keep being undone: 128 arenas' worth
+/// (256 MiB).
+pub const MAX_DIRTY_FLOOR: usize = 128 * SLOTS;
 /// Beyond the dirty floor, one dirty free slot may be kept per this many slots in use.
 /// Measured on random medium sizes (`docs/design.md`): keeping less makes the program fault
 /// freed memory back in, slower and with no lower peak.
@@ -434,7 +435,7 @@ pub struct ArenaStats {
     pub free_clean_slots: usize,
     /// Dirty free slots allowed before the oldest are decommitted ([`Arenas::dirty_limit`]).
     pub dirty_limit: usize,
-    /// Bytes mapped for arenas and for the radix tree's nodes.
+    /// Bytes mapped for arenas and for the arena map (its flat map and radix nodes).
     pub mapped_bytes: usize,
 }
 
@@ -449,13 +450,15 @@ pub struct Arenas {
     /// Arenas with dirty free slots, the oldest first.
     dirty: List,
     dirty_slots: usize,
-    /// Dirty free slots always allowed: [`MIN_DIRTY_SLOTS`], doubled up to
-    /// [`MAX_DIRTY_FLOOR`] each time a purge is found undone.
+    /// Dirty free slots always allowed: [`MIN_DIRTY_SLOTS`], raised up to
+    /// [`MAX_DIRTY_FLOOR`] each time a release is found undone.
     dirty_floor: usize,
-    /// Slots the last purge over the limit decommitted.
-    last_purged: usize,
-    /// Purged slots taken into use since that purge.
-    purged_taken: usize,
+    /// Slots given back to the system (decommitted, or in arenas unmapped) since the floor
+    /// last changed.
+    released: usize,
+    /// Of those, slots taken back into use since: purged slots, and slots of arenas mapped
+    /// while released ones were outstanding (both marked `purged`).
+    released_taken: usize,
     /// Arenas with every slot free, the one emptied longest ago first.
     empties: List,
     /// Slots in pools in use, over all arenas.
@@ -484,8 +487,8 @@ impl Arenas {
             dirty: List::EMPTY,
             dirty_slots: 0,
             dirty_floor: MIN_DIRTY_SLOTS,
-            last_purged: 0,
-            purged_taken: 0,
+            released: 0,
+            released_taken: 0,
             empties: List::EMPTY,
             slots_in_use: 0,
             arenas: 0,
@@ -500,10 +503,14 @@ impl Arenas {
         self.dirty_floor.max(self.slots_in_use / DIRTY_SHARE)
     }
 
-    /// Wholly free arenas allowed to stay mapped: [`MIN_EMPTY_ARENAS`], or one per
-    /// [`EMPTY_SHARE`] arenas' worth of slots in use if that is more.
+    /// Wholly free arenas allowed to stay mapped: [`MIN_EMPTY_ARENAS`], one per
+    /// [`EMPTY_SHARE`] arenas' worth of slots in use, or the dirty floor's worth of arenas,
+    /// whichever is most (a floor raised because released memory was taken back applies to
+    /// whole arenas as it does to slots).
     pub fn empty_limit(&self) -> usize {
-        MIN_EMPTY_ARENAS.max(self.slots_in_use / (POOLS_PER_ARENA * EMPTY_SHARE))
+        MIN_EMPTY_ARENAS
+            .max(self.slots_in_use / (POOLS_PER_ARENA * EMPTY_SHARE))
+            .max(self.dirty_floor / POOLS_PER_ARENA)
     }
 
     fn header_of(addr: NonNull<u8>) -> *mut Header {
@@ -669,7 +676,7 @@ impl Arenas {
             let purged_in_run = (*h).purged & run;
             if purged_in_run != 0 {
                 (*h).purged &= !run;
-                self.purged_taken += purged_in_run.count_ones() as usize;
+                self.released_taken += purged_in_run.count_ones() as usize;
             }
             (*h).free &= !run;
             self.slots_in_use += len as usize;
@@ -707,27 +714,38 @@ impl Arenas {
         }
     }
 
+    /// Raises the dirty floor if half of what was given back to the system since it last
+    /// changed has been taken back into use: the program reuses that much, and releasing it
+    /// again would only make it fault the same memory in again. The floor doubles, or jumps to
+    /// what was released if more, up to [`MAX_DIRTY_FLOOR`] (glibc's mmap threshold follows
+    /// the largest block freed in the same spirit).
+    fn raise_floor_if_undone(&mut self) {
+        if self.released > 0
+            && self.released_taken * 2 >= self.released
+            && self.dirty_floor < MAX_DIRTY_FLOOR
+        {
+            self.dirty_floor = (self.dirty_floor * 2)
+                .max(self.released)
+                .min(MAX_DIRTY_FLOOR);
+            self.released = 0;
+            self.released_taken = 0;
+        }
+    }
+
     /// Decommits the oldest dirty slots if more are dirty than [`Arenas::dirty_limit`] allows,
-    /// until half that remains; first doubles the dirty floor if half of what the last such
-    /// purge decommitted has been taken back into use since (the purge was undone).
+    /// until half that remains; first raises the dirty floor if what was released before has
+    /// been taken back into use since ([`Arenas::raise_floor_if_undone`]).
     fn purge_over_limit<P: Platform>(&mut self, platform: &P) {
         if self.dirty_slots <= self.dirty_limit() {
             return;
         }
-        if self.last_purged > 0
-            && self.purged_taken * 2 >= self.last_purged
-            && self.dirty_floor < MAX_DIRTY_FLOOR
-        {
-            self.dirty_floor *= 2;
-            self.last_purged = 0;
-            if self.dirty_slots <= self.dirty_limit() {
-                return;
-            }
+        self.raise_floor_if_undone();
+        if self.dirty_slots <= self.dirty_limit() {
+            return;
         }
         let before = self.dirty_slots;
         self.purge(platform, self.dirty_limit() / 2);
-        self.last_purged = before - self.dirty_slots;
-        self.purged_taken = 0;
+        self.released += before - self.dirty_slots;
     }
 
     /// Maps, registers and lists a new, empty arena.
@@ -739,7 +757,7 @@ impl Arenas {
             h.write(Header {
                 free: USABLE,
                 dirty: 0,
-                purged: 0,
+                purged: if self.released > 0 { USABLE } else { 0 },
                 heads: 0,
                 span: [0; SLOTS],
                 run_bucket: 0,
@@ -751,11 +769,7 @@ impl Arenas {
                 empty_list: UNLINKED,
             });
         }
-        if map
-            .radix
-            .insert(base.addr().get(), h, &PlatformNodes(platform))
-            .is_err()
-        {
+        if map.insert(h, &PlatformNodes(platform)).is_err() {
             // SAFETY: the reservation was never published.
             unsafe { platform.release(base, ARENA_SIZE) };
             return None;
@@ -799,7 +813,11 @@ impl Arenas {
                 self.empty += 1;
             }
             // Fewer slots in use may allow fewer empty arenas: unmap the oldest.
+            if self.empty > self.empty_limit() {
+                self.raise_floor_if_undone();
+            }
             while self.empty > self.empty_limit() {
+                self.released += POOLS_PER_ARENA;
                 self.release_arena(self.empties.head, platform, map);
             }
         }
@@ -868,7 +886,7 @@ impl Arenas {
                 .shift(h, (*h).dirty_run_bucket as usize, 0);
             self.all.remove(h, Chain::All);
             self.empties.remove(h, Chain::Empty);
-            map.radix.remove(h.addr());
+            map.remove(h.addr());
             self.arenas -= 1;
             self.empty -= 1;
             platform.release(NonNull::new_unchecked(h.cast()), ARENA_SIZE);
@@ -952,7 +970,7 @@ impl Arenas {
             free_dirty_slots: self.dirty_slots,
             free_clean_slots: free_slots - self.dirty_slots,
             dirty_limit: self.dirty_limit(),
-            mapped_bytes: self.arenas * ARENA_SIZE + map.radix.node_bytes_in_use(),
+            mapped_bytes: self.arenas * ARENA_SIZE + map.mapped_bytes(),
         }
     }
 
@@ -1014,7 +1032,9 @@ impl Arenas {
             }
             free_slots &= free_slots - 1;
         }
-        if map.radix.get(h.addr()).map(NonNull::as_ptr) != Some(h) {
+        // SAFETY: `h` is a live header (caller), so not null.
+        let start = unsafe { NonNull::new_unchecked(h.cast::<u8>()) };
+        if map.arena_of(start).map(NonNull::as_ptr) != Some(h) {
             return Err("arenas: the map does not lead from the arena to its header");
         }
         Ok(())
@@ -1085,7 +1105,7 @@ impl Arenas {
             })
         };
         // SAFETY: every node came from PlatformNodes over this platform; no lookup follows.
-        unsafe { map.radix.release_nodes(&PlatformNodes(platform)) };
+        unsafe { map.release(&PlatformNodes(platform)) };
         *self = Arenas::new();
     }
 }

@@ -135,6 +135,21 @@ impl TestPlatform {
             .sum()
     }
 
+    /// A pointer to `addr` with the provenance of the live reservation that holds it (an
+    /// address in none gets none), for tests that compute addresses.
+    pub fn pointer(&self, addr: usize) -> NonNull<u8> {
+        let s = self.state();
+        let within = s
+            .live
+            .iter()
+            .find(|r| (r.ptr.addr().get()..r.end()).contains(&addr));
+        let ptr = match within {
+            Some(r) => r.ptr.as_ptr().with_addr(addr),
+            None => core::ptr::without_provenance_mut(addr),
+        };
+        NonNull::new(ptr).expect("a nonzero address")
+    }
+
     /// The reservations that hold `size` bytes from `ptr`, as `(index, start, end)` pieces
     /// (offsets in the reservation), in address order; `None` unless every page of the range,
     /// whole pages, is mapped.

@@ -159,3 +159,88 @@ static AT_LOAD: extern "C" fn() = at_load;
 #[used]
 #[unsafe(link_section = ".fini_array")]
 static AT_EXIT: extern "C" fn() = at_exit;
+
+/// C23's `free_sized(3)`: a size that does not match the block is reported and aborts.
+///
+/// # Safety
+/// As [`free`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn free_sized(ptr: *mut c_void, size: usize) {
+    // SAFETY: as the caller guarantees.
+    unsafe { c_abi::free_sized(ptr, size) }
+}
+
+/// C23's `free_aligned_sized(3)`.
+///
+/// # Safety
+/// As [`free`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn free_aligned_sized(ptr: *mut c_void, align: usize, size: usize) {
+    // SAFETY: as the caller guarantees.
+    unsafe { c_abi::free_aligned_sized(ptr, align, size) }
+}
+
+// C++'s sized and aligned `operator delete` forms, under their Itanium-ABI names. libstdc++'s
+// own versions call `free`; these take the sized path, which checks the size against the
+// block. (`operator new` stays libstdc++'s, which calls `malloc` or `aligned_alloc` here and
+// keeps `std::bad_alloc`; the unsized, unaligned `delete` calls our `free` through it.)
+
+/// `operator delete(void*, std::size_t)`.
+///
+/// # Safety
+/// As [`free`], for a block from `operator new(size)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn _ZdlPvm(ptr: *mut c_void, size: usize) {
+    // SAFETY: as the caller guarantees.
+    unsafe { c_abi::free_sized(ptr, size) }
+}
+
+/// `operator delete[](void*, std::size_t)`.
+///
+/// # Safety
+/// As [`free`], for a block from `operator new[](size)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn _ZdaPvm(ptr: *mut c_void, size: usize) {
+    // SAFETY: as the caller guarantees.
+    unsafe { c_abi::free_sized(ptr, size) }
+}
+
+/// `operator delete(void*, std::align_val_t)`.
+///
+/// # Safety
+/// As [`free`], for a block from `operator new(size, align)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn _ZdlPvSt11align_val_t(ptr: *mut c_void, _align: usize) {
+    // SAFETY: as the caller guarantees.
+    unsafe { c_abi::free(ptr) }
+}
+
+/// `operator delete[](void*, std::align_val_t)`.
+///
+/// # Safety
+/// As [`free`], for a block from `operator new[](size, align)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn _ZdaPvSt11align_val_t(ptr: *mut c_void, _align: usize) {
+    // SAFETY: as the caller guarantees.
+    unsafe { c_abi::free(ptr) }
+}
+
+/// `operator delete(void*, std::size_t, std::align_val_t)`.
+///
+/// # Safety
+/// As [`free`], for a block from `operator new(size, align)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn _ZdlPvmSt11align_val_t(ptr: *mut c_void, size: usize, align: usize) {
+    // SAFETY: as the caller guarantees.
+    unsafe { c_abi::free_aligned_sized(ptr, align, size) }
+}
+
+/// `operator delete[](void*, std::size_t, std::align_val_t)`.
+///
+/// # Safety
+/// As [`free`], for a block from `operator new[](size, align)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn _ZdaPvmSt11align_val_t(ptr: *mut c_void, size: usize, align: usize) {
+    // SAFETY: as the caller guarantees.
+    unsafe { c_abi::free_aligned_sized(ptr, align, size) }
+}

@@ -466,28 +466,53 @@ impl PoolPtr {
         unsafe { NonNull::new_unchecked(memory) }
     }
 
-    /// Takes the head of the freelist if another block follows it, so that the pool keeps a
-    /// block to hand out and nothing but the freelist and the count changes: the fast path.
-    /// `None` otherwise (the pool is unchanged), for [`PoolPtr::alloc`] to deal with.
+    /// Takes one block — the head of the freelist, else the next never-used block — if the
+    /// pool still has a block to hand out afterwards (so that nothing but the freelist, the
+    /// bump offset and the count changes): the fast path. `None` otherwise (the pool is
+    /// unchanged), for [`PoolPtr::alloc`] to deal with. Returns the block with whether it is
+    /// known to read zero, as [`PoolPtr::alloc`].
     ///
     /// # Safety
     /// `self` is a live pool and the caller has exclusive access to it.
     #[inline(always)]
-    pub unsafe fn alloc_before_last_free(self) -> Option<NonNull<u8>> {
+    pub unsafe fn alloc_unless_last(self) -> Option<(NonNull<u8>, bool)> {
         let p = self.0.as_ptr();
         // SAFETY: the pool is live and ours (caller); freelist entries are blocks of this pool
-        // whose first word holds the next entry (P3).
+        // whose first word holds the next entry (P3), and carving stays inside the pool (P2).
         unsafe {
-            let block = NonNull::new((*p).free)?;
-            asan::unpoison(block.as_ptr(), (*p).size as usize);
-            let next = block.cast::<*mut u8>().read();
-            if next.is_null() {
-                asan::poison(block.as_ptr(), (*p).size as usize);
-                return None;
-            }
-            (*p).free = next;
+            let size = (*p).size;
+            let bump = (*p).bump.load(Ordering::Relaxed);
+            let block = match NonNull::new((*p).free) {
+                Some(block) => {
+                    asan::unpoison(block.as_ptr(), size as usize);
+                    let next = block.cast::<*mut u8>().read();
+                    if next.is_null() && bump + size > (*p).limit {
+                        asan::poison(block.as_ptr(), size as usize);
+                        return None;
+                    }
+                    (*p).free = next;
+                    clear_freed_mark(block);
+                    (block, false)
+                }
+                None => {
+                    // Another never-used block must remain after this one.
+                    if bump + 2 * size > (*p).limit {
+                        return None;
+                    }
+                    // Published with the block: whoever is handed it sees it carved (P10).
+                    (*p).bump.store(bump + size, Ordering::Relaxed);
+                    let block = self.memory().add(bump as usize);
+                    asan::unpoison(block.as_ptr(), size as usize);
+                    // Fresh memory reads zero already; other memory may hold a stale mark
+                    // from a pool of another class that had a block here.
+                    let fresh = (*p).fresh;
+                    if !fresh {
+                        clear_freed_mark(block);
+                    }
+                    (block, fresh)
+                }
+            };
             add_used(p);
-            clear_freed_mark(block);
             Some(block)
         }
     }
