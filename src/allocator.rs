@@ -355,17 +355,17 @@ impl<P: Platform> Allocator<P> {
         Some((fresh, P::ZERO_FILLED))
     }
 
-    /// Frees a large block; with `expected`, its mapping must [`fits`] that length. A pointer
-    /// that starts no large block in use, or one of a length that does not fit, is reported
-    /// and aborts.
+    /// Frees a large block; with `expected`, its mapping must [`fits`] one of those two
+    /// lengths. A pointer that starts no large block in use, or one of a length that does not
+    /// fit, is reported and aborts.
     ///
     /// # Safety
     /// If `ptr` is a large block in use, it is not used after this call.
-    unsafe fn free_large(&self, ptr: NonNull<u8>, expected: Option<usize>) {
+    unsafe fn free_large(&self, ptr: NonNull<u8>, expected: Option<[usize; 2]>) {
         let Some((len, unmap)) = self.shared().large.retire(ptr) else {
             fatal("free: pointer is no block of this allocator (invalid or freed twice)");
         };
-        if expected.is_some_and(|e| !fits(len, e)) {
+        if expected.is_some_and(|e| !e.iter().any(|&e| fits(len, e))) {
             fatal("dealloc: layout does not match the large block's size");
         }
         // SAFETY: the freed block and the cache entries evicted for it are unused.
@@ -706,7 +706,7 @@ impl<'a, P: Platform> Session<'a, P> {
             // SAFETY: a large block in use of `layout` (caller).
             Route::Large => unsafe {
                 let expected = mapping_len(layout.size(), self.alloc.platform.page_size());
-                self.alloc.free_large(ptr, expected)
+                self.alloc.free_large(ptr, expected.map(|e| [e, e]))
             },
         }
     }
@@ -786,13 +786,16 @@ impl<'a, P: Platform> Session<'a, P> {
         } else {
             let pooled = Layout::from_size_align(size, align)
                 .is_ok_and(|layout| matches!(Route::of(layout), Route::Pooled(_)));
-            let Some(expected) =
-                mapping_len(size, self.alloc.platform.page_size()).filter(|_| !pooled)
-            else {
+            let page = self.alloc.platform.page_size();
+            let rounded = size.checked_next_multiple_of(align);
+            let expected = mapping_len(size, page)
+                .zip(rounded.and_then(|r| mapping_len(r, page)))
+                .filter(|_| !pooled);
+            let Some((exact, rounded)) = expected else {
                 fatal(MESSAGE);
             };
             // SAFETY: a large block in use, or (checked there) no block at all (caller).
-            unsafe { self.alloc.free_large(ptr, Some(expected)) };
+            unsafe { self.alloc.free_large(ptr, Some([exact, rounded])) };
         }
     }
 
@@ -850,7 +853,7 @@ impl<'a, P: Platform> Session<'a, P> {
                 match found {
                     // Freed as C's `free` would: marked (P9), so a later free of it is caught.
                     Found::Pooled { pool, .. } => self.cell.free_in(ptr, pool, self.alloc),
-                    Found::Large { len } => self.alloc.free_large(ptr, Some(len)),
+                    Found::Large { len } => self.alloc.free_large(ptr, Some([len, len])),
                 }
             }
         }

@@ -1,8 +1,8 @@
 //! `libpymalloc_override.so` under `LD_PRELOAD`: the C test program (every function and its edge
 //! cases, threads, fork, the loader), invalid frees, and real programs — a shell pipeline,
 //! Python with every object through `malloc`, and multi-threaded `sort` — whose output must
-//! equal their output on the system allocator. Needs `cc`, `sh`, `sort`, `grep`, `awk` and
-//! `python3` (`.ci/run` checks they are there).
+//! equal their output on the system allocator; and a C++ program of sized frees. Needs `cc`,
+//! `c++`, `sh`, `sort`, `grep`, `awk` and `python3` (`.ci/run` checks they are there).
 #![cfg(target_os = "linux")]
 
 use std::io::Read;
@@ -41,6 +41,26 @@ fn compile(name: &str) -> PathBuf {
         .expect("cc (a C compiler) must be installed");
     assert!(status.success(), "compiling {}", source.display());
     exe
+}
+
+/// The C++ test program of sized frees (`tests/cpp/sized_delete.cpp`), compiled once with the
+/// system's C++ compiler (sized deallocation is on by default from C++14).
+fn sized_delete() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        std::fs::create_dir_all(scratch()).unwrap();
+        let exe = scratch().join("sized_delete");
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cpp/sized_delete.cpp");
+        let status = Command::new("c++")
+            .args(["-O2", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-o"])
+            .arg(&exe)
+            .arg(&source)
+            .arg("-ldl")
+            .status()
+            .expect("c++ (a C++ compiler) must be installed");
+        assert!(status.success(), "compiling {}", source.display());
+        exe
+    })
 }
 
 /// The C test program, compiled once.
@@ -251,6 +271,49 @@ fn bad_frees_that_would_hand_out_a_block_twice_abort_with_a_message() {
         ("interior-112+48", not_a_block),
     ] {
         let mut command = Command::new(abi_test());
+        command.arg(mode);
+        let out = run(command, true);
+        let stderr = text(&out.stderr);
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGABRT),
+            "{mode}: {:?}\n{stderr}",
+            out.status
+        );
+        assert!(stderr.contains(expected), "{mode}: {stderr}");
+    }
+}
+
+/// C++'s sized and aligned `operator delete` forms and C23's `free_sized` and
+/// `free_aligned_sized` take pymalloc's sized path for every size, alignment and container
+/// (the program checks it runs on pymalloc), and a size that does not match the block, or a
+/// sized double free, aborts with a message.
+#[test]
+fn sized_frees_from_cpp_and_c23_check_the_size() {
+    let out = run(Command::new(sized_delete()), true);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout), "ok\n");
+    let mismatch = "pymalloc: fatal: free_sized: size or alignment does not match the block";
+    for (mode, expected) in [
+        ("delete-wrong-size", mismatch),
+        ("delete-array-wrong-size", mismatch),
+        ("delete-aligned-wrong-size", mismatch),
+        ("free-sized-wrong-size", mismatch),
+        (
+            "free-sized-large-wrong-size",
+            "pymalloc: fatal: dealloc: layout does not match the large block's size",
+        ),
+        (
+            "free-sized-twice",
+            "pymalloc: fatal: free of a block that is already free",
+        ),
+    ] {
+        let mut command = Command::new(sized_delete());
         command.arg(mode);
         let out = run(command, true);
         let stderr = text(&out.stderr);
