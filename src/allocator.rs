@@ -745,7 +745,7 @@ impl<'a, P: Platform> Session<'a, P> {
     ///
     /// # Safety
     /// As [`Allocator::dealloc_unsized`].
-    #[inline]
+    #[inline(always)]
     pub(crate) unsafe fn dealloc_unsized(self, ptr: NonNull<u8>) {
         if let Some(pool) = self.alloc.pooled_block(ptr) {
             // SAFETY: `ptr` starts a carved block of `pool`, in use unless this is a double
@@ -766,8 +766,30 @@ impl<'a, P: Platform> Session<'a, P> {
     ///
     /// # Safety
     /// As [`Allocator::dealloc_unsized`].
-    #[inline]
+    #[inline(always)]
     pub(crate) unsafe fn dealloc_checked(self, ptr: NonNull<u8>, size: usize, align: usize) {
+        // The common case, a pooled block of malloc's alignment: its class is the size's.
+        if align <= ALIGNMENT {
+            if let Some(pool) = self.alloc.pooled_block(ptr) {
+                // SAFETY: a carved block of a live pool (`pooled_block`).
+                if SizeClass::for_size(size) == Some(unsafe { pool.class() }) {
+                    // SAFETY: `ptr` starts a carved block of `pool`, in use unless this is a
+                    // double free, which the heap looks for (caller); the heap is claimed.
+                    return unsafe { self.cell.free_in(ptr, pool, self.alloc) };
+                }
+            }
+        }
+        // SAFETY: as the caller guarantees.
+        unsafe { self.dealloc_checked_rarely(ptr, size, align) }
+    }
+
+    /// [`Session::dealloc_checked`] for over-aligned and large blocks, and mismatches.
+    ///
+    /// # Safety
+    /// As [`Allocator::dealloc_unsized`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn dealloc_checked_rarely(self, ptr: NonNull<u8>, size: usize, align: usize) {
         const MESSAGE: &str = "free_sized: size or alignment does not match the block";
         if !align.is_power_of_two() {
             fatal(MESSAGE);

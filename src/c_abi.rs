@@ -35,13 +35,17 @@ use pymalloc_pool::ALIGNMENT;
 use crate::allocator::Session;
 use crate::thread;
 
-/// Runs `f` on the calling thread's heap (binding one if needed).
-#[inline(always)]
-fn with_session<R>(f: impl FnOnce(Session<'static, OsPlatform>) -> R) -> R {
-    match thread::session() {
-        Some(s) => f(s),
-        None => thread::with_new_session(f),
-    }
+/// Evaluates `$body` with `$s` the calling thread's heap's session (binding one if needed).
+/// A macro rather than a function taking a closure: the bound case's code is then written
+/// out in place, where its `inline(always)` callees are inlined, while a closure called from
+/// both cases may be left out of line.
+macro_rules! with_session {
+    (|$s:ident| $body:expr) => {
+        match thread::session() {
+            Some($s) => $body,
+            None => thread::with_new_session(move |$s: Session<'static, OsPlatform>| $body),
+        }
+    };
 }
 
 fn set_errno(code: c_int) {
@@ -55,7 +59,7 @@ fn allocate(size: usize, align: usize) -> *mut c_void {
     let Ok(layout) = Layout::from_size_align(size, align.max(ALIGNMENT)) else {
         return ptr::null_mut();
     };
-    with_session(|s| s.alloc(layout)).cast()
+    with_session!(|s| s.alloc(layout)).cast()
 }
 
 /// `p`, with `errno = ENOMEM` if it is null (a request that could not be served).
@@ -85,7 +89,7 @@ pub fn calloc(count: usize, size: usize) -> *mut c_void {
         .checked_mul(size)
         .and_then(|bytes| Layout::from_size_align(bytes, ALIGNMENT).ok());
     enomem_if_null(match layout {
-        Some(layout) => with_session(|s| s.alloc_zeroed(layout)).cast(),
+        Some(layout) => with_session!(|s| s.alloc_zeroed(layout)).cast(),
         None => ptr::null_mut(),
     })
 }
@@ -95,11 +99,11 @@ pub fn calloc(count: usize, size: usize) -> *mut c_void {
 /// # Safety
 /// `ptr` is null, or a block from these functions (or the global allocator) in use, not
 /// used after this call.
-#[inline]
+#[inline(always)]
 pub unsafe fn free(ptr: *mut c_void) {
     if let Some(ptr) = NonNull::new(ptr.cast::<u8>()) {
         // SAFETY: as the caller guarantees.
-        with_session(|s| unsafe { s.dealloc_unsized(ptr) });
+        with_session!(|s| unsafe { s.dealloc_unsized(ptr) });
     }
 }
 
@@ -108,7 +112,7 @@ pub unsafe fn free(ptr: *mut c_void) {
 ///
 /// # Safety
 /// As [`free`].
-#[inline]
+#[inline(always)]
 pub unsafe fn free_sized(ptr: *mut c_void, size: usize) {
     // SAFETY: as the caller guarantees.
     unsafe { free_aligned_sized(ptr, ALIGNMENT, size) }
@@ -121,11 +125,11 @@ pub unsafe fn free_sized(ptr: *mut c_void, size: usize) {
 ///
 /// # Safety
 /// As [`free`].
-#[inline]
+#[inline(always)]
 pub unsafe fn free_aligned_sized(ptr: *mut c_void, align: usize, size: usize) {
     if let Some(ptr) = NonNull::new(ptr.cast::<u8>()) {
         // SAFETY: as the caller guarantees.
-        with_session(|s| unsafe { s.dealloc_checked(ptr, size, align) });
+        with_session!(|s| unsafe { s.dealloc_checked(ptr, size, align) });
     }
 }
 
@@ -144,7 +148,7 @@ pub unsafe fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
         return ptr::null_mut();
     }
     // SAFETY: as the caller guarantees.
-    enomem_if_null(with_session(|s| unsafe { s.realloc_unsized(block, size) }).cast())
+    enomem_if_null(with_session!(|s| unsafe { s.realloc_unsized(block, size) }).cast())
 }
 
 /// C's `reallocarray`: `realloc` of `count * size` bytes; NULL with `ENOMEM` (the block
@@ -227,7 +231,7 @@ pub fn pvalloc(size: usize) -> *mut c_void {
 pub unsafe fn malloc_usable_size(ptr: *mut c_void) -> usize {
     match NonNull::new(ptr.cast::<u8>()) {
         // SAFETY: as the caller guarantees.
-        Some(ptr) => with_session(|s| unsafe { s.usable_size(ptr) }),
+        Some(ptr) => with_session!(|s| unsafe { s.usable_size(ptr) }),
         None => 0,
     }
 }

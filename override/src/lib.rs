@@ -212,7 +212,7 @@ pub unsafe extern "C" fn _ZdaPvm(ptr: *mut c_void, size: usize) {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn _ZdlPvSt11align_val_t(ptr: *mut c_void, _align: usize) {
     // SAFETY: as the caller guarantees.
-    unsafe { c_abi::free(ptr) }
+    unsafe { free(ptr) }
 }
 
 /// `operator delete[](void*, std::align_val_t)`.
@@ -222,7 +222,7 @@ pub unsafe extern "C" fn _ZdlPvSt11align_val_t(ptr: *mut c_void, _align: usize) 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn _ZdaPvSt11align_val_t(ptr: *mut c_void, _align: usize) {
     // SAFETY: as the caller guarantees.
-    unsafe { c_abi::free(ptr) }
+    unsafe { free(ptr) }
 }
 
 /// `operator delete(void*, std::size_t, std::align_val_t)`.
