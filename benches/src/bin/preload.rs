@@ -94,6 +94,32 @@ fn build_c(dir: &Path, name: &str) -> PathBuf {
     exe
 }
 
+/// Compiles `benches/c/<name>.cpp` with the system's C++ compiler.
+fn build_cpp(dir: &Path, name: &str) -> PathBuf {
+    let exe = dir.join(name);
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("c/{name}.cpp"));
+    let status = Command::new("c++")
+        .args(["-O2", "-std=c++17", "-o"])
+        .arg(&exe)
+        .arg(&source)
+        .status()
+        .expect("c++ (a C++ compiler) must be installed");
+    assert!(status.success(), "compiling {}", source.display());
+    exe
+}
+
+/// The Python interpreter itself, not a wrapper in front of it (pyenv's `python3` is a shell
+/// script, which would be timed and preloaded too).
+fn python() -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3 must be installed");
+    let exe = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(!exe.is_empty(), "python3 did not say where it is");
+    exe
+}
+
 /// Lines of pseudo-random words and numbers.
 fn write_lines(path: &Path, lines: usize) {
     let words = [
@@ -140,8 +166,46 @@ h.update(repr(sorted((k, len(v)) for k, v in index.items())).encode())
 print(h.hexdigest())
 "#;
 
+/// Python that creates and drops objects of its common sizes in bulk: tuples of floats,
+/// dicts, lists, ints, strings, small class instances and sets, in six rounds.
+const PYTHON_OBJECTS: &str = r#"
+import sys
+n = int(sys.argv[1])
+acc = 0
+class P:
+    __slots__ = ("a", "b")
+    def __init__(self, a, b):
+        self.a = a; self.b = b
+for rnd in range(6):
+    pts = [(i * 0.5, i * 1.5, float(i)) for i in range(n)]
+    acc += int(sum(p[0] for p in pts)) & 0xffff
+    rows = [{"id": i, "v": i * 3, "name": "r%d" % i, "tags": [i, i + 1]} for i in range(n // 2)]
+    acc += sum(len(r["tags"]) + r["v"] for r in rows) & 0xffff
+    words = ["w%d-%s" % (i, "x" * (i % 40)) for i in range(n)]
+    acc += len("".join(words[::7]))
+    live = []
+    for i in range(n):
+        live.append(P(i, [i]))
+        if len(live) > 1000:
+            live = live[500:]
+    acc += len(live)
+    s = {i * 7919 for i in range(n)}
+    acc += len(s)
+    del pts, rows, words, live, s
+print(acc)
+"#;
+
+/// Processes the `startup` program starts.
+const STARTS: &str = "1000";
+
 fn programs(dir: &Path, quick: bool) -> Vec<Program> {
     let churn = build_c(dir, "churn").display().to_string();
+    let cpp_churn = build_cpp(dir, "cpp_churn").display().to_string();
+    let spawn = build_c(dir, "spawn").display().to_string();
+    let empty = build_c(dir, "empty").display().to_string();
+    let python = python();
+    let objects = if quick { "60000" } else { "200000" };
+    let cpp_rounds = if quick { "6" } else { "20" };
     let lines = dir.join("lines.txt");
     write_lines(&lines, if quick { 300_000 } else { 1_000_000 });
     let lines = lines.display().to_string();
@@ -162,9 +226,36 @@ fn programs(dir: &Path, quick: bool) -> Vec<Program> {
             env: vec![],
         },
         Program {
+            name: "cpp-churn",
+            what: "a C++ program: std::map of std::string to std::vector, nodes made and dropped (sized delete)",
+            argv: s(&[&cpp_churn, cpp_rounds]),
+            env: vec![],
+        },
+        Program {
+            name: "startup",
+            what: "1000 starts of an empty C program, one after another (the time of one start is this over 1000)",
+            argv: s(&[&spawn, STARTS, &empty]),
+            env: vec![],
+        },
+        Program {
+            name: "python-objects-malloc",
+            what: "python3 with PYTHONMALLOC=malloc: tuples of floats, dicts, lists, strings, instances and sets made and dropped in bulk",
+            argv: s(&[&python, "-c", PYTHON_OBJECTS, objects]),
+            env: vec![
+                ("PYTHONMALLOC", "malloc".into()),
+                ("PYTHONHASHSEED", "0".into()),
+            ],
+        },
+        Program {
+            name: "python-objects",
+            what: "the same with Python's own small-object allocator: the line to beat",
+            argv: s(&[&python, "-c", PYTHON_OBJECTS, objects]),
+            env: vec![("PYTHONHASHSEED", "0".into())],
+        },
+        Program {
             name: "python-malloc",
             what: "python3 with PYTHONMALLOC=malloc (every object through malloc): JSON, dicts, sorting",
-            argv: s(&["python3", "-c", PYTHON, records]),
+            argv: s(&[&python, "-c", PYTHON, records]),
             env: vec![
                 ("PYTHONMALLOC", "malloc".into()),
                 ("PYTHONHASHSEED", "0".into()),
@@ -173,7 +264,7 @@ fn programs(dir: &Path, quick: bool) -> Vec<Program> {
         Program {
             name: "python",
             what: "the same with Python's own small-object allocator (only larger requests reach malloc)",
-            argv: s(&["python3", "-c", PYTHON, records]),
+            argv: s(&[&python, "-c", PYTHON, records]),
             env: vec![("PYTHONHASHSEED", "0".into())],
         },
         Program {
@@ -251,6 +342,70 @@ fn measure(program: &Program, peer: &Peer, peak_rss: &Path, dir: &Path) -> Sampl
         peak_rss: kib * 1024,
         output: hasher.finish(),
     }
+}
+
+/// Steps of `benches/c/ops.c` under callgrind.
+const OPS_STEPS: u64 = 1_000_000;
+
+/// Instructions per `malloc` and per `free` on each peer, counted by callgrind (inclusive of
+/// what they call) over `benches/c/ops.c`'s steady state, if valgrind is installed: a table.
+fn instructions(peers: &[Peer], dir: &Path) -> Option<String> {
+    if Command::new("valgrind").arg("--version").output().is_err() {
+        eprintln!("valgrind not found (apt-get install valgrind): no instruction counts");
+        return None;
+    }
+    let ops = build_c(dir, "ops");
+    let mut table = String::from(
+        "\n**instructions per call** (callgrind, inclusive; `benches/c/ops.c`: 1 000 000 steps \
+         of one `free` and one `malloc` of 16–255 bytes among 1 024 live blocks)\n\n\
+         | | malloc | free |\n|---|---:|---:|\n",
+    );
+    for peer in peers {
+        let out_file = dir.join(format!("callgrind-{}.out", peer.name));
+        let mut cmd = Command::new("valgrind");
+        cmd.arg("--tool=callgrind")
+            .arg(format!("--callgrind-out-file={}", out_file.display()))
+            .arg(&ops)
+            .arg(OPS_STEPS.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        match &peer.lib {
+            Some(lib) => cmd.env("LD_PRELOAD", lib),
+            None => cmd.env_remove("LD_PRELOAD"),
+        };
+        if !cmd.status().is_ok_and(|s| s.success()) {
+            eprintln!("callgrind failed on {}", peer.name);
+            continue;
+        }
+        let annotated = Command::new("callgrind_annotate")
+            .args(["--inclusive=yes", "--threshold=100"])
+            .arg(&out_file)
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&annotated.stdout);
+        // Lines like `94,103,672 (49.64%)  ./malloc/./malloc/malloc.c:free [/usr/lib/…]`; a
+        // function callgrind splits over several files is summed.
+        let count = |name: &str| -> u64 {
+            text.lines()
+                .filter_map(|line| {
+                    let (number, rest) = line.trim().split_once(' ')?;
+                    let symbol = rest.split_whitespace().nth(1)?;
+                    (symbol.rsplit(':').next()? == name)
+                        .then(|| number.replace(',', "").parse::<u64>().ok())?
+                })
+                .sum()
+        };
+        let (malloc, free) = (count("malloc"), count("free"));
+        writeln!(
+            table,
+            "| {} | {:.0} | {:.0} |",
+            peer.name,
+            malloc as f64 / OPS_STEPS as f64,
+            free as f64 / OPS_STEPS as f64
+        )
+        .unwrap();
+    }
+    Some(table)
 }
 
 fn main() {
@@ -354,6 +509,31 @@ fn main() {
                 }
             }
             table.push('\n');
+        }
+    }
+    if let Some(counts) = instructions(&peers, &dir) {
+        table.push_str(&counts);
+    }
+    let startup = programs.iter().position(|p| p.name == "startup");
+    if let Some(p) = startup {
+        let starts: f64 = STARTS.parse().unwrap();
+        let per_start = |a: usize| {
+            median(samples[&(p, a)].iter().map(|s| s.time_ns).collect()) as f64 / starts / 1e3
+        };
+        write!(
+            table,
+            "\n**start-up** (µs per process, from `startup`; more than glibc's)\n\n| | µs | more |\n|---|---:|---:|\n"
+        )
+        .unwrap();
+        for (a, peer) in peers.iter().enumerate() {
+            writeln!(
+                table,
+                "| {} | {:.0} | {:+.0} |",
+                peer.name,
+                per_start(a),
+                per_start(a) - per_start(0)
+            )
+            .unwrap();
         }
     }
     println!("{table}");

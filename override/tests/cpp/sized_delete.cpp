@@ -11,6 +11,7 @@
 #include <dlfcn.h>
 #include <map>
 #include <new>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -109,6 +110,17 @@ int main(int argc, char **argv) {
         m[std::to_string(i * 7919 % 5000)].push_back(i);
         if (i % 3 == 0) m.erase(std::to_string(i % 5000));
     }
+    // Exceptions unwind as usual (libstdc++'s unwinder; pymalloc's library carries its own
+    // copy, unexported).
+    int caught = 0;
+    for (int i = 0; i < 100; i++) {
+        try {
+            throw std::runtime_error(std::string(i, 'e'));
+        } catch (const std::runtime_error &e) {
+            caught += std::string(e.what()).size() == static_cast<std::size_t>(i);
+        }
+    }
+    CHECK(caught == 100);
     std::size_t total = 0;
     for (auto &kv : m) total += kv.second.size() + kv.first.size();
     CHECK(total > 0);
