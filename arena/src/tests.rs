@@ -563,3 +563,64 @@ fn the_test_platform_releases_parts_of_reservations() {
     }
     assert_eq!((p.live_reservations(), p.live_bytes()), (0, 0));
 }
+
+/// A program that frees many arenas' worth of pools and takes as much again: the arenas
+/// unmapped the first time count as released, the fresh ones mapped for the second round as
+/// taken back, so the floor rises to what was released and the third round of the same
+/// swing maps and unmaps nothing.
+#[test]
+fn arenas_released_and_taken_back_raise_the_floor_and_are_kept_next_time() {
+    let mut f = Fixture::new();
+    let n = if cfg!(miri) { 6 } else { 12 } * POOLS_PER_ARENA;
+    let keep = f.alloc().unwrap().0;
+    let mut rounds = Vec::new();
+    for _ in 0..3 {
+        let (reserves, releases) = (f.platform.reserve_calls(), f.platform.live_reservations());
+        let slots: Vec<_> = (0..n).map(|_| f.alloc().unwrap().0).collect();
+        let mapped = f.platform.reserve_calls() - reserves;
+        for s in slots {
+            f.free(s);
+        }
+        rounds.push((mapped, releases, f.arenas.stats(&f.map).arenas));
+    }
+    // Round 1 maps its arenas; freeing them keeps only the floor's worth.
+    assert!(rounds[0].0 as usize >= n / POOLS_PER_ARENA, "{rounds:?}");
+    assert!(rounds[0].2 < n / POOLS_PER_ARENA, "{rounds:?}");
+    // Round 2 maps them again, which undoes the release: the floor rises to it, so the
+    // arenas stay mapped when freed, and round 3 maps none.
+    assert!(rounds[1].0 > 0, "{rounds:?}");
+    assert!(rounds[1].2 >= n / POOLS_PER_ARENA, "{rounds:?}");
+    assert_eq!(rounds[2].0, 0, "{rounds:?}");
+    assert!(
+        f.arenas.dirty_limit() >= n / 2,
+        "{}",
+        f.arenas.dirty_limit()
+    );
+    f.free(keep);
+}
+
+/// Arenas above the flat map's limit (which the system hands out only to programs that ask
+/// for high addresses) are looked up in the radix tree; the flat map answers no for them, and
+/// for every address it does not cover.
+#[test]
+fn arenas_above_the_flat_limit_are_found_through_the_radix_tree() {
+    use crate::arenas::{Header, PlatformNodes};
+    use crate::map::FLAT_LIMIT;
+    let f = Fixture::new();
+    let high = FLAT_LIMIT + 5 * ARENA_SIZE;
+    // Never dereferenced: the radix tree stores the header's address and gives it back.
+    let header = NonNull::new(std::ptr::without_provenance_mut::<Header>(high)).unwrap();
+    assert!(!f.map.contains(high));
+    f.map
+        .insert(header, &PlatformNodes(&f.platform))
+        .expect("room for the radix nodes");
+    assert!(f.map.contains(high) && f.map.contains(high + ARENA_SIZE - 1));
+    assert!(!f.map.contains(high + ARENA_SIZE) && !f.map.contains(high - 1));
+    let inside = NonNull::new(std::ptr::without_provenance_mut::<u8>(high + 100)).unwrap();
+    assert_eq!(f.map.arena_of(inside), Some(header));
+    // No flat map was reserved for it, only the tree's nodes.
+    assert_eq!(f.map.mapped_bytes(), f.map.radix.node_bytes_in_use());
+    f.map.remove(high);
+    assert!(!f.map.contains(high));
+    assert!(!f.map.contains(usize::MAX) && !f.map.contains(FLAT_LIMIT - 1));
+}

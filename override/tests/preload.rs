@@ -327,6 +327,56 @@ fn sized_frees_from_cpp_and_c23_check_the_size() {
     }
 }
 
+/// Loaded with `dlopen` instead of `LD_PRELOAD`, the library (whose thread-local slot is
+/// initial-exec TLS) loads, and its `malloc` and `free` serve threads started before and after
+/// the load.
+#[test]
+fn the_library_loaded_with_dlopen_serves_threads_started_before_and_after() {
+    let exe = compile("dlopen_override");
+    let out = Command::new(exe).arg(library()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout), "ok\n");
+}
+
+/// No allocator path reads the thread's heap with `__tls_get_addr` (it is initial-exec TLS;
+/// see `src/tls.rs`): in the library's own disassembly, the only functions that call it are
+/// the standard library's and the thread-binding code (`pymalloc::thread`: a thread's first
+/// call and its exit), never `malloc`, `free` or the allocator's other functions. Skipped
+/// where `objdump` is missing.
+#[test]
+fn no_allocator_path_calls_tls_get_addr() {
+    let Ok(out) = Command::new("objdump")
+        .args(["-d", "--no-show-raw-insn"])
+        .arg(library())
+        .output()
+    else {
+        eprintln!("objdump not found: skipped");
+        return;
+    };
+    let listing = text(&out.stdout);
+    let mut current = "";
+    let (mut functions, mut callers) = (0, Vec::new());
+    for line in listing.lines() {
+        if let Some((_, name)) = line.strip_suffix(">:").and_then(|l| l.split_once(" <")) {
+            current = name;
+            functions += 1;
+        } else if line.contains("call") && line.contains("__tls_get_addr") {
+            callers.push(current);
+        }
+    }
+    assert!(functions > 100, "no disassembly read");
+    let allowed = |f: &str| {
+        f.contains("3std") || f.contains("8pymalloc6thread") || f.contains("pymalloc..thread..")
+    };
+    let bad: Vec<_> = callers.iter().filter(|f| !allowed(f)).collect();
+    assert!(bad.is_empty(), "__tls_get_addr called from {bad:?}");
+}
+
 /// Requests no machine can back — twice its RAM and swap, and 2^40 bytes — give null and
 /// `ENOMEM` through every entry point, as on glibc, rather than a block that faults when
 /// touched; a failed realloc keeps the block. Under `overcommit_memory` 1 the kernel backs
