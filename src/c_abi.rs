@@ -80,7 +80,7 @@ fn allocate_or_enomem(size: usize, align: usize) -> *mut c_void {
 /// C's `malloc`.
 #[inline]
 pub fn malloc(size: usize) -> *mut c_void {
-    allocate_or_enomem(size, ALIGNMENT)
+    enomem_if_null(with_session!(|s| s.malloc(size)).cast())
 }
 
 /// C's `calloc`: zero-filled; NULL with `ENOMEM` if `count * size` overflows.

@@ -394,6 +394,19 @@ impl HeapCell {
         unsafe { self.heap().list(class).first()?.alloc_unless_last() }
     }
 
+    /// The smallest fast path, for callers that inline it: a block off the freelist of the
+    /// class's first pool when another follows it there (`PoolPtr::alloc_before_last_free`);
+    /// `None` (and nothing changed) otherwise.
+    ///
+    /// # Safety
+    /// The caller has claimed the heap.
+    #[inline(always)]
+    pub(crate) unsafe fn alloc_freelist(&self, class: SizeClass) -> Option<NonNull<u8>> {
+        // SAFETY: claimed (caller); listed pools are live, ours, and have a block to hand
+        // out (H1).
+        unsafe { self.heap().list(class).first()?.alloc_before_last_free() }
+    }
+
     /// [`HeapCell::alloc`] when the first listed pool's freelist holds one block or none:
     /// the last free block, a never-used one, or a pool from `refill`. Out of line, so that
     /// the fast path keeps no registers to restore.

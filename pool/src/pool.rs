@@ -466,10 +466,38 @@ impl PoolPtr {
         unsafe { NonNull::new_unchecked(memory) }
     }
 
+    /// Takes the head of the freelist if another block follows it, so that the pool keeps a
+    /// block to hand out and nothing but the freelist and the count changes: the smallest fast
+    /// path, for callers that inline it (Rust's `alloc`). `None` otherwise (the pool is
+    /// unchanged), for [`PoolPtr::alloc_unless_last`] or [`PoolPtr::alloc`] to deal with.
+    ///
+    /// # Safety
+    /// `self` is a live pool and the caller has exclusive access to it.
+    #[inline(always)]
+    pub unsafe fn alloc_before_last_free(self) -> Option<NonNull<u8>> {
+        let p = self.0.as_ptr();
+        // SAFETY: the pool is live and ours (caller); freelist entries are blocks of this pool
+        // whose first word holds the next entry (P3).
+        unsafe {
+            let block = NonNull::new((*p).free)?;
+            asan::unpoison(block.as_ptr(), (*p).size as usize);
+            let next = block.cast::<*mut u8>().read();
+            if next.is_null() {
+                asan::poison(block.as_ptr(), (*p).size as usize);
+                return None;
+            }
+            (*p).free = next;
+            add_used(p);
+            clear_freed_mark(block);
+            Some(block)
+        }
+    }
+
     /// Takes one block — the head of the freelist, else the next never-used block — if the
     /// pool still has a block to hand out afterwards (so that nothing but the freelist, the
-    /// bump offset and the count changes): the fast path. `None` otherwise (the pool is
-    /// unchanged), for [`PoolPtr::alloc`] to deal with. Returns the block with whether it is
+    /// bump offset and the count changes): the fast path of C's `malloc`, and the first step
+    /// past [`PoolPtr::alloc_before_last_free`]. `None` otherwise (the pool is unchanged), for
+    /// [`PoolPtr::alloc`] to deal with. Returns the block with whether it is
     /// known to read zero, as [`PoolPtr::alloc`].
     ///
     /// # Safety
