@@ -17,7 +17,9 @@ use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 use pymalloc_arena::{ArenaMap, Arenas, Platform};
-use pymalloc_pool::{ALIGNMENT, POOLED_MAX, PoolPtr, SizeClass, fatal, holds_freed_mark};
+use pymalloc_pool::{
+    ALIGNMENT, POOLED_MAX, PoolPtr, SizeClass, blocks_per_pool, fatal, holds_freed_mark,
+};
 
 use crate::debug;
 use crate::heap::{self, HeapCell, SharedAccess};
@@ -548,6 +550,21 @@ impl<P: Platform> Allocator<P> {
     }
 }
 
+/// Blocks up to this size share their pools with others, so they never resize in place
+/// (`HeapCell::resize_in_place` needs a block alone in its pool): C's `realloc` moves them on
+/// its short path.
+const SHARES_POOL_MAX: usize = 32 * 1024;
+
+const _: () = {
+    let mut i = 0;
+    while i < pymalloc_pool::NUM_CLASSES {
+        if let Some(class) = SizeClass::from_index(i) {
+            assert!(class.block_size() > SHARES_POOL_MAX || blocks_per_pool(class) > 1);
+        }
+        i += 1;
+    }
+};
+
 /// A block handed out, as its address alone tells (`Session::find`).
 #[derive(Clone, Copy)]
 enum Found {
@@ -641,6 +658,9 @@ impl<'a, P: Platform> Session<'a, P> {
             if let Some((block, _)) = unsafe { self.cell.alloc_fast(class) } {
                 return block.as_ptr();
             }
+            // SAFETY: as above.
+            return unsafe { self.cell.alloc_slow(class, self.alloc) }
+                .map_or(ptr::null_mut(), |(p, _)| p.as_ptr());
         }
         match Layout::from_size_align(size, ALIGNMENT) {
             Ok(layout) => self.alloc_rarely(layout),
@@ -853,6 +873,49 @@ impl<'a, P: Platform> Session<'a, P> {
     /// # Safety
     /// As [`Allocator::realloc_unsized`].
     pub(crate) unsafe fn realloc_unsized(self, ptr: NonNull<u8>, new_size: usize) -> *mut u8 {
+        // The common case, a small or medium block that stays pooled: no layout to build,
+        // the class compared as a size's, the new block from `malloc`'s fast path.
+        if !cfg!(feature = "debug") {
+            if let (Some(pool), Some(to)) =
+                (self.alloc.pooled_block(ptr), SizeClass::for_size(new_size))
+            {
+                // SAFETY: `ptr` starts a carved block of `pool` (`pooled_block`).
+                let class = unsafe { pool.class() };
+                if class.block_size() <= SHARES_POOL_MAX || to.block_size() <= SHARES_POOL_MAX
+                {
+                    // SAFETY: a carved block of `pool`; the heap is claimed.
+                    unsafe { self.cell.ensure_in_use(ptr, pool, self.alloc) };
+                    if to == class {
+                        return ptr.as_ptr();
+                    }
+                    let new = self.malloc(new_size);
+                    if !new.is_null() {
+                        // SAFETY: both blocks are live and distinct and hold the bytes
+                        // copied; the old one is then freed, marked as C's `free` marks it.
+                        unsafe {
+                            ptr::copy_nonoverlapping(
+                                ptr.as_ptr(),
+                                new,
+                                class.block_size().min(new_size),
+                            );
+                            self.cell.free_in(ptr, pool, self.alloc);
+                        }
+                    }
+                    return new;
+                }
+            }
+        }
+        // SAFETY: as the caller guarantees.
+        unsafe { self.realloc_unsized_rarely(ptr, new_size) }
+    }
+
+    /// [`Session::realloc_unsized`] for large blocks, blocks that may resize in place (alone
+    /// in their pools), and the `debug` feature.
+    ///
+    /// # Safety
+    /// As [`Allocator::realloc_unsized`].
+    #[inline(never)]
+    unsafe fn realloc_unsized_rarely(self, ptr: NonNull<u8>, new_size: usize) -> *mut u8 {
         let Ok(new_layout) = Layout::from_size_align(new_size, ALIGNMENT) else {
             return ptr::null_mut();
         };

@@ -407,6 +407,20 @@ impl HeapCell {
         unsafe { self.heap().list(class).first()?.alloc_before_last_free() }
     }
 
+    /// [`HeapCell::alloc`] past its fast path, for a caller that tried it already.
+    ///
+    /// # Safety
+    /// The caller has claimed the heap.
+    #[inline(always)]
+    pub(crate) unsafe fn alloc_slow<P: Platform>(
+        &self,
+        class: SizeClass,
+        alloc: &Allocator<P>,
+    ) -> Option<(NonNull<u8>, bool)> {
+        // SAFETY: claimed (caller).
+        unsafe { self.alloc_from_any_pool(class, alloc) }
+    }
+
     /// [`HeapCell::alloc`] when the first listed pool's freelist holds one block or none:
     /// the last free block, a never-used one, or a pool from `refill`. Out of line, so that
     /// the fast path keeps no registers to restore.
@@ -701,8 +715,28 @@ impl HeapCell {
     ///
     /// # Safety
     /// The caller has claimed the heap, and `block` starts a carved block of `pool`.
-    #[inline]
+    #[inline(always)]
     pub(crate) unsafe fn ensure_in_use<P: Platform>(
+        &self,
+        block: NonNull<u8>,
+        pool: PoolPtr,
+        alloc: &Allocator<P>,
+    ) {
+        // SAFETY: as the caller guarantees.
+        unsafe {
+            if holds_freed_mark(block) {
+                self.ensure_marked_in_use(block, pool, alloc);
+            }
+        }
+    }
+
+    /// [`HeapCell::ensure_in_use`] of a block that holds its freed mark, out of line.
+    ///
+    /// # Safety
+    /// As [`HeapCell::ensure_in_use`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn ensure_marked_in_use<P: Platform>(
         &self,
         block: NonNull<u8>,
         pool: PoolPtr,
@@ -711,16 +745,12 @@ impl HeapCell {
         // SAFETY: as the caller guarantees; the owner does not change while a block of the
         // pool is in use, and a pool that is not ours is only compared.
         unsafe {
-            if holds_freed_mark(block) {
-                let owner = pool.owner();
-                if owner == self.id() {
-                    self.ensure_not_free(block, pool, alloc);
-                } else if owner == alloc.fallback_heap_id() {
-                    // SAFETY: claimed around the call, and the pool's owner.
-                    alloc.with_fallback_heap(|fallback| {
-                        fallback.ensure_not_free(block, pool, alloc)
-                    });
-                }
+            let owner = pool.owner();
+            if owner == self.id() {
+                self.ensure_not_free(block, pool, alloc);
+            } else if owner == alloc.fallback_heap_id() {
+                // SAFETY: claimed around the call, and the pool's owner.
+                alloc.with_fallback_heap(|fallback| fallback.ensure_not_free(block, pool, alloc));
             }
         }
     }
