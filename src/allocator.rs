@@ -374,6 +374,18 @@ impl<P: Platform> Allocator<P> {
         unsafe { unmap.release(&self.platform) };
     }
 
+    /// [`Allocator::free_large`] without a length to check, out of line (C's `free` of a
+    /// large block, or of no block at all), so that the pooled free keeps no stack frame.
+    ///
+    /// # Safety
+    /// As [`Allocator::free_large`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn free_large_unsized(&self, ptr: NonNull<u8>) {
+        // SAFETY: as the caller guarantees.
+        unsafe { self.free_large(ptr, None) }
+    }
+
     /// The pool of the block that `ptr` was handed out as, found from the address alone,
     /// without a lock; `None` if `ptr` is in no pool in use, or does not start a block the
     /// pool has carved (every pointer handed out starts its block: an interior pointer, or
@@ -800,7 +812,7 @@ impl<'a, P: Platform> Session<'a, P> {
             unsafe { self.cell.free_in(ptr, pool, self.alloc) };
         } else {
             // SAFETY: a large block in use, or (checked there) no block at all (caller).
-            unsafe { self.alloc.free_large(ptr, None) };
+            unsafe { self.alloc.free_large_unsized(ptr) };
         }
     }
 
@@ -881,8 +893,7 @@ impl<'a, P: Platform> Session<'a, P> {
             {
                 // SAFETY: `ptr` starts a carved block of `pool` (`pooled_block`).
                 let class = unsafe { pool.class() };
-                if class.block_size() <= SHARES_POOL_MAX || to.block_size() <= SHARES_POOL_MAX
-                {
+                if class.block_size() <= SHARES_POOL_MAX || to.block_size() <= SHARES_POOL_MAX {
                     // SAFETY: a carved block of `pool`; the heap is claimed.
                     unsafe { self.cell.ensure_in_use(ptr, pool, self.alloc) };
                     if to == class {
