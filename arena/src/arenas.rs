@@ -57,7 +57,8 @@ use core::sync::atomic::Ordering;
 
 pub use pymalloc_pool::{ARENA_SHIFT, ARENA_SIZE, SLOTS};
 use pymalloc_pool::{
-    DESCRIPTORS, MAX_SPAN_SLOTS, POOL_SIZE, ensure, fatal, first_slot_entry, set_first_slot_entries,
+    DESCRIPTORS, MAX_SPAN_SLOTS, POOL_SIZE, ensure, fatal, first_slot_entry,
+    set_first_slot_entries, slot_zero_line_is_clear,
 };
 use pymalloc_radix::NodeAlloc;
 
@@ -1036,6 +1037,10 @@ impl Arenas {
         let start = unsafe { NonNull::new_unchecked(h.cast::<u8>()) };
         if map.arena_of(start).map(NonNull::as_ptr) != Some(h) {
             return Err("arenas: the map does not lead from the arena to its header");
+        }
+        // SAFETY: a live arena starts there.
+        if !unsafe { slot_zero_line_is_clear(start) } {
+            return Err("arenas: the line of slot 0 was written (pool P11)");
         }
         Ok(())
     }

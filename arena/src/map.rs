@@ -11,7 +11,7 @@
 //! - the radix tree (`pymalloc-radix`) for arenas above it, which a program that maps at
 //!   high hints could make us place there; it stays empty otherwise.
 //!
-//! Both are atomic (the bits are read and written as atomic bytes; R2 in `pymalloc-radix`),
+//! Both are atomic (the bits are read and written as atomic words; R2 in `pymalloc-radix`),
 //! and so is each slot's entry in its arena header (A5 in `arenas.rs`).
 //!
 //! The arena manager enters and removes arenas under its owner's lock; lookups may run at any
@@ -26,7 +26,7 @@
 //! - M2 the flat map, once published, stays until the manager releases everything.
 
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use pymalloc_pool::POOL_SIZE;
 use pymalloc_radix::{InsertError, NodeAlloc, RadixTree};
@@ -45,12 +45,16 @@ pub const FLAT_LIMIT: usize = 1 << 48;
 /// Bytes of the flat map: a bit per granule below [`FLAT_LIMIT`].
 pub const FLAT_BYTES: usize = FLAT_LIMIT >> ARENA_SHIFT >> 3;
 
+/// Granules per word of the flat map.
+const WORD_BITS: usize = u64::BITS as usize;
+
 const _: () = assert!(ARENA_SIZE == 1 << ARENA_SHIFT && FLAT_BYTES > 0);
 
 /// The address → arena map of one arena manager.
 pub struct ArenaMap {
-    /// Bits of the granules below [`FLAT_LIMIT`]; null until the first arena is entered (M2).
-    flat: AtomicPtr<AtomicU8>,
+    /// Bits of the granules below [`FLAT_LIMIT`], 64 to a word; null until the first arena is
+    /// entered (M2).
+    flat: AtomicPtr<AtomicU64>,
     /// Arenas at or above [`FLAT_LIMIT`].
     pub(crate) radix: RadixTree<Header, ARENA_SHIFT>,
 }
@@ -61,11 +65,11 @@ impl Default for ArenaMap {
     }
 }
 
-/// The byte of the flat map that holds `addr`'s bit, and the bit's mask.
+/// The word of the flat map that holds `addr`'s bit, and the bit's index in it.
 #[inline(always)]
-fn flat_position(addr: usize) -> (usize, u8) {
+fn flat_position(addr: usize) -> (usize, u32) {
     let granule = addr >> ARENA_SHIFT;
-    (granule >> 3, 1 << (granule & 7))
+    (granule / WORD_BITS, (granule % WORD_BITS) as u32)
 }
 
 impl ArenaMap {
@@ -88,12 +92,12 @@ impl ArenaMap {
         if flat.is_null() {
             return false;
         }
-        let (byte, bit) = flat_position(addr);
-        // SAFETY: a published flat map holds FLAT_BYTES bytes and stays (M2); `byte` is below
-        // FLAT_BYTES as `addr < FLAT_LIMIT`. Acquire pairs with the Release that set the bit
-        // after the arena's header was written.
-        let bits = unsafe { (*flat.add(byte)).load(Ordering::Acquire) };
-        bits & bit != 0
+        let (word, bit) = flat_position(addr);
+        // SAFETY: a published flat map holds FLAT_BYTES bytes and stays (M2); `word` is below
+        // FLAT_BYTES / 8 as `addr < FLAT_LIMIT`. Acquire pairs with the Release that set the
+        // bit after the arena's header was written.
+        let bits = unsafe { (*flat.add(word)).load(Ordering::Acquire) };
+        (bits >> bit) & 1 != 0
     }
 
     /// The header of the arena that holds `addr`, if it is one of the manager's: below
@@ -140,9 +144,9 @@ impl ArenaMap {
             return self.radix.insert(addr, h, nodes);
         }
         let flat = self.flat_or_reserve(nodes).ok_or(InsertError::NoMemory)?;
-        let (byte, bit) = flat_position(addr);
-        // SAFETY: a published map of FLAT_BYTES bytes (M2); `byte` in range as above.
-        unsafe { (*flat.add(byte)).fetch_or(bit, Ordering::Release) };
+        let (word, bit) = flat_position(addr);
+        // SAFETY: a published map of FLAT_BYTES bytes (M2); `word` in range as above.
+        unsafe { (*flat.add(word)).fetch_or(1 << bit, Ordering::Release) };
         Ok(())
     }
 
@@ -155,18 +159,18 @@ impl ArenaMap {
         if flat.is_null() {
             return;
         }
-        let (byte, bit) = flat_position(addr);
+        let (word, bit) = flat_position(addr);
         // SAFETY: as in `insert`.
-        unsafe { (*flat.add(byte)).fetch_and(!bit, Ordering::Release) };
+        unsafe { (*flat.add(word)).fetch_and(!(1 << bit), Ordering::Release) };
     }
 
     /// The published flat map, reserving it first if there is none yet.
-    fn flat_or_reserve(&self, nodes: &impl NodeAlloc) -> Option<*mut AtomicU8> {
+    fn flat_or_reserve(&self, nodes: &impl NodeAlloc) -> Option<*mut AtomicU64> {
         let flat = self.flat.load(Ordering::Acquire);
         if !flat.is_null() {
             return Some(flat);
         }
-        let fresh = nodes.alloc_node(FLAT_BYTES)?.as_ptr().cast::<AtomicU8>();
+        let fresh = nodes.alloc_node(FLAT_BYTES)?.as_ptr().cast::<AtomicU64>();
         match self.flat.compare_exchange(
             ptr::null_mut(),
             fresh,

@@ -45,6 +45,7 @@ pub use fatal::{ensure, fatal};
 pub use pool::{
     ARENA_SHIFT, ARENA_SIZE, DESCRIPTORS, Freed, POOL_SIZE, Pool, PoolList, PoolPtr, SLOTS,
     blocks_per_pool, first_slot_entry, freed_mark, holds_freed_mark, set_first_slot_entries,
+    slot_zero_line_is_clear,
 };
 pub use remote::{Drain, RemoteList};
 

@@ -50,6 +50,11 @@
 //!   thread may test whether a pointer starts a block handed out
 //!   ([`PoolPtr::starts_carved_block`]): a pointer past the blocks carved, or inside a block,
 //!   is none.
+//!
+//! And of every arena (checked by the arena manager, [`slot_zero_line_is_clear`]):
+//! - P11 the line of slot 0, which starts no pool, is never written and reads zero: as a
+//!   descriptor it has a bump offset of 0, so [`PoolPtr::of_block`] may follow a first-slot
+//!   entry of 0 (a free slot's) to it and find no block carved, without testing the entry.
 
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU16, AtomicU32, Ordering};
@@ -106,6 +111,17 @@ pub fn first_slot_entry(address: NonNull<u8>) -> NonNull<AtomicU8> {
     });
     // SAFETY: an address inside an arena, at least `DESCRIPTORS` above its nonzero start.
     unsafe { NonNull::new_unchecked(entry.cast()) }
+}
+
+/// Whether the line of slot 0 of the arena that starts at `arena` reads zero (P11).
+///
+/// # Safety
+/// `arena` is the start of a mapped arena (with its provenance).
+pub unsafe fn slot_zero_line_is_clear(arena: NonNull<u8>) -> bool {
+    let line = descriptor_at(arena, 0).cast::<u64>();
+    // SAFETY: the line lies in the arena's header slot, mapped (caller); read as words,
+    // atomically where others may write (the entry byte is only ever 0 for slot 0).
+    (0..DESCRIPTOR_BYTES / 8).all(|i| unsafe { line.add(i).read_volatile() } == 0)
 }
 
 /// Points the first-slot entries (P1) of the `slots` slots from the one that holds `first` on
@@ -433,16 +449,16 @@ impl PoolPtr {
     pub unsafe fn of_block(address: NonNull<u8>) -> Option<PoolPtr> {
         // SAFETY: the arena is mapped (caller); see `containing` on the ordering.
         let first = unsafe { first_slot_entry(address).as_ref().load(Ordering::Relaxed) };
-        if first == 0 {
-            return None;
-        }
+        // An entry of 0 (a free slot, or the header slot) leads to the line of slot 0, which
+        // reads zero (P11): its bump offset of 0 makes every offset uncarved, so no test of
+        // the entry is needed.
         let p = descriptor_at(address, first as usize);
         // The pool's memory starts `first` slots into the arena (P1).
         let offset =
             (address.addr().get() & (ARENA_SIZE - 1)).wrapping_sub(first as usize * POOL_SIZE);
         // SAFETY: a nonzero entry names the first slot of a pool in use, whose descriptor is
-        // live; a racing change for an address the caller does not hold only makes this a
-        // hint.
+        // live, and an entry of 0 the zero line of slot 0 (P11); a racing change for an
+        // address the caller does not hold only makes this a hint.
         unsafe { carved_block_at(p.as_ptr(), offset) }.then_some(PoolPtr(p))
     }
 
@@ -781,7 +797,13 @@ unsafe fn next_free(block: *mut u8) -> *mut u8 {
 /// Mixed into a block's address to make its freed mark: the result has its top bit set, so
 /// it is never an address a program holds (user addresses have it clear on the targets
 /// pymalloc serves), nor zero, the cleared word.
-const MARK_KEY: usize = 0x9e37_79b9_7f4a_7c15_u64 as usize;
+const MARK_KEY: usize = 0x9e37_79b9_u32 as i32 as isize as usize;
+
+// The key is a sign-extended 32-bit value, so that x86-64 compares and XORs with it as an
+// immediate (no 64-bit constant to load on every free), and its top bit is set.
+const _: () = assert!(
+    MARK_KEY >> (usize::BITS - 1) == 1 && MARK_KEY as isize as i32 as isize as usize == MARK_KEY
+);
 
 /// The value a free block holds in its second word (P9): its address XOR [`MARK_KEY`], which
 /// any free can compute without a lookup.
@@ -816,27 +838,28 @@ pub(crate) unsafe fn clear_freed_mark(block: NonNull<u8>) {
 #[inline(always)]
 pub unsafe fn holds_freed_mark(block: NonNull<u8>) -> bool {
     // SAFETY: the block's second word is mapped and aligned (caller).
-    unsafe { read_frozen(block.cast::<usize>().as_ptr().add(1)) == freed_mark(block) }
+    unsafe { read_frozen_second_word(block.cast::<usize>().as_ptr()) == freed_mark(block) }
 }
 
-/// The word at `word` as the machine holds it: the program may have left uninitialized bytes
-/// there (a struct's padding, even in safe code), which a plain read may not look at. An
-/// inline `asm` load yields an initialized value whatever the bytes (and AddressSanitizer does
-/// not see it, so a block freed twice gets our message, not its report). Where the target has
-/// none here, or under Miri, a plain read.
+/// The second word from `base` as the machine holds it: the program may have left
+/// uninitialized bytes there (a struct's padding, even in safe code), which a plain read may
+/// not look at. An inline `asm` load (with the offset in the instruction) yields an
+/// initialized value whatever the bytes (and AddressSanitizer does not see it, so a block
+/// freed twice gets our message, not its report). Where the target has none here, or under
+/// Miri, a plain read.
 ///
 /// # Safety
-/// `word` is valid for reading a `usize`, and aligned.
+/// `base` is valid for reading two `usize`s, and aligned.
 #[inline(always)]
-unsafe fn read_frozen(word: *const usize) -> usize {
+unsafe fn read_frozen_second_word(base: *const usize) -> usize {
     #[cfg(all(target_arch = "x86_64", not(miri)))]
     {
         let value: usize;
         // SAFETY: one aligned load from a valid address (caller), no other effect.
         unsafe {
             core::arch::asm!(
-                "mov {value}, qword ptr [{word}]",
-                word = in(reg) word,
+                "mov {value}, qword ptr [{base} + 8]",
+                base = in(reg) base,
                 value = lateout(reg) value,
                 options(nostack, readonly, preserves_flags),
             )
@@ -849,8 +872,8 @@ unsafe fn read_frozen(word: *const usize) -> usize {
         // SAFETY: as above.
         unsafe {
             core::arch::asm!(
-                "ldr {value}, [{word}]",
-                word = in(reg) word,
+                "ldr {value}, [{base}, #8]",
+                base = in(reg) base,
                 value = lateout(reg) value,
                 options(nostack, readonly, preserves_flags),
             )
@@ -860,7 +883,7 @@ unsafe fn read_frozen(word: *const usize) -> usize {
     #[cfg(any(miri, not(any(target_arch = "x86_64", target_arch = "aarch64"))))]
     // SAFETY: valid and aligned (caller); the tests under Miri free only initialized blocks.
     unsafe {
-        word.read()
+        base.add(1).read()
     }
 }
 

@@ -5,7 +5,7 @@
 //! allocator gives the same output, and writes `docs/preload.md`.
 //!
 //! ```sh
-//! cargo run --release -p pymalloc-bench --bin preload [-- --quick] [--runs N]
+//! cargo run --release -p pymalloc-bench --bin preload [-- --quick] [--runs N] [--only a,b]
 //! ```
 
 use std::collections::BTreeMap;
@@ -442,16 +442,27 @@ fn main() {
     }
     let dir = scratch();
     let peak_rss = build_c(&dir, "peak_rss");
-    let programs = programs(&dir, quick);
+    // `--only a,b`: just those programs (for a closer look; the page is written all the same).
+    let only: Option<Vec<String>> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|list| list.split(',').map(str::to_string).collect());
+    let programs: Vec<Program> = programs(&dir, quick)
+        .into_iter()
+        .filter(|p| only.as_ref().is_none_or(|o| o.iter().any(|n| n == p.name)))
+        .collect();
     let total = programs.len() * runs * peers.len();
     let mut samples: BTreeMap<(usize, usize), Vec<Sample>> = BTreeMap::new();
     let mut k = 0;
-    for (p, program) in programs.iter().enumerate() {
-        for run in 1..=runs {
+    // Every round runs every program on every allocator, so that the rows compared with each
+    // other (Python on malloc against Python on its own allocator) are interleaved too.
+    for run in 1..=runs {
+        for (p, program) in programs.iter().enumerate() {
             for (a, peer) in peers.iter().enumerate() {
                 k += 1;
                 eprint!(
-                    "\r[{k:>3}/{total}] {:<14} {:<9} run {run}/{runs}   ",
+                    "\r[{k:>3}/{total}] {:<22} {:<9} run {run}/{runs}   ",
                     program.name, peer.name
                 );
                 samples
@@ -460,6 +471,8 @@ fn main() {
                     .push(measure(program, peer, &peak_rss, &dir));
             }
         }
+    }
+    for (p, program) in programs.iter().enumerate() {
         let outputs: Vec<u64> = (0..peers.len())
             .flat_map(|a| samples[&(p, a)].iter().map(|s| s.output))
             .collect();
@@ -542,8 +555,9 @@ fn main() {
     writeln!(
         md,
         "Each program run with the C allocator replaced through `LD_PRELOAD` (glibc: nothing \
-         preloaded; jemalloc and mimalloc: Debian's shared libraries), interleaved, medians of \
-         {runs} runs; every allocator gave the same output.\n"
+         preloaded; jemalloc and mimalloc: Debian's shared libraries), interleaved (each round runs \
+         every program on every allocator), medians of {runs} runs; every allocator gave the \
+         same output.\n"
     )
     .unwrap();
     let flags = if quick { " -- --quick" } else { "" };
