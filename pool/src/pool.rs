@@ -633,7 +633,6 @@ impl PoolPtr {
                 block.as_ptr() != head,
                 "free of the block this pool freed last (double free)",
             );
-            let was_full = self.is_full();
             let words = block.cast::<usize>().as_ptr();
             words.cast::<*mut u8>().write(head);
             words.add(1).write(freed_mark(block));
@@ -641,6 +640,11 @@ impl PoolPtr {
             (*p).free = block.as_ptr();
             // A store of what was loaded above, less one (P8).
             (*p).used.store(used - 1, Ordering::Relaxed);
+            // Full before (P5): no free block, and none left to carve — which this free did
+            // not change. Tested last, and only for an empty freelist, so that the common
+            // free computes nothing for it.
+            let was_full =
+                head.is_null() && (*p).bump.load(Ordering::Relaxed) + (*p).size > (*p).limit;
             Freed {
                 was_full,
                 now_empty: used == 1,
