@@ -29,23 +29,29 @@ use crate::heap::HeapCell;
 /// The calling thread's heap slot (see the module documentation).
 pub(crate) struct HeapSlot;
 
+// The slot: one pointer in `.tbss` (zero-initialised TLS), hidden so that it is never
+// exported from the shared library nor taken from another module. (`%` rather than `@` before
+// the section and symbol types: both assemblers accept it, and `@` starts a comment on Arm.)
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    not(miri)
+))]
+core::arch::global_asm!(
+    ".pushsection .tbss,\"awT\",%nobits",
+    ".p2align 3",
+    ".globl pymalloc_tls_current_heap",
+    ".hidden pymalloc_tls_current_heap",
+    ".type pymalloc_tls_current_heap,%object",
+    ".size pymalloc_tls_current_heap,8",
+    "pymalloc_tls_current_heap:",
+    ".zero 8",
+    ".popsection",
+);
+
 #[cfg(all(target_os = "linux", target_arch = "x86_64", not(miri)))]
 mod imp {
     use crate::heap::HeapCell;
-
-    // One pointer in `.tbss` (zero-initialised TLS), hidden so that it is never exported from
-    // the shared library nor taken from another module.
-    core::arch::global_asm!(
-        ".pushsection .tbss,\"awT\",@nobits",
-        ".p2align 3",
-        ".globl pymalloc_tls_current_heap",
-        ".hidden pymalloc_tls_current_heap",
-        ".type pymalloc_tls_current_heap,@object",
-        ".size pymalloc_tls_current_heap,8",
-        "pymalloc_tls_current_heap:",
-        ".zero 8",
-        ".popsection",
-    );
 
     #[inline(always)]
     pub(super) fn get() -> *const HeapCell {
@@ -81,18 +87,6 @@ mod imp {
 #[cfg(all(target_os = "linux", target_arch = "aarch64", not(miri)))]
 mod imp {
     use crate::heap::HeapCell;
-
-    core::arch::global_asm!(
-        ".pushsection .tbss,\"awT\",%nobits",
-        ".p2align 3",
-        ".globl pymalloc_tls_current_heap",
-        ".hidden pymalloc_tls_current_heap",
-        ".type pymalloc_tls_current_heap,%object",
-        ".size pymalloc_tls_current_heap,8",
-        "pymalloc_tls_current_heap:",
-        ".zero 8",
-        ".popsection",
-    );
 
     #[inline(always)]
     pub(super) fn get() -> *const HeapCell {

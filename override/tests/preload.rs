@@ -163,13 +163,7 @@ fn same_output(make: impl Fn() -> Command, min_processes: usize) -> Output {
 #[test]
 fn the_c_test_passes() {
     let out = run(Command::new(abi_test()), true);
-    assert!(
-        out.status.success(),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    assert_eq!(text(&out.stdout), "ok\n");
+    succeeds_with_ok(&out);
     // The fork test's children exit with _exit: only the parent prints statistics.
     assert_eq!(processes_on_pymalloc(&out), 1, "{}", text(&out.stderr));
 }
@@ -249,6 +243,32 @@ fn freeing_a_pointer_pymalloc_did_not_hand_out_aborts_with_a_message() {
     }
 }
 
+/// A test program's run: it must exit 0 having printed `ok` alone.
+fn succeeds_with_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout), "ok\n");
+}
+
+/// Runs `program MODE` on pymalloc: it must abort (SIGABRT) with `expected` on stderr.
+fn aborts_with(program: &Path, mode: &str, expected: &str) {
+    let mut command = Command::new(program);
+    command.arg(mode);
+    let out = run(command, true);
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGABRT),
+        "{mode}: {:?}\n{stderr}",
+        out.status
+    );
+    assert!(stderr.contains(expected), "{mode}: {stderr}");
+}
+
 /// Bad frees that would have a block handed out twice: each aborts with its message.
 #[test]
 fn bad_frees_that_would_hand_out_a_block_twice_abort_with_a_message() {
@@ -270,17 +290,7 @@ fn bad_frees_that_would_hand_out_a_block_twice_abort_with_a_message() {
         ("interior-112+16", not_a_block),
         ("interior-112+48", not_a_block),
     ] {
-        let mut command = Command::new(abi_test());
-        command.arg(mode);
-        let out = run(command, true);
-        let stderr = text(&out.stderr);
-        assert_eq!(
-            out.status.signal(),
-            Some(libc::SIGABRT),
-            "{mode}: {:?}\n{stderr}",
-            out.status
-        );
-        assert!(stderr.contains(expected), "{mode}: {stderr}");
+        aborts_with(abi_test(), mode, expected);
     }
 }
 
@@ -290,14 +300,7 @@ fn bad_frees_that_would_hand_out_a_block_twice_abort_with_a_message() {
 /// sized double free, aborts with a message.
 #[test]
 fn sized_frees_from_cpp_and_c23_check_the_size() {
-    let out = run(Command::new(sized_delete()), true);
-    assert!(
-        out.status.success(),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    assert_eq!(text(&out.stdout), "ok\n");
+    succeeds_with_ok(&run(Command::new(sized_delete()), true));
     let mismatch = "pymalloc: fatal: free_sized: size or alignment does not match the block";
     for (mode, expected) in [
         ("delete-wrong-size", mismatch),
@@ -313,17 +316,7 @@ fn sized_frees_from_cpp_and_c23_check_the_size() {
             "pymalloc: fatal: free of a block that is already free",
         ),
     ] {
-        let mut command = Command::new(sized_delete());
-        command.arg(mode);
-        let out = run(command, true);
-        let stderr = text(&out.stderr);
-        assert_eq!(
-            out.status.signal(),
-            Some(libc::SIGABRT),
-            "{mode}: {:?}\n{stderr}",
-            out.status
-        );
-        assert!(stderr.contains(expected), "{mode}: {stderr}");
+        aborts_with(sized_delete(), mode, expected);
     }
 }
 
@@ -333,14 +326,7 @@ fn sized_frees_from_cpp_and_c23_check_the_size() {
 #[test]
 fn the_library_loaded_with_dlopen_serves_threads_started_before_and_after() {
     let exe = compile("dlopen_override");
-    let out = Command::new(exe).arg(library()).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    assert_eq!(text(&out.stdout), "ok\n");
+    succeeds_with_ok(&Command::new(exe).arg(library()).output().unwrap());
 }
 
 /// No allocator path reads the thread's heap with `__tls_get_addr` (it is initial-exec TLS;
