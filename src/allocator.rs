@@ -827,6 +827,12 @@ impl<'a, P: Platform> Session<'a, P> {
     /// As [`Allocator::dealloc_unsized`].
     #[inline(always)]
     pub(crate) unsafe fn dealloc_checked(self, ptr: NonNull<u8>, size: usize, align: usize) {
+        if cfg!(feature = "debug") {
+            // Blocks carry the debug trailer, so their class is not the size's: freed as C's
+            // `free` frees them.
+            // SAFETY: as the caller guarantees.
+            return unsafe { self.dealloc_unsized(ptr) };
+        }
         // The common case, a pooled block of malloc's alignment: its class is the size's.
         if align <= ALIGNMENT {
             if let Some(pool) = self.alloc.pooled_block(ptr) {
