@@ -23,10 +23,11 @@
 //! Invariants (checked by `Arenas::check`, with A4):
 //! - M1 a flat bit is set exactly for the granules of arenas below [`FLAT_LIMIT`]; the radix
 //!   tree maps exactly the arenas at or above it;
-//! - M2 the flat map, once published, stays until the manager releases everything.
+//! - M2 the flat map, once published, stays until the manager releases everything; `flat_end`
+//!   is [`FLAT_LIMIT`] exactly while it is published, 0 otherwise.
 
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use pymalloc_pool::POOL_SIZE;
 use pymalloc_radix::{InsertError, NodeAlloc, RadixTree};
@@ -55,6 +56,10 @@ pub struct ArenaMap {
     /// Bits of the granules below [`FLAT_LIMIT`], 64 to a word; null until the first arena is
     /// entered (M2).
     flat: AtomicPtr<AtomicU64>,
+    /// The addresses the flat map answers for: 0 until it is published, then [`FLAT_LIMIT`]
+    /// (M2). One comparison with it tells both that the map exists and that it covers the
+    /// address; the others go to the radix tree.
+    flat_end: AtomicUsize,
     /// Arenas at or above [`FLAT_LIMIT`].
     pub(crate) radix: RadixTree<Header, ARENA_SHIFT>,
 }
@@ -77,6 +82,7 @@ impl ArenaMap {
     pub const fn new() -> ArenaMap {
         ArenaMap {
             flat: AtomicPtr::new(ptr::null_mut()),
+            flat_end: AtomicUsize::new(0),
             radix: RadixTree::new(),
         }
     }
@@ -85,13 +91,12 @@ impl ArenaMap {
     /// [`FLAT_LIMIT`], one load (and one of the map's address) and a bit test.
     #[inline(always)]
     pub fn contains(&self, addr: usize) -> bool {
-        if addr >= FLAT_LIMIT {
+        if addr >= self.flat_end.load(Ordering::Acquire) {
+            // Above the flat map, or none yet: the radix tree (empty below FLAT_LIMIT, M1).
             return self.radix.get(addr).is_some();
         }
-        let flat = self.flat.load(Ordering::Acquire);
-        if flat.is_null() {
-            return false;
-        }
+        // Published before `flat_end` (Release), seen after it (Acquire).
+        let flat = self.flat.load(Ordering::Relaxed);
         let (word, bit) = flat_position(addr);
         // SAFETY: a published flat map holds FLAT_BYTES bytes and stays (M2); `word` is below
         // FLAT_BYTES / 8 as `addr < FLAT_LIMIT`. Acquire pairs with the Release that set the
@@ -177,7 +182,10 @@ impl ArenaMap {
             Ordering::AcqRel,
             Ordering::Acquire,
         ) {
-            Ok(_) => Some(fresh),
+            Ok(_) => {
+                self.flat_end.store(FLAT_LIMIT, Ordering::Release);
+                Some(fresh)
+            }
             Err(winner) => {
                 // SAFETY: ours, never published.
                 unsafe { nodes.free_node(NonNull::new_unchecked(fresh.cast()), FLAT_BYTES) };
@@ -202,6 +210,7 @@ impl ArenaMap {
     /// Everything came from `nodes`; no lookup runs concurrently or later uses an arena found
     /// before this call.
     pub(crate) unsafe fn release(&mut self, nodes: &impl NodeAlloc) {
+        *self.flat_end.get_mut() = 0;
         let flat = core::mem::replace(self.flat.get_mut(), ptr::null_mut());
         if let Some(flat) = NonNull::new(flat) {
             // SAFETY: reserved by `flat_or_reserve` with this size (caller), unused now.
