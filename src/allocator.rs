@@ -670,8 +670,8 @@ impl<'a, P: Platform> Session<'a, P> {
             if let Some((block, _)) = unsafe { self.cell.alloc_fast(class) } {
                 return block.as_ptr();
             }
-            // SAFETY: as above.
-            return unsafe { self.cell.alloc_slow(class, self.alloc) }
+            // SAFETY: as above; the fast path was just tried.
+            return unsafe { self.cell.alloc_from_any_pool(class, self.alloc) }
                 .map_or(ptr::null_mut(), |(p, _)| p.as_ptr());
         }
         match Layout::from_size_align(size, ALIGNMENT) {

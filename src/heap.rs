@@ -374,10 +374,10 @@ impl HeapCell {
     ) -> Option<(NonNull<u8>, bool)> {
         // SAFETY: claimed (caller).
         unsafe {
-            match self.alloc_fast(class) {
-                Some(found) => Some(found),
-                None => self.alloc_from_any_pool(class, alloc),
+            if let Some(found) = self.alloc_fast(class) {
+                return Some(found);
             }
+            self.alloc_from_any_pool(class, alloc)
         }
     }
 
@@ -407,28 +407,14 @@ impl HeapCell {
         unsafe { self.heap().list(class).first()?.alloc_before_last_free() }
     }
 
-    /// [`HeapCell::alloc`] past its fast path, for a caller that tried it already.
-    ///
-    /// # Safety
-    /// The caller has claimed the heap.
-    #[inline(always)]
-    pub(crate) unsafe fn alloc_slow<P: Platform>(
-        &self,
-        class: SizeClass,
-        alloc: &Allocator<P>,
-    ) -> Option<(NonNull<u8>, bool)> {
-        // SAFETY: claimed (caller).
-        unsafe { self.alloc_from_any_pool(class, alloc) }
-    }
-
-    /// [`HeapCell::alloc`] when the first listed pool's freelist holds one block or none:
+    /// [`HeapCell::alloc`] (and C's `malloc`) past the fast path, `HeapCell::alloc_fast`:
     /// the last free block, a never-used one, or a pool from `refill`. Out of line, so that
     /// the fast path keeps no registers to restore.
     ///
     /// # Safety
     /// The caller has claimed the heap.
     #[inline(never)]
-    unsafe fn alloc_from_any_pool<P: Platform>(
+    pub(crate) unsafe fn alloc_from_any_pool<P: Platform>(
         &self,
         class: SizeClass,
         alloc: &Allocator<P>,

@@ -20,7 +20,8 @@
 //! address the answer is only a hint, and never undefined behaviour while the arena is
 //! mapped: a mapped arena's header can always be read.
 //!
-//! Invariants (checked by `Arenas::check`, with A4):
+//! Invariants (`Arenas::check` verifies, with A4, that every arena is found; that no other
+//! bit is set is not checked, which would read the whole map):
 //! - M1 a flat bit is set exactly for the granules of arenas below [`FLAT_LIMIT`]; the radix
 //!   tree maps exactly the arenas at or above it;
 //! - M2 the flat map, once published, stays until the manager releases everything; `flat_end`

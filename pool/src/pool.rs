@@ -502,10 +502,7 @@ impl PoolPtr {
                 asan::poison(block.as_ptr(), (*p).size as usize);
                 return None;
             }
-            (*p).free = next;
-            add_used(p);
-            clear_freed_mark(block);
-            Some(block)
+            Some(self.take_head(block, next))
         }
     }
 
@@ -524,40 +521,25 @@ impl PoolPtr {
         // SAFETY: the pool is live and ours (caller); freelist entries are blocks of this pool
         // whose first word holds the next entry (P3), and carving stays inside the pool (P2).
         unsafe {
-            let size = (*p).size;
-            let bump = (*p).bump.load(Ordering::Relaxed);
-            let block = match NonNull::new((*p).free) {
+            match NonNull::new((*p).free) {
                 Some(block) => {
-                    asan::unpoison(block.as_ptr(), size as usize);
+                    asan::unpoison(block.as_ptr(), (*p).size as usize);
                     let next = block.cast::<*mut u8>().read();
-                    if next.is_null() && bump + size > (*p).limit {
-                        asan::poison(block.as_ptr(), size as usize);
+                    if next.is_null() && self.carved_out() {
+                        asan::poison(block.as_ptr(), (*p).size as usize);
                         return None;
                     }
-                    (*p).free = next;
-                    clear_freed_mark(block);
-                    (block, false)
+                    Some((self.take_head(block, next), false))
                 }
                 None => {
                     // Another never-used block must remain after this one.
-                    if bump + 2 * size > (*p).limit {
+                    let bump = (*p).bump.load(Ordering::Relaxed);
+                    if bump + 2 * (*p).size > (*p).limit {
                         return None;
                     }
-                    // Published with the block: whoever is handed it sees it carved (P10).
-                    (*p).bump.store(bump + size, Ordering::Relaxed);
-                    let block = self.memory().add(bump as usize);
-                    asan::unpoison(block.as_ptr(), size as usize);
-                    // Fresh memory reads zero already; other memory may hold a stale mark
-                    // from a pool of another class that had a block here.
-                    let fresh = (*p).fresh;
-                    if !fresh {
-                        clear_freed_mark(block);
-                    }
-                    (block, fresh)
+                    Some(self.carve(bump))
                 }
-            };
-            add_used(p);
-            Some(block)
+            }
         }
     }
 
@@ -574,29 +556,68 @@ impl PoolPtr {
         unsafe {
             if let Some(block) = NonNull::new((*p).free) {
                 asan::unpoison(block.as_ptr(), (*p).size as usize);
-                (*p).free = block.cast::<*mut u8>().read();
-                add_used(p);
-                clear_freed_mark(block);
-                return Some((block, false));
+                let next = block.cast::<*mut u8>().read();
+                return Some((self.take_head(block, next), false));
             }
-            let bump = (*p).bump.load(Ordering::Relaxed);
-            let next = bump + (*p).size;
-            if next <= (*p).limit {
-                // Published with the block: whoever is handed it sees it carved (P10).
-                (*p).bump.store(next, Ordering::Relaxed);
-                add_used(p);
-                let block = self.memory().add(bump as usize);
-                asan::unpoison(block.as_ptr(), (*p).size as usize);
-                let fresh = (*p).fresh;
-                // Fresh memory reads zero already; other memory may hold a stale mark from a
-                // pool of another class that had a block here.
-                if !fresh {
-                    clear_freed_mark(block);
-                }
-                return Some((block, fresh));
+            if self.carved_out() {
+                return None;
             }
+            Some(self.carve((*p).bump.load(Ordering::Relaxed)))
         }
-        None
+    }
+
+    /// Hands out `block`, the freelist's head (unpoisoned), whose successor is `next`: the
+    /// head moves on, the count grows, and the block's freed mark is cleared (P9).
+    ///
+    /// # Safety
+    /// `self` is a live pool the caller has exclusive access to; `block` is its freelist's
+    /// head and `next` the link it holds.
+    #[inline(always)]
+    unsafe fn take_head(self, block: NonNull<u8>, next: *mut u8) -> NonNull<u8> {
+        let p = self.0.as_ptr();
+        // SAFETY: the pool is live and ours, and `block` one of its free blocks (caller).
+        unsafe {
+            (*p).free = next;
+            add_used(p);
+            clear_freed_mark(block);
+        }
+        block
+    }
+
+    /// Hands out the never-used block at offset `bump`, the bump offset, which the caller has
+    /// checked leaves room for it (P2), with whether it is known to read zero.
+    ///
+    /// # Safety
+    /// `self` is a live pool the caller has exclusive access to, and a block fits at `bump`.
+    #[inline(always)]
+    unsafe fn carve(self, bump: u32) -> (NonNull<u8>, bool) {
+        let p = self.0.as_ptr();
+        // SAFETY: the pool is live and ours; the block lies inside it (caller).
+        unsafe {
+            // Published with the block: whoever is handed it sees it carved (P10).
+            (*p).bump.store(bump + (*p).size, Ordering::Relaxed);
+            add_used(p);
+            let block = self.memory().add(bump as usize);
+            asan::unpoison(block.as_ptr(), (*p).size as usize);
+            // Fresh memory reads zero already; other memory may hold a stale mark from a pool
+            // of another class that had a block here.
+            let fresh = (*p).fresh;
+            if !fresh {
+                clear_freed_mark(block);
+            }
+            (block, fresh)
+        }
+    }
+
+    /// Whether no never-used block is left to carve.
+    ///
+    /// # Safety
+    /// `self` is a live pool the caller has exclusive access to.
+    #[inline(always)]
+    unsafe fn carved_out(self) -> bool {
+        let p = self.0.as_ptr();
+        // SAFETY: the pool is live (caller).
+        unsafe { (*p).bump.load(Ordering::Relaxed) + (*p).size > (*p).limit }
     }
 
     /// Whether no block is left to hand out (invariant P5).
@@ -605,9 +626,8 @@ impl PoolPtr {
     /// `self` is a live pool and the caller has exclusive access to it.
     #[inline(always)]
     pub unsafe fn is_full(self) -> bool {
-        let p = self.0.as_ptr();
         // SAFETY: the pool is live (caller).
-        unsafe { (*p).free.is_null() && (*p).bump.load(Ordering::Relaxed) + (*p).size > (*p).limit }
+        unsafe { (*self.0.as_ptr()).free.is_null() && self.carved_out() }
     }
 
     /// Returns `block` to the freelist, its freed mark written (P9).
@@ -643,8 +663,7 @@ impl PoolPtr {
             // Full before (P5): no free block, and none left to carve — which this free did
             // not change. Tested last, and only for an empty freelist, so that the common
             // free computes nothing for it.
-            let was_full =
-                head.is_null() && (*p).bump.load(Ordering::Relaxed) + (*p).size > (*p).limit;
+            let was_full = head.is_null() && self.carved_out();
             Freed {
                 was_full,
                 now_empty: used == 1,
