@@ -18,13 +18,14 @@ use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 use pymalloc_arena::{ArenaMap, Arenas, Platform};
 use pymalloc_pool::{
-    ALIGNMENT, POOLED_MAX, PoolPtr, SizeClass, blocks_per_pool, fatal, holds_freed_mark,
+    ALIGNMENT, POOL_SIZE, POOLED_MAX, PoolPtr, SizeClass, blocks_per_pool, fatal, holds_freed_mark,
 };
 
 use crate::debug;
 use crate::heap::{self, HeapCell, SharedAccess};
 use crate::large::{Large, fits, mapping_len};
 use crate::lock::{SpinGuard, SpinLock};
+use crate::options::{self, Options};
 use crate::stats::{self, Stats};
 
 /// How a layout is served.
@@ -53,6 +54,8 @@ pub(crate) struct Shared {
     pub(crate) arenas: Arenas,
     pub(crate) large: Large,
     free_heaps: *mut HeapCell,
+    /// Whether the options' policies have been applied (see [`Allocator::shared`]).
+    configured: bool,
 }
 
 // SAFETY: the arenas and the cached mappings are owned by this value; the heaps on the free
@@ -80,11 +83,23 @@ pub struct Allocator<P: Platform> {
     heaps_made: AtomicUsize,
     /// Classes parked by all heaps together (heap H7).
     parked: AtomicUsize,
+    /// The options given to [`Allocator::with_options`]; `None` for the environment's.
+    given: Option<Options>,
 }
 
 impl<P: Platform> Allocator<P> {
-    /// An instance that maps nothing until its first allocation.
+    /// An instance that maps nothing until its first allocation, with the options the
+    /// environment sets (`PYMALLOC_*`, read at first use; see [`Options`]).
     pub const fn new(platform: P) -> Self {
+        Self::configured(platform, None)
+    }
+
+    /// An instance with the given options, whatever the environment says.
+    pub const fn with_options(platform: P, options: Options) -> Self {
+        Self::configured(platform, Some(options))
+    }
+
+    const fn configured(platform: P, given: Option<Options>) -> Self {
         Allocator {
             platform,
             map: ArenaMap::new(),
@@ -92,12 +107,22 @@ impl<P: Platform> Allocator<P> {
                 arenas: Arenas::new(),
                 large: Large::new(),
                 free_heaps: ptr::null_mut(),
+                configured: false,
             }),
             fallback: HeapCell::new(0),
             heaps: AtomicPtr::new(ptr::null_mut()),
             heaps_made: AtomicUsize::new(1),
             parked: AtomicUsize::new(0),
+            given,
         }
+    }
+
+    /// This instance's options: those given, or the environment's (the defaults while the
+    /// process has no environment yet).
+    pub fn options(&self) -> Options {
+        self.given
+            .or_else(options::from_environment)
+            .unwrap_or(Options::DEFAULT)
     }
 
     /// The platform this instance takes its memory from.
@@ -105,9 +130,36 @@ impl<P: Platform> Allocator<P> {
         &self.platform
     }
 
-    /// Locks what all heaps share.
+    /// Locks what all heaps share; the first time the options can be had, applies their
+    /// policies first.
+    #[inline]
     pub(crate) fn shared(&self) -> SpinGuard<'_, Shared> {
-        self.shared.lock()
+        let mut shared = self.shared.lock();
+        if !shared.configured {
+            self.configure(&mut shared);
+        }
+        shared
+    }
+
+    /// Applies the options' policies to the arenas and the large cache, if the options can
+    /// be had yet (the environment's are not before libc has set it up). What the new
+    /// limits do not allow is given back at once, under the lock: this happens once.
+    #[cold]
+    #[inline(never)]
+    fn configure(&self, shared: &mut Shared) {
+        let Some(options) = self.given.or_else(options::from_environment) else {
+            return;
+        };
+        shared.configured = true;
+        shared.arenas.set_policy(
+            options.empty_arenas,
+            options.dirty_floor / POOL_SIZE,
+            &self.platform,
+            &self.map,
+        );
+        let unmap = shared.large.set_max_cache(options.large_cache);
+        // SAFETY: ranges evicted from the cache, which nobody uses (L3).
+        unsafe { unmap.release(&self.platform) };
     }
 
     /// Runs `f` with the fallback heap claimed.

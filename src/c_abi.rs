@@ -26,14 +26,16 @@
 
 use core::alloc::Layout;
 use core::ffi::{c_int, c_void};
-use core::fmt::{self, Write};
+use core::fmt;
 use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use pymalloc_arena::{OsPlatform, Platform};
-use pymalloc_pool::ALIGNMENT;
+use pymalloc_pool::{ALIGNMENT, POOL_SIZE};
 
 use crate::allocator::Session;
-use crate::thread;
+use crate::stats::Stats;
+use crate::{report, thread};
 
 /// Evaluates `$body` with `$s` the calling thread's heap's session (binding one if needed).
 /// A macro rather than a function taking a closure: the bound case's code is then written
@@ -62,11 +64,12 @@ fn allocate(size: usize, align: usize) -> *mut c_void {
     with_session!(|s| s.alloc(layout)).cast()
 }
 
-/// `p`, with `errno = ENOMEM` if it is null (a request that could not be served).
+/// `p`, with `errno = ENOMEM` if it is null (a request of `size` bytes that could not be
+/// served; see [`out_of_memory`]).
 #[inline]
-fn enomem_if_null(p: *mut c_void) -> *mut c_void {
+fn enomem_if_null(p: *mut c_void, size: usize) -> *mut c_void {
     if p.is_null() {
-        set_errno(libc::ENOMEM);
+        out_of_memory(size);
     }
     p
 }
@@ -74,13 +77,46 @@ fn enomem_if_null(p: *mut c_void) -> *mut c_void {
 /// [`allocate`], with `errno = ENOMEM` on failure.
 #[inline]
 fn allocate_or_enomem(size: usize, align: usize) -> *mut c_void {
-    enomem_if_null(allocate(size, align))
+    enomem_if_null(allocate(size, align), size)
+}
+
+/// Notes that a request of `size` bytes could not be served: `errno = ENOMEM`, and a
+/// warning under `PYMALLOC_VERBOSE=1` ([`warn_out_of_memory`]).
+#[cold]
+#[inline(never)]
+fn out_of_memory(size: usize) {
+    set_errno(libc::ENOMEM);
+    warn_out_of_memory(size);
+}
+
+/// The most out-of-memory warnings written; then one saying the rest are not.
+const MAX_WARNINGS: usize = 16;
+
+/// Out-of-memory warnings written so far.
+static WARNINGS: AtomicUsize = AtomicUsize::new(0);
+
+/// Under `PYMALLOC_VERBOSE=1`, warns on stderr that a request of `size` bytes is answered
+/// NULL, the first [`MAX_WARNINGS`] times.
+#[cold]
+fn warn_out_of_memory(size: usize) {
+    if !crate::options::from_environment().is_some_and(|o| o.verbose) {
+        return;
+    }
+    match WARNINGS.fetch_add(1, Ordering::Relaxed) {
+        n if n < MAX_WARNINGS => report::warn(format_args!(
+            "out of memory: a request of {size} bytes is answered NULL"
+        )),
+        MAX_WARNINGS => report::warn(format_args!(
+            "{MAX_WARNINGS} out-of-memory warnings written; no more will be"
+        )),
+        _ => {}
+    }
 }
 
 /// C's `malloc`.
 #[inline]
 pub fn malloc(size: usize) -> *mut c_void {
-    enomem_if_null(with_session!(|s| s.malloc(size)).cast())
+    enomem_if_null(with_session!(|s| s.malloc(size)).cast(), size)
 }
 
 /// C's `calloc`: zero-filled; NULL with `ENOMEM` if `count * size` overflows.
@@ -88,10 +124,11 @@ pub fn calloc(count: usize, size: usize) -> *mut c_void {
     let layout = count
         .checked_mul(size)
         .and_then(|bytes| Layout::from_size_align(bytes, ALIGNMENT).ok());
-    enomem_if_null(match layout {
+    let p = match layout {
         Some(layout) => with_session!(|s| s.alloc_zeroed(layout)).cast(),
         None => ptr::null_mut(),
-    })
+    };
+    enomem_if_null(p, count.saturating_mul(size))
 }
 
 /// C's `free`.
@@ -148,7 +185,8 @@ pub unsafe fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
         return ptr::null_mut();
     }
     // SAFETY: as the caller guarantees.
-    enomem_if_null(with_session!(|s| unsafe { s.realloc_unsized(block, size) }).cast())
+    let p = with_session!(|s| unsafe { s.realloc_unsized(block, size) });
+    enomem_if_null(p.cast(), size)
 }
 
 /// C's `reallocarray`: `realloc` of `count * size` bytes; NULL with `ENOMEM` (the block
@@ -161,7 +199,7 @@ pub unsafe fn reallocarray(ptr: *mut c_void, count: usize, size: usize) -> *mut 
         // SAFETY: as the caller guarantees.
         Some(bytes) => unsafe { realloc(ptr, bytes) },
         None => {
-            set_errno(libc::ENOMEM);
+            out_of_memory(usize::MAX);
             ptr::null_mut()
         }
     }
@@ -178,6 +216,7 @@ pub unsafe fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -
     }
     let p = allocate(size, align);
     if p.is_null() {
+        warn_out_of_memory(size);
         return libc::ENOMEM;
     }
     // SAFETY: writable (caller).
@@ -218,7 +257,7 @@ pub fn pvalloc(size: usize) -> *mut c_void {
     match size.max(1).checked_next_multiple_of(page) {
         Some(size) => allocate_or_enomem(size, page),
         None => {
-            set_errno(libc::ENOMEM);
+            out_of_memory(size);
             ptr::null_mut()
         }
     }
@@ -250,54 +289,173 @@ pub fn malloc_trim(_pad: usize) -> c_int {
     )
 }
 
-/// Writes the global allocator's statistics ([`crate::stats`]) to the file descriptor `fd`,
-/// without allocating: for `PYMALLOC_STATS=1` at exit.
+/// Writes the global allocator's statistics table ([`crate::stats`]) to the file descriptor
+/// `fd`, without allocating: for `PYMALLOC_STATS=1` at exit and `malloc_stats`.
 pub fn write_stats(fd: c_int) {
-    let mut out = FdWriter {
-        fd,
-        buf: [0; 1024],
-        len: 0,
-    };
-    // Formatting into a fixed buffer cannot fail; a failed write is dropped.
-    let _ = writeln!(out, "{}", crate::stats());
-    out.flush();
+    report::to_fd(fd, format_args!("{}\n", crate::stats()));
 }
 
-/// A `fmt::Write` over a file descriptor, through a buffer on the stack.
-struct FdWriter {
-    fd: c_int,
-    buf: [u8; 1024],
-    len: usize,
+/// Writes the global allocator's statistics as one line of JSON ([`Stats::json`]) to the file
+/// descriptor `fd`, without allocating: for `PYMALLOC_STATS=json` at exit.
+pub fn write_stats_json(fd: c_int) {
+    report::to_fd(fd, format_args!("{}\n", crate::stats().json()));
 }
 
-impl FdWriter {
-    fn flush(&mut self) {
-        let mut done = 0;
-        while done < self.len {
-            let rest = &self.buf[done..self.len];
-            // SAFETY: `rest` is valid for reading its length.
-            let n = unsafe { libc::write(self.fd, rest.as_ptr().cast(), rest.len()) };
-            if n <= 0 {
-                break;
-            }
-            done += n as usize;
+/// glibc's `malloc_stats`: pymalloc's statistics table ([`crate::Stats`]), to stderr.
+pub fn malloc_stats() {
+    write_stats(libc::STDERR_FILENO);
+}
+
+/// glibc's `struct mallinfo2`, filled by [`mallinfo2`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MallInfo2 {
+    /// Bytes mapped for everything but large blocks in use: arenas, the arena map, the
+    /// heaps, cached large ranges.
+    pub arena: usize,
+    /// Free blocks in pools in use.
+    pub ordblks: usize,
+    /// Always 0 (glibc's fastbin chunks).
+    pub smblks: usize,
+    /// Large blocks in use (each its own mapping, as glibc's mmapped chunks).
+    pub hblks: usize,
+    /// Bytes mapped for large blocks in use.
+    pub hblkhd: usize,
+    /// Always 0 (as in glibc).
+    pub usmblks: usize,
+    /// Always 0 (glibc's bytes in fastbin chunks).
+    pub fsmblks: usize,
+    /// Bytes of pooled blocks in use (block sizes).
+    pub uordblks: usize,
+    /// `arena - uordblks`: mapped, not in use.
+    pub fordblks: usize,
+    /// Bytes `malloc_trim` would give back: committed free pool slots and cached large
+    /// ranges.
+    pub keepcost: usize,
+}
+
+impl From<&Stats> for MallInfo2 {
+    fn from(s: &Stats) -> MallInfo2 {
+        let arena = s.bytes_mapped.saturating_sub(s.large_bytes);
+        MallInfo2 {
+            arena,
+            ordblks: s.classes.iter().map(|c| c.blocks_free).sum(),
+            smblks: 0,
+            hblks: s.large_blocks,
+            hblkhd: s.large_bytes,
+            usmblks: 0,
+            fsmblks: 0,
+            uordblks: s.pooled_bytes,
+            fordblks: arena.saturating_sub(s.pooled_bytes),
+            keepcost: s.pools_free_dirty * POOL_SIZE + s.large_cached_bytes,
         }
-        self.len = 0;
     }
 }
 
-impl Write for FdWriter {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        for &byte in s.as_bytes() {
-            if self.len == self.buf.len() {
-                self.flush();
+/// glibc's `struct mallinfo` (the same fields as [`MallInfo2`] in `int`s, which wrap above
+/// 2 GiB as glibc's do).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[allow(missing_docs)] // the fields are MallInfo2's
+pub struct MallInfo {
+    pub arena: c_int,
+    pub ordblks: c_int,
+    pub smblks: c_int,
+    pub hblks: c_int,
+    pub hblkhd: c_int,
+    pub usmblks: c_int,
+    pub fsmblks: c_int,
+    pub uordblks: c_int,
+    pub fordblks: c_int,
+    pub keepcost: c_int,
+}
+
+/// glibc's `mallinfo2`: the global allocator's figures ([`crate::stats`]) in glibc's fields
+/// (see [`MallInfo2`] for what each holds).
+pub fn mallinfo2() -> MallInfo2 {
+    MallInfo2::from(&crate::stats())
+}
+
+/// glibc's `mallinfo`: [`mallinfo2`] in `int`s.
+pub fn mallinfo() -> MallInfo {
+    let m = mallinfo2();
+    let int = |v: usize| v as c_int; // wraps, as glibc's does
+    MallInfo {
+        arena: int(m.arena),
+        ordblks: int(m.ordblks),
+        smblks: int(m.smblks),
+        hblks: int(m.hblks),
+        hblkhd: int(m.hblkhd),
+        usmblks: int(m.usmblks),
+        fsmblks: int(m.fsmblks),
+        uordblks: int(m.uordblks),
+        fordblks: int(m.fordblks),
+        keepcost: int(m.keepcost),
+    }
+}
+
+/// glibc's `malloc_info`: the global allocator's figures as XML of glibc's shape, to `file`;
+/// 0, or -1 with `EINVAL` if `options` is not 0. One `<heap>` (pymalloc's heaps share their
+/// arenas); `<sizes>` lists, per size class, the free blocks of its pools; `mmap` counts the
+/// large blocks; the `max` figures are the current ones (no peak is kept).
+///
+/// # Safety
+/// `file` is an open `FILE`.
+pub unsafe fn malloc_info(options: c_int, file: *mut libc::FILE) -> c_int {
+    if options != 0 {
+        set_errno(libc::EINVAL);
+        return -1;
+    }
+    let stats = crate::stats();
+    // SAFETY: `file` is open (caller).
+    unsafe { report::to_file(file, format_args!("{}", MallocInfo(&stats))) };
+    0
+}
+
+/// [`Stats`] as `malloc_info`'s XML.
+struct MallocInfo<'a>(&'a Stats);
+
+impl fmt::Display for MallocInfo<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.0;
+        let m = MallInfo2::from(s);
+        let free_bytes: usize = s.classes.iter().map(|c| c.blocks_free * c.block_size).sum();
+        let system = |f: &mut fmt::Formatter<'_>, bytes: usize| {
+            writeln!(f, "<system type=\"current\" size=\"{bytes}\"/>")?;
+            writeln!(f, "<system type=\"max\" size=\"{bytes}\"/>")?;
+            writeln!(f, "<aspace type=\"total\" size=\"{bytes}\"/>")?;
+            writeln!(f, "<aspace type=\"mprotect\" size=\"{bytes}\"/>")
+        };
+        writeln!(f, "<malloc version=\"1\">")?;
+        writeln!(f, "<heap nr=\"0\">")?;
+        writeln!(f, "<sizes>")?;
+        let mut from = 1;
+        for c in &s.classes {
+            if c.blocks_free > 0 {
+                writeln!(
+                    f,
+                    "<size from=\"{from}\" to=\"{}\" total=\"{}\" count=\"{}\"/>",
+                    c.block_size,
+                    c.blocks_free * c.block_size,
+                    c.blocks_free
+                )?;
             }
-            // `flush` empties the buffer, so there is always room: no index can panic here.
-            if let Some(slot) = self.buf.get_mut(self.len) {
-                *slot = byte;
-                self.len += 1;
-            }
+            from = c.block_size + 1;
         }
-        Ok(())
+        writeln!(f, "</sizes>")?;
+        writeln!(f, "<total type=\"fast\" count=\"0\" size=\"0\"/>")?;
+        let rest = format_args!("count=\"{}\" size=\"{free_bytes}\"", m.ordblks);
+        writeln!(f, "<total type=\"rest\" {rest}/>")?;
+        system(f, m.arena)?;
+        writeln!(f, "</heap>")?;
+        writeln!(f, "<total type=\"fast\" count=\"0\" size=\"0\"/>")?;
+        writeln!(f, "<total type=\"rest\" {rest}/>")?;
+        writeln!(
+            f,
+            "<total type=\"mmap\" count=\"{}\" size=\"{}\"/>",
+            m.hblks, m.hblkhd
+        )?;
+        system(f, s.bytes_mapped)?;
+        writeln!(f, "</malloc>")
     }
 }

@@ -13,7 +13,7 @@
 //! call.
 //!
 //! The cache's limit adapts, as glibc's mmap threshold does: it starts at [`CACHE_BYTES`]
-//! and doubles, up to [`MAX_CACHE_BYTES`] and the most bytes of large blocks ever in use at
+//! and doubles, up to [`MAX_CACHE_BYTES`] (or what `PYMALLOC_LARGE_CACHE` sets) and the most bytes of large blocks ever in use at
 //! once, whenever a request of half the limit or more finds no cached range for it after
 //! the cache evicted at least as many bytes (see [`Large::missed`]). A program that frees
 //! large buffers and is done keeps at most the starting limit; one that cycles blocks too
@@ -33,7 +33,8 @@
 //! - L3 the cache holds at most [`CACHE_ENTRIES`] ranges and `cache_limit` bytes, mapped,
 //!   none of them in use, no two of them touching (a freed block merges with its
 //!   neighbours); `cached_bytes` and `cached_blocks` count them; `cache_limit` lies between
-//!   [`CACHE_BYTES`] and [`MAX_CACHE_BYTES`].
+//!   [`CACHE_BYTES`] and `max_cache` ([`MAX_CACHE_BYTES`] unless the user set it, at most
+//!   1 TiB; the lower bound is `max_cache` if that is less).
 
 use core::ptr::{self, NonNull};
 
@@ -97,6 +98,9 @@ pub(crate) struct Large {
     clock: u64,
     /// The most bytes cached (L3).
     cache_limit: usize,
+    /// The most `cache_limit` grows to: [`MAX_CACHE_BYTES`] unless set by
+    /// [`Large::set_max_cache`]; `cache_limit` starts at [`CACHE_BYTES`] or this if less.
+    max_cache: usize,
     /// Bytes evicted since the limit last changed (or `trim` emptied the cache); saturates.
     evicted: usize,
     cached_bytes: usize,
@@ -168,6 +172,7 @@ impl Large {
             cache: [VACANT; CACHE_ENTRIES],
             clock: 0,
             cache_limit: CACHE_BYTES,
+            max_cache: MAX_CACHE_BYTES,
             evicted: 0,
             cached_bytes: 0,
             cached_blocks: 0,
@@ -240,10 +245,11 @@ impl Large {
         // never doubled.
         if len >= self.cache_limit - self.cache_limit / 2 && self.evicted >= len {
             let reusable = self.in_use.peak_bytes().max(CACHE_BYTES);
-            // At most MAX_CACHE_BYTES (L3), so doubling it cannot overflow.
+            // At most `max_cache` (L3), itself at most MAX_OPTION_BYTES: doubling it cannot
+            // overflow.
             self.cache_limit = (2 * self.cache_limit)
                 .min(reusable)
-                .min(MAX_CACHE_BYTES)
+                .min(self.max_cache)
                 .max(self.cache_limit);
             self.evicted = 0;
         }
@@ -378,6 +384,19 @@ impl Large {
         }
     }
 
+    /// Sets the most bytes the cache may grow to keep (at most
+    /// [`MAX_OPTION_BYTES`](crate::options::MAX_OPTION_BYTES); 0 keeps nothing), evicting
+    /// what it holds beyond that; returns what must be unmapped.
+    pub(crate) fn set_max_cache(&mut self, max: usize) -> Unmap {
+        self.max_cache = max.min(crate::options::MAX_OPTION_BYTES);
+        self.cache_limit = CACHE_BYTES.min(self.max_cache);
+        let mut unmap = Unmap::NONE;
+        while self.cached_bytes > self.cache_limit {
+            self.evict_oldest(&mut unmap);
+        }
+        unmap
+    }
+
     /// Empties the cache; returns what must be unmapped.
     pub(crate) fn trim(&mut self) -> Unmap {
         let mut unmap = Unmap::NONE;
@@ -404,7 +423,9 @@ impl Large {
     pub(crate) fn check(&self) -> Result<(), &'static str> {
         let cached = || self.cache.iter().filter(|c| !c.ptr.is_null());
         let counts = (cached().count(), cached().map(|c| c.len).sum::<usize>());
-        let limit_ok = (CACHE_BYTES..=MAX_CACHE_BYTES).contains(&self.cache_limit);
+        let start = CACHE_BYTES.min(self.max_cache);
+        let limit_ok = (start..=self.max_cache).contains(&self.cache_limit)
+            && self.max_cache <= crate::options::MAX_OPTION_BYTES;
         if counts != (self.cached_blocks, self.cached_bytes)
             || self.cached_bytes > self.cache_limit
             || !limit_ok

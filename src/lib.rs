@@ -36,7 +36,10 @@ mod debug;
 mod heap;
 mod large;
 mod lock;
+mod options;
+mod process;
 mod registry;
+mod report;
 mod stats;
 mod thread;
 mod tls;
@@ -48,9 +51,10 @@ pub use heap::{
     CACHED_POOLS, CACHED_SLOTS, PARKED_POOLS, PARKED_TOTAL, REMOTE_SHARDS, SHARED_BYTES,
 };
 pub use large::{CACHE_BYTES, CACHE_ENTRIES, MAX_CACHE_BYTES};
+pub use options::{MAX_OPTION_BYTES, Options, StatsAtExit};
+pub use process::register_hooks;
 pub use pymalloc_arena::{OsPlatform, Platform};
 pub use stats::{ClassStats, Stats};
-pub use thread::register_fork_handlers;
 
 /// The process-wide instance behind [`PyMalloc`].
 static GLOBAL: Allocator<OsPlatform> = Allocator::new(OsPlatform);

@@ -230,3 +230,61 @@ impl fmt::Display for Stats {
         write!(f, "# bytes mapped               {:>14}", self.bytes_mapped)
     }
 }
+
+impl Stats {
+    /// The statistics as one line of JSON: an object with every field of [`Stats`] under its
+    /// name, and `classes` as an array of the size classes that have pools, each with its
+    /// `index` and [`ClassStats`]'s fields. Written without allocating.
+    pub fn json(&self) -> impl fmt::Display + '_ {
+        Json(self)
+    }
+}
+
+/// [`Stats::json`].
+struct Json<'a>(&'a Stats);
+
+impl fmt::Display for Json<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.0;
+        let fields = [
+            ("heaps", s.heaps),
+            ("arenas", s.arenas),
+            ("empty_arenas", s.empty_arenas),
+            ("pools_used", s.pools_used),
+            ("pools_full", s.pools_full),
+            ("pools_kept", s.pools_kept),
+            ("pools_free_dirty", s.pools_free_dirty),
+            ("pools_free_clean", s.pools_free_clean),
+            ("pools_free_dirty_limit", s.pools_free_dirty_limit),
+            ("pooled_blocks", s.pooled_blocks),
+            ("pooled_bytes", s.pooled_bytes),
+            ("large_blocks", s.large_blocks),
+            ("large_bytes", s.large_bytes),
+            ("large_cached_blocks", s.large_cached_blocks),
+            ("large_cached_bytes", s.large_cached_bytes),
+            ("large_cached_limit", s.large_cached_limit),
+            ("bytes_in_use", s.bytes_in_use),
+            ("bytes_mapped", s.bytes_mapped),
+        ];
+        f.write_str("{")?;
+        for (name, value) in fields {
+            write!(f, "\"{name}\":{value},")?;
+        }
+        f.write_str("\"classes\":[")?;
+        let with_pools = s.classes.iter().enumerate().filter(|(_, c)| c.pools > 0);
+        for (n, (i, c)) in with_pools.enumerate() {
+            write!(
+                f,
+                "{}{{\"index\":{i},\"block_size\":{},\"pools\":{},\"full_pools\":{},\
+                 \"blocks_in_use\":{},\"blocks_free\":{}}}",
+                if n == 0 { "" } else { "," },
+                c.block_size,
+                c.pools,
+                c.full_pools,
+                c.blocks_in_use,
+                c.blocks_free
+            )?;
+        }
+        f.write_str("]}")
+    }
+}

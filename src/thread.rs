@@ -15,17 +15,9 @@
 //! freed into its remote list from anywhere, and whoever finds the heap unbound collects
 //! that list (H4 in `heap.rs`).
 //!
-//! `fork`: handlers registered with `pthread_atfork` take the fallback heap and the shared
-//! lock before the process is copied and release them after, in parent and child, so the
-//! child can allocate at once. They are registered when the program is loaded (an
-//! `.init_array` entry, before any of the program's own code runs), and else on the first
-//! binding: registered before the program's handlers, ours *prepare* last (the program's may
-//! allocate, or wait for a thread that is allocating) and release first in parent and child
-//! (the program's may allocate there too) — `pthread_atfork` runs prepare handlers in the
-//! reverse order of registration and the others in order.
+//! The first binding also registers the process's hooks (`process.rs`), if loading did not.
 
 use core::cell::Cell;
-use core::sync::atomic::{AtomicBool, Ordering};
 
 use pymalloc_arena::OsPlatform;
 
@@ -84,7 +76,7 @@ fn bind() -> Option<&'static HeapCell> {
         return None;
     }
     STATE.set(BINDING);
-    register_fork_handlers();
+    crate::process::register_hooks();
     let Some(cell) = GLOBAL.acquire_heap(true) else {
         STATE.set(UNBOUND);
         return None;
@@ -105,39 +97,4 @@ fn bind() -> Option<&'static HeapCell> {
 /// The calling thread's heap, if it has one.
 pub(crate) fn current() -> Option<&'static HeapCell> {
     HeapSlot::get()
-}
-
-static FORK_HANDLERS: AtomicBool = AtomicBool::new(false);
-
-/// An `.init_array` entry runs when the program (or the library holding pymalloc) is loaded,
-/// before the constructors of code loaded after it and before `main`.
-#[cfg(target_os = "linux")]
-#[used]
-#[unsafe(link_section = ".init_array")]
-static AT_LOAD: extern "C" fn() = {
-    extern "C" fn at_load() {
-        register_fork_handlers();
-    }
-    at_load
-};
-
-/// Registers the `fork` handlers, once (see the module's text); later calls do nothing.
-pub fn register_fork_handlers() {
-    if FORK_HANDLERS.swap(true, Ordering::Relaxed) {
-        return;
-    }
-    extern "C" fn prepare() {
-        GLOBAL.fork_prepare();
-    }
-    extern "C" fn parent() {
-        // SAFETY: runs after `prepare`, in the thread that forked.
-        unsafe { GLOBAL.fork_parent() }
-    }
-    extern "C" fn child() {
-        // SAFETY: runs in the child after `prepare`.
-        unsafe { GLOBAL.fork_child() }
-    }
-    // SAFETY: the handlers are plain functions that neither allocate nor unwind. Failure
-    // (ENOMEM) leaves fork unprotected, as it was before; nothing else depends on it.
-    unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
 }

@@ -344,3 +344,32 @@ fn an_arena_reservation_fits_in_little_more_address_space_than_it_keeps() {
     let arena = arena.expect("2 MiB aligned in 3 MiB of address space");
     assert_eq!(arena.addr().get() % (2 * MIB), 0);
 }
+
+/// `PYMALLOC_STATS=json` in a Rust program's environment: one line of JSON on stderr at exit,
+/// after the program's own frees.
+#[test]
+fn statistics_at_exit_when_the_environment_asks() {
+    const NAME: &str = "statistics_at_exit_when_the_environment_asks";
+    if in_child() {
+        let kept: Vec<Box<[u8; 64]>> = (0..1000).map(|_| Box::new([1; 64])).collect();
+        std::mem::forget(kept);
+        return;
+    }
+    for (value, expect_json) in [("json", true), ("1", false)] {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+            .env("TEST_CHILD_OF_PYMALLOC", "1")
+            .env("PYMALLOC_STATS", value)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if expect_json {
+            let last = stderr.lines().last().unwrap_or_default();
+            let json: serde_json::Value = serde_json::from_str(last).expect("JSON at exit");
+            assert!(json["pooled_blocks"].as_u64().unwrap() >= 1000, "{last}");
+        } else {
+            assert!(stderr.contains("pymalloc statistics"), "{stderr}");
+        }
+    }
+}

@@ -30,6 +30,8 @@
 //!   [`MAX_DIRTY_FLOOR`]) whenever half of what the last purge decommitted has been taken back
 //!   into use by the next: a program whose free slots swing by more than the floor would
 //!   otherwise decommit and fault the same pages in again and again.
+//! - Both numbers the user may set ([`Arenas::set_policy`]): the most the floor rises to,
+//!   and how many empty arenas are kept at least (below).
 //! - *Keep some empty arenas*: up to [`Arenas::empty_limit`] wholly free arenas
 //!   ([`MIN_EMPTY_ARENAS`], or one per [`EMPTY_SHARE`] arenas' worth of slots in use if more) stay
 //!   mapped (their pages subject to the decommit policy); beyond that the one emptied longest
@@ -67,13 +69,14 @@ use crate::map::ArenaMap;
 
 /// Pool slots per arena.
 pub const POOLS_PER_ARENA: usize = SLOTS - 1;
-/// Wholly free arenas always allowed to stay mapped (see [`Arenas::empty_limit`]).
+/// Wholly free arenas always allowed to stay mapped, by default (see [`Arenas::empty_limit`]
+/// and [`Arenas::set_policy`]).
 pub const MIN_EMPTY_ARENAS: usize = 4;
 /// Dirty free slots always allowed before the oldest are decommitted, at first: one arena's
 /// worth (see [`Arenas::dirty_limit`]).
 pub const MIN_DIRTY_SLOTS: usize = SLOTS;
-/// The most the dirty floor grows to when releases keep being undone: 128 arenas' worth
-/// (256 MiB).
+/// The most the dirty floor grows to when releases keep being undone, by default: 128 arenas'
+/// worth (256 MiB; see [`Arenas::set_policy`]).
 pub const MAX_DIRTY_FLOOR: usize = 128 * SLOTS;
 /// Beyond the dirty floor, one dirty free slot may be kept per this many slots in use.
 /// Measured on random medium sizes (`docs/design.md`): keeping less makes the program fault
@@ -451,9 +454,14 @@ pub struct Arenas {
     /// Arenas with dirty free slots, the oldest first.
     dirty: List,
     dirty_slots: usize,
-    /// Dirty free slots always allowed: [`MIN_DIRTY_SLOTS`], raised up to
-    /// [`MAX_DIRTY_FLOOR`] each time a release is found undone.
+    /// Dirty free slots always allowed: [`MIN_DIRTY_SLOTS`] (or `max_floor` if less), raised
+    /// up to `max_floor` each time a release is found undone.
     dirty_floor: usize,
+    /// The most the dirty floor rises to ([`MAX_DIRTY_FLOOR`] unless set by
+    /// [`Arenas::set_policy`]).
+    max_floor: usize,
+    /// Wholly free arenas always allowed to stay mapped ([`MIN_EMPTY_ARENAS`] unless set).
+    min_empty: usize,
     /// Slots given back to the system (decommitted, or in arenas unmapped) since the floor
     /// last changed.
     released: usize,
@@ -488,6 +496,8 @@ impl Arenas {
             dirty: List::EMPTY,
             dirty_slots: 0,
             dirty_floor: MIN_DIRTY_SLOTS,
+            max_floor: MAX_DIRTY_FLOOR,
+            min_empty: MIN_EMPTY_ARENAS,
             released: 0,
             released_taken: 0,
             empties: List::EMPTY,
@@ -498,18 +508,18 @@ impl Arenas {
     }
 
     /// Dirty free slots allowed before the oldest are decommitted: the dirty floor (from
-    /// [`MIN_DIRTY_SLOTS`] to [`MAX_DIRTY_FLOOR`]), or one per [`DIRTY_SHARE`] slots in use if
-    /// that is more.
+    /// [`MIN_DIRTY_SLOTS`] to [`MAX_DIRTY_FLOOR`], by default), or one per [`DIRTY_SHARE`]
+    /// slots in use if that is more.
     pub fn dirty_limit(&self) -> usize {
         self.dirty_floor.max(self.slots_in_use / DIRTY_SHARE)
     }
 
-    /// Wholly free arenas allowed to stay mapped: [`MIN_EMPTY_ARENAS`], one per
+    /// Wholly free arenas allowed to stay mapped: [`MIN_EMPTY_ARENAS`] (by default), one per
     /// [`EMPTY_SHARE`] arenas' worth of slots in use, or the dirty floor's worth of arenas,
     /// whichever is most (a floor raised because released memory was taken back applies to
     /// whole arenas as it does to slots).
     pub fn empty_limit(&self) -> usize {
-        MIN_EMPTY_ARENAS
+        self.min_empty
             .max(self.slots_in_use / (POOLS_PER_ARENA * EMPTY_SHARE))
             .max(self.dirty_floor / POOLS_PER_ARENA)
     }
@@ -718,16 +728,16 @@ impl Arenas {
     /// Raises the dirty floor if half of what was given back to the system since it last
     /// changed has been taken back into use: the program reuses that much, and releasing it
     /// again would only make it fault the same memory in again. The floor doubles, or jumps to
-    /// what was released if more, up to [`MAX_DIRTY_FLOOR`] (glibc's mmap threshold follows
+    /// what was released if more, up to the policy's most ([`MAX_DIRTY_FLOOR`]; glibc's mmap threshold follows
     /// the largest block freed in the same spirit).
     fn raise_floor_if_undone(&mut self) {
         if self.released > 0
             && self.released_taken * 2 >= self.released
-            && self.dirty_floor < MAX_DIRTY_FLOOR
+            && self.dirty_floor < self.max_floor
         {
             self.dirty_floor = (self.dirty_floor * 2)
                 .max(self.released)
-                .min(MAX_DIRTY_FLOOR);
+                .min(self.max_floor);
             self.released = 0;
             self.released_taken = 0;
         }
@@ -813,16 +823,40 @@ impl Arenas {
                 self.empties.push_back(h, Chain::Empty);
                 self.empty += 1;
             }
-            // Fewer slots in use may allow fewer empty arenas: unmap the oldest.
-            if self.empty > self.empty_limit() {
-                self.raise_floor_if_undone();
-            }
-            while self.empty > self.empty_limit() {
-                self.released += POOLS_PER_ARENA;
-                self.release_arena(self.empties.head, platform, map);
-            }
+        }
+        self.release_over_limits(platform, map);
+    }
+
+    /// Unmaps the empty arenas emptied longest ago while more are empty than
+    /// [`Arenas::empty_limit`] allows, then decommits dirty slots over
+    /// [`Arenas::dirty_limit`] ([`Arenas::purge_over_limit`]).
+    fn release_over_limits<P: Platform>(&mut self, platform: &P, map: &ArenaMap) {
+        // Fewer slots in use may allow fewer empty arenas: unmap the oldest.
+        if self.empty > self.empty_limit() {
+            self.raise_floor_if_undone();
+        }
+        while self.empty > self.empty_limit() {
+            self.released += POOLS_PER_ARENA;
+            // SAFETY: the head of the empty list is a live, empty arena (A3), and `empty > 0`.
+            unsafe { self.release_arena(self.empties.head, platform, map) };
         }
         self.purge_over_limit(platform);
+    }
+
+    /// Sets the policy's two numbers — wholly free arenas kept mapped at least, and the most
+    /// the dirty floor may rise to, in slots — and gives back at once what the new limits do
+    /// not allow. `map` is the manager's.
+    pub fn set_policy<P: Platform>(
+        &mut self,
+        min_empty: usize,
+        max_floor: usize,
+        platform: &P,
+        map: &ArenaMap,
+    ) {
+        self.min_empty = min_empty;
+        self.max_floor = max_floor;
+        self.dirty_floor = MIN_DIRTY_SLOTS.min(max_floor);
+        self.release_over_limits(platform, map);
     }
 
     /// Resizes a pool in place to `slots` slots (1 to [`MAX_SPAN_SLOTS`]): it grows into the

@@ -250,8 +250,8 @@ fn fragmentation(scale: Scale) -> u64 {
     checksum + live.len() as u64
 }
 
-/// Threads for [`small_churn`]: `PYMALLOC_BENCH_THREADS`, else one.
-pub const THREADS_VAR: &str = "PYMALLOC_BENCH_THREADS";
+/// Threads for [`small_churn`]: `BENCH_THREADS`, else one.
+pub const THREADS_VAR: &str = "BENCH_THREADS";
 
 /// Operations per thread of [`small_churn`].
 pub fn churn_ops(scale: Scale) -> usize {

@@ -5,15 +5,16 @@
 //! LD_PRELOAD=$PWD/target/release/libpymalloc_override.so some-program
 //! ```
 //!
-//! It exports the C allocation functions and `malloc_trim` (their semantics are in
-//! `pymalloc::c_abi`), and `pymalloc_write_stats(fd)`. With `PYMALLOC_STATS=1` in the environment, the statistics
-//! table goes to stderr when the program exits. Rust code inside the library allocates
+//! It exports the C allocation functions, `malloc_trim`, and glibc's `malloc_stats`,
+//! `mallinfo`, `mallinfo2` and `malloc_info` with pymalloc's figures (their semantics are in
+//! `pymalloc::c_abi`), and `pymalloc_write_stats(fd)`. The `PYMALLOC_*` options in the
+//! environment apply (`pymalloc::Options`): with `PYMALLOC_STATS=1` (or `json`), the
+//! statistics go to stderr when the program exits. Rust code inside the library allocates
 //! through pymalloc directly.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![cfg(target_os = "linux")]
 
-use core::ffi::{c_char, c_int, c_void};
-use core::sync::atomic::{AtomicI32, Ordering};
+use core::ffi::{c_int, c_void};
 
 use pymalloc::{PyMalloc, c_abi};
 
@@ -118,47 +119,47 @@ pub extern "C" fn pymalloc_write_stats(fd: c_int) {
     c_abi::write_stats(fd);
 }
 
-/// Where the statistics go at exit, if `PYMALLOC_STATS=1`: a copy of stderr made at load
-/// time, since programs may close stderr before exit (GNU coreutils do); -1 for none.
-static STATS_FD: AtomicI32 = AtomicI32::new(-1);
+/// `malloc_stats(3)`: pymalloc's statistics table, to stderr.
+#[unsafe(no_mangle)]
+pub extern "C" fn malloc_stats() {
+    c_abi::malloc_stats();
+}
+
+/// `mallinfo2(3)`: pymalloc's figures in glibc's fields (see `pymalloc::c_abi::MallInfo2`).
+#[unsafe(no_mangle)]
+pub extern "C" fn mallinfo2() -> c_abi::MallInfo2 {
+    c_abi::mallinfo2()
+}
+
+/// `mallinfo(3)`: as [`mallinfo2`], in `int`s.
+#[unsafe(no_mangle)]
+pub extern "C" fn mallinfo() -> c_abi::MallInfo {
+    c_abi::mallinfo()
+}
+
+/// `malloc_info(3)`: pymalloc's figures as XML of glibc's shape.
+///
+/// # Safety
+/// `file` is an open `FILE`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn malloc_info(options: c_int, file: *mut libc::FILE) -> c_int {
+    // SAFETY: as the caller guarantees.
+    unsafe { c_abi::malloc_info(options, file) }
+}
 
 /// Runs when the library is loaded, before the program's own constructors: registers
 /// pymalloc's `fork` handlers before the program can register any (which a program that
-/// allocates in its own handlers needs; see `pymalloc::register_fork_handlers`), and opens
-/// the statistics' descriptor if asked.
+/// allocates in its own handlers needs), and the statistics at exit if `PYMALLOC_STATS`
+/// asks for them (see `pymalloc::register_hooks`).
 extern "C" fn at_load() {
-    pymalloc::register_fork_handlers();
-    const NAME: &core::ffi::CStr = c"PYMALLOC_STATS";
-    // SAFETY: a NUL-terminated name; the value, if any, is a NUL-terminated string that is
-    // only read here, byte by byte up to its terminator.
-    let on = unsafe {
-        let value: *const c_char = libc::getenv(NAME.as_ptr());
-        !value.is_null() && *value == b'1' as c_char && *value.add(1) == 0
-    };
-    if on {
-        // SAFETY: duplicating a descriptor has no memory-safety conditions; a failure is -1.
-        let fd = unsafe { libc::fcntl(libc::STDERR_FILENO, libc::F_DUPFD_CLOEXEC, 3) };
-        STATS_FD.store(fd, Ordering::Relaxed);
-    }
+    pymalloc::register_hooks();
 }
 
-/// Runs when the library is unloaded (at exit): the statistics, if asked for.
-extern "C" fn at_exit() {
-    let fd = STATS_FD.load(Ordering::Relaxed);
-    if fd >= 0 {
-        c_abi::write_stats(fd);
-    }
-}
-
-/// `.init_array` and `.fini_array` entries run when the library is loaded and unloaded; for a
-/// preloaded library, before the program starts and at exit, after its `atexit` handlers.
+/// An `.init_array` entry runs when the library is loaded; for a preloaded library, before
+/// the program starts.
 #[used]
 #[unsafe(link_section = ".init_array")]
 static AT_LOAD: extern "C" fn() = at_load;
-
-#[used]
-#[unsafe(link_section = ".fini_array")]
-static AT_EXIT: extern "C" fn() = at_exit;
 
 /// C23's `free_sized(3)`: a size that does not match the block is reported and aborts.
 ///

@@ -512,3 +512,150 @@ fn multithreaded_sort_gives_the_same_output() {
         .expect("a heaps line in the statistics");
     assert!(heaps >= 2, "{}", text(&out.stderr));
 }
+
+/// The program that asks the allocator about itself (`tests/c/introspect.c`), compiled once.
+fn introspect() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| compile("introspect"))
+}
+
+/// Runs `program` on pymalloc with exactly the `PYMALLOC_*` variables given (others removed).
+fn run_with_options(program: &Path, args: &[&str], vars: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(program);
+    command.args(args).env("LD_PRELOAD", library());
+    for (name, _) in std::env::vars() {
+        if name.starts_with("PYMALLOC_") {
+            command.env_remove(name);
+        }
+    }
+    for (name, value) in vars {
+        command.env(name, value);
+    }
+    let out = command.output().expect("program runs");
+    assert!(out.status.success(), "{command:?}: {out:?}");
+    out
+}
+
+/// `name=value` pairs of the line of `text` that starts with `prefix`, as numbers.
+fn fields(text: &str, prefix: &str) -> std::collections::HashMap<String, i128> {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting {prefix:?} in:\n{text}"));
+    line.split_whitespace()
+        .skip(1)
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').expect("name=value");
+            (name.to_owned(), value.parse().expect("a number"))
+        })
+        .collect()
+}
+
+/// The first number, and the number in parentheses, on the table's line that starts with
+/// `label` (as `# pooled blocks in use    12 (1200 bytes)`).
+fn table_line(table: &str, label: &str) -> (i128, Option<i128>) {
+    let line = table
+        .lines()
+        .find(|l| l.starts_with(label))
+        .unwrap_or_else(|| panic!("no {label:?} line in:\n{table}"));
+    let mut numbers = line[label.len()..]
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap());
+    (numbers.next().unwrap(), numbers.next())
+}
+
+#[test]
+fn mallinfo2_mallinfo_malloc_stats_and_malloc_info_agree_with_the_statistics() {
+    let out = run_with_options(introspect(), &[], &[]);
+    let (stdout, table) = (text(&out.stdout), text(&out.stderr));
+    let m = fields(&stdout, "mallinfo2 ");
+    let m1 = fields(&stdout, "mallinfo ");
+    for (name, value) in &m {
+        assert_eq!(m1[name], i128::from(*value as i32), "mallinfo's {name}");
+    }
+    let (pooled, pooled_bytes) = table_line(&table, "# pooled blocks in use");
+    let (large, large_bytes) = table_line(&table, "# large blocks in use");
+    let (cached, cached_bytes) = table_line(&table, "# large ranges cached");
+    let (mapped, _) = table_line(&table, "# bytes mapped");
+    assert!(pooled >= 1000 && large >= 1 && cached == 1, "{table}");
+    assert_eq!(m["uordblks"], pooled_bytes.unwrap());
+    assert_eq!((m["hblks"], m["hblkhd"]), (large, large_bytes.unwrap()));
+    assert_eq!(m["arena"], mapped - m["hblkhd"]);
+    assert_eq!(m["fordblks"], m["arena"] - m["uordblks"]);
+    assert!(m["keepcost"] >= cached_bytes.unwrap(), "{stdout}");
+    let xml = &stdout[stdout
+        .find("<malloc version=\"1\">")
+        .expect("malloc_info's XML")..];
+    assert!(xml.trim_end().ends_with("</malloc>"), "{xml}");
+    assert!(xml.contains(&format!(
+        "<total type=\"mmap\" count=\"{large}\" size=\"{}\"/>",
+        m["hblkhd"]
+    )));
+    assert!(xml.contains(&format!("<total type=\"rest\" count=\"{}\"", m["ordblks"])));
+    assert!(xml.contains(&format!("<system type=\"current\" size=\"{mapped}\"/>")));
+    let free_in_sizes: i128 = xml
+        .lines()
+        .filter(|l| l.starts_with("<size "))
+        .map(|l| {
+            let count = l.split("count=\"").nth(1).unwrap();
+            count[..count.find('"').unwrap()].parse::<i128>().unwrap()
+        })
+        .sum();
+    assert_eq!(free_in_sizes, m["ordblks"]);
+}
+
+#[test]
+fn each_option_in_the_environment_is_read_and_has_its_effect() {
+    // PYMALLOC_LARGE_CACHE=0: the freed 1 MiB block is not kept.
+    let out = run_with_options(introspect(), &[], &[("PYMALLOC_LARGE_CACHE", "0")]);
+    let (cached, bytes) = table_line(&text(&out.stderr), "# large ranges cached");
+    assert_eq!((cached, bytes), (0, Some(0)));
+    // PYMALLOC_STATS: the table, or one line of JSON, at exit, after the program's frees.
+    let out = run_with_options(introspect(), &[], &[("PYMALLOC_STATS", "1")]);
+    assert_eq!(processes_on_pymalloc(&out), 2, "malloc_stats and at exit");
+    let out = run_with_options(introspect(), &[], &[("PYMALLOC_STATS", "json")]);
+    let last = text(&out.stderr)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned();
+    let json: serde_json::Value = serde_json::from_str(&last).expect("JSON at exit");
+    assert_eq!(json["large_blocks"], 0, "{last}");
+    assert_eq!(
+        json["bytes_in_use"].as_u64(),
+        Some(json["pooled_bytes"].as_u64().unwrap() + json["large_bytes"].as_u64().unwrap())
+    );
+    // PYMALLOC_VERBOSE=1: the options in effect, once, and a warning for a request answered
+    // NULL. The policy options show there as read.
+    let vars = [
+        ("PYMALLOC_VERBOSE", "1"),
+        ("PYMALLOC_EMPTY_ARENAS", "9"),
+        ("PYMALLOC_DIRTY_FLOOR", "64M"),
+    ];
+    let out = run_with_options(introspect(), &["oom"], &vars);
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.matches("pymalloc: options: ").count(), 1, "{stderr}");
+    assert!(stderr.contains(
+        "PYMALLOC_VERBOSE=1 PYMALLOC_EMPTY_ARENAS=9 PYMALLOC_DIRTY_FLOOR=67108864 \
+         PYMALLOC_LARGE_CACHE=33554432"
+    ));
+    assert!(
+        stderr.contains("pymalloc: warning: out of memory: a request of 4611686018427387904"),
+        "{stderr}"
+    );
+    // Without it, the same program says nothing.
+    let out = run_with_options(introspect(), &["oom"], &[]);
+    assert_eq!(text(&out.stderr), "");
+    // An unknown variable, or a bad value, is warned about once, and the program runs.
+    let vars = [("PYMALLOC_STAT", "1"), ("PYMALLOC_LARGE_CACHE", "lots")];
+    let out = run_with_options(introspect(), &["oom"], &vars);
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.matches("PYMALLOC_STAT is not an option").count(), 1);
+    assert_eq!(
+        stderr
+            .matches("PYMALLOC_LARGE_CACHE=lots: expected")
+            .count(),
+        1
+    );
+}

@@ -285,15 +285,15 @@ pub fn peak_rss_bytes() -> usize {
     kib << 10
 }
 
-/// Runs `test` in a child process with `PYMALLOC_CHILD` set, expecting it to abort with a
+/// Runs `test` in a child process with `TEST_CHILD_OF_PYMALLOC` set, expecting it to abort with a
 /// message containing `expected` on standard error.
 pub fn expect_abort(test: &str, expected: &str) {
-    if std::env::var_os("PYMALLOC_CHILD").is_some() {
+    if std::env::var_os("TEST_CHILD_OF_PYMALLOC").is_some() {
         return;
     }
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env("PYMALLOC_CHILD", "1")
+        .env("TEST_CHILD_OF_PYMALLOC", "1")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -307,7 +307,7 @@ pub fn expect_abort(test: &str, expected: &str) {
 }
 
 pub fn in_child() -> bool {
-    std::env::var_os("PYMALLOC_CHILD").is_some()
+    std::env::var_os("TEST_CHILD_OF_PYMALLOC").is_some()
 }
 
 /// Runs the test named `test` again in a child process (where [`in_child`] is true) and
@@ -317,7 +317,7 @@ pub fn in_child() -> bool {
 pub fn passes_in_child_within(test: &str, limit: std::time::Duration) {
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env("PYMALLOC_CHILD", "1")
+        .env("TEST_CHILD_OF_PYMALLOC", "1")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -1,0 +1,99 @@
+//! Writing text without allocating: a [`fmt::Write`] that gathers bytes in a buffer on the
+//! stack and hands each full buffer to a sink — a file descriptor ([`to_fd`]) or a C `FILE`
+//! ([`to_file`]). The statistics at exit, `malloc_stats`, `malloc_info` and the warnings use
+//! it: they run inside the allocator, or at exit, where allocating could recurse or fail.
+
+use core::ffi::c_int;
+use core::fmt::{self, Write};
+
+/// Bytes gathered before each hand-off to the sink.
+const BUFFER: usize = 1024;
+
+/// A [`fmt::Write`] through a stack buffer into `sink`; [`Buffered::finish`] hands on the rest.
+pub(crate) struct Buffered<S: FnMut(&[u8])> {
+    sink: S,
+    buf: [u8; BUFFER],
+    len: usize,
+}
+
+impl<S: FnMut(&[u8])> Buffered<S> {
+    pub(crate) fn new(sink: S) -> Self {
+        Buffered {
+            sink,
+            buf: [0; BUFFER],
+            len: 0,
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Some(full) = self.buf.get(..self.len) {
+            (self.sink)(full);
+        }
+        self.len = 0;
+    }
+
+    /// Hands what is buffered to the sink.
+    pub(crate) fn finish(mut self) {
+        self.flush();
+    }
+}
+
+impl<S: FnMut(&[u8])> Write for Buffered<S> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for &byte in s.as_bytes() {
+            if self.len == BUFFER {
+                self.flush();
+            }
+            // `flush` empties the buffer, so there is always room: `get_mut` never fails.
+            if let Some(slot) = self.buf.get_mut(self.len) {
+                *slot = byte;
+                self.len += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes all of `bytes` to the file descriptor `fd`, as far as it takes them; a failed
+/// write drops the rest (there is nowhere to report it).
+pub(crate) fn write_fd(fd: c_int, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: the pointer and length describe the live slice `bytes`.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n <= 0 {
+            return;
+        }
+        bytes = bytes.get(n as usize..).unwrap_or_default();
+    }
+}
+
+/// Writes `args` to the file descriptor `fd` without allocating.
+pub(crate) fn to_fd(fd: c_int, args: fmt::Arguments<'_>) {
+    let mut out = Buffered::new(|bytes: &[u8]| write_fd(fd, bytes));
+    // Formatting into the buffer cannot fail.
+    let _ = out.write_fmt(args);
+    out.finish();
+}
+
+/// Writes `args` to the C stream `file` (with `fwrite`, which may allocate its own buffer
+/// the first time; nothing of ours is held then).
+///
+/// # Safety
+/// `file` is an open `FILE`.
+#[cfg(target_os = "linux")]
+pub(crate) unsafe fn to_file(file: *mut libc::FILE, args: fmt::Arguments<'_>) {
+    let mut out = Buffered::new(|bytes: &[u8]| {
+        // SAFETY: `file` is open (caller); the pointer and length describe `bytes`.
+        unsafe { libc::fwrite(bytes.as_ptr().cast(), 1, bytes.len(), file) };
+    });
+    let _ = out.write_fmt(args);
+    out.finish();
+}
+
+/// Writes `pymalloc: warning: ` and `args` on a line of stderr, without allocating.
+pub(crate) fn warn(args: fmt::Arguments<'_>) {
+    to_fd(
+        libc::STDERR_FILENO,
+        format_args!("pymalloc: warning: {args}\n"),
+    );
+}

@@ -1,0 +1,110 @@
+//! The options' effects: each policy option, given to an instance over the test platform,
+//! changes what it keeps, against the same program at the defaults. (Reading them from the
+//! environment is tested in `src/options.rs` and, end to end, under `LD_PRELOAD` in
+//! `override/tests/preload.rs`.)
+
+use std::alloc::Layout;
+
+use pymalloc::{Allocator, Options, Stats};
+use pymalloc_arena::{ARENA_SIZE, TestPlatform};
+
+/// Allocates `bytes` in 1 KiB blocks, frees them all, and returns the figures after.
+fn fill_and_free(a: &Allocator<TestPlatform>, bytes: usize) -> Stats {
+    let layout = Layout::from_size_align(1024, 8).unwrap();
+    let blocks: Vec<_> = (0..bytes / 1024).map(|_| a.alloc(layout)).collect();
+    assert!(blocks.iter().all(|p| !p.is_null()));
+    for p in blocks {
+        // SAFETY: a live block of this layout.
+        unsafe { a.dealloc(p, layout) };
+    }
+    a.check().unwrap();
+    a.stats()
+}
+
+fn with(options: Options) -> Allocator<TestPlatform> {
+    Allocator::with_options(TestPlatform::new(), options)
+}
+
+#[test]
+fn empty_arenas_sets_how_many_stay_mapped() {
+    let bytes = 8 * ARENA_SIZE;
+    let default = fill_and_free(&with(Options::DEFAULT), bytes);
+    let many = fill_and_free(
+        &with(Options {
+            empty_arenas: 16,
+            ..Options::DEFAULT
+        }),
+        bytes,
+    );
+    let none = fill_and_free(
+        &with(Options {
+            empty_arenas: 0,
+            dirty_floor: 0,
+            ..Options::DEFAULT
+        }),
+        bytes,
+    );
+    assert_eq!(
+        default.empty_arenas,
+        Options::DEFAULT.empty_arenas,
+        "{default}"
+    );
+    assert!(many.empty_arenas >= 6, "all kept: {many}");
+    assert_eq!(none.empty_arenas, 0, "{none}");
+}
+
+#[test]
+fn dirty_floor_sets_how_much_freed_memory_stays_committed() {
+    let bytes = ARENA_SIZE;
+    let default = fill_and_free(&with(Options::DEFAULT), bytes);
+    let none = fill_and_free(
+        &with(Options {
+            dirty_floor: 0,
+            ..Options::DEFAULT
+        }),
+        bytes,
+    );
+    assert!(default.pools_free_dirty >= 64, "{default}");
+    assert!(none.pools_free_dirty <= 8, "{none}");
+    assert_eq!(none.pools_free_dirty_limit, none.pools_kept / 2);
+}
+
+#[test]
+fn large_cache_sets_how_much_of_freed_large_blocks_is_kept() {
+    let free_one = |options: Options, bytes: usize| {
+        let a = with(options);
+        let layout = Layout::from_size_align(bytes, 8).unwrap();
+        let p = a.alloc(layout);
+        assert!(!p.is_null());
+        // SAFETY: a live block of this layout.
+        unsafe { a.dealloc(p, layout) };
+        a.check().unwrap();
+        a.stats()
+    };
+    let mib = 1 << 20;
+    assert_eq!(
+        free_one(Options::DEFAULT, 3 * mib).large_cached_bytes,
+        3 * mib
+    );
+    let small = Options {
+        large_cache: 2 * mib,
+        ..Options::DEFAULT
+    };
+    assert_eq!(free_one(small, 3 * mib).large_cached_bytes, 0);
+    assert_eq!(free_one(small, mib).large_cached_bytes, mib);
+    let off = Options {
+        large_cache: 0,
+        ..Options::DEFAULT
+    };
+    let s = free_one(off, mib);
+    assert_eq!((s.large_cached_bytes, s.large_cached_limit), (0, 0));
+}
+
+#[test]
+fn given_options_are_the_instances_whatever_the_environment_says() {
+    let options = Options {
+        empty_arenas: 9,
+        ..Options::DEFAULT
+    };
+    assert_eq!(with(options).options(), options);
+}
