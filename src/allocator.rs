@@ -16,7 +16,7 @@ use core::alloc::Layout;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
-use pymalloc_arena::{ArenaMap, Arenas, Platform};
+use pymalloc_arena::{ArenaMap, Arenas, Capabilities, Platform};
 use pymalloc_pool::{
     ALIGNMENT, POOL_SIZE, POOLED_MAX, PoolPtr, SizeClass, blocks_per_pool, fatal, holds_freed_mark,
 };
@@ -406,7 +406,7 @@ impl<P: Platform> Allocator<P> {
             return None;
         }
         shared.large.register(fresh, len);
-        Some((fresh, P::ZERO_FILLED))
+        Some((fresh, P::CAPABILITIES.contains(Capabilities::ZERO_FILLED)))
     }
 
     /// Frees a large block; with `expected`, its mapping must [`fits`] one of those two
@@ -492,7 +492,7 @@ impl<P: Platform> Allocator<P> {
         }
         shared.large.missed(new - old);
         drop(shared);
-        if !P::CAN_REMAP {
+        if !P::CAPABILITIES.contains(Capabilities::REMAP) {
             return None;
         }
         // The system places a moved mapping on a page boundary, no more: over-aligned blocks

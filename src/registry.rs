@@ -16,7 +16,7 @@
 
 use core::ptr::{self, NonNull};
 
-use pymalloc_arena::Platform;
+use pymalloc_arena::{Capabilities, Platform};
 use pymalloc_pool::fatal;
 
 /// One large block: where its mapping starts and how long it is. A null `ptr` is vacant.
@@ -133,7 +133,7 @@ impl Registry {
         let entries = memory.as_ptr().cast::<Entry>();
         // SAFETY: a fresh reservation of `capacity` entries; an all-zero entry is vacant.
         unsafe {
-            if !P::ZERO_FILLED {
+            if !P::CAPABILITIES.contains(Capabilities::ZERO_FILLED) {
                 entries.write_bytes(0, capacity);
             }
         }

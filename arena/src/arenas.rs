@@ -64,8 +64,8 @@ use pymalloc_pool::{
 };
 use pymalloc_radix::NodeAlloc;
 
-use crate::Platform;
 use crate::map::ArenaMap;
+use crate::{Capabilities, Platform};
 
 /// Pool slots per arena.
 pub const POOLS_PER_ARENA: usize = SLOTS - 1;
@@ -406,7 +406,7 @@ unsafe impl<P: Platform> NodeAlloc for PlatformNodes<'_, P> {
     fn alloc_node(&self, bytes: usize) -> Option<NonNull<u8>> {
         let size = bytes.next_multiple_of(self.0.page_size());
         let node = self.0.reserve(size, 1)?;
-        if !P::ZERO_FILLED {
+        if !P::CAPABILITIES.contains(Capabilities::ZERO_FILLED) {
             // SAFETY: a fresh reservation of `size` bytes.
             unsafe { node.as_ptr().write_bytes(0, size) };
         }
@@ -654,7 +654,10 @@ impl Arenas {
             (*h).heads |= 1 << start;
             (*h).span[start as usize] = len as u8;
             Self::set_pool_head(h, start, len, start as u8);
-            Some((Self::slot(h, start), !had_dirty && P::ZERO_FILLED))
+            Some((
+                Self::slot(h, start),
+                !had_dirty && P::CAPABILITIES.contains(Capabilities::ZERO_FILLED),
+            ))
         }
     }
 

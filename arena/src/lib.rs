@@ -22,7 +22,7 @@ pub use arenas::{
     MIN_DIRTY_SLOTS, MIN_EMPTY_ARENAS, POOLS_PER_ARENA, SLOTS,
 };
 pub use map::ArenaMap;
-pub use platform::{OsPlatform, Platform};
+pub use platform::{Capabilities, OsPlatform, Platform};
 #[cfg(any(test, feature = "test-platform"))]
 pub use test_platform::{TEST_PAGE_SIZE, TestPlatform, unbackable_bytes};
 

@@ -12,6 +12,18 @@
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
+bitflags::bitflags! {
+    /// What a [`Platform`]'s memory does beyond the basics, which the allocator can rely on.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct Capabilities: u8 {
+        /// Fresh memory, and memory after a successful `decommit`, reads as zero (so
+        /// zeroed requests skip the `memset`).
+        const ZERO_FILLED = 1;
+        /// `remap` may resize a reservation; without this it always returns `None`.
+        const REMAP = 1 << 1;
+    }
+}
+
 /// Where pymalloc's memory comes from.
 ///
 /// Sizes passed to every method are multiples of [`Platform::page_size`]; alignments are
@@ -20,13 +32,11 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 /// # Safety
 /// Implementations must keep each method's contract: memory returned by `reserve` or `remap`
 /// is readable and writable, exclusively the caller's, of the asked size and alignment, and
-/// stays so until released; if `ZERO_FILLED`, it reads zero when fresh and after `decommit`
-/// succeeds. pymalloc relies on this for memory safety.
+/// stays so until released; with [`Capabilities::ZERO_FILLED`], it reads zero when fresh and
+/// after `decommit` succeeds. pymalloc relies on this for memory safety.
 pub unsafe trait Platform: Sync {
-    /// Fresh memory, and memory after a successful `decommit`, reads as zero.
-    const ZERO_FILLED: bool;
-    /// `remap` may resize a reservation; if false it always returns `None`.
-    const CAN_REMAP: bool;
+    /// What this platform's memory does beyond the basics.
+    const CAPABILITIES: Capabilities;
 
     /// The granularity of every call.
     fn page_size(&self) -> usize;
@@ -78,10 +88,14 @@ pub struct OsPlatform;
 static PAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
 
 // SAFETY: anonymous private mappings are zero-filled, readable and writable, and ours alone;
-// MADV_DONTNEED on them makes the next touch read zero; mremap keeps contents.
+// on Linux, MADV_DONTNEED on them makes the next touch read zero (elsewhere it may leave the
+// contents, so ZERO_FILLED is Linux's alone); mremap keeps contents.
 unsafe impl Platform for OsPlatform {
-    const ZERO_FILLED: bool = true;
-    const CAN_REMAP: bool = cfg!(target_os = "linux");
+    const CAPABILITIES: Capabilities = if cfg!(any(target_os = "linux", target_os = "android")) {
+        Capabilities::ZERO_FILLED.union(Capabilities::REMAP)
+    } else {
+        Capabilities::empty()
+    };
 
     #[inline]
     fn page_size(&self) -> usize {
@@ -254,7 +268,7 @@ mod tests {
             os.reserve(page, usize::MAX / 2 + 1).is_none(),
             "alignment overflow"
         );
-        if OsPlatform::CAN_REMAP {
+        if OsPlatform::CAPABILITIES.contains(Capabilities::REMAP) {
             let p = os.reserve(page, 1).unwrap();
             // SAFETY: a live reservation, resized and released through the returned pointer.
             unsafe {
@@ -286,7 +300,7 @@ mod tests {
                 "{too_much} bytes aligned to {align}, twice what the machine can back"
             );
         }
-        if OsPlatform::CAN_REMAP {
+        if OsPlatform::CAPABILITIES.contains(Capabilities::REMAP) {
             let page = os.page_size();
             let p = os.reserve(page, 1).unwrap();
             // SAFETY: a live reservation of ours, released through whichever pointer is live.

@@ -1,23 +1,26 @@
-//! `TestPlatform`: a [`Platform`] on memory the test owns (from the system allocator), with
+//! `TestPlatform`: a [`Platform`] on memory the test owns (anonymous mappings of its own,
+//! each owned whole by a `memmap2::MmapMut`), with
 //! every kind of call able to fail on demand, and every call checked against the live
 //! reservations so that a release or decommit of a wrong range aborts the test at once.
 //!
 //! A release may unmap any whole pages of live reservations, as `munmap` does: the pages
-//! are marked unmapped, and a reservation's memory goes back to the system allocator when
-//! none of its pages is left. `remap` takes whole, untouched reservations only, and refuses
+//! are marked unmapped, and a reservation's mapping is dropped (unmapped whole) when none of
+//! its pages is left. An aligned reservation maps its alignment's worth more and starts at
+//! the first aligned address inside: the slack stays mapped with the rest, since a mapping
+//! owned whole cannot give back part of itself — which is why the real platform does not
+//! use `memmap2` (`docs/design.md`). `remap` takes whole, untouched reservations only, and refuses
 //! (`None`) a range that is part of one, as a system that cannot remap it would.
 //!
 //! It runs under Miri. It allocates (its bookkeeping is a `Vec`), so it must serve only a
 //! pymalloc instance that is not the process's global allocator.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeSet;
 use std::ptr::NonNull;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use pymalloc_pool::fatal;
 
-use crate::Platform;
+use crate::{Capabilities, Platform};
 
 /// The page size `TestPlatform` reports.
 pub const TEST_PAGE_SIZE: usize = 4096;
@@ -40,11 +43,38 @@ pub fn unbackable_bytes() -> Option<usize> {
 }
 
 struct Region {
+    /// The mapping that holds the reservation; dropping it unmaps it whole.
+    _mapping: memmap2::MmapMut,
+    /// The reservation's start, aligned, inside the mapping.
     ptr: NonNull<u8>,
     len: usize,
-    layout: Layout,
+    /// The most `remap` grows it to in place: its first length.
+    capacity: usize,
+    /// Its alignment, which a moving `remap` keeps.
+    align: usize,
     /// Offsets of the pages of `0..len` already released.
     unmapped: BTreeSet<usize>,
+}
+
+impl Region {
+    /// A fresh, zero-filled reservation of `len` bytes aligned to `align` (a power of two,
+    /// at least a page).
+    fn map(len: usize, align: usize) -> Option<Region> {
+        let mut map = memmap2::MmapOptions::new()
+            .len(len.checked_add(align - TEST_PAGE_SIZE)?)
+            .map_anon()
+            .ok()?;
+        let base = map.as_mut_ptr();
+        let skip = base.addr().next_multiple_of(align) - base.addr();
+        Some(Region {
+            ptr: NonNull::new(base.wrapping_add(skip))?,
+            len,
+            capacity: len,
+            align,
+            _mapping: map,
+            unmapped: BTreeSet::new(),
+        })
+    }
 }
 
 impl Region {
@@ -185,21 +215,11 @@ impl TestPlatform {
     }
 }
 
-impl Drop for TestPlatform {
-    fn drop(&mut self) {
-        for r in self.state().live.drain(..) {
-            // SAFETY: allocated by `reserve` or `remap` with this layout, and the platform's
-            // owner is gone, so nothing uses it any more.
-            unsafe { System.dealloc(r.ptr.as_ptr(), r.layout) };
-        }
-    }
-}
-
-// SAFETY: memory comes from `System.alloc_zeroed` with the asked size and alignment and is
-// handed out once; decommit zero-fills; remap copies the contents.
+// SAFETY: memory comes from fresh anonymous mappings (zero-filled), aligned as asked inside
+// them, each handed out once and unmapped only when none of its pages is in use; decommit
+// zero-fills; remap copies the contents.
 unsafe impl Platform for TestPlatform {
-    const ZERO_FILLED: bool = true;
-    const CAN_REMAP: bool = true;
+    const CAPABILITIES: Capabilities = Capabilities::ZERO_FILLED.union(Capabilities::REMAP);
 
     fn page_size(&self) -> usize {
         TEST_PAGE_SIZE
@@ -215,15 +235,9 @@ unsafe impl Platform for TestPlatform {
         if size == 0 || size % TEST_PAGE_SIZE != 0 || !align.is_power_of_two() {
             return None;
         }
-        let layout = Layout::from_size_align(size, align.max(TEST_PAGE_SIZE)).ok()?;
-        // SAFETY: the size is not zero.
-        let ptr = NonNull::new(unsafe { System.alloc_zeroed(layout) })?;
-        s.live.push(Region {
-            ptr,
-            len: size,
-            layout,
-            unmapped: BTreeSet::new(),
-        });
+        let region = Region::map(size, align.max(TEST_PAGE_SIZE))?;
+        let ptr = region.ptr;
+        s.live.push(region);
         Some(ptr)
     }
 
@@ -247,10 +261,8 @@ unsafe impl Platform for TestPlatform {
         // Highest index first, so that each removal leaves the others' indices valid.
         emptied.sort_unstable();
         for i in emptied.into_iter().rev() {
-            let r = s.live.swap_remove(i);
-            // SAFETY: allocated with this layout; none of its pages is mapped any more, so
-            // nothing uses it (caller).
-            unsafe { System.dealloc(r.ptr.as_ptr(), r.layout) };
+            // None of its pages is mapped any more, so nothing uses it (caller): unmapped.
+            drop(s.live.swap_remove(i));
         }
     }
 
@@ -306,7 +318,7 @@ unsafe impl Platform for TestPlatform {
             return None;
         }
         let r = &mut s.live[i];
-        if new_size <= r.layout.size() {
+        if new_size <= r.capacity {
             if new_size > r.len {
                 // SAFETY: inside the allocation; pages beyond the old end read zero, as the
                 // kernel's fresh pages do.
@@ -318,22 +330,16 @@ unsafe impl Platform for TestPlatform {
         if !may_move || s.fail_reserves {
             return None;
         }
-        let layout = Layout::from_size_align(new_size, s.live[i].layout.align()).ok()?;
-        // SAFETY: non-zero size.
-        let new = NonNull::new(unsafe { System.alloc_zeroed(layout) })?;
+        let new = Region::map(new_size, s.live[i].align)?;
         let old = s.live.swap_remove(i);
-        // SAFETY: both ranges are live and distinct; the old one is then freed with its layout.
+        // SAFETY: both ranges are live and distinct; the old one is unmapped when dropped.
         unsafe {
-            new.as_ptr()
+            new.ptr
+                .as_ptr()
                 .copy_from_nonoverlapping(old.ptr.as_ptr(), old.len.min(new_size));
-            System.dealloc(old.ptr.as_ptr(), old.layout);
         }
-        s.live.push(Region {
-            ptr: new,
-            len: new_size,
-            layout,
-            unmapped: BTreeSet::new(),
-        });
-        Some(new)
+        let ptr = new.ptr;
+        s.live.push(new);
+        Some(ptr)
     }
 }
