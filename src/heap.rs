@@ -239,7 +239,7 @@ fn bump(counters: &[AtomicUsize; NUM_CLASSES], class: SizeClass, delta: isize) {
 struct Padded(RemoteList);
 
 /// Remote lists per heap. A freeing heap pushes onto the list of its own shard
-/// ([`HeapCell::shard`]), so that threads freeing into one heap each update a line of their
+/// (`HeapCell::shard`), so that threads freeing into one heap each update a line of their
 /// own rather than all contending for one; the owner takes them all back together.
 pub const REMOTE_SHARDS: usize = 8;
 

@@ -28,6 +28,7 @@
 //! The crates underneath: `pymalloc-pool` (size classes, pools), `pymalloc-arena` (platform
 //! layer, arenas), `pymalloc-radix` (the address → arena map).
 #![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
 
 mod allocator;
 #[cfg(target_os = "linux")]

@@ -10,6 +10,7 @@
 //! pool without a lock.
 #![cfg_attr(not(any(test, feature = "test-platform")), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
 
 mod arenas;
 mod map;

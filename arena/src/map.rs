@@ -89,7 +89,7 @@ impl ArenaMap {
     }
 
     /// Whether `addr` lies in one of the manager's arenas. Takes no lock: below
-    /// [`FLAT_LIMIT`], one load (and one of the map's address) and a bit test.
+    /// `FLAT_LIMIT`, one load (and one of the map's address) and a bit test.
     #[inline(always)]
     pub fn contains(&self, addr: usize) -> bool {
         if addr >= self.flat_end.load(Ordering::Acquire) {

@@ -250,10 +250,10 @@ fn fragmentation(scale: Scale) -> u64 {
     checksum + live.len() as u64
 }
 
-/// Threads for [`small_churn`]: `BENCH_THREADS`, else one.
+/// Threads for `small_churn`: `BENCH_THREADS`, else one.
 pub const THREADS_VAR: &str = "BENCH_THREADS";
 
-/// Operations per thread of [`small_churn`].
+/// Operations per thread of `small_churn`.
 pub fn churn_ops(scale: Scale) -> usize {
     scale.pick(2_000_000, 10_000_000)
 }

@@ -12,6 +12,7 @@
 //! statistics go to stderr when the program exits. Rust code inside the library allocates
 //! through pymalloc directly.
 #![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
 #![cfg(target_os = "linux")]
 
 use core::ffi::{c_int, c_void};

@@ -22,6 +22,7 @@
 //! non-allocating abort that every pymalloc crate uses for broken invariants.
 #![cfg_attr(not(any(test, loom)), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
 
 mod asan;
 mod class;

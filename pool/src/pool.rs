@@ -828,7 +828,7 @@ const _: () = assert!(
     MARK_KEY >> (usize::BITS - 1) == 1 && MARK_KEY as isize as i32 as isize as usize == MARK_KEY
 );
 
-/// The value a free block holds in its second word (P9): its address XOR [`MARK_KEY`], which
+/// The value a free block holds in its second word (P9): its address XOR `MARK_KEY`, which
 /// any free can compute without a lookup.
 #[inline(always)]
 pub fn freed_mark(block: NonNull<u8>) -> usize {

@@ -19,6 +19,7 @@
 //!   node creation is a compare-exchange, and the loser gives its node back.
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
 
 use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
