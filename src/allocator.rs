@@ -26,6 +26,7 @@ use crate::heap::{self, HeapCell, SharedAccess};
 use crate::large::{Large, fits, mapping_len};
 use crate::lock::{SpinGuard, SpinLock};
 use crate::options::{self, Options};
+use crate::report;
 use crate::stats::{self, Stats};
 
 /// How a layout is served.
@@ -123,6 +124,18 @@ impl<P: Platform> Allocator<P> {
         self.given
             .or_else(options::from_environment)
             .unwrap_or(Options::DEFAULT)
+    }
+
+    /// Notes that the system refused `bytes` of fresh memory, so that a request gets null:
+    /// a warning under `PYMALLOC_VERBOSE=1` ([`report::warn_limited`]).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn refused(&self, bytes: usize) {
+        if self.options().verbose {
+            report::warn_limited(format_args!(
+                "out of memory: the system refused {bytes} bytes; a request gets null"
+            ));
+        }
     }
 
     /// The platform this instance takes its memory from.
@@ -390,12 +403,18 @@ impl<P: Platform> Allocator<P> {
                 // Refused: what the cache holds may be the address space or commit charge
                 // the system lacks. Empty it and ask once more.
                 let unmap = self.shared().large.trim();
-                if unmap.is_empty() {
+                let again = if unmap.is_empty() {
+                    None
+                } else {
+                    // SAFETY: cached mappings are used by nobody.
+                    unsafe { unmap.release(&self.platform) };
+                    self.platform.reserve(len, layout.align())
+                };
+                let Some(fresh) = again else {
+                    self.refused(len);
                     return None;
-                }
-                // SAFETY: cached mappings are used by nobody.
-                unsafe { unmap.release(&self.platform) };
-                self.platform.reserve(len, layout.align())?
+                };
+                fresh
             }
         };
         let mut shared = self.shared();

@@ -28,7 +28,6 @@ use core::alloc::Layout;
 use core::ffi::{c_int, c_void};
 use core::fmt;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicUsize, Ordering};
 
 use pymalloc_arena::{OsPlatform, Platform};
 use pymalloc_pool::{ALIGNMENT, POOL_SIZE};
@@ -64,12 +63,11 @@ fn allocate(size: usize, align: usize) -> *mut c_void {
     with_session!(|s| s.alloc(layout)).cast()
 }
 
-/// `p`, with `errno = ENOMEM` if it is null (a request of `size` bytes that could not be
-/// served; see [`out_of_memory`]).
+/// `p`, with `errno = ENOMEM` if it is null (a request that could not be served).
 #[inline]
-fn enomem_if_null(p: *mut c_void, size: usize) -> *mut c_void {
+fn enomem_if_null(p: *mut c_void) -> *mut c_void {
     if p.is_null() {
-        out_of_memory(size);
+        set_errno(libc::ENOMEM);
     }
     p
 }
@@ -77,46 +75,13 @@ fn enomem_if_null(p: *mut c_void, size: usize) -> *mut c_void {
 /// [`allocate`], with `errno = ENOMEM` on failure.
 #[inline]
 fn allocate_or_enomem(size: usize, align: usize) -> *mut c_void {
-    enomem_if_null(allocate(size, align), size)
-}
-
-/// Notes that a request of `size` bytes could not be served: `errno = ENOMEM`, and a
-/// warning under `PYMALLOC_VERBOSE=1` ([`warn_out_of_memory`]).
-#[cold]
-#[inline(never)]
-fn out_of_memory(size: usize) {
-    set_errno(libc::ENOMEM);
-    warn_out_of_memory(size);
-}
-
-/// The most out-of-memory warnings written; then one saying the rest are not.
-const MAX_WARNINGS: usize = 16;
-
-/// Out-of-memory warnings written so far.
-static WARNINGS: AtomicUsize = AtomicUsize::new(0);
-
-/// Under `PYMALLOC_VERBOSE=1`, warns on stderr that a request of `size` bytes is answered
-/// NULL, the first [`MAX_WARNINGS`] times.
-#[cold]
-fn warn_out_of_memory(size: usize) {
-    if !crate::options::from_environment().is_some_and(|o| o.verbose) {
-        return;
-    }
-    match WARNINGS.fetch_add(1, Ordering::Relaxed) {
-        n if n < MAX_WARNINGS => report::warn(format_args!(
-            "out of memory: a request of {size} bytes is answered NULL"
-        )),
-        MAX_WARNINGS => report::warn(format_args!(
-            "{MAX_WARNINGS} out-of-memory warnings written; no more will be"
-        )),
-        _ => {}
-    }
+    enomem_if_null(allocate(size, align))
 }
 
 /// C's `malloc`.
 #[inline]
 pub fn malloc(size: usize) -> *mut c_void {
-    enomem_if_null(with_session!(|s| s.malloc(size)).cast(), size)
+    enomem_if_null(with_session!(|s| s.malloc(size)).cast())
 }
 
 /// C's `calloc`: zero-filled; NULL with `ENOMEM` if `count * size` overflows.
@@ -128,7 +93,7 @@ pub fn calloc(count: usize, size: usize) -> *mut c_void {
         Some(layout) => with_session!(|s| s.alloc_zeroed(layout)).cast(),
         None => ptr::null_mut(),
     };
-    enomem_if_null(p, count.saturating_mul(size))
+    enomem_if_null(p)
 }
 
 /// C's `free`.
@@ -186,7 +151,7 @@ pub unsafe fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
     }
     // SAFETY: as the caller guarantees.
     let p = with_session!(|s| unsafe { s.realloc_unsized(block, size) });
-    enomem_if_null(p.cast(), size)
+    enomem_if_null(p.cast())
 }
 
 /// C's `reallocarray`: `realloc` of `count * size` bytes; NULL with `ENOMEM` (the block
@@ -199,7 +164,7 @@ pub unsafe fn reallocarray(ptr: *mut c_void, count: usize, size: usize) -> *mut 
         // SAFETY: as the caller guarantees.
         Some(bytes) => unsafe { realloc(ptr, bytes) },
         None => {
-            out_of_memory(usize::MAX);
+            set_errno(libc::ENOMEM);
             ptr::null_mut()
         }
     }
@@ -216,7 +181,6 @@ pub unsafe fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -
     }
     let p = allocate(size, align);
     if p.is_null() {
-        warn_out_of_memory(size);
         return libc::ENOMEM;
     }
     // SAFETY: writable (caller).
@@ -257,7 +221,7 @@ pub fn pvalloc(size: usize) -> *mut c_void {
     match size.max(1).checked_next_multiple_of(page) {
         Some(size) => allocate_or_enomem(size, page),
         None => {
-            out_of_memory(size);
+            set_errno(libc::ENOMEM);
             ptr::null_mut()
         }
     }

@@ -54,7 +54,7 @@ use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
-use pymalloc_arena::{ArenaMap, Arenas, Platform};
+use pymalloc_arena::{ARENA_SIZE, ArenaMap, Arenas, Platform};
 use pymalloc_pool::{
     Freed, MAX_SPAN_SLOTS, NUM_CLASSES, POOLED_MAX, PoolList, PoolPtr, RemoteList, SizeClass,
     blocks_per_pool, fatal, holds_freed_mark,
@@ -497,10 +497,13 @@ impl HeapCell {
                 }
                 None => {
                     let shared = shared.get();
-                    let (memory, fresh) =
-                        shared
-                            .arenas
-                            .alloc_pool(slots, &alloc.platform, &alloc.map)?;
+                    let Some((memory, fresh)) =
+                        shared.arenas.alloc_pool(slots, &alloc.platform, &alloc.map)
+                    else {
+                        // Only a new arena can be refused.
+                        alloc.refused(ARENA_SIZE);
+                        return None;
+                    };
                     // Under the lock, so that nobody reads the header half-written.
                     PoolPtr::init(memory, class, fresh, self.id())
                 }

@@ -6,7 +6,7 @@
 //! | variable | values | default | effect |
 //! |---|---|---|---|
 //! | `PYMALLOC_STATS` | `0`, `1`, `json` | `0` | the statistics at exit, on stderr: the table, or one line of JSON |
-//! | `PYMALLOC_VERBOSE` | `0`, `1` | `0` | the options in effect at first use, and a warning for each C request answered NULL for lack of memory |
+//! | `PYMALLOC_VERBOSE` | `0`, `1` | `0` | the options in effect at first use, and a warning each time the system refuses memory, so that a request gets null (the first 16 times) |
 //! | `PYMALLOC_EMPTY_ARENAS` | a count | 4 | wholly free 2 MiB arenas kept mapped, at least |
 //! | `PYMALLOC_DIRTY_FLOOR` | bytes | 256M | the most that freed, still-committed pool memory kept for reuse may rise to |
 //! | `PYMALLOC_LARGE_CACHE` | bytes | 32M | the most bytes of freed large blocks kept for reuse |
@@ -42,7 +42,8 @@ pub enum StatsAtExit {
 pub struct Options {
     /// The statistics at exit (`PYMALLOC_STATS`; the global allocator only).
     pub stats: StatsAtExit,
-    /// Options and out-of-memory warnings on stderr (`PYMALLOC_VERBOSE`).
+    /// The options, and a warning whenever the system refuses memory, on stderr
+    /// (`PYMALLOC_VERBOSE`).
     pub verbose: bool,
     /// Wholly free arenas kept mapped, at least (`PYMALLOC_EMPTY_ARENAS`).
     pub empty_arenas: usize,

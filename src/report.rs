@@ -5,6 +5,7 @@
 
 use core::ffi::c_int;
 use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// Bytes gathered before each hand-off to the sink.
 const BUFFER: usize = 1024;
@@ -96,4 +97,22 @@ pub(crate) fn warn(args: fmt::Arguments<'_>) {
         libc::STDERR_FILENO,
         format_args!("pymalloc: warning: {args}\n"),
     );
+}
+
+/// The most warnings [`warn_limited`] writes; then one saying the rest are not.
+pub(crate) const MAX_WARNINGS: usize = 16;
+
+/// Warnings written by [`warn_limited`] so far.
+static WARNINGS: AtomicUsize = AtomicUsize::new(0);
+
+/// [`warn`], the first [`MAX_WARNINGS`] times in the process: for what may repeat as often as
+/// a program allocates.
+pub(crate) fn warn_limited(args: fmt::Arguments<'_>) {
+    match WARNINGS.fetch_add(1, Ordering::Relaxed) {
+        n if n < MAX_WARNINGS => warn(args),
+        MAX_WARNINGS => warn(format_args!(
+            "{MAX_WARNINGS} such warnings written; no more will be"
+        )),
+        _ => {}
+    }
 }

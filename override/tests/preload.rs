@@ -656,9 +656,33 @@ fn each_option_in_the_environment_is_read_and_has_its_effect() {
          PYMALLOC_LARGE_CACHE=33554432"
     ));
     assert!(
-        stderr.contains("pymalloc: warning: out of memory: a request of 4611686018427387904"),
+        stderr.contains(
+            "pymalloc: warning: out of memory: the system refused 4611686018427387904 bytes"
+        ),
         "{stderr}"
     );
+    // PYMALLOC_EMPTY_ARENAS and PYMALLOC_DIRTY_FLOOR: after a phase is freed, the empty
+    // arenas kept (of a 24 MiB phase) and the committed free slots kept (of a 1 MiB one,
+    // under the floor) are the defaults' (4 arenas; all of it), as set, or none.
+    let kept = |mib: &str, vars: &[(&str, &str)]| {
+        let out = run_with_options(introspect(), &["phase", mib], vars);
+        let table = text(&out.stderr);
+        let (_, empty) = table_line(&table, "# arenas mapped");
+        let (_, committed) = table_line(&table, "# free pool slots");
+        (empty.unwrap(), committed.unwrap())
+    };
+    assert_eq!(kept("24", &[]).0, 4);
+    // (The dirty floor's worth of arenas, one by default, stays too: both at 0 keep none.)
+    let none = [
+        ("PYMALLOC_EMPTY_ARENAS", "0"),
+        ("PYMALLOC_DIRTY_FLOOR", "0"),
+    ];
+    assert_eq!(kept("24", &none).0, 0);
+    assert_eq!(kept("24", &[("PYMALLOC_EMPTY_ARENAS", "8")]).0, 8);
+    let committed = kept("1", &[]).1;
+    assert!(committed >= 32, "{committed}");
+    let committed = kept("1", &[("PYMALLOC_DIRTY_FLOOR", "0")]).1;
+    assert!(committed <= 8, "{committed}");
     // Without it, the same program says nothing.
     let out = run_with_options(introspect(), &["oom"], &[]);
     assert_eq!(text(&out.stderr), "");

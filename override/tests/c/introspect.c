@@ -2,7 +2,8 @@
  * mallinfo, malloc_stats and malloc_info, taken one after the other with nothing allocated
  * or freed between them (stdout is unbuffered, so printing allocates nothing), for the test
  * to compare. With the argument "oom", asks for more than any machine has and exits 0 if
- * that gave NULL with ENOMEM. */
+ * that gave NULL with ENOMEM; with "phase MIB", allocates MIB MiB in blocks of 1000 bytes,
+ * frees them all and prints the statistics table (for the policy options' effects). */
 #include <errno.h>
 #include <malloc.h>
 #include <stdio.h>
@@ -17,6 +18,19 @@ int main(int argc, char **argv) {
         errno = 0;
         void *p = malloc((size_t)1 << 62);
         return p == NULL && errno == ENOMEM ? 0 : 1;
+    }
+    if (argc > 2 && strcmp(argv[1], "phase") == 0) {
+        int n = atoi(argv[2]) << 10;
+        void **blocks = malloc(n * sizeof(void *));
+        for (int i = 0; i < n; i++) {
+            blocks[i] = malloc(1000);
+            memset(blocks[i], 1, 1000);
+        }
+        for (int i = 0; i < n; i++)
+            free(blocks[i]);
+        free(blocks);
+        malloc_stats();
+        return 0;
     }
     static void *small[SMALL];
     for (int i = 0; i < SMALL; i++) {
