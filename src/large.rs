@@ -34,7 +34,7 @@
 //!   none of them in use, no two of them touching (a freed block merges with its
 //!   neighbours); `cached_bytes` and `cached_blocks` count them; `cache_limit` lies between
 //!   [`CACHE_BYTES`] and `max_cache` ([`MAX_CACHE_BYTES`] unless the user set it, at most
-//!   1 TiB; the lower bound is `max_cache` if that is less).
+//!   `isize::MAX`; the lower bound is `max_cache` if that is less).
 
 use core::ptr::{self, NonNull};
 
@@ -245,8 +245,7 @@ impl Large {
         // never doubled.
         if len >= self.cache_limit - self.cache_limit / 2 && self.evicted >= len {
             let reusable = self.in_use.peak_bytes().max(CACHE_BYTES);
-            // At most `max_cache` (L3), itself at most MAX_OPTION_BYTES: doubling it cannot
-            // overflow.
+            // At most `max_cache` (L3), itself at most isize::MAX: doubling it cannot overflow.
             self.cache_limit = (2 * self.cache_limit)
                 .min(reusable)
                 .min(self.max_cache)
@@ -384,11 +383,11 @@ impl Large {
         }
     }
 
-    /// Sets the most bytes the cache may grow to keep (at most
-    /// [`MAX_OPTION_BYTES`](crate::options::MAX_OPTION_BYTES); 0 keeps nothing), evicting
-    /// what it holds beyond that; returns what must be unmapped.
+    /// Sets the most bytes the cache may grow to keep (0 keeps nothing; at most `isize::MAX`,
+    /// so that doubling the limit cannot overflow), evicting what it holds beyond that;
+    /// returns what must be unmapped.
     pub(crate) fn set_max_cache(&mut self, max: usize) -> Unmap {
-        self.max_cache = max.min(crate::options::MAX_OPTION_BYTES);
+        self.max_cache = max.min(isize::MAX as usize);
         self.cache_limit = CACHE_BYTES.min(self.max_cache);
         let mut unmap = Unmap::NONE;
         while self.cached_bytes > self.cache_limit {
@@ -425,7 +424,7 @@ impl Large {
         let counts = (cached().count(), cached().map(|c| c.len).sum::<usize>());
         let start = CACHE_BYTES.min(self.max_cache);
         let limit_ok = (start..=self.max_cache).contains(&self.cache_limit)
-            && self.max_cache <= crate::options::MAX_OPTION_BYTES;
+            && self.max_cache <= isize::MAX as usize;
         if counts != (self.cached_blocks, self.cached_bytes)
             || self.cached_bytes > self.cache_limit
             || !limit_ok
