@@ -699,10 +699,20 @@ fn each_option_in_the_environment_is_read_and_has_its_effect() {
     );
 }
 
-/// `pymalloc-run` with the library this test built.
+/// `pymalloc-run` and the library this test built, side by side in a folder of their own,
+/// as `cargo build --release -p pymalloc-override` leaves them: the launcher finds the
+/// library beside itself, as the README runs it.
 fn launcher() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_pymalloc-run"));
-    command.arg("--library").arg(library());
+    static INSTALLED: OnceLock<PathBuf> = OnceLock::new();
+    let exe = INSTALLED.get_or_init(|| {
+        let dir = scratch().join("bin");
+        std::fs::create_dir_all(&dir).unwrap();
+        let exe = dir.join("pymalloc-run");
+        std::fs::copy(env!("CARGO_BIN_EXE_pymalloc-run"), &exe).unwrap();
+        std::fs::copy(library(), dir.join("libpymalloc_override.so")).unwrap();
+        exe
+    });
+    let mut command = Command::new(exe);
     for (name, _) in std::env::vars() {
         if name.starts_with("PYMALLOC_") || name == "PYTHONMALLOC" || name == "LD_PRELOAD" {
             command.env_remove(name);
@@ -744,6 +754,19 @@ fn the_launcher_passes_on_the_exit_status_and_the_signal() {
     let out = launcher().output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("usage: pymalloc-run"));
+    // --library names another copy; one that is not there is refused.
+    let out = launcher()
+        .arg("--library")
+        .arg(library())
+        .args(["sh", "-c", "exit 3"])
+        .status()
+        .unwrap();
+    assert_eq!(out.code(), Some(3));
+    let out = launcher()
+        .args(["--library", "/nonexistent/lib.so", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
 
 #[test]

@@ -9,8 +9,9 @@
 //! `PYTHONMALLOC=malloc` when the program is a Python interpreter (so that every object goes
 //! through pymalloc) unless the environment sets it already, and `PYMALLOC_STATS` with
 //! `--stats`, then becomes the program: its exit status, or its signal, is the caller's.
-//! Prints a usage line and exits with 2 on a wrong command line; 127 if the program cannot
-//! be found, 126 if it cannot be run.
+//! Prints a usage line and exits with 2 on a wrong command line or a library that is not
+//! there (the loader would run the program without it); 127 if the program cannot be found,
+//! 126 if it cannot be run.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::process::CommandExt;
@@ -93,8 +94,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let library = match request.library.map(Ok).unwrap_or_else(default_library) {
-        Ok(library) => std::path::absolute(&library).unwrap_or(library),
+    let library = request.library.map(Ok).unwrap_or_else(default_library);
+    let library = match library.and_then(|lib| match lib.is_file() {
+        true => Ok(std::path::absolute(&lib).unwrap_or(lib)),
+        false => Err(format!("{} is not a file", lib.display())),
+    }) {
+        Ok(library) => library,
         Err(why) => {
             eprintln!("pymalloc-run: {why}");
             return ExitCode::from(2);
