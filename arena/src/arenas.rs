@@ -54,17 +54,22 @@
 //! The map lives outside the manager: the manager is used under its owner's lock, while
 //! [`ArenaMap::pool_of`] answers "which pool holds this address?" from any thread without one.
 
-use core::ptr::{self, NonNull};
-use core::sync::atomic::Ordering;
+use core::ptr::NonNull;
 
 pub use pymalloc_pool::{ARENA_SHIFT, ARENA_SIZE, SLOTS};
 use pymalloc_pool::{
-    DESCRIPTORS, MAX_SPAN_SLOTS, POOL_SIZE, ensure, fatal, first_slot_entry,
-    set_first_slot_entries, slot_zero_line_is_clear,
+    Chain, List, MAX_SPAN_SLOTS, POOL_SIZE, ensure, fatal, slot_zero_line_is_clear,
 };
 use pymalloc_radix::NodeAlloc;
 
+use crate::header::{
+    All, Dirty, DirtyRuns, Empty, Header, Runs, header_of, pool_head, set_pool_head, slot,
+    slot_index,
+};
 use crate::map::ArenaMap;
+use crate::slots::{
+    SlotBits, USABLE, longest_run, place_run, run_mask, stretch_at,
+};
 use crate::{Capabilities, Platform};
 
 /// Pool slots per arena.
@@ -89,218 +94,35 @@ pub const EMPTY_SHARE: usize = 8;
 /// Buckets by longest run: 1 ..= MAX_SPAN_SLOTS (bucket 0, no run, is never used).
 const RUN_BUCKETS: usize = MAX_SPAN_SLOTS + 1;
 
-/// A bitmap of an arena's slots, bit `i` for slot `i`.
-type SlotBits = u128;
-
-const _: () = assert!(
-    SLOTS >= 2 && SLOTS <= SlotBits::BITS as usize,
-    "slot bitmaps are one SlotBits"
-);
-const _: () = assert!(
-    MAX_SPAN_SLOTS == 16 && MAX_SPAN_SLOTS < SLOTS && RUN_BUCKETS <= 32,
-    "longest_run counts to 16; the longest span fits beside the header slot; bucket \
-     bitmaps are one u32"
-);
-const _: () = assert!(
-    size_of::<Header>() <= DESCRIPTORS,
-    "the header ends where the slots' lines begin"
-);
-
-const ALL_SLOTS: SlotBits = SlotBits::MAX >> (SlotBits::BITS as usize - SLOTS);
-/// Every slot but slot 0, the header's.
-const USABLE: SlotBits = ALL_SLOTS & !1;
-
-/// Bits `start .. start + len` set.
-const fn run_mask(start: u32, len: u32) -> SlotBits {
-    (SlotBits::MAX >> (SlotBits::BITS - len)) << start
-}
-
-/// Bit `i` set iff slots `i .. i + len` are all set in `bits` (`len >= 1`). Constant time: at
-/// most 2·log2(len) shift-and-mask steps.
-const fn free_runs(bits: SlotBits, len: u32) -> SlotBits {
-    // `runs` holds the starts of runs of at least `covered` slots.
-    let (mut runs, mut covered) = (bits, 1);
-    while covered < len {
-        let step = if covered < len - covered {
-            covered
-        } else {
-            len - covered
-        };
-        runs &= runs >> step;
-        covered += step;
-    }
-    runs
-}
-
-/// The length of the longest run of set bits in `bits`, capped at [`MAX_SPAN_SLOTS`]: four
-/// shift-and-mask steps by constants, then at most three more.
-const fn longest_run(bits: SlotBits) -> usize {
-    // Starts of runs of at least 1, 2, 4, 8 and 16 set bits.
-    let r2 = bits & (bits >> 1);
-    let r4 = r2 & (r2 >> 2);
-    let r8 = r4 & (r4 >> 4);
-    let r16 = r8 & (r8 >> 8);
-    let (mut starts, mut len) = if r16 != 0 {
-        return MAX_SPAN_SLOTS;
-    } else if r8 != 0 {
-        (r8, 8)
-    } else if r4 != 0 {
-        (r4, 4)
-    } else if r2 != 0 {
-        (r2, 2)
-    } else if bits != 0 {
-        return 1;
-    } else {
-        return 0;
-    };
-    // Below the next power of two: add len/2, len/4 … 1 where runs that long exist (a step
-    // no longer than the length reached keeps `starts` exact).
-    let mut step = len / 2;
-    while step > 0 {
-        let longer = starts & (starts >> step);
-        if longer != 0 {
-            starts = longer;
-            len += step;
-        }
-        step /= 2;
-    }
-    len
-}
-
-/// The length of the stretch of set bits in `bits` that holds bit `i` (set), capped at
-/// [`MAX_SPAN_SLOTS`] as [`longest_run`] is: a few instructions where `longest_run` takes
-/// dozens, for the bucket updates whose answer only this stretch can change.
-const fn stretch_at(bits: SlotBits, i: u32) -> usize {
-    let from_i = (!(bits >> i)).trailing_zeros();
-    let below_i = if i == 0 {
-        0
-    } else {
-        (!(bits << (SlotBits::BITS - i))).leading_zeros()
-    };
-    let len = (from_i + below_i) as usize;
-    if len < MAX_SPAN_SLOTS {
-        len
-    } else {
-        MAX_SPAN_SLOTS
-    }
-}
-
-/// Where to place a run of `len` slots in `bits`: at the start of the shortest stretch of set
-/// bits that holds it (stretches of [`MAX_SPAN_SLOTS`] or more count as equally long, and the
-/// first is taken), so that long stretches stay whole for long spans; `None` if no stretch is
-/// long enough. At most `MAX_SPAN_SLOTS` steps of a few bit operations.
-const fn place_run(bits: SlotBits, len: u32) -> Option<u32> {
-    let stretch_starts = bits & !(bits << 1);
-    // `runs` holds the starts of runs of `l` set bits; a stretch of exactly `l` starts a
-    // stretch and has a clear bit (or the end) after its `l` bits.
-    let mut runs = free_runs(bits, len) & stretch_starts;
-    let mut l = len;
-    while runs != 0 && l < MAX_SPAN_SLOTS as u32 {
-        let exact = runs & !(bits >> l);
-        if exact != 0 {
-            return Some(exact.trailing_zeros());
-        }
-        runs &= bits >> l;
-        l += 1;
-    }
-    if runs != 0 {
-        Some(runs.trailing_zeros())
-    } else {
-        None
-    }
-}
-
-/// Links of one intrusive list.
-struct Links {
-    prev: *mut Header,
-    next: *mut Header,
-}
-
-const UNLINKED: Links = Links {
-    prev: ptr::null_mut(),
-    next: ptr::null_mut(),
-};
-
-/// The header in slot 0 of every arena.
-pub struct Header {
-    free: SlotBits,
-    dirty: SlotBits,
-    /// Free slots decommitted by a purge (they read zero) and not taken since: taking them
-    /// back is what shows a purge was undone.
-    purged: SlotBits,
-    heads: SlotBits,
-    /// Span length of the pool starting at each slot (meaningful for heads only).
-    span: [u8; SLOTS],
-    /// The run bucket the arena is in (0: none).
-    run_bucket: u8,
-    /// The dirty-run bucket the arena is in (0: none).
-    dirty_run_bucket: u8,
-    all: Links,
-    runs: Links,
-    dirty_runs: Links,
-    dirty_list: Links,
-    empty_list: Links,
-}
-
-/// Which of a header's links a list uses.
-#[derive(Clone, Copy)]
-enum Chain {
-    All,
-    Runs,
-    DirtyRuns,
-    Dirty,
-    Empty,
-}
-
-impl Chain {
-    /// # Safety
-    /// `h` is a live header.
-    unsafe fn links(self, h: *mut Header) -> *mut Links {
-        // SAFETY: a live header (caller); raw place projections create no reference.
-        unsafe {
-            match self {
-                Chain::All => &raw mut (*h).all,
-                Chain::Runs => &raw mut (*h).runs,
-                Chain::DirtyRuns => &raw mut (*h).dirty_runs,
-                Chain::Dirty => &raw mut (*h).dirty_list,
-                Chain::Empty => &raw mut (*h).empty_list,
-            }
-        }
-    }
-}
-
 /// Buckets of arenas by the length of a longest run (A1), with a bitmap of the non-empty ones.
-struct Buckets {
-    lists: [List; RUN_BUCKETS],
+struct Buckets<C: Chain<Header>> {
+    lists: [List<Header, C>; RUN_BUCKETS],
     nonempty: u32,
-    chain: Chain,
 }
 
-impl Buckets {
-    const fn new(chain: Chain) -> Buckets {
+impl<C: Chain<Header>> Buckets<C> {
+    const fn new() -> Self {
         Buckets {
-            lists: [const { List::EMPTY }; RUN_BUCKETS],
+            lists: [const { List::new() }; RUN_BUCKETS],
             nonempty: 0,
-            chain,
         }
     }
 
     /// The arena of the shortest bucket holding runs of at least `len` slots, if any.
-    fn best_fit(&self, len: usize) -> Option<*mut Header> {
+    fn best_fit(&self, len: usize) -> Option<NonNull<Header>> {
         let fits = self.nonempty & !((1u32 << len) - 1);
-        // SAFETY: a set bit is below RUN_BUCKETS, and its bucket is not empty (A1).
-        (fits != 0).then(|| unsafe {
-            self.lists
-                .get_unchecked(fits.trailing_zeros() as usize)
-                .head
-        })
+        if fits == 0 {
+            return None;
+        }
+        // SAFETY: a set bit is below RUN_BUCKETS.
+        unsafe { self.lists.get_unchecked(fits.trailing_zeros() as usize) }.head()
     }
 
     /// Moves `h` from bucket `from` to bucket `to` (0: none).
     ///
     /// # Safety
     /// `h` is a live header, in bucket `from` of these buckets; both are below RUN_BUCKETS.
-    unsafe fn shift(&mut self, h: *mut Header, from: usize, to: usize) {
+    unsafe fn shift(&mut self, h: NonNull<Header>, from: usize, to: usize) {
         if from == to {
             return;
         }
@@ -308,93 +130,30 @@ impl Buckets {
         unsafe {
             if from != 0 {
                 let list = self.lists.get_unchecked_mut(from);
-                list.remove(h, self.chain);
-                if list.head.is_null() {
+                list.remove(h);
+                if list.is_empty() {
                     self.nonempty &= !(1 << from);
                 }
             }
             if to != 0 {
-                self.lists.get_unchecked_mut(to).push_back(h, self.chain);
+                self.lists.get_unchecked_mut(to).push_back(h);
                 self.nonempty |= 1 << to;
             }
         }
     }
 
-    /// Checks the bitmap against the lists and returns each bucket's length.
+    /// Checks the bitmap against the lists, and the lists (N1, N2), and returns each
+    /// bucket's length.
     fn lengths(&self) -> Result<[usize; RUN_BUCKETS], &'static str> {
         let mut lengths = [0; RUN_BUCKETS];
-        for (n, list) in self.lists.iter().enumerate() {
+        for ((n, list), length) in self.lists.iter().enumerate().zip(lengths.iter_mut()) {
             // SAFETY: bucketed headers are live (A1).
-            unsafe { list.for_each(self.chain, |_| lengths[n] += 1) };
-            if (self.nonempty >> n & 1 == 1) != (lengths[n] != 0) || (n == 0 && lengths[0] != 0) {
+            *length = unsafe { list.check() }?;
+            if (self.nonempty >> n & 1 == 1) != (*length != 0) || (n == 0 && *length != 0) {
                 return Err("arenas: a bucket bitmap disagrees with its buckets");
             }
         }
         Ok(lengths)
-    }
-}
-
-/// A doubly-linked list of arena headers, FIFO.
-struct List {
-    head: *mut Header,
-    tail: *mut Header,
-}
-
-impl List {
-    const EMPTY: List = List {
-        head: ptr::null_mut(),
-        tail: ptr::null_mut(),
-    };
-
-    /// # Safety
-    /// `h` is a live header in no list of this chain.
-    unsafe fn push_back(&mut self, h: *mut Header, chain: Chain) {
-        // SAFETY: `h` and the tail are live headers (caller, list invariant).
-        unsafe {
-            *chain.links(h) = Links {
-                prev: self.tail,
-                next: ptr::null_mut(),
-            };
-            if self.tail.is_null() {
-                self.head = h;
-            } else {
-                (*chain.links(self.tail)).next = h;
-            }
-        }
-        self.tail = h;
-    }
-
-    /// # Safety
-    /// `h` is a live header in this list.
-    unsafe fn remove(&mut self, h: *mut Header, chain: Chain) {
-        // SAFETY: `h` and its neighbours are live headers of this list (caller).
-        unsafe {
-            let Links { prev, next } = chain.links(h).read();
-            if prev.is_null() {
-                self.head = next;
-            } else {
-                (*chain.links(prev)).next = next;
-            }
-            if next.is_null() {
-                self.tail = prev;
-            } else {
-                (*chain.links(next)).prev = prev;
-            }
-        }
-    }
-
-    /// Visits every header, tolerating the removal of the visited one.
-    ///
-    /// # Safety
-    /// Every header in the list is live.
-    unsafe fn for_each(&self, chain: Chain, mut f: impl FnMut(*mut Header)) {
-        let mut h = self.head;
-        while !h.is_null() {
-            // SAFETY: live header (caller); the next link is read before `f` runs.
-            let next = unsafe { (*chain.links(h)).next };
-            f(h);
-            h = next;
-        }
     }
 }
 
@@ -446,13 +205,13 @@ pub struct ArenaStats {
 /// The arena manager. See the module documentation for its policies and invariants.
 pub struct Arenas {
     /// Every arena.
-    all: List,
+    all: List<Header, All>,
     /// Arenas by their longest free run.
-    by_run: Buckets,
+    by_run: Buckets<Runs>,
     /// Arenas by their longest dirty run.
-    by_dirty_run: Buckets,
+    by_dirty_run: Buckets<DirtyRuns>,
     /// Arenas with dirty free slots, the oldest first.
-    dirty: List,
+    dirty: List<Header, Dirty>,
     dirty_slots: usize,
     /// Dirty free slots always allowed: [`MIN_DIRTY_SLOTS`] (or `max_floor` if less), raised
     /// up to `max_floor` each time a release is found undone.
@@ -469,7 +228,7 @@ pub struct Arenas {
     /// while released ones were outstanding (both marked `purged`).
     released_taken: usize,
     /// Arenas with every slot free, the one emptied longest ago first.
-    empties: List,
+    empties: List<Header, Empty>,
     /// Slots in pools in use, over all arenas.
     slots_in_use: usize,
     arenas: usize,
@@ -490,17 +249,17 @@ impl Arenas {
     /// A manager with no arena; maps nothing until the first pool is asked for.
     pub const fn new() -> Arenas {
         Arenas {
-            all: List::EMPTY,
-            by_run: Buckets::new(Chain::Runs),
-            by_dirty_run: Buckets::new(Chain::DirtyRuns),
-            dirty: List::EMPTY,
+            all: List::new(),
+            by_run: Buckets::new(),
+            by_dirty_run: Buckets::new(),
+            dirty: List::new(),
             dirty_slots: 0,
             dirty_floor: MIN_DIRTY_SLOTS,
             max_floor: MAX_DIRTY_FLOOR,
             min_empty: MIN_EMPTY_ARENAS,
             released: 0,
             released_taken: 0,
-            empties: List::EMPTY,
+            empties: List::new(),
             slots_in_use: 0,
             arenas: 0,
             empty: 0,
@@ -524,47 +283,17 @@ impl Arenas {
             .max(self.dirty_floor / POOLS_PER_ARENA)
     }
 
-    fn header_of(addr: NonNull<u8>) -> *mut Header {
-        addr.as_ptr().map_addr(|a| a & !(ARENA_SIZE - 1)).cast()
-    }
-
-    #[inline]
-    pub(crate) fn slot(h: *mut Header, index: u32) -> NonNull<u8> {
-        // SAFETY: `index < SLOTS`, so the slot lies inside the arena that starts at `h`.
-        unsafe { NonNull::new_unchecked(h.cast::<u8>().add(index as usize * POOL_SIZE)) }
-    }
-
-    /// Points the first-slot entries of slots `start .. start + len` at `head` (A5): the pool's
-    /// first slot, or 0.
-    ///
-    /// # Safety
-    /// `h` is a live arena header and the slots are in range.
-    unsafe fn set_pool_head(h: *mut Header, start: u32, len: u32, head: u8) {
-        // SAFETY: a live header (caller), and the slots in range (caller), so in its arena.
-        unsafe { set_first_slot_entries(Self::slot(h, start), len as usize, head) };
-    }
-
-    /// The first-slot entry of slot `i` (A5).
-    ///
-    /// # Safety
-    /// `h` is a live arena header and `i < SLOTS`.
-    #[inline]
-    pub(crate) unsafe fn pool_head(h: *mut Header, i: u32) -> u8 {
-        // SAFETY: as `set_pool_head`.
-        unsafe { first_slot_entry(Self::slot(h, i)).as_ref() }.load(Ordering::Relaxed)
-    }
-
     /// Puts the arena in the bucket of its longest free run (A1), after `free` changed.
     ///
     /// # Safety
     /// `h` is a live arena header of this manager, in the buckets its fields name.
-    unsafe fn rebucket_free(&mut self, h: *mut Header) {
+    unsafe fn rebucket_free(&mut self, h: NonNull<Header>) {
         // SAFETY: a live header, in the bucket it names (caller); runs are capped below
         // RUN_BUCKETS.
         unsafe {
-            let run = longest_run((*h).free);
-            self.by_run.shift(h, (*h).run_bucket as usize, run);
-            (*h).run_bucket = run as u8;
+            let run = longest_run((*h.as_ptr()).free);
+            self.by_run.shift(h, (*h.as_ptr()).run_bucket as usize, run);
+            (*h.as_ptr()).run_bucket = run as u8;
         }
     }
 
@@ -572,13 +301,13 @@ impl Arenas {
     ///
     /// # Safety
     /// As [`Arenas::rebucket_free`].
-    unsafe fn rebucket_dirty(&mut self, h: *mut Header) {
+    unsafe fn rebucket_dirty(&mut self, h: NonNull<Header>) {
         // SAFETY: as `rebucket_free`.
         unsafe {
-            let run = longest_run((*h).dirty);
+            let run = longest_run((*h.as_ptr()).dirty);
             self.by_dirty_run
-                .shift(h, (*h).dirty_run_bucket as usize, run);
-            (*h).dirty_run_bucket = run as u8;
+                .shift(h, (*h.as_ptr()).dirty_run_bucket as usize, run);
+            (*h.as_ptr()).dirty_run_bucket = run as u8;
         }
     }
 
@@ -586,7 +315,7 @@ impl Arenas {
     ///
     /// # Safety
     /// As [`Arenas::rebucket_free`].
-    unsafe fn rebucket(&mut self, h: *mut Header) {
+    unsafe fn rebucket(&mut self, h: NonNull<Header>) {
         // SAFETY: as the caller guarantees.
         unsafe {
             self.rebucket_free(h);
@@ -599,21 +328,21 @@ impl Arenas {
     ///
     /// # Safety
     /// As [`Arenas::rebucket_free`], and slot `start` is free and dirty.
-    unsafe fn rebucket_after_adding(&mut self, h: *mut Header, start: u32) {
+    unsafe fn rebucket_after_adding(&mut self, h: NonNull<Header>, start: u32) {
         // SAFETY: as the caller guarantees; runs are capped below RUN_BUCKETS.
         unsafe {
-            let (old, run) = ((*h).run_bucket as usize, stretch_at((*h).free, start));
+            let (old, run) = ((*h.as_ptr()).run_bucket as usize, stretch_at((*h.as_ptr()).free, start));
             if run > old {
                 self.by_run.shift(h, old, run);
-                (*h).run_bucket = run as u8;
+                (*h.as_ptr()).run_bucket = run as u8;
             }
             let (old, run) = (
-                (*h).dirty_run_bucket as usize,
-                stretch_at((*h).dirty, start),
+                (*h.as_ptr()).dirty_run_bucket as usize,
+                stretch_at((*h.as_ptr()).dirty, start),
             );
             if run > old {
                 self.by_dirty_run.shift(h, old, run);
-                (*h).dirty_run_bucket = run as u8;
+                (*h.as_ptr()).dirty_run_bucket = run as u8;
             }
         }
     }
@@ -646,16 +375,16 @@ impl Arenas {
         // arena); the run chosen becomes the caller's.
         unsafe {
             // A wholly dirty run first (`dirty ⊆ free`), else any free run.
-            let Some(start) = place_run((*h).dirty, len).or_else(|| place_run((*h).free, len))
+            let Some(start) = place_run((*h.as_ptr()).dirty, len).or_else(|| place_run((*h.as_ptr()).free, len))
             else {
                 fatal("alloc_pool: an arena bucketed with a free run has none")
             };
             let had_dirty = self.take_run(h, start, len, platform)?;
-            (*h).heads |= 1 << start;
-            (*h).span[start as usize] = len as u8;
-            Self::set_pool_head(h, start, len, start as u8);
+            (*h.as_ptr()).heads |= 1 << start;
+            (*h.as_ptr()).span[start as usize] = len as u8;
+            set_pool_head(h, start, len, start as u8);
             Some((
-                Self::slot(h, start),
+                slot(h, start),
                 !had_dirty && P::CAPABILITIES.contains(Capabilities::ZERO_FILLED),
             ))
         }
@@ -669,7 +398,7 @@ impl Arenas {
     /// `h` is a live arena of ours and those slots are free.
     unsafe fn take_run<P: Platform>(
         &mut self,
-        h: *mut Header,
+        h: NonNull<Header>,
         start: u32,
         len: u32,
         platform: &P,
@@ -677,28 +406,28 @@ impl Arenas {
         let run = run_mask(start, len);
         // SAFETY: `h` is live and the run free (caller), so its memory is ours to commit.
         unsafe {
-            let dirty_in_run = (*h).dirty & run;
+            let dirty_in_run = (*h.as_ptr()).dirty & run;
             if dirty_in_run != run
-                && !platform.commit(Self::slot(h, start), len as usize * POOL_SIZE)
+                && !platform.commit(slot(h, start), len as usize * POOL_SIZE)
             {
                 return None;
             }
-            if (*h).free == USABLE {
-                self.empties.remove(h, Chain::Empty);
+            if (*h.as_ptr()).free == USABLE {
+                self.empties.remove(h);
                 self.empty -= 1;
             }
-            let purged_in_run = (*h).purged & run;
+            let purged_in_run = (*h.as_ptr()).purged & run;
             if purged_in_run != 0 {
-                (*h).purged &= !run;
+                (*h.as_ptr()).purged &= !run;
                 self.released_taken += purged_in_run.count_ones() as usize;
             }
-            (*h).free &= !run;
+            (*h.as_ptr()).free &= !run;
             self.slots_in_use += len as usize;
             if dirty_in_run != 0 {
-                (*h).dirty &= !run;
+                (*h.as_ptr()).dirty &= !run;
                 self.dirty_slots -= dirty_in_run.count_ones() as usize;
-                if (*h).dirty == 0 {
-                    self.dirty.remove(h, Chain::Dirty);
+                if (*h.as_ptr()).dirty == 0 {
+                    self.dirty.remove(h);
                 }
                 self.rebucket_dirty(h);
             }
@@ -713,16 +442,16 @@ impl Arenas {
     ///
     /// # Safety
     /// `h` is a live arena of ours and those slots are in use, no longer by anyone.
-    unsafe fn give_back_run(&mut self, h: *mut Header, start: u32, len: u32) {
+    unsafe fn give_back_run(&mut self, h: NonNull<Header>, start: u32, len: u32) {
         let run = run_mask(start, len);
         // SAFETY: `h` is live (caller).
         unsafe {
-            (*h).free |= run;
+            (*h.as_ptr()).free |= run;
             self.slots_in_use -= len as usize;
-            if (*h).dirty == 0 {
-                self.dirty.push_back(h, Chain::Dirty);
+            if (*h.as_ptr()).dirty == 0 {
+                self.dirty.push_back(h);
             }
-            (*h).dirty |= run;
+            (*h.as_ptr()).dirty |= run;
             self.dirty_slots += len as usize;
             self.rebucket_after_adding(h, start);
         }
@@ -763,25 +492,15 @@ impl Arenas {
     }
 
     /// Maps, registers and lists a new, empty arena.
-    fn new_arena<P: Platform>(&mut self, platform: &P, map: &ArenaMap) -> Option<*mut Header> {
+    fn new_arena<P: Platform>(&mut self, platform: &P, map: &ArenaMap) -> Option<NonNull<Header>> {
         let base = platform.reserve(ARENA_SIZE, ARENA_SIZE)?;
         let h = base.cast::<Header>();
         // SAFETY: a fresh reservation, exclusively ours, large and aligned enough for a header.
         unsafe {
-            h.write(Header {
-                free: USABLE,
-                dirty: 0,
-                purged: if self.released > 0 { USABLE } else { 0 },
-                heads: 0,
-                span: [0; SLOTS],
-                run_bucket: 0,
-                dirty_run_bucket: 0,
-                all: UNLINKED,
-                runs: UNLINKED,
-                dirty_runs: UNLINKED,
-                dirty_list: UNLINKED,
-                empty_list: UNLINKED,
-            });
+            h.write(Header::new(
+                USABLE,
+                if self.released > 0 { USABLE } else { 0 },
+            ));
         }
         if map.insert(h, &PlatformNodes(platform)).is_err() {
             // SAFETY: the reservation was never published.
@@ -792,11 +511,11 @@ impl Arenas {
         self.empty += 1;
         // SAFETY: a live header in no list, every pool slot free.
         unsafe {
-            self.all.push_back(h.as_ptr(), Chain::All);
-            self.empties.push_back(h.as_ptr(), Chain::Empty);
-            self.rebucket(h.as_ptr());
+            self.all.push_back(h);
+            self.empties.push_back(h);
+            self.rebucket(h);
         }
-        Some(h.as_ptr())
+        Some(h)
     }
 
     /// Takes back a pool. Its contents are given up; its slots may go to any class next.
@@ -810,20 +529,20 @@ impl Arenas {
         platform: &P,
         map: &ArenaMap,
     ) {
-        let h = Self::header_of(pool);
-        let start = ((pool.addr().get() - h.addr()) / POOL_SIZE) as u32;
+        let h = header_of(pool);
+        let start = slot_index(pool);
         // SAFETY: `pool` starts a pool of a live arena of ours (caller), so `h` is its header.
         unsafe {
             ensure(
-                pool.addr().get() % POOL_SIZE == 0 && (*h).heads & (1 << start) != 0,
+                pool.addr().get() % POOL_SIZE == 0 && (*h.as_ptr()).heads & (1 << start) != 0,
                 "free_pool: not the start of a pool in use",
             );
-            let len = (*h).span[start as usize] as u32;
-            (*h).heads &= !(1 << start);
-            Self::set_pool_head(h, start, len, 0);
+            let len = (*h.as_ptr()).span[start as usize] as u32;
+            (*h.as_ptr()).heads &= !(1 << start);
+            set_pool_head(h, start, len, 0);
             self.give_back_run(h, start, len);
-            if (*h).free == USABLE {
-                self.empties.push_back(h, Chain::Empty);
+            if (*h.as_ptr()).free == USABLE {
+                self.empties.push_back(h);
                 self.empty += 1;
             }
         }
@@ -838,10 +557,12 @@ impl Arenas {
         if self.empty > self.empty_limit() {
             self.raise_floor_if_undone();
         }
-        while self.empty > self.empty_limit() {
+        while self.empty > self.empty_limit()
+            && let Some(h) = self.empties.head()
+        {
             self.released += POOLS_PER_ARENA;
-            // SAFETY: the head of the empty list is a live, empty arena (A3), and `empty > 0`.
-            unsafe { self.release_arena(self.empties.head, platform, map) };
+            // SAFETY: the head of the empty list is a live, empty arena (A3).
+            unsafe { self.release_arena(h, platform, map) };
         }
         self.purge_over_limit(platform);
     }
@@ -876,32 +597,32 @@ impl Arenas {
         slots: usize,
         platform: &P,
     ) -> bool {
-        let h = Self::header_of(pool);
-        let start = ((pool.addr().get() - h.addr()) / POOL_SIZE) as u32;
+        let h = header_of(pool);
+        let start = slot_index(pool);
         // SAFETY: `pool` starts a pool of a live arena of ours (caller), so `h` is its header.
         unsafe {
             ensure(
                 pool.addr().get() % POOL_SIZE == 0
-                    && (*h).heads & (1 << start) != 0
+                    && (*h.as_ptr()).heads & (1 << start) != 0
                     && (1..=MAX_SPAN_SLOTS).contains(&slots),
                 "resize_pool: not the start of a pool in use, or a bad span length",
             );
-            let (old, new) = ((*h).span[start as usize] as u32, slots as u32);
+            let (old, new) = ((*h.as_ptr()).span[start as usize] as u32, slots as u32);
             if new > old {
                 let (added, more) = (start + old, new - old);
                 // The bounds first: `run_mask` needs `added < SLOTS`.
                 if start + new > SLOTS as u32
-                    || (*h).free & run_mask(added, more) != run_mask(added, more)
+                    || (*h.as_ptr()).free & run_mask(added, more) != run_mask(added, more)
                     || self.take_run(h, added, more, platform).is_none()
                 {
                     return false;
                 }
-                Self::set_pool_head(h, added, more, start as u8);
+                set_pool_head(h, added, more, start as u8);
             } else if new < old {
-                Self::set_pool_head(h, start + new, old - new, 0);
+                set_pool_head(h, start + new, old - new, 0);
                 self.give_back_run(h, start + new, old - new);
             }
-            (*h).span[start as usize] = new as u8;
+            (*h.as_ptr()).span[start as usize] = new as u8;
         }
         self.purge_over_limit(platform);
         true
@@ -911,23 +632,23 @@ impl Arenas {
     ///
     /// # Safety
     /// `h` is a live arena of ours in the empty list; `map` is the manager's.
-    unsafe fn release_arena<P: Platform>(&mut self, h: *mut Header, platform: &P, map: &ArenaMap) {
+    unsafe fn release_arena<P: Platform>(&mut self, h: NonNull<Header>, platform: &P, map: &ArenaMap) {
         // SAFETY: live header in the lists its fields name (caller); afterwards nothing refers
         // to the arena.
         unsafe {
-            if (*h).dirty != 0 {
-                self.dirty_slots -= (*h).dirty.count_ones() as usize;
-                self.dirty.remove(h, Chain::Dirty);
+            if (*h.as_ptr()).dirty != 0 {
+                self.dirty_slots -= (*h.as_ptr()).dirty.count_ones() as usize;
+                self.dirty.remove(h);
             }
-            self.by_run.shift(h, (*h).run_bucket as usize, 0);
+            self.by_run.shift(h, (*h.as_ptr()).run_bucket as usize, 0);
             self.by_dirty_run
-                .shift(h, (*h).dirty_run_bucket as usize, 0);
-            self.all.remove(h, Chain::All);
-            self.empties.remove(h, Chain::Empty);
-            map.remove(h.addr());
+                .shift(h, (*h.as_ptr()).dirty_run_bucket as usize, 0);
+            self.all.remove(h);
+            self.empties.remove(h);
+            map.remove(h.addr().get());
             self.arenas -= 1;
             self.empty -= 1;
-            platform.release(NonNull::new_unchecked(h.cast()), ARENA_SIZE);
+            platform.release(h.cast(), ARENA_SIZE);
         }
     }
 
@@ -935,27 +656,26 @@ impl Arenas {
     /// leaving everything consistent, if the platform refuses a decommit.
     pub fn purge<P: Platform>(&mut self, platform: &P, target: usize) {
         while self.dirty_slots > target {
-            let h = self.dirty.head;
-            if h.is_null() {
+            let Some(h) = self.dirty.head() else {
                 return;
-            }
+            };
             // SAFETY: `h` is a live arena in the dirty list; its dirty slots are free, so their
             // contents are ours to give up.
             let refused = unsafe {
                 let mut refused = false;
-                while (*h).dirty != 0 && !refused {
-                    let d = (*h).dirty;
+                while (*h.as_ptr()).dirty != 0 && !refused {
+                    let d = (*h.as_ptr()).dirty;
                     let start = d.trailing_zeros();
                     let len = (!(d >> start)).trailing_zeros();
-                    refused = !platform.decommit(Self::slot(h, start), len as usize * POOL_SIZE);
+                    refused = !platform.decommit(slot(h, start), len as usize * POOL_SIZE);
                     if !refused {
-                        (*h).dirty &= !run_mask(start, len);
-                        (*h).purged |= run_mask(start, len);
+                        (*h.as_ptr()).dirty &= !run_mask(start, len);
+                        (*h.as_ptr()).purged |= run_mask(start, len);
                         self.dirty_slots -= len as usize;
                     }
                 }
-                if (*h).dirty == 0 {
-                    self.dirty.remove(h, Chain::Dirty);
+                if (*h.as_ptr()).dirty == 0 {
+                    self.dirty.remove(h);
                 }
                 self.rebucket_dirty(h);
                 refused
@@ -969,26 +689,26 @@ impl Arenas {
     /// Gives back what is not needed: decommits every dirty free slot and unmaps every empty
     /// arena (`map` is the manager's).
     pub fn trim<P: Platform>(&mut self, platform: &P, map: &ArenaMap) {
-        while !self.empties.head.is_null() {
+        while let Some(h) = self.empties.head() {
             // SAFETY: the head of the empty list is a live, empty arena (A3).
-            unsafe { self.release_arena(self.empties.head, platform, map) };
+            unsafe { self.release_arena(h, platform, map) };
         }
         self.purge(platform, 0);
     }
 
     /// Visits every arena.
-    fn for_each_arena(&self, f: impl FnMut(*mut Header)) {
+    fn for_each_arena(&self, f: impl FnMut(NonNull<Header>)) {
         // SAFETY: listed headers are live (A1).
-        unsafe { self.all.for_each(Chain::All, f) };
+        unsafe { self.all.for_each(f) };
     }
 
     /// Visits the start of every pool in use.
     pub fn for_each_pool(&self, mut f: impl FnMut(NonNull<u8>)) {
         self.for_each_arena(|h| {
             // SAFETY: a live header.
-            let mut heads = unsafe { (*h).heads };
+            let mut heads = unsafe { (*h.as_ptr()).heads };
             while heads != 0 {
-                f(Self::slot(h, heads.trailing_zeros()));
+                f(slot(h, heads.trailing_zeros()));
                 heads &= heads - 1;
             }
         });
@@ -998,7 +718,7 @@ impl Arenas {
     pub fn stats(&self, map: &ArenaMap) -> ArenaStats {
         let mut pools = 0;
         // SAFETY: a live header.
-        self.for_each_arena(|h| pools += unsafe { (*h).heads.count_ones() } as usize);
+        self.for_each_arena(|h| pools += unsafe { (*h.as_ptr()).heads.count_ones() } as usize);
         let free_slots = self.arenas * POOLS_PER_ARENA - self.slots_in_use;
         ArenaStats {
             arenas: self.arenas,
@@ -1016,16 +736,16 @@ impl Arenas {
     ///
     /// # Safety
     /// `h` is a live arena header of this manager.
-    unsafe fn check_arena(&self, h: *mut Header, map: &ArenaMap) -> Result<(), &'static str> {
+    unsafe fn check_arena(&self, h: NonNull<Header>, map: &ArenaMap) -> Result<(), &'static str> {
         // SAFETY: a live header (caller).
         let (free, dirty, purged, heads, span, buckets) = unsafe {
             (
-                (*h).free,
-                (*h).dirty,
-                (*h).purged,
-                (*h).heads,
-                &(*h).span,
-                ((*h).run_bucket as usize, (*h).dirty_run_bucket as usize),
+                (*h.as_ptr()).free,
+                (*h.as_ptr()).dirty,
+                (*h.as_ptr()).purged,
+                (*h.as_ptr()).heads,
+                &(*h.as_ptr()).span,
+                ((*h.as_ptr()).run_bucket as usize, (*h.as_ptr()).dirty_run_bucket as usize),
             )
         };
         if free & !USABLE != 0 || dirty & !free != 0 || heads & (free | !USABLE) != 0 {
@@ -1051,7 +771,7 @@ impl Arenas {
             }
             for i in start..start + len {
                 // SAFETY: a live header (caller); `i < SLOTS` as checked above.
-                if unsafe { Self::pool_head(h, i) } as u32 != start {
+                if unsafe { pool_head(h, i) } as u32 != start {
                     return Err("arenas: a slot of a pool does not lead to the pool's start");
                 }
             }
@@ -1065,14 +785,13 @@ impl Arenas {
         while free_slots != 0 {
             let i = free_slots.trailing_zeros();
             // SAFETY: a live header (caller); `i < SLOTS`.
-            if unsafe { Self::pool_head(h, i) } != 0 {
+            if unsafe { pool_head(h, i) } != 0 {
                 return Err("arenas: a free slot leads to a pool");
             }
             free_slots &= free_slots - 1;
         }
-        // SAFETY: `h` is a live header (caller), so not null.
-        let start = unsafe { NonNull::new_unchecked(h.cast::<u8>()) };
-        if map.arena_of(start).map(NonNull::as_ptr) != Some(h) {
+        let start = h.cast::<u8>();
+        if map.arena_of(start) != Some(h) {
             return Err("arenas: the map does not lead from the arena to its header");
         }
         // SAFETY: a live arena starts there.
@@ -1092,12 +811,12 @@ impl Arenas {
             // SAFETY: a live header.
             unsafe {
                 arenas += 1;
-                free_slots += (*h).free.count_ones() as usize;
-                empty += ((*h).free == USABLE) as usize;
-                dirty_slots += (*h).dirty.count_ones() as usize;
-                dirty_arenas += ((*h).dirty != 0) as usize;
-                runs[(*h).run_bucket as usize % RUN_BUCKETS] += 1;
-                dirty_runs[(*h).dirty_run_bucket as usize % RUN_BUCKETS] += 1;
+                free_slots += (*h.as_ptr()).free.count_ones() as usize;
+                empty += ((*h.as_ptr()).free == USABLE) as usize;
+                dirty_slots += (*h.as_ptr()).dirty.count_ones() as usize;
+                dirty_arenas += ((*h.as_ptr()).dirty != 0) as usize;
+                runs[(*h.as_ptr()).run_bucket as usize % RUN_BUCKETS] += 1;
+                dirty_runs[(*h.as_ptr()).dirty_run_bucket as usize % RUN_BUCKETS] += 1;
                 if result.is_ok() {
                     result = self.check_arena(h, map);
                 }
@@ -1110,12 +829,17 @@ impl Arenas {
             return Err("arenas: bucket lengths disagree with the arenas' own records");
         }
         let (mut listed, mut listed_empty) = (0, 0);
-        // SAFETY: headers in the dirty and empty lists are live (A3).
+        // SAFETY: headers in the lists are live (A1, A3).
         unsafe {
+            if self.all.check()? != arenas {
+                return Err("arenas: the list of all arenas is off");
+            }
+            self.dirty.check()?;
+            self.empties.check()?;
             self.dirty
-                .for_each(Chain::Dirty, |h| listed += ((*h).dirty != 0) as usize);
-            self.empties.for_each(Chain::Empty, |h| {
-                listed_empty += ((*h).free == USABLE) as usize
+                .for_each(|h| listed += ((*h.as_ptr()).dirty != 0) as usize);
+            self.empties.for_each(|h| {
+                listed_empty += ((*h.as_ptr()).free == USABLE) as usize
             });
         }
         if arenas != self.arenas || empty != self.empty || listed_empty != empty {
@@ -1142,114 +866,11 @@ impl Arenas {
         // SAFETY: listed headers are live; the next link is read before each is unmapped, and
         // nothing uses the arenas any more (caller).
         unsafe {
-            self.all.for_each(Chain::All, |h| {
-                platform.release(NonNull::new_unchecked(h.cast()), ARENA_SIZE)
-            })
+            self.all
+                .for_each(|h| platform.release(h.cast(), ARENA_SIZE))
         };
         // SAFETY: every node came from PlatformNodes over this platform; no lookup follows.
         unsafe { map.release(&PlatformNodes(platform)) };
         *self = Arenas::new();
-    }
-}
-
-#[cfg(test)]
-mod bit_tests {
-    use super::*;
-
-    const PATTERNS: [SlotBits; 8] = [
-        USABLE,
-        0,
-        0xF0F0_F0F0_F0F0_F0F0,
-        0xFFFF_0000_FFFF_0000,
-        0x0000_FFFF_FFFF_0000,
-        0x0FF0_0E00_7FFE_1F3E,
-        1 << 63,
-        0x0FF0_0E00_7FFE_1F3E_FFFF_FFF0_0F0F_0003,
-    ];
-
-    fn is_run(bits: SlotBits, start: u32, len: u32) -> bool {
-        start + len <= SlotBits::BITS && bits & run_mask(start, len) == run_mask(start, len)
-    }
-
-    #[test]
-    fn free_runs_finds_exactly_the_runs_of_every_length() {
-        for len in 1..=MAX_SPAN_SLOTS as u32 {
-            for bits in PATTERNS {
-                let runs = free_runs(bits, len);
-                for i in 0..SlotBits::BITS {
-                    assert_eq!(
-                        runs >> i & 1 == 1,
-                        is_run(bits, i, len),
-                        "bits {bits:#x} len {len} slot {i}"
-                    );
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn longest_run_is_the_longest_capped_at_the_widest_span() {
-        for bits in PATTERNS {
-            let longest = (1..=SlotBits::BITS)
-                .filter(|&len| (0..SlotBits::BITS).any(|i| is_run(bits, i, len)))
-                .max()
-                .unwrap_or(0) as usize;
-            assert_eq!(longest_run(bits), longest.min(MAX_SPAN_SLOTS), "{bits:#x}");
-        }
-    }
-
-    #[test]
-    fn stretch_at_measures_the_stretch_around_a_set_bit() {
-        for bits in PATTERNS {
-            for i in (0..SlotBits::BITS).filter(|&i| bits >> i & 1 == 1) {
-                let mut first = i;
-                while first > 0 && bits >> (first - 1) & 1 == 1 {
-                    first -= 1;
-                }
-                let expected = stretch(bits, first) as usize;
-                assert_eq!(
-                    stretch_at(bits, i),
-                    expected.min(MAX_SPAN_SLOTS),
-                    "bits {bits:#x} slot {i}"
-                );
-            }
-        }
-    }
-
-    /// The length of the stretch of set bits that starts at `start`.
-    fn stretch(bits: SlotBits, start: u32) -> u32 {
-        (!(bits >> start)).trailing_zeros()
-    }
-
-    #[test]
-    fn place_run_takes_the_start_of_the_shortest_stretch_that_fits() {
-        let mut patterns = PATTERNS.to_vec();
-        patterns.extend([
-            0b1110_0110_1111_1000_0111_0000_1100_1111_1110,
-            0x5555_0F0F_00FF_3333,
-        ]);
-        for len in 1..=MAX_SPAN_SLOTS as u32 {
-            for &bits in &patterns {
-                match place_run(bits, len) {
-                    None => assert_eq!(free_runs(bits, len), 0),
-                    Some(start) => {
-                        assert!(is_run(bits, start, len));
-                        assert!(
-                            start == 0 || bits >> (start - 1) & 1 == 0,
-                            "bits {bits:#x} len {len}: {start} is inside a stretch"
-                        );
-                        let fit = stretch(bits, start).min(MAX_SPAN_SLOTS as u32);
-                        let shortest = (0..SlotBits::BITS)
-                            .filter(|&i| i == 0 || bits >> (i - 1) & 1 == 0)
-                            .map(|i| stretch(bits, i))
-                            .filter(|&l| l >= len)
-                            .min()
-                            .unwrap()
-                            .min(MAX_SPAN_SLOTS as u32);
-                        assert_eq!(fit, shortest, "bits {bits:#x} len {len}");
-                    }
-                }
-            }
-        }
     }
 }

@@ -13,8 +13,10 @@
 #![warn(missing_docs)]
 
 mod arenas;
+mod header;
 mod map;
 mod platform;
+mod slots;
 #[cfg(any(test, feature = "test-platform"))]
 mod test_platform;
 

@@ -30,10 +30,10 @@
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
-use pymalloc_pool::POOL_SIZE;
+use pymalloc_pool::{ARENA_SHIFT, ARENA_SIZE};
 use pymalloc_radix::{InsertError, NodeAlloc, RadixTree};
 
-use crate::arenas::{ARENA_SHIFT, ARENA_SIZE, Arenas, Header};
+use crate::header::{Header, pool_head, slot, slot_index};
 
 /// The addresses the flat map covers: `0 .. FLAT_LIMIT`, the user address space of x86-64
 /// with four-level page tables (and what Linux hands out on five-level ones unless asked for
@@ -129,13 +129,13 @@ impl ArenaMap {
     /// or in an arena's header or free slots. Takes no lock.
     #[inline]
     pub fn pool_of(&self, addr: NonNull<u8>) -> Option<NonNull<u8>> {
-        let h = self.arena_of(addr)?.as_ptr();
-        let index = ((addr.addr().get() - h.addr()) >> POOL_SIZE.trailing_zeros()) as u32;
+        let h = self.arena_of(addr)?;
+        let index = slot_index(addr);
         // SAFETY: the map holds live arenas only (A4), so `h` is a mapped header, and
         // `index < SLOTS` as `addr` lies in the arena's granule. The entry is atomic; see the
         // module documentation for what its value promises.
-        let head = unsafe { Arenas::pool_head(h, index) };
-        (head != 0).then(|| Arenas::slot(h, head.into()))
+        let head = unsafe { pool_head(h, index) };
+        (head != 0).then(|| slot(h, head.into()))
     }
 
     /// Enters the arena whose header is `h` (at the start of its granule). Fails, changing

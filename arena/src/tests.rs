@@ -604,7 +604,8 @@ fn arenas_released_and_taken_back_raise_the_floor_and_are_kept_next_time() {
 /// for every address it does not cover.
 #[test]
 fn arenas_above_the_flat_limit_are_found_through_the_radix_tree() {
-    use crate::arenas::{Header, PlatformNodes};
+    use crate::arenas::PlatformNodes;
+    use crate::header::Header;
     use crate::map::FLAT_LIMIT;
     let f = Fixture::new();
     let high = FLAT_LIMIT + 5 * ARENA_SIZE;

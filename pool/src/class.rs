@@ -22,7 +22,7 @@
 //! Invariant: a [`SizeClass`] always holds an index below [`NUM_CLASSES`], so tables of
 //! `NUM_CLASSES` entries may be indexed by it without a bounds check.
 
-use crate::pool::POOL_SIZE;
+use crate::geometry::POOL_SIZE;
 
 /// Alignment of every block, and the step between small classes.
 pub const ALIGNMENT: usize = 16;

@@ -27,6 +27,8 @@
 mod asan;
 mod class;
 mod fatal;
+mod geometry;
+mod list;
 mod pool;
 mod remote;
 
@@ -43,11 +45,14 @@ pub use class::{
     ALIGNMENT, MAX_POOLED_ALIGN, MAX_SPAN_SLOTS, NUM_CLASSES, POOLED_MAX, SMALL_MAX, SizeClass,
 };
 pub use fatal::{ensure, fatal};
-pub use pool::{
-    ARENA_SHIFT, ARENA_SIZE, DESCRIPTORS, Freed, POOL_SIZE, Pool, PoolList, PoolPtr, SLOTS,
-    blocks_per_pool, first_slot_entry, freed_mark, holds_freed_mark, set_first_slot_entries,
-    slot_zero_line_is_clear,
+pub use geometry::{
+    ARENA_SHIFT, ARENA_SIZE, DESCRIPTORS, POOL_SIZE, SLOTS, first_slot_entry, slot_index,
 };
+pub use pool::{
+    Freed, Pool, PoolList, PoolPtr, Usable, blocks_per_pool, freed_mark, holds_freed_mark,
+    set_first_slot_entries, slot_zero_line_is_clear,
+};
+pub use list::{Chain, Links, List};
 pub use remote::{Drain, RemoteList};
 
 #[cfg(test)]

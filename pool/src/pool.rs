@@ -62,55 +62,21 @@ use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU16, AtomicU32, Ordering};
 use crate::asan;
 use crate::class::{ALIGNMENT, MAX_SPAN_SLOTS, POOLED_MAX, SizeClass};
 use crate::fatal::ensure;
+use crate::list::{Chain, Links, List};
+use crate::geometry::{
+    ARENA_SIZE, DESCRIPTOR_BYTES, DESCRIPTORS, FIRST_SLOT_ENTRY, POOL_SIZE, first_slot_entry,
+    line_of, slot_index,
+};
 
-/// Bytes in one slot — the unit arenas hand out, and the size of a single-slot pool. A power
-/// of two, like every pool's size.
-pub const POOL_SIZE: usize = 16 * 1024;
-/// log2 of [`ARENA_SIZE`].
-pub const ARENA_SHIFT: u32 = 21;
-/// Bytes in one arena: 2 MiB (CPython uses 1 MiB; `docs/design.md` says why 2).
-pub const ARENA_SIZE: usize = 1 << ARENA_SHIFT;
-/// Slots per arena, slot 0 (the arena's own) included.
-pub const SLOTS: usize = ARENA_SIZE / POOL_SIZE;
-/// Offset in an arena of the line of its slot 0; slot `i`'s is `DESCRIPTOR_BYTES * i` further.
-/// Below it, the arena manager keeps its own header.
-pub const DESCRIPTORS: usize = 4096;
-/// Bytes between descriptors: one cache line each.
-const DESCRIPTOR_BYTES: usize = 64;
-/// Offset in a slot's line of its first-slot entry: the index of the first slot of the pool
-/// that holds the slot, or 0 for a slot in no pool (slot 0 is the arena's own). Past the
-/// descriptor, which never writes it.
-const FIRST_SLOT_ENTRY: usize = DESCRIPTOR_BYTES - 1;
-
-const _: () = assert!(POOL_SIZE.is_power_of_two() && POOL_SIZE >= ALIGNMENT);
+const _: () = assert!(POOL_SIZE >= ALIGNMENT);
 const _: () = assert!(
     size_of::<Pool>() <= FIRST_SLOT_ENTRY && align_of::<Pool>() <= DESCRIPTOR_BYTES,
     "a descriptor ends before its line's first-slot entry"
-);
-const _: () = assert!(
-    DESCRIPTORS + SLOTS * DESCRIPTOR_BYTES <= POOL_SIZE,
-    "the descriptors fit in slot 0"
-);
-const _: () = assert!(
-    SLOTS <= u8::MAX as usize + 1,
-    "a first-slot entry is one byte"
 );
 
 /// Number of blocks of `class` that fit in one pool.
 pub const fn blocks_per_pool(class: SizeClass) -> usize {
     class.pool_bytes() / class.block_size()
-}
-
-/// The first-slot entry (P1) of the slot that holds `address`, an address inside an arena
-/// (with the arena's provenance).
-#[inline(always)]
-pub fn first_slot_entry(address: NonNull<u8>) -> NonNull<AtomicU8> {
-    let slot = (address.addr().get() >> POOL_SIZE.trailing_zeros()) & (SLOTS - 1);
-    let entry = address.as_ptr().map_addr(|a| {
-        (a & !(ARENA_SIZE - 1)) + DESCRIPTORS + slot * DESCRIPTOR_BYTES + FIRST_SLOT_ENTRY
-    });
-    // SAFETY: an address inside an arena, at least `DESCRIPTORS` above its nonzero start.
-    unsafe { NonNull::new_unchecked(entry.cast()) }
 }
 
 /// Whether the line of slot 0 of the arena that starts at `arena` reads zero (P11).
@@ -145,20 +111,13 @@ pub unsafe fn set_first_slot_entries(first: NonNull<u8>, slots: usize, head: u8)
 /// The descriptor of slot `slot` of the arena that holds `address`.
 #[inline(always)]
 fn descriptor_at(address: NonNull<u8>, slot: usize) -> NonNull<Pool> {
-    let descriptor = address
-        .as_ptr()
-        .map_addr(|a| (a & !(ARENA_SIZE - 1)) + DESCRIPTORS + slot * DESCRIPTOR_BYTES);
-    // SAFETY: an address inside an arena, at least `DESCRIPTORS` above its nonzero start.
-    unsafe { NonNull::new_unchecked(descriptor.cast()) }
+    line_of(address, slot).cast()
 }
 
 /// The descriptor of the pool whose memory starts at `memory`, a slot of an arena (P1).
 #[inline(always)]
 pub(crate) fn descriptor_of(memory: NonNull<u8>) -> NonNull<Pool> {
-    descriptor_at(
-        memory,
-        (memory.addr().get() >> POOL_SIZE.trailing_zeros()) & (SLOTS - 1),
-    )
+    descriptor_at(memory, slot_index(memory.addr().get()))
 }
 
 /// A pool's descriptor, in the first slot of the pool's arena. Its fields are ordered
@@ -168,8 +127,7 @@ pub struct Pool {
     /// Head of the freelist; each free block's first word holds the next free block.
     free: *mut u8,
     /// Links in the list of usable pools of this class (see [`PoolList`]).
-    prev: *mut Pool,
-    next: *mut Pool,
+    links: Links<Pool>,
     /// The heap that owns the pool, opaque to this crate (invariant P7).
     owner: AtomicPtr<()>,
     /// `ceil(2^RECIPROCAL_SHIFT / size)`: whether an offset in the pool is a multiple of the
@@ -310,8 +268,7 @@ impl PoolPtr {
         unsafe {
             pool.write(Pool {
                 free: ptr::null_mut(),
-                prev: ptr::null_mut(),
-                next: ptr::null_mut(),
+                links: Links::UNLINKED,
                 used: AtomicU16::new(0),
                 bump: AtomicU32::new(0),
                 size: class.block_size() as u32,
@@ -354,8 +311,7 @@ impl PoolPtr {
                 "pool reused for a class of another size, or with blocks in use",
             );
             (*p).free = ptr::null_mut();
-            (*p).prev = ptr::null_mut();
-            (*p).next = ptr::null_mut();
+            (*p).links = Links::UNLINKED;
             (*p).bump.store(0, Ordering::Relaxed);
             (*p).size = class.block_size() as u32;
             (*p).reciprocal = reciprocal(class.block_size());
@@ -758,7 +714,7 @@ impl PoolPtr {
             return Err("pool: block or pool size does not match its class");
         }
         let base = self.memory().addr().get();
-        let first = (base >> POOL_SIZE.trailing_zeros()) & (SLOTS - 1);
+        let first = slot_index(base);
         for i in 0..limit.div_ceil(POOL_SIZE) {
             // SAFETY: the pool's slots lie in its arena (P1), whose table is mapped.
             let entry = unsafe {
@@ -910,80 +866,33 @@ unsafe fn read_frozen_second_word(base: *const usize) -> usize {
     }
 }
 
-/// A doubly-linked list of pools through their headers' links: a size class's usable pools.
-pub struct PoolList {
-    head: *mut Pool,
-}
+/// The usable pools of one class in a heap, through their descriptors' links: a [`List`].
+pub type PoolList = List<Pool, Usable>;
 
-impl Default for PoolList {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+/// The chain of a heap's lists of usable pools ([`PoolList`]).
+pub struct Usable;
 
-impl PoolList {
-    /// An empty list.
-    pub const fn new() -> Self {
-        PoolList {
-            head: ptr::null_mut(),
-        }
-    }
-
-    /// The first pool, if any.
+// SAFETY: `links` is the descriptor's only `Links`, written by nothing but these lists.
+unsafe impl Chain<Pool> for Usable {
     #[inline(always)]
-    pub fn first(&self) -> Option<PoolPtr> {
-        NonNull::new(self.head).map(PoolPtr)
+    unsafe fn links(node: *mut Pool) -> *mut Links<Pool> {
+        // SAFETY: a live descriptor (caller); a place projection creates no reference.
+        unsafe { &raw mut (*node).links }
     }
+}
 
-    /// Links `pool` in at the front.
-    ///
-    /// # Safety
-    /// `pool` is live, exclusively ours, and in no list.
-    pub unsafe fn push_front(&mut self, pool: PoolPtr) {
-        let p = pool.0.as_ptr();
-        // SAFETY: `pool` and the current head are live pools that this list owns the links of.
-        unsafe {
-            (*p).prev = ptr::null_mut();
-            (*p).next = self.head;
-            if !self.head.is_null() {
-                (*self.head).prev = p;
-            }
-        }
-        self.head = p;
+impl From<NonNull<Pool>> for PoolPtr {
+    /// The pool of a descriptor, as a [`PoolList`] gives it.
+    #[inline(always)]
+    fn from(descriptor: NonNull<Pool>) -> PoolPtr {
+        PoolPtr(descriptor)
     }
+}
 
-    /// Unlinks `pool`.
-    ///
-    /// # Safety
-    /// `pool` is live, exclusively ours, and in this list.
-    pub unsafe fn remove(&mut self, pool: PoolPtr) {
-        let p = pool.0.as_ptr();
-        // SAFETY: `pool` and its neighbours are live pools of this list (caller).
-        unsafe {
-            let (prev, next) = ((*p).prev, (*p).next);
-            if prev.is_null() {
-                self.head = next;
-            } else {
-                (*prev).next = next;
-            }
-            if !next.is_null() {
-                (*next).prev = prev;
-            }
-            (*p).prev = ptr::null_mut();
-            (*p).next = ptr::null_mut();
-        }
-    }
-
-    /// Visits every pool in the list.
-    ///
-    /// # Safety
-    /// Every pool in the list is live and not modified during the walk.
-    pub unsafe fn for_each(&self, mut f: impl FnMut(PoolPtr)) {
-        let mut p = self.head;
-        while let Some(pool) = NonNull::new(p) {
-            f(PoolPtr(pool));
-            // SAFETY: pools in the list are live (caller).
-            p = unsafe { (*p).next };
-        }
+impl From<PoolPtr> for NonNull<Pool> {
+    /// A pool's descriptor, as a [`PoolList`] takes it.
+    #[inline(always)]
+    fn from(pool: PoolPtr) -> NonNull<Pool> {
+        pool.0
     }
 }

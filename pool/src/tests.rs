@@ -258,7 +258,7 @@ fn a_free_marks_the_block_an_allocation_clears_it_and_a_mark_by_chance_is_told_a
 }
 
 #[test]
-fn pool_list_links_and_unlinks() {
+fn a_list_is_a_stack_and_a_queue() {
     let class = SizeClass::for_size(16).unwrap();
     let slots: Vec<Mem> = (0..3).map(|_| Mem::new(class)).collect();
     // SAFETY: every slot is ours and each pool is in the list at most once.
@@ -268,22 +268,30 @@ fn pool_list_links_and_unlinks() {
             .map(|s| PoolPtr::init(s.0, class, true, core::ptr::null_mut()))
             .collect();
         let mut list = PoolList::new();
-        assert!(list.first().is_none());
-        for &p in &pools {
-            list.push_front(p);
+        assert!(list.head().is_none());
+        let first = |list: &PoolList| list.head().map(PoolPtr::from);
+        for &p in &pools[..2] {
+            list.push_front(p.into());
         }
+        list.push_back(pools[2].into());
         let order = |list: &PoolList| {
             let mut v = Vec::new();
-            list.for_each(|p| v.push(p));
+            list.for_each(|p| v.push(PoolPtr::from(p)));
+            assert_eq!(list.check(), Ok(v.len()));
             v
         };
-        assert_eq!(order(&list), vec![pools[2], pools[1], pools[0]]);
-        list.remove(pools[1]);
-        assert_eq!(order(&list), vec![pools[2], pools[0]]);
-        list.remove(pools[2]);
-        assert_eq!(list.first(), Some(pools[0]));
-        list.remove(pools[0]);
-        assert!(list.first().is_none());
+        assert_eq!(order(&list), vec![pools[1], pools[0], pools[2]]);
+        list.remove(pools[2].into());
+        assert_eq!(order(&list), vec![pools[1], pools[0]], "the tail removed");
+        list.push_back(pools[2].into());
+        list.remove(pools[0].into());
+        assert_eq!(order(&list), vec![pools[1], pools[2]], "a middle node removed");
+        list.remove(pools[1].into());
+        assert_eq!(first(&list), Some(pools[2]), "the head removed");
+        assert_eq!(order(&list), vec![pools[2]]);
+        list.remove(pools[2].into());
+        assert!(list.head().is_none());
+        assert_eq!(list.check(), Ok(0));
     }
 }
 

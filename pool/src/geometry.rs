@@ -1,0 +1,66 @@
+//! The geometry of pools and arenas, below everything else of this crate: the sizes of a
+//! slot, an arena and a descriptor's line, and the arithmetic from an address to its slot,
+//! its slot's line and that line's first-slot entry (`pool.rs` says what they hold).
+//!
+//! ```text
+//! arena: | slot 0: arena header | lines of slots 0..SLOTS | slot 1 | slot 2 | …
+//! line:  | descriptor (56 bytes) ... | first-slot entry |
+//! ```
+
+use core::ptr::NonNull;
+use core::sync::atomic::AtomicU8;
+
+/// Bytes in one slot — the unit arenas hand out, and the size of a single-slot pool. A power
+/// of two, like every pool's size.
+pub const POOL_SIZE: usize = 16 * 1024;
+/// log2 of [`ARENA_SIZE`].
+pub const ARENA_SHIFT: u32 = 21;
+/// Bytes in one arena: 2 MiB (CPython uses 1 MiB; `docs/design.md` says why 2).
+pub const ARENA_SIZE: usize = 1 << ARENA_SHIFT;
+/// Slots per arena, slot 0 (the arena's own) included.
+pub const SLOTS: usize = ARENA_SIZE / POOL_SIZE;
+/// Offset in an arena of the line of its slot 0; slot `i`'s is `DESCRIPTOR_BYTES * i` further.
+/// Below it, the arena manager keeps its own header.
+pub const DESCRIPTORS: usize = 4096;
+/// Bytes between descriptors: one cache line each.
+pub(crate) const DESCRIPTOR_BYTES: usize = 64;
+/// Offset in a slot's line of its first-slot entry: the index of the first slot of the pool
+/// that holds the slot, or 0 for a slot in no pool (slot 0 is the arena's own). Past the
+/// descriptor, which never writes it.
+pub(crate) const FIRST_SLOT_ENTRY: usize = DESCRIPTOR_BYTES - 1;
+
+
+const _: () = assert!(POOL_SIZE.is_power_of_two() && ARENA_SIZE % POOL_SIZE == 0);
+const _: () = assert!(
+    DESCRIPTORS + SLOTS * DESCRIPTOR_BYTES <= POOL_SIZE,
+    "the descriptors fit in slot 0"
+);
+const _: () = assert!(
+    SLOTS <= u8::MAX as usize + 1,
+    "a first-slot entry is one byte"
+);
+
+/// The index, within its arena, of the slot that holds the address `addr`.
+#[inline(always)]
+pub const fn slot_index(addr: usize) -> usize {
+    (addr >> POOL_SIZE.trailing_zeros()) & (SLOTS - 1)
+}
+
+/// The line of slot `slot` of the arena that holds `address` (with the arena's provenance).
+#[inline(always)]
+pub(crate) fn line_of(address: NonNull<u8>, slot: usize) -> NonNull<u8> {
+    let line = address
+        .as_ptr()
+        .map_addr(|a| (a & !(ARENA_SIZE - 1)) + DESCRIPTORS + slot * DESCRIPTOR_BYTES);
+    // SAFETY: an address inside an arena, at least `DESCRIPTORS` above its nonzero start.
+    unsafe { NonNull::new_unchecked(line) }
+}
+
+/// The first-slot entry (pool invariant P1) of the slot that holds `address`, an address
+/// inside an arena (with the arena's provenance).
+#[inline(always)]
+pub fn first_slot_entry(address: NonNull<u8>) -> NonNull<AtomicU8> {
+    let line = line_of(address, slot_index(address.addr().get()));
+    // SAFETY: inside the line, so inside the arena's header slot, not null.
+    unsafe { line.add(FIRST_SLOT_ENTRY).cast() }
+}
