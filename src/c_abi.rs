@@ -32,7 +32,7 @@ use core::ptr::{self, NonNull};
 use pymalloc_arena::{OsPlatform, Platform};
 use pymalloc_pool::{ALIGNMENT, POOL_SIZE};
 
-use crate::allocator::Session;
+use crate::session::Session;
 use crate::stats::Stats;
 use crate::{report, thread};
 
@@ -43,8 +43,11 @@ use crate::{report, thread};
 macro_rules! with_session {
     (|$s:ident| $body:expr) => {
         match thread::session() {
-            Some($s) => $body,
-            None => thread::with_new_session(move |$s: Session<'static, OsPlatform>| $body),
+            Some(mut $s) => {
+                let $s = &mut $s;
+                $body
+            }
+            None => thread::with_new_session(move |$s: &mut Session<'_, OsPlatform>| $body),
         }
     };
 }

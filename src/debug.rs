@@ -16,19 +16,16 @@
 //! away.
 
 use core::alloc::Layout;
-use core::ptr::{self, NonNull};
+use core::ptr::NonNull;
 
-use pymalloc_arena::Platform;
 use pymalloc_pool::fatal;
 
-use crate::allocator::Session;
-
 /// Fill of a fresh block not asked to be zeroed.
-pub const FRESH: u8 = 0xCD;
+pub const NEW_FILL: u8 = 0xCD;
 /// Fill of a freed block.
-pub const FREED: u8 = 0xDD;
+pub const FREED_FILL: u8 = 0xDD;
 /// Fill of the padding and guard bytes after a block.
-pub const GUARD: u8 = 0xFD;
+pub const GUARD_FILL: u8 = 0xFD;
 const GUARD_BYTES: usize = 8;
 /// Tag of a block in use ("PYMALLOC"); a freed block's is its complement.
 const LIVE: u64 = u64::from_be_bytes(*b"PYMALLOC");
@@ -43,27 +40,36 @@ fn guard_at(size: usize) -> usize {
 }
 
 /// The layout allocated for `layout`: the caller's bytes, then the trailer.
-fn inner(layout: Layout) -> Option<Layout> {
+pub(crate) fn inner(layout: Layout) -> Option<Layout> {
     let size = guard_at(layout.size()).checked_add(TRAILER)?;
     Layout::from_size_align(size, layout.align()).ok()
 }
 
-/// Allocates `layout` with a trailer; fills the block with [`FRESH`], or zeroes it.
-pub(crate) fn alloc<P: Platform>(s: Session<'_, P>, layout: Layout, zeroed: bool) -> *mut u8 {
-    let Some((block, fresh)) = inner(layout).and_then(|inner| s.allocate(inner)) else {
-        return ptr::null_mut();
-    };
+/// Writes the trailer of a block allocated for `layout` and fills the caller's bytes with
+/// [`NEW_FILL`], or zeroes them (unless the block reads zero already: `reads_zero`); returns the
+/// block.
+///
+/// # Safety
+/// `block` is a block of at least `inner(layout)` bytes, just handed out, aligned as
+/// `layout` asks.
+pub(crate) unsafe fn dress(
+    block: NonNull<u8>,
+    layout: Layout,
+    zeroed: bool,
+    reads_zero: bool,
+) -> *mut u8 {
     let p = block.as_ptr();
     let (size, guard) = (layout.size(), guard_at(layout.size()));
     // SAFETY: the block holds `guard + TRAILER` bytes, 8-aligned at `guard` (blocks are at
     // least 16-aligned and `guard` is a multiple of 8).
     unsafe {
-        match (zeroed, fresh) {
+        match (zeroed, reads_zero) {
             (true, true) => {}
             (true, false) => p.write_bytes(0, size),
-            (false, _) => p.write_bytes(FRESH, size),
+            (false, _) => p.write_bytes(NEW_FILL, size),
         }
-        p.add(size).write_bytes(GUARD, guard - size + GUARD_BYTES);
+        p.add(size)
+            .write_bytes(GUARD_FILL, guard - size + GUARD_BYTES);
         p.add(guard + GUARD_BYTES).cast::<u64>().write(LIVE);
         p.add(guard + GUARD_BYTES + 8)
             .cast::<u64>()
@@ -73,10 +79,10 @@ pub(crate) fn alloc<P: Platform>(s: Session<'_, P>, layout: Layout, zeroed: bool
 }
 
 /// Checks the trailer of a block being freed (aborting with a message if it is wrong), fills
-/// the block with [`FREED`], marks it dead, and returns the layout it was allocated with.
+/// the block with [`FREED_FILL`], marks it dead, and returns the layout it was allocated with.
 ///
 /// # Safety
-/// `ptr` was returned by [`alloc`] on an allocator with the `debug` feature (a wrong layout is
+/// `ptr` was dressed by [`dress`] (on an allocator with the `debug` feature) (a wrong layout is
 /// detected as long as the trailer position it implies is mapped).
 pub(crate) unsafe fn check_and_poison(ptr: NonNull<u8>, layout: Layout) -> Layout {
     let p = ptr.as_ptr();
@@ -97,13 +103,14 @@ pub(crate) unsafe fn check_and_poison(ptr: NonNull<u8>, layout: Layout) -> Layou
         );
     }
     // SAFETY: the guard bytes lie between `size` and `guard + GUARD_BYTES`, inside the block.
-    let guard_intact = (size..guard + GUARD_BYTES).all(|i| unsafe { p.add(i).read() } == GUARD);
+    let guard_intact =
+        (size..guard + GUARD_BYTES).all(|i| unsafe { p.add(i).read() } == GUARD_FILL);
     if !guard_intact {
         fatal("debug: heap overrun: bytes just past the end of a block were written");
     }
     // SAFETY: the caller's bytes and the tag word belong to the block being freed.
     unsafe {
-        p.write_bytes(FREED, size);
+        p.write_bytes(FREED_FILL, size);
         p.add(guard + GUARD_BYTES).cast::<u64>().write(DEAD);
     }
     match inner(layout) {

@@ -46,22 +46,22 @@
 //!   many classes it touched, while each of a few keeps an empty pool per class it cycles
 //!   through.
 //!
-//! The fast path is [`HeapCell::alloc`] and [`HeapCell::free`]: a freelist pop or push, no
+//! The fast path is [`Claim::alloc`] and [`Claim::free`]: a freelist pop or push, no
 //! lock and no atomic read-modify-write; a new pool, a full or empty pool and remote frees are
 //! `#[cold]`.
 
 use core::cell::UnsafeCell;
+use core::ops::Deref;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 use pymalloc_arena::{ARENA_SIZE, ArenaMap, Arenas, Platform};
 use pymalloc_pool::{
-    Freed, MAX_SPAN_SLOTS, NUM_CLASSES, POOLED_MAX, PoolList, PoolPtr, RemoteList, SizeClass,
+    Freed, Inbox, MAX_SPAN_SLOTS, NUM_CLASSES, POOLED_MAX, PoolList, PoolPtr, SizeClass,
     blocks_per_pool, fatal, holds_freed_mark,
 };
 
-use crate::allocator::{Allocator, Shared};
-use crate::lock::{RawLock, SpinGuard};
+use crate::shared::{Shared, SharedAccess};
 
 /// Empty pools a heap keeps rather than return them to the arenas, so that a pool emptied
 /// and refilled in a loop takes no lock.
@@ -233,19 +233,15 @@ fn bump(counters: &[AtomicUsize; NUM_CLASSES], class: SizeClass, delta: isize) {
     );
 }
 
-/// A remote list on a cache line of its own, away from what the owner writes and from the
-/// other lists.
-#[repr(align(128))]
-struct Padded(RemoteList);
-
 /// Remote lists per heap. A freeing heap pushes onto the list of its own shard
 /// (`HeapCell::shard`), so that threads freeing into one heap each update a line of their
 /// own rather than all contending for one; the owner takes them all back together.
 pub const REMOTE_SHARDS: usize = 8;
 
-/// One heap, its claim, its remote lists and its counters. See the module documentation.
+/// One heap, its claim and remote lists (its [`Inbox`]) and its counters. See the module
+/// documentation.
 pub(crate) struct HeapCell {
-    claim: RawLock,
+    inbox: Inbox<REMOTE_SHARDS>,
     heap: UnsafeCell<Heap>,
     pub(crate) counters: Counters,
     /// The next heap of the allocator's list of all heaps; set before the heap is published,
@@ -256,7 +252,6 @@ pub(crate) struct HeapCell {
     /// Which of other heaps' remote lists this heap's frees go to: set when the heap is made,
     /// then never changed.
     shard: usize,
-    remote: [Padded; REMOTE_SHARDS],
 }
 
 // SAFETY: the heap's own state is only touched by its claimant (H3), which the claim lock
@@ -265,50 +260,12 @@ unsafe impl Sync for HeapCell {}
 // SAFETY: as above; the pools a heap points to are its own.
 unsafe impl Send for HeapCell {}
 
-/// Access to the allocator's shared state, locked on first use and held until dropped, so
-/// that a run of slow-path operations takes the lock once.
-pub(crate) struct SharedAccess<'a, P: Platform> {
-    pub(crate) alloc: &'a Allocator<P>,
-    guard: Option<SpinGuard<'a, Shared>>,
-}
-
-impl<'a, P: Platform> SharedAccess<'a, P> {
-    pub(crate) fn new(alloc: &'a Allocator<P>) -> Self {
-        SharedAccess { alloc, guard: None }
-    }
-
-    pub(crate) fn held(alloc: &'a Allocator<P>, guard: SpinGuard<'a, Shared>) -> Self {
-        SharedAccess {
-            alloc,
-            guard: Some(guard),
-        }
-    }
-
-    pub(crate) fn get(&mut self) -> &mut Shared {
-        self.guard.get_or_insert_with(|| self.alloc.shared())
-    }
-
-    /// Gives an empty pool's slots back to the arenas.
-    ///
-    /// # Safety
-    /// `pool` is a live pool of this allocator with no block in use, in no list and no cache,
-    /// and nobody uses it any more.
-    unsafe fn free_pool(&mut self, pool: PoolPtr) {
-        let (platform, map) = (&self.alloc.platform, &self.alloc.map);
-        // SAFETY: as the caller guarantees; the slots came from these arenas.
-        unsafe {
-            let memory = pool.retire();
-            self.get().arenas.free_pool(memory, platform, map);
-        }
-    }
-}
-
 impl HeapCell {
     /// A heap whose frees into other heaps go to their remote lists of `shard` (taken modulo
     /// [`REMOTE_SHARDS`]).
     pub(crate) const fn new(shard: usize) -> HeapCell {
         HeapCell {
-            claim: RawLock::new(),
+            inbox: Inbox::new(),
             heap: UnsafeCell::new(Heap {
                 usable: [const { PoolList::new() }; NUM_CLASSES],
                 empty: EmptyPools::new(),
@@ -325,7 +282,6 @@ impl HeapCell {
             next_all: ptr::null(),
             next_free: AtomicPtr::new(ptr::null_mut()),
             shard: shard % REMOTE_SHARDS,
-            remote: [const { Padded(RemoteList::new()) }; REMOTE_SHARDS],
         }
     }
 
@@ -335,61 +291,107 @@ impl HeapCell {
         ptr::from_ref(self).cast_mut().cast()
     }
 
-    /// The claim lock.
-    pub(crate) fn claim(&self) -> &RawLock {
-        &self.claim
+    /// Claims the heap, waiting for its holder to release it.
+    #[inline]
+    pub(crate) fn lock(&self) -> Claim<'_> {
+        self.inbox.claim().lock();
+        Claim { cell: self }
+    }
+
+    /// Claims the heap if nobody holds it.
+    #[inline]
+    pub(crate) fn try_claim(&self) -> Option<Claim<'_>> {
+        self.inbox.try_claim().then_some(Claim { cell: self })
+    }
+
+    /// The claim of a heap the calling thread holds already (a thread's own heap, claimed
+    /// when the thread bound it and held until it exits).
+    ///
+    /// # Safety
+    /// The calling thread holds the heap's claim, and no other [`Claim`] of it is live.
+    #[inline(always)]
+    pub(crate) unsafe fn claimed(&self) -> Claim<'_> {
+        Claim { cell: self }
+    }
+
+    /// The claim flag itself, for `fork` handlers, which take and release it around the copy.
+    pub(crate) fn fork_lock(&self) -> &pymalloc_pool::RawLock {
+        self.inbox.claim()
+    }
+
+    /// Whether blocks wait on the remote lists.
+    pub(crate) fn has_remote(&self) -> bool {
+        self.inbox.has_waiting()
+    }
+}
+
+/// Proof that the calling thread holds a heap's claim: the heap's own state (H3) is reached
+/// through it alone, and `&mut` on it makes each use the only one. Made by
+/// [`HeapCell::lock`] and [`HeapCell::try_claim`], released by [`Claim::release`]; a
+/// thread's own heap, held across calls, is reached with [`HeapCell::claimed`].
+pub(crate) struct Claim<'a> {
+    cell: &'a HeapCell,
+}
+
+impl Deref for Claim<'_> {
+    type Target = HeapCell;
+    #[inline(always)]
+    fn deref(&self) -> &HeapCell {
+        self.cell
+    }
+}
+
+impl<'a> Claim<'a> {
+    /// The heap.
+    #[inline(always)]
+    pub(crate) fn cell(&self) -> &'a HeapCell {
+        self.cell
+    }
+
+    /// Releases the claim; `true` if blocks wait on the remote lists then, which the caller
+    /// must collect ([`collect`]: `pymalloc_pool::Inbox`, I1).
+    #[inline]
+    pub(crate) fn release(self) -> bool {
+        // SAFETY: a Claim exists only while its heap is claimed.
+        unsafe { self.cell.inbox.release() }
+    }
+
+    /// The heap's own state.
+    #[inline(always)]
+    fn heap(&mut self) -> &mut Heap {
+        // SAFETY: the claim makes this thread the heap's only user (H3), and `&mut self`
+        // makes this the only reference into it.
+        unsafe { &mut *self.cell.heap.get() }
     }
 
     /// Makes the heap take its next claimant's first blocks of each class from the fallback
     /// heap, or not (H6). Never for the fallback heap itself.
-    ///
-    /// # Safety
-    /// The caller has just claimed the heap for a new thread or local heap.
-    pub(crate) unsafe fn set_sharing(&self, shares: bool) {
-        // SAFETY: claimed (caller).
-        let heap = unsafe { self.heap() };
+    /// Set by whoever has just claimed the heap for a new thread or local heap.
+    pub(crate) fn set_sharing(&mut self, shares: bool) {
+        let heap = self.heap();
         heap.shares = shares;
         heap.shared_taken = [0; NUM_CLASSES];
     }
 
-    /// # Safety
-    /// The caller has claimed the heap and holds no other reference into it.
-    #[inline(always)]
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn heap(&self) -> &mut Heap {
-        // SAFETY: the claim makes the caller the only user (H3), and the caller keeps the
-        // reference short.
-        unsafe { &mut *self.heap.get() }
-    }
-
     /// One block of `class`, with whether it reads zero; `None` if no memory can be had.
-    ///
-    /// # Safety
-    /// The caller has claimed the heap.
     #[inline(always)]
-    pub(crate) unsafe fn alloc<P: Platform>(
-        &self,
+    pub(crate) fn alloc<P: Platform>(
+        &mut self,
         class: SizeClass,
-        alloc: &Allocator<P>,
+        ctx: Context<'_, P>,
     ) -> Option<(NonNull<u8>, bool)> {
-        // SAFETY: claimed (caller).
-        unsafe {
-            if let Some(found) = self.alloc_fast(class) {
-                return Some(found);
-            }
-            self.alloc_from_any_pool(class, alloc)
+        if let Some(found) = self.alloc_fast(class) {
+            return Some(found);
         }
+        self.alloc_from_any_pool(class, ctx)
     }
 
-    /// The fast path of [`HeapCell::alloc`]: a block of the class's first pool, when the pool
+    /// The fast path of [`Claim::alloc`]: a block of the class's first pool, when the pool
     /// keeps another to hand out (`PoolPtr::alloc_unless_last`), with whether it reads zero;
     /// `None` (and nothing changed) otherwise.
-    ///
-    /// # Safety
-    /// The caller has claimed the heap.
     #[inline(always)]
-    pub(crate) unsafe fn alloc_fast(&self, class: SizeClass) -> Option<(NonNull<u8>, bool)> {
-        // SAFETY: claimed (caller); listed pools are live, ours, and have a block to hand
+    pub(crate) fn alloc_fast(&mut self, class: SizeClass) -> Option<(NonNull<u8>, bool)> {
+        // SAFETY: listed pools are live, ours, and have a block to hand
         // out (H1).
         unsafe { self.heap().list(class).first()?.alloc_unless_last() }
     }
@@ -397,45 +399,39 @@ impl HeapCell {
     /// The smallest fast path, for callers that inline it: a block off the freelist of the
     /// class's first pool when another follows it there (`PoolPtr::alloc_before_last_free`);
     /// `None` (and nothing changed) otherwise.
-    ///
-    /// # Safety
-    /// The caller has claimed the heap.
     #[inline(always)]
-    pub(crate) unsafe fn alloc_freelist(&self, class: SizeClass) -> Option<NonNull<u8>> {
-        // SAFETY: claimed (caller); listed pools are live, ours, and have a block to hand
+    pub(crate) fn alloc_freelist(&mut self, class: SizeClass) -> Option<NonNull<u8>> {
+        // SAFETY: listed pools are live, ours, and have a block to hand
         // out (H1).
         unsafe { self.heap().list(class).first()?.alloc_before_last_free() }
     }
 
-    /// [`HeapCell::alloc`] (and C's `malloc`) past the fast path, `HeapCell::alloc_fast`:
+    /// [`Claim::alloc`] (and C's `malloc`) past the fast path, `Claim::alloc_fast`:
     /// the last free block, a never-used one, or a pool from `refill`. Out of line, so that
     /// the fast path keeps no registers to restore.
-    ///
-    /// # Safety
-    /// The caller has claimed the heap.
     #[inline(never)]
-    pub(crate) unsafe fn alloc_from_any_pool<P: Platform>(
-        &self,
+    pub(crate) fn alloc_from_any_pool<P: Platform>(
+        &mut self,
         class: SizeClass,
-        alloc: &Allocator<P>,
+        ctx: Context<'_, P>,
     ) -> Option<(NonNull<u8>, bool)> {
-        // SAFETY: claimed (caller); listed pools are live, ours, and have a block to hand
+        // SAFETY: listed pools are live, ours, and have a block to hand
         // out (H1).
         unsafe {
             let pool = match self.heap().list(class).first() {
                 Some(pool) => pool,
                 None => {
-                    if let Some(shared) = self.alloc_shared(class, alloc) {
+                    if let Some(shared) = self.alloc_shared(class, ctx) {
                         return Some(shared);
                     }
-                    self.refill(class, alloc)?
+                    self.refill(class, ctx)?
                 }
             };
             let Some(block) = pool.alloc() else {
                 fatal("heap: a usable pool had no block")
             };
             if pool.is_full() {
-                self.heap().list(class).remove(pool);
+                self.heap().list(class).remove(pool.into());
                 bump(&self.counters.full, class, 1);
             }
             Some(block)
@@ -444,42 +440,34 @@ impl HeapCell {
 
     /// A block of `class` from the fallback heap, if this heap shares, the class's blocks are
     /// at most [`SHARED_MAX`] and it has taken less than [`SHARED_BYTES`] of them (H6).
-    ///
-    /// # Safety
-    /// The caller has claimed the heap, and `class` has no usable pool.
+    /// Called when `class` has no usable pool.
     #[cold]
     #[inline(never)]
-    unsafe fn alloc_shared<P: Platform>(
-        &self,
+    fn alloc_shared<P: Platform>(
+        &mut self,
         class: SizeClass,
-        alloc: &Allocator<P>,
+        ctx: Context<'_, P>,
     ) -> Option<(NonNull<u8>, bool)> {
-        // SAFETY: claimed (caller); a SizeClass's index is below NUM_CLASSES.
-        let heap = unsafe { self.heap() };
+        let heap = self.heap();
+        // SAFETY: a SizeClass's index is below NUM_CLASSES.
         let taken = unsafe { heap.shared_taken.get_unchecked_mut(class.index()) };
         if !heap.shares || *taken as usize >= SHARED_BYTES || class.block_size() > SHARED_MAX {
             return None;
         }
         // A block is at most POOLED_MAX (2^18) bytes, so this stays below 2^19.
         *taken += class.block_size() as u32;
-        // SAFETY: the fallback heap is claimed around the call (`with_fallback_heap`).
-        alloc.with_fallback_heap(|fallback| unsafe { fallback.alloc(class, alloc) })
+        ctx.with_fallback(|fallback| fallback.alloc(class, ctx))
     }
 
     /// A usable pool for `class`: from the blocks other threads freed, else a kept empty
     /// pool, else new slots from the arenas.
-    ///
-    /// # Safety
-    /// The caller has claimed the heap, and `class` has no usable pool.
+    /// Called when `class` has no usable pool.
     #[cold]
     #[inline(never)]
-    unsafe fn refill<P: Platform>(
-        &self,
-        class: SizeClass,
-        alloc: &Allocator<P>,
-    ) -> Option<PoolPtr> {
-        let mut shared = SharedAccess::new(alloc);
-        // SAFETY: claimed (caller).
+    fn refill<P: Platform>(&mut self, class: SizeClass, ctx: Context<'_, P>) -> Option<PoolPtr> {
+        let mut shared = SharedAccess::new(ctx.shared);
+        // SAFETY: a kept pool is ours, empty and of the slots' size (H2); new slots are ours
+        // alone, and their descriptor is written under the lock.
         unsafe {
             if self.has_remote() {
                 self.collect_remote(&mut shared);
@@ -496,19 +484,20 @@ impl HeapCell {
                     pool
                 }
                 None => {
-                    let shared = shared.get();
                     let Some((memory, fresh)) =
-                        shared.arenas.alloc_pool(slots, &alloc.platform, &alloc.map)
+                        shared
+                            .arenas()
+                            .alloc_pool(slots, &ctx.shared.platform, &ctx.shared.map)
                     else {
                         // Only a new arena can be refused.
-                        alloc.refused(ARENA_SIZE);
+                        ctx.shared.refused(ARENA_SIZE);
                         return None;
                     };
                     // Under the lock, so that nobody reads the header half-written.
                     PoolPtr::init(memory, class, fresh, self.id())
                 }
             };
-            self.heap().list(class).push_front(pool);
+            self.heap().list(class).push_front(pool.into());
             bump(&self.counters.pools, class, 1);
             Some(pool)
         }
@@ -520,14 +509,14 @@ impl HeapCell {
     /// heap's pool, nor without free slots to grow into).
     ///
     /// # Safety
-    /// The caller has claimed the heap; `block` is the start of a block of `from` in use,
+    /// `block` is the start of a block of `from` in use,
     /// handed out by a heap of `alloc`.
     pub(crate) unsafe fn resize_in_place<P: Platform>(
-        &self,
+        &mut self,
         block: NonNull<u8>,
         from: SizeClass,
         to: SizeClass,
-        alloc: &Allocator<P>,
+        ctx: Context<'_, P>,
     ) -> bool {
         if blocks_per_pool(from) != 1 || blocks_per_pool(to) != 1 {
             return false;
@@ -539,12 +528,11 @@ impl HeapCell {
             if pool.owner() != self.id() || pool.memory() != block {
                 return false;
             }
-            let mut shared = SharedAccess::new(alloc);
+            let mut shared = SharedAccess::new(ctx.shared);
             let resized =
                 shared
-                    .get()
-                    .arenas
-                    .resize_pool(pool.memory(), to.span_slots(), &alloc.platform);
+                    .arenas()
+                    .resize_pool(pool.memory(), to.span_slots(), &ctx.shared.platform);
             if !resized {
                 return false;
             }
@@ -563,10 +551,10 @@ impl HeapCell {
     /// past the blocks carved, or in a slot no pool holds) is reported and aborts.
     ///
     /// # Safety
-    /// The caller has claimed the heap; `block` lies in an arena of `alloc` and is, as far as
+    /// `block` lies in an arena of `alloc` and is, as far as
     /// the caller knows, the start of a pooled block in use, not used after this call.
     #[inline(always)]
-    pub(crate) unsafe fn free<P: Platform>(&self, block: NonNull<u8>, alloc: &Allocator<P>) {
+    pub(crate) unsafe fn free<P: Platform>(&mut self, block: NonNull<u8>, ctx: Context<'_, P>) {
         // SAFETY: the block lies in a mapped arena (caller); a pool it names is live.
         let pool = unsafe { PoolPtr::of_block(block) };
         let Some(pool) = pool else {
@@ -574,101 +562,101 @@ impl HeapCell {
         };
         // SAFETY: a carved block of a live pool, in use unless this is a double free, which
         // `free_local` looks for (caller).
-        unsafe { self.free_in(block, pool, alloc) }
+        unsafe { self.free_in(block, pool, ctx) }
     }
 
-    /// [`HeapCell::free`] for a caller that has found the block's pool already and knows
+    /// [`Claim::free`] for a caller that has found the block's pool already and knows
     /// `block` to start a carved block of it.
     ///
     /// # Safety
-    /// As [`HeapCell::free`], and `pool` is the live pool of `block`, which starts one of its
+    /// As [`Claim::free`], and `pool` is the live pool of `block`, which starts one of its
     /// carved blocks.
     #[inline(always)]
     pub(crate) unsafe fn free_in<P: Platform>(
-        &self,
+        &mut self,
         block: NonNull<u8>,
         pool: PoolPtr,
-        alloc: &Allocator<P>,
+        ctx: Context<'_, P>,
     ) {
         // SAFETY: the block is in use, so its pool is live (caller); its owner does not
         // change while a block is in use (P7).
         let owner = unsafe { pool.owner() };
         if owner == self.id() {
             // SAFETY: a block in use of a pool this claimed heap owns (caller).
-            unsafe { self.free_local(block, pool, alloc) }
-        } else if owner == alloc.fallback_heap_id() {
+            unsafe { self.free_local(block, pool, ctx) }
+        } else if owner == ctx.fallback.id() {
             // SAFETY: as the caller guarantees, and the fallback heap owns the pool.
-            unsafe { free_shared(block, pool, alloc) }
+            unsafe { free_shared(block, pool, ctx) }
         } else {
             // SAFETY: as above, for the class; heaps live as long as their allocator, and
             // pools record theirs (P7).
             unsafe {
                 bump(&self.counters.freed_remotely, pool.class(), 1);
-                free_remote(&*owner.cast::<HeapCell>(), self.shard, block, alloc)
+                free_remote(&*owner.cast::<HeapCell>(), self.shard, block, ctx.shared)
             }
         }
     }
 
     /// A free of a block of a pool this heap owns. A block that holds its freed mark (pool
-    /// invariant P9) may be free already: [`HeapCell::ensure_not_free`] settles it first.
+    /// invariant P9) may be free already: [`Claim::ensure_not_free`] settles it first.
     ///
     /// # Safety
-    /// The caller has claimed the heap, and `block` starts a carved block of `pool`, which
+    /// `block` starts a carved block of `pool`, which
     /// this heap owns, in use unless this is a double free.
     #[inline(always)]
     unsafe fn free_local<P: Platform>(
-        &self,
+        &mut self,
         block: NonNull<u8>,
         pool: PoolPtr,
-        alloc: &Allocator<P>,
+        ctx: Context<'_, P>,
     ) {
         // SAFETY: as the caller guarantees; the change of state is this pool's.
         unsafe {
             if holds_freed_mark(block) {
-                return self.free_local_marked(block, pool, alloc);
+                return self.free_local_marked(block, pool, ctx);
             }
-            self.free_unmarked(block, pool, alloc)
+            self.free_unmarked(block, pool, ctx)
         }
     }
 
-    /// The rest of [`HeapCell::free_local`], once the block is known not to be free: back to
+    /// The rest of [`Claim::free_local`], once the block is known not to be free: back to
     /// its pool, and the pool's change of state dealt with.
     ///
     /// # Safety
-    /// As [`HeapCell::free_local`], and `block` is in use.
+    /// As [`Claim::free_local`], and `block` is in use.
     #[inline(always)]
     unsafe fn free_unmarked<P: Platform>(
-        &self,
+        &mut self,
         block: NonNull<u8>,
         pool: PoolPtr,
-        alloc: &Allocator<P>,
+        ctx: Context<'_, P>,
     ) {
         // SAFETY: as the caller guarantees; the change of state is this pool's.
         unsafe {
             if let Some(freed) = self.put_back(block, pool) {
-                self.pool_changed_state_unlocked(pool, freed, alloc)
+                self.pool_changed_state_unlocked(pool, freed, ctx)
             }
         }
     }
 
-    /// [`HeapCell::free_local`] of a block that holds its freed mark: settled by
-    /// [`HeapCell::ensure_not_free`], then freed. Out of line and called last, so that the
+    /// [`Claim::free_local`] of a block that holds its freed mark: settled by
+    /// [`Claim::ensure_not_free`], then freed. Out of line and called last, so that the
     /// common free keeps nothing in registers across a call.
     ///
     /// # Safety
-    /// As [`HeapCell::free_local`].
+    /// As [`Claim::free_local`].
     #[cold]
     #[inline(never)]
     unsafe fn free_local_marked<P: Platform>(
-        &self,
+        &mut self,
         block: NonNull<u8>,
         pool: PoolPtr,
-        alloc: &Allocator<P>,
+        ctx: Context<'_, P>,
     ) {
         // SAFETY: as the caller guarantees; `ensure_not_free` returns only for a block in use.
         unsafe {
-            self.ensure_not_free(block, pool, alloc);
-            self.free_unmarked(block, pool, alloc)
+            self.ensure_not_free(block, pool, ctx);
+            self.free_unmarked(block, pool, ctx)
         }
     }
 
@@ -678,23 +666,22 @@ impl HeapCell {
     /// the remote lists taken back.
     ///
     /// # Safety
-    /// The caller has claimed the heap, and `block` starts a carved block of `pool`, which
+    /// `block` starts a carved block of `pool`, which
     /// this heap owns.
     #[cold]
     #[inline(never)]
     unsafe fn ensure_not_free<P: Platform>(
-        &self,
+        &mut self,
         block: NonNull<u8>,
         pool: PoolPtr,
-        alloc: &Allocator<P>,
+        ctx: Context<'_, P>,
     ) {
         // SAFETY: the pool is ours (caller), so its freelist is ours to walk.
         if unsafe { pool.on_freelist(block) } {
             fatal("free of a block that is already free (double free)");
         }
         if self.has_remote() {
-            // SAFETY: claimed (caller).
-            unsafe { self.collect_remote_watching(&mut SharedAccess::new(alloc), Some(block)) };
+            self.collect_remote_watching(&mut SharedAccess::new(ctx.shared), Some(block));
         }
     }
 
@@ -703,43 +690,43 @@ impl HeapCell {
     /// lists belong to a thread that may be using them).
     ///
     /// # Safety
-    /// The caller has claimed the heap, and `block` starts a carved block of `pool`.
+    /// `block` starts a carved block of `pool`.
     #[inline(always)]
     pub(crate) unsafe fn ensure_in_use<P: Platform>(
-        &self,
+        &mut self,
         block: NonNull<u8>,
         pool: PoolPtr,
-        alloc: &Allocator<P>,
+        ctx: Context<'_, P>,
     ) {
         // SAFETY: as the caller guarantees.
         unsafe {
             if holds_freed_mark(block) {
-                self.ensure_marked_in_use(block, pool, alloc);
+                self.ensure_marked_in_use(block, pool, ctx);
             }
         }
     }
 
-    /// [`HeapCell::ensure_in_use`] of a block that holds its freed mark, out of line.
+    /// [`Claim::ensure_in_use`] of a block that holds its freed mark, out of line.
     ///
     /// # Safety
-    /// As [`HeapCell::ensure_in_use`].
+    /// As [`Claim::ensure_in_use`].
     #[cold]
     #[inline(never)]
     unsafe fn ensure_marked_in_use<P: Platform>(
-        &self,
+        &mut self,
         block: NonNull<u8>,
         pool: PoolPtr,
-        alloc: &Allocator<P>,
+        ctx: Context<'_, P>,
     ) {
         // SAFETY: as the caller guarantees; the owner does not change while a block of the
         // pool is in use, and a pool that is not ours is only compared.
         unsafe {
             let owner = pool.owner();
             if owner == self.id() {
-                self.ensure_not_free(block, pool, alloc);
-            } else if owner == alloc.fallback_heap_id() {
-                // SAFETY: claimed around the call, and the pool's owner.
-                alloc.with_fallback_heap(|fallback| fallback.ensure_not_free(block, pool, alloc));
+                self.ensure_not_free(block, pool, ctx);
+            } else if owner == ctx.fallback.id() {
+                // SAFETY: the fallback heap, claimed around the call, owns the pool.
+                ctx.with_fallback(|fallback| fallback.ensure_not_free(block, pool, ctx));
             }
         }
     }
@@ -749,10 +736,10 @@ impl HeapCell {
     /// if `pool_changed_state` must deal with it (not a one-slot pool staying listed empty).
     ///
     /// # Safety
-    /// The caller has claimed the heap, and `block` is a block in use of `pool`, which this
+    /// `block` is a block in use of `pool`, which this
     /// heap owns.
     #[inline(always)]
-    unsafe fn put_back(&self, block: NonNull<u8>, pool: PoolPtr) -> Option<Freed> {
+    unsafe fn put_back(&mut self, block: NonNull<u8>, pool: PoolPtr) -> Option<Freed> {
         // SAFETY: as the caller guarantees.
         unsafe {
             let freed = pool.free(block);
@@ -762,14 +749,14 @@ impl HeapCell {
     }
 
     /// Whether a pool that has just emptied stays listed without more ado: a pool that may
-    /// ([`HeapCell::may_park`]) of a class parked already (H7). Any other pool that may stay
+    /// ([`Claim::may_park`]) of a class parked already (H7). Any other pool that may stay
     /// is parked by `pool_changed_state`.
     ///
     /// # Safety
-    /// The caller has claimed the heap, and `pool` is ours and empty.
+    /// `pool` is ours and empty.
     #[inline(always)]
-    unsafe fn keeps_empty(&self, pool: PoolPtr) -> bool {
-        // SAFETY: claimed (caller).
+    unsafe fn keeps_empty(&mut self, pool: PoolPtr) -> bool {
+        // SAFETY: `pool` is ours, so live (caller).
         unsafe { self.heap().parked.has(pool.class()) && self.may_park(pool) }
     }
 
@@ -777,10 +764,10 @@ impl HeapCell {
     /// list, where the next allocation of the class will look (H1).
     ///
     /// # Safety
-    /// The caller has claimed the heap, and `pool` is ours.
+    /// `pool` is ours.
     #[inline(always)]
-    unsafe fn may_park(&self, pool: PoolPtr) -> bool {
-        // SAFETY: claimed (caller).
+    unsafe fn may_park(&mut self, pool: PoolPtr) -> bool {
+        // SAFETY: `pool` is ours, so live (caller).
         unsafe {
             let class = pool.class();
             class.span_slots() == 1 && self.heap().list(class).first() == Some(pool)
@@ -790,16 +777,16 @@ impl HeapCell {
     /// Leaves `pool`, empty and listed at its class's head, listed (H7), after making room.
     ///
     /// # Safety
-    /// The caller has claimed the heap; `pool` is ours, empty, and [`HeapCell::may_park`].
-    unsafe fn park<P: Platform>(&self, pool: PoolPtr, shared: &mut SharedAccess<'_, P>) {
-        // SAFETY: claimed (caller).
+    /// `pool` is ours, empty, and [`Claim::may_park`].
+    unsafe fn park<P: Platform>(&mut self, pool: PoolPtr, shared: &mut SharedAccess<'_, P>) {
+        // SAFETY: `pool` is ours, so live (caller).
         unsafe {
             let class = pool.class();
             self.unpark_over_limit(Some(class), 1, shared);
             let before = self.heap().parked.count();
             self.heap().parked.add(class);
             shared
-                .alloc
+                .shared
                 .parked_changed(before, self.heap().parked.count());
         }
     }
@@ -807,26 +794,22 @@ impl HeapCell {
     /// Unparks classes other than `keep`, retiring the empty heads they still have, until
     /// `room` more fit (H7): under [`PARKED_POOLS`] for this heap, or under [`PARKED_TOTAL`]
     /// for all heaps together.
-    ///
-    /// # Safety
-    /// The caller has claimed the heap.
-    unsafe fn unpark_over_limit<P: Platform>(
-        &self,
+    fn unpark_over_limit<P: Platform>(
+        &mut self,
         keep: Option<SizeClass>,
         room: usize,
         shared: &mut SharedAccess<'_, P>,
     ) {
-        let alloc = shared.alloc;
-        // SAFETY: claimed (caller).
-        let before = unsafe { self.heap().parked.count() };
+        let state = shared.shared;
+        let before = self.heap().parked.count();
         // The other heaps' parked classes, as far as this heap can tell.
-        let others = alloc.parked_total().saturating_sub(before);
+        let others = state.parked_total().saturating_sub(before);
         let fits =
             |mine: usize| mine + room <= PARKED_POOLS || others + mine + room <= PARKED_TOTAL;
         if fits(before) {
             return;
         }
-        // SAFETY: claimed (caller); listed pools are ours and live (H2).
+        // SAFETY: listed pools are ours and live (H2).
         unsafe {
             // Bits whose class's head took a block again are dropped first, so that only
             // pools still empty make way.
@@ -848,46 +831,46 @@ impl HeapCell {
                 };
                 let list = self.heap().list(other);
                 if let Some(head) = list.first().filter(|head| head.used() == 0) {
-                    list.remove(head);
+                    list.remove(head.into());
                     self.retire(head, shared);
                 }
             }
-            alloc.parked_changed(before, self.heap().parked.count());
+            state.parked_changed(before, self.heap().parked.count());
         }
     }
 
-    /// [`HeapCell::pool_changed_state`] with the shared lock not yet taken; out of line, so
+    /// [`Claim::pool_changed_state`] with the shared lock not yet taken; out of line, so
     /// that the free path needs no room on the stack for the lock's guard.
     ///
     /// # Safety
-    /// As [`HeapCell::pool_changed_state`].
+    /// As [`Claim::pool_changed_state`].
     #[cold]
     #[inline(never)]
     unsafe fn pool_changed_state_unlocked<P: Platform>(
-        &self,
+        &mut self,
         pool: PoolPtr,
         freed: Freed,
-        alloc: &Allocator<P>,
+        ctx: Context<'_, P>,
     ) {
         // SAFETY: as the caller guarantees.
-        unsafe { self.pool_changed_state(pool, freed, &mut SharedAccess::new(alloc)) }
+        unsafe { self.pool_changed_state(pool, freed, &mut SharedAccess::new(ctx.shared)) }
     }
 
     /// A full pool rejoins its class's list; an empty one is parked if it may stay listed
-    /// ([`HeapCell::may_park`]), else kept or given back to the arenas.
+    /// ([`Claim::may_park`]), else kept or given back to the arenas.
     ///
     /// # Safety
-    /// The caller has claimed the heap; `pool` is ours and `freed` is what its last free
+    /// `pool` is ours and `freed` is what its last free
     /// reported, as passed on by `put_back`.
     #[cold]
     #[inline(never)]
     unsafe fn pool_changed_state<P: Platform>(
-        &self,
+        &mut self,
         pool: PoolPtr,
         freed: Freed,
         shared: &mut SharedAccess<'_, P>,
     ) {
-        // SAFETY: claimed and ours (caller); a pool that was full is in no list, one that was
+        // SAFETY: the pool is ours (caller); a pool that was full is in no list, one that was
         // not is in its class's list (H1).
         unsafe {
             let class = pool.class();
@@ -897,18 +880,18 @@ impl HeapCell {
                     // An empty pool may only be listed at the head: it makes way.
                     if let Some(head) = self.heap().list(class).first() {
                         if head.used() == 0 {
-                            self.heap().list(class).remove(head);
+                            self.heap().list(class).remove(head.into());
                             self.retire(head, shared);
                         }
                     }
-                    self.heap().list(class).push_front(pool);
+                    self.heap().list(class).push_front(pool.into());
                     return;
                 }
             } else if self.may_park(pool) {
                 self.park(pool, shared);
                 return;
             } else {
-                self.heap().list(class).remove(pool);
+                self.heap().list(class).remove(pool.into());
             }
             self.retire(pool, shared);
         }
@@ -917,8 +900,8 @@ impl HeapCell {
     /// An empty pool, in no list, leaves the heap's pools: kept, or back to the arenas.
     ///
     /// # Safety
-    /// The caller has claimed the heap; `pool` is ours, empty and in no list.
-    unsafe fn retire<P: Platform>(&self, pool: PoolPtr, shared: &mut SharedAccess<'_, P>) {
+    /// `pool` is ours, empty and in no list.
+    unsafe fn retire<P: Platform>(&mut self, pool: PoolPtr, shared: &mut SharedAccess<'_, P>) {
         // SAFETY: as the caller guarantees.
         unsafe {
             let class = pool.class();
@@ -931,25 +914,20 @@ impl HeapCell {
 
     /// Frees every block other threads pushed on this heap's remote lists, as if they had been
     /// freed here (H4).
-    ///
-    /// # Safety
-    /// The caller has claimed the heap.
-    pub(crate) unsafe fn collect_remote<P: Platform>(&self, shared: &mut SharedAccess<'_, P>) {
-        // SAFETY: claimed (caller).
-        unsafe { self.collect_remote_watching(shared, None) }
+    pub(crate) fn collect_remote<P: Platform>(&mut self, shared: &mut SharedAccess<'_, P>) {
+        self.collect_remote_watching(shared, None)
     }
 
-    /// [`HeapCell::collect_remote`], aborting if `suspect` is among the blocks taken back: a
+    /// [`Claim::collect_remote`], aborting if `suspect` is among the blocks taken back: a
     /// block freed again by its owner while it waits there (a double free).
-    ///
-    /// # Safety
-    /// The caller has claimed the heap.
-    unsafe fn collect_remote_watching<P: Platform>(
-        &self,
+    fn collect_remote_watching<P: Platform>(
+        &mut self,
         shared: &mut SharedAccess<'_, P>,
         suspect: Option<NonNull<u8>>,
     ) {
-        for (block, pool) in self.remote.iter().flat_map(|list| list.0.take_all()) {
+        let cell = self.cell();
+        // SAFETY: the heap is claimed.
+        for (block, pool) in unsafe { cell.inbox.take_all() } {
             if suspect == Some(block) {
                 fatal(
                     "free of a block that is already free: another thread freed it, and it \
@@ -967,16 +945,13 @@ impl HeapCell {
     }
 
     /// Returns the empty pools, listed or kept, to the arenas.
-    ///
-    /// # Safety
-    /// The caller has claimed the heap.
-    unsafe fn release_empty<P: Platform>(&self, shared: &mut SharedAccess<'_, P>) {
-        // SAFETY: claimed (caller); listed and kept pools are ours (H2).
+    fn release_empty<P: Platform>(&mut self, shared: &mut SharedAccess<'_, P>) {
+        // SAFETY: listed and kept pools are ours (H2).
         unsafe {
             for class in SizeClass::all() {
                 let list = self.heap().list(class);
                 if let Some(head) = list.first().filter(|head| head.used() == 0) {
-                    list.remove(head);
+                    list.remove(head.into());
                     bump(&self.counters.pools, class, -1);
                     shared.free_pool(head);
                 }
@@ -984,7 +959,7 @@ impl HeapCell {
             // No listed pool is empty now: every bit left is stale.
             let before = self.heap().parked.count();
             self.heap().parked = Parked::new();
-            shared.alloc.parked_changed(before, 0);
+            shared.shared.parked_changed(before, 0);
             while let Some(memory) = self.heap().empty.pop() {
                 shared.free_pool(PoolPtr::at(memory));
             }
@@ -993,29 +968,15 @@ impl HeapCell {
 
     /// Takes back the remotely freed blocks and returns the kept empty pools: what a heap
     /// does before it is left without a thread, and what `trim` does.
-    ///
-    /// # Safety
-    /// The caller has claimed the heap.
-    pub(crate) unsafe fn tidy<P: Platform>(&self, shared: &mut SharedAccess<'_, P>) {
-        // SAFETY: claimed (caller).
-        unsafe {
-            self.collect_remote(shared);
-            self.release_empty(shared);
-        }
-    }
-
-    /// Whether blocks wait on the remote lists.
-    pub(crate) fn has_remote(&self) -> bool {
-        self.remote.iter().any(|list| !list.0.is_empty())
+    pub(crate) fn tidy<P: Platform>(&mut self, shared: &mut SharedAccess<'_, P>) {
+        self.collect_remote(shared);
+        self.release_empty(shared);
     }
 
     /// Checks H1 and H2 and the pools' own invariants.
-    ///
-    /// # Safety
-    /// The caller has claimed the heap.
-    pub(crate) unsafe fn check(&self, arenas: &Arenas, map: &ArenaMap) -> Result<(), &'static str> {
-        // SAFETY: claimed (caller).
-        let heap = unsafe { self.heap() };
+    pub(crate) fn check(&mut self, arenas: &Arenas, map: &ArenaMap) -> Result<(), &'static str> {
+        let id = self.id();
+        let heap = self.heap();
         // H6: each count stops growing at the first block past SHARED_BYTES.
         if heap
             .shared_taken
@@ -1032,13 +993,14 @@ impl HeapCell {
             // before anything else is read).
             unsafe {
                 list.for_each(|pool| {
+                    let pool = PoolPtr::from(pool);
                     listed += 1;
                     if result.is_err() {
                         return;
                     }
                     result = if map.pool_of(pool.memory()) != Some(pool.memory()) {
                         Err("heap: a listed pool is not a pool in use")
-                    } else if pool.owner() != self.id() {
+                    } else if pool.owner() != id {
                         Err("heap: a listed pool has another owner")
                     } else if pool.class().index() != index {
                         Err("heap: pool listed under the wrong class")
@@ -1070,7 +1032,7 @@ impl HeapCell {
             // they are ours.
             unsafe {
                 let pool = PoolPtr::at(memory);
-                if result.is_err() || pool.owner() != self.id() {
+                if result.is_err() || pool.owner() != id {
                     return;
                 }
                 result = pool.check();
@@ -1092,6 +1054,34 @@ impl HeapCell {
     }
 }
 
+/// What a heap works with besides itself: what all heaps share, and the fallback heap (H6).
+pub(crate) struct Context<'a, P: Platform> {
+    pub(crate) shared: &'a Shared<P>,
+    pub(crate) fallback: &'a HeapCell,
+}
+
+impl<P: Platform> Clone for Context<'_, P> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<P: Platform> Copy for Context<'_, P> {}
+
+impl<P: Platform> Context<'_, P> {
+    /// Runs `f` with the fallback heap claimed; then collects what waits on its remote lists
+    /// if nobody holds it (H4).
+    #[inline]
+    pub(crate) fn with_fallback<R>(self, f: impl FnOnce(&mut Claim<'_>) -> R) -> R {
+        let mut claim = self.fallback.lock();
+        let result = f(&mut claim);
+        if claim.release() {
+            collect(self.fallback, self.shared);
+        }
+        result
+    }
+}
+
 /// Pushes a block on its owner's remote list of `shard` (below [`REMOTE_SHARDS`]); if the
 /// owner has no thread at that moment, collects its lists (H4).
 ///
@@ -1104,12 +1094,11 @@ unsafe fn free_remote<P: Platform>(
     owner: &HeapCell,
     shard: usize,
     block: NonNull<u8>,
-    alloc: &Allocator<P>,
+    shared: &Shared<P>,
 ) {
-    // SAFETY: as the caller guarantees; a shard is below REMOTE_SHARDS.
-    unsafe { owner.remote.get_unchecked(shard).0.push(block) };
-    if !owner.claim.is_locked() {
-        collect(owner, alloc);
+    // SAFETY: as the caller guarantees.
+    if unsafe { owner.inbox.push(shard, block) } {
+        collect(owner, shared);
     }
 }
 
@@ -1118,32 +1107,32 @@ unsafe fn free_remote<P: Platform>(
 ///
 /// # Safety
 /// `block` starts a carved block of `pool`, in use unless this is a double free, and the
-/// fallback heap of `alloc` owns `pool`.
+/// fallback heap of `ctx` owns `pool`.
 #[cold]
 #[inline(never)]
-unsafe fn free_shared<P: Platform>(block: NonNull<u8>, pool: PoolPtr, alloc: &Allocator<P>) {
+unsafe fn free_shared<P: Platform>(block: NonNull<u8>, pool: PoolPtr, ctx: Context<'_, P>) {
     // SAFETY: as the caller guarantees; the fallback heap is claimed around the call.
-    alloc.with_fallback_heap(|fallback| unsafe { fallback.free_local(block, pool, alloc) })
+    ctx.with_fallback(|fallback| unsafe { fallback.free_local(block, pool, ctx) })
 }
 
 /// Tidies a heap nobody holds while blocks wait on its remote list (H4).
-pub(crate) fn collect<P: Platform>(cell: &HeapCell, alloc: &Allocator<P>) {
-    while cell.has_remote() && tidy_unclaimed(cell, alloc) {}
+pub(crate) fn collect<P: Platform>(cell: &HeapCell, shared: &Shared<P>) {
+    while cell.has_remote() && tidy_unclaimed(cell, shared) {}
 }
 
 /// Tidies `cell` if nobody holds it; false if somebody does. The claim is taken only under
-/// the allocator's lock, so a `fork` (whose handler holds that lock) never happens in the
-/// middle of it.
-pub(crate) fn tidy_unclaimed<P: Platform>(cell: &HeapCell, alloc: &Allocator<P>) -> bool {
-    let guard = alloc.shared();
-    if !cell.claim.try_lock() {
+/// the shared lock, so a `fork` (whose handler holds that lock) never happens in the middle
+/// of it.
+pub(crate) fn tidy_unclaimed<P: Platform>(cell: &HeapCell, shared: &Shared<P>) -> bool {
+    let guard = shared.arenas();
+    let Some(mut claim) = cell.try_claim() else {
         return false;
-    }
-    let mut shared = SharedAccess::held(alloc, guard);
-    // SAFETY: just claimed; released before returning.
-    unsafe {
-        cell.tidy(&mut shared);
-        cell.claim.unlock();
-    }
+    };
+    let mut access = SharedAccess::held(shared, guard);
+    claim.tidy(&mut access);
+    // Released under the shared lock, as it was taken; what waits now is for the caller's
+    // loop to see.
+    claim.release();
+    drop(access);
     true
 }

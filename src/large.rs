@@ -20,9 +20,10 @@
 //! big for it (two buffers regrown to 4 MiB, say) soon keeps what it reuses, instead of
 //! faulting it in afresh every time.
 //!
-//! [`Large`] is bookkeeping; the allocator makes the system calls for blocks (reserve, remap,
-//! release) with its lock released. Only the table of blocks in use ([`Registry`]) takes
-//! memory under the lock, when it doubles.
+//! [`Large`] is bookkeeping; [`LargeBlocks`] holds it under a lock of its own (no other lock
+//! is taken inside it) and makes the system calls for blocks (reserve, remap, release) with
+//! that lock released. Only the table of blocks in use ([`Registry`]) takes memory under the
+//! lock, when it doubles.
 //!
 //! Invariants:
 //! - L1 a large block of layout (size, align) starts a range of [`mapping_len`]`(size)`
@@ -36,11 +37,13 @@
 //!   [`CACHE_BYTES`] and `max_cache` ([`MAX_CACHE_BYTES`] unless the user set it, at most
 //!   `isize::MAX`; the lower bound is `max_cache` if that is less).
 
+use core::alloc::Layout;
 use core::ptr::{self, NonNull};
 
-use pymalloc_arena::Platform;
+use pymalloc_arena::{Capabilities, Platform};
 use pymalloc_pool::fatal;
 
+use crate::lock::{SpinGuard, SpinLock};
 use crate::registry::Registry;
 
 /// Freed ranges kept for reuse.
@@ -293,7 +296,7 @@ impl Large {
     /// Takes back a freed block: unregistered, then cached ([`Large::cache_range`]). Returns
     /// the block's length (`None`, changing nothing, if `ptr` is no large block in use) and
     /// what must be unmapped.
-    pub(crate) fn retire(&mut self, ptr: NonNull<u8>) -> Option<(usize, Unmap)> {
+    pub(crate) fn take_back(&mut self, ptr: NonNull<u8>) -> Option<(usize, Unmap)> {
         let len = self.in_use.remove(ptr.as_ptr())?;
         Some((len, self.cache_range(ptr.as_ptr(), len)))
     }
@@ -454,6 +457,187 @@ impl Large {
         unsafe {
             table.for_each(|block, len| platform.release(block, len));
             table.release(platform);
+        }
+    }
+}
+
+/// The large blocks of an allocator: [`Large`] under a lock of its own, and the system calls
+/// for blocks, made with that lock released.
+pub(crate) struct LargeBlocks {
+    state: SpinLock<Large>,
+}
+
+impl LargeBlocks {
+    pub(crate) const fn new() -> LargeBlocks {
+        LargeBlocks {
+            state: SpinLock::new(Large::new()),
+        }
+    }
+
+    /// Locks the bookkeeping.
+    pub(crate) fn lock(&self) -> SpinGuard<'_, Large> {
+        self.state.lock()
+    }
+
+    /// The lock itself, for `fork` handlers.
+    pub(crate) fn raw(&self) -> &pymalloc_pool::RawLock {
+        self.state.raw()
+    }
+
+    /// A large block for `layout`, registered, with whether it reads zero: from the cache,
+    /// else mapped with the lock released. `None` if it cannot be had; `refused` is told the
+    /// bytes the system would not map.
+    pub(crate) fn allocate<P: Platform>(
+        &self,
+        platform: &P,
+        layout: Layout,
+        refused: impl FnOnce(usize),
+    ) -> Option<(NonNull<u8>, bool)> {
+        let len = mapping_len(layout.size(), platform.page_size())?;
+        {
+            let mut large = self.lock();
+            if !large.make_room(platform) {
+                return None;
+            }
+            if let Some(cached) = large.take_cached(len, layout.align()) {
+                return Some((cached, false));
+            }
+            large.missed(len);
+        }
+        let fresh = match platform.reserve(len, layout.align()) {
+            Some(fresh) => fresh,
+            None => {
+                // Refused: what the cache holds may be the address space or commit charge
+                // the system lacks. Empty it and ask once more.
+                let unmap = self.lock().trim();
+                let again = if unmap.is_empty() {
+                    None
+                } else {
+                    // SAFETY: cached mappings are used by nobody.
+                    unsafe { unmap.release(platform) };
+                    platform.reserve(len, layout.align())
+                };
+                let Some(fresh) = again else {
+                    refused(len);
+                    return None;
+                };
+                fresh
+            }
+        };
+        let mut large = self.lock();
+        if !large.make_room(platform) {
+            drop(large);
+            // SAFETY: just mapped, never handed out.
+            unsafe { platform.release(fresh, len) };
+            return None;
+        }
+        large.register(fresh, len);
+        Some((fresh, P::CAPABILITIES.contains(Capabilities::ZERO_FILLED)))
+    }
+
+    /// Frees a large block; with `expected`, its mapping must [`fits`] one of those two
+    /// lengths. A pointer that starts no large block in use, or one of a length that does not
+    /// fit, is reported and aborts.
+    ///
+    /// # Safety
+    /// If `ptr` is a large block in use, it is not used after this call.
+    pub(crate) unsafe fn free<P: Platform>(
+        &self,
+        platform: &P,
+        ptr: NonNull<u8>,
+        expected: Option<[usize; 2]>,
+    ) {
+        let Some((len, unmap)) = self.lock().take_back(ptr) else {
+            fatal("free: pointer is no block of this allocator (invalid or freed twice)");
+        };
+        if expected.is_some_and(|e| !e.iter().any(|&e| fits(len, e))) {
+            fatal("dealloc: layout does not match the large block's size");
+        }
+        // SAFETY: the freed block and the cache entries evicted for it are unused.
+        unsafe { unmap.release(platform) };
+    }
+
+    /// Resizes a large block of `old` bytes, aligned to `align`, without copying: in place if
+    /// its range still [`fits`] the new size, shrinks (its tail cached), or grows into the
+    /// cached range right after it, else by remapping (with the lock released). `None` if it
+    /// should move by copy — it cannot be remapped, or it grows by half or more and the cache
+    /// holds a range for it — in which case the block is unchanged.
+    ///
+    /// # Safety
+    /// `block` is a large block in use of `old` bytes, aligned to `align`.
+    pub(crate) unsafe fn resize<P: Platform>(
+        &self,
+        platform: &P,
+        block: NonNull<u8>,
+        old: usize,
+        align: usize,
+        new_size: usize,
+    ) -> Option<NonNull<u8>> {
+        let page = platform.page_size();
+        let new = mapping_len(new_size, page)?;
+        if fits(old, new) {
+            return Some(block);
+        }
+        if new < old {
+            let unmap = self.lock().shrink(block, old, new);
+            // SAFETY: the block's tail and cached ranges evicted for it are unused.
+            unsafe { unmap.release(platform) };
+            return Some(block);
+        }
+        let mut large = self.lock();
+        // Growing into the cached pages after it: already faulted in, and nothing moves.
+        if large.grow_in_place(block, old, new) {
+            return Some(block);
+        }
+        // Growing by half or more into cached pages elsewhere: copying the block costs less
+        // than faulting in as many fresh pages as a remap would add (a page fault costs
+        // several times a page's copy).
+        if new - old >= old / 2 && large.has_cached(new, align) {
+            return None;
+        }
+        large.missed(new - old);
+        drop(large);
+        if !P::CAPABILITIES.contains(Capabilities::REMAP) {
+            return None;
+        }
+        // The system places a moved mapping on a page boundary, no more: over-aligned blocks
+        // may only be resized in place.
+        // SAFETY: `block` starts `old` mapped bytes (L1, L2), ours alone (caller).
+        let resized = unsafe { platform.remap(block, old, new, align <= page) }?;
+        self.lock().moved(block, resized, new);
+        Some(resized)
+    }
+
+    /// The length of the large block in use at `ptr`, if there is one.
+    pub(crate) fn len_of(&self, ptr: *mut u8) -> Option<usize> {
+        self.lock().len_of(ptr)
+    }
+
+    /// Unmaps every cached range.
+    pub(crate) fn trim<P: Platform>(&self, platform: &P) {
+        let unmap = self.lock().trim();
+        // SAFETY: cached mappings are used by nobody.
+        unsafe { unmap.release(platform) };
+    }
+
+    /// Sets the most bytes the cache may keep ([`Large::set_max_cache`]), unmapping what it
+    /// no longer may keep.
+    pub(crate) fn set_max_cache<P: Platform>(&self, platform: &P, max: usize) {
+        let unmap = self.lock().set_max_cache(max);
+        // SAFETY: ranges evicted from the cache, which nobody uses (L3).
+        unsafe { unmap.release(platform) };
+    }
+
+    /// Unmaps every block, in use or cached, and the table.
+    ///
+    /// # Safety
+    /// None of the blocks is used any more.
+    pub(crate) unsafe fn release_all<P: Platform>(&mut self, platform: &P) {
+        let large = self.state.get_mut();
+        // SAFETY: cached ranges are unused, and so are the blocks in use (caller).
+        unsafe {
+            large.trim().release(platform);
+            large.release_in_use(platform);
         }
     }
 }

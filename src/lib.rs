@@ -34,20 +34,26 @@ mod allocator;
 #[cfg(target_os = "linux")]
 pub mod c_abi;
 mod debug;
+mod global;
 mod heap;
+mod heaps;
 mod large;
 mod lock;
 mod options;
 mod process;
 mod registry;
 mod report;
+mod session;
+mod shared;
 mod stats;
 mod thread;
 mod tls;
 
 use core::alloc::{GlobalAlloc, Layout};
 
-pub use allocator::{Allocator, LocalHeap};
+use global::GLOBAL;
+
+pub use allocator::Allocator;
 pub use heap::{
     CACHED_POOLS, CACHED_SLOTS, PARKED_POOLS, PARKED_TOTAL, REMOTE_SHARDS, SHARED_BYTES,
 };
@@ -55,10 +61,8 @@ pub use large::{CACHE_BYTES, CACHE_ENTRIES, MAX_CACHE_BYTES};
 pub use options::{MAX_OPTION_BYTES, Options, StatsAtExit};
 pub use process::register_hooks;
 pub use pymalloc_arena::{OsPlatform, Platform};
+pub use session::LocalHeap;
 pub use stats::{ClassStats, Stats};
-
-/// The process-wide instance behind [`PyMalloc`].
-static GLOBAL: Allocator<OsPlatform> = Allocator::new(OsPlatform);
 
 /// pymalloc as a global allocator: `#[global_allocator] static A: PyMalloc = PyMalloc;`.
 #[derive(Clone, Copy, Debug, Default)]
@@ -70,7 +74,7 @@ unsafe impl GlobalAlloc for PyMalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         match thread::session() {
-            Some(s) => s.alloc(layout),
+            Some(mut s) => s.alloc(layout),
             None => thread::with_new_session(|s| s.alloc(layout)),
         }
     }
@@ -80,7 +84,7 @@ unsafe impl GlobalAlloc for PyMalloc {
         // SAFETY: GlobalAlloc's contract is Allocator::dealloc's.
         unsafe {
             match thread::session() {
-                Some(s) => s.dealloc(ptr, layout),
+                Some(mut s) => s.dealloc(ptr, layout),
                 None => thread::with_new_session(|s| s.dealloc(ptr, layout)),
             }
         }
@@ -89,7 +93,7 @@ unsafe impl GlobalAlloc for PyMalloc {
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         match thread::session() {
-            Some(s) => s.alloc_zeroed(layout),
+            Some(mut s) => s.alloc_zeroed(layout),
             None => thread::with_new_session(|s| s.alloc_zeroed(layout)),
         }
     }
@@ -99,7 +103,7 @@ unsafe impl GlobalAlloc for PyMalloc {
         // SAFETY: GlobalAlloc's contract is Allocator::realloc's.
         unsafe {
             match thread::session() {
-                Some(s) => s.realloc(ptr, layout, new_size),
+                Some(mut s) => s.realloc(ptr, layout, new_size),
                 None => thread::with_new_session(|s| s.realloc(ptr, layout, new_size)),
             }
         }
@@ -115,11 +119,15 @@ pub fn stats() -> Stats {
 /// calling thread's heap and unbound ones are tidied; heaps other threads hold keep their
 /// few empty pools.
 pub fn trim() {
-    GLOBAL.trim_with(thread::current())
+    // SAFETY: the calling thread's own heap, claimed by it; no session is live here.
+    let mut mine = thread::current().map(|cell| unsafe { cell.claimed() });
+    GLOBAL.trim_with(mine.as_mut())
 }
 
 /// Checks every invariant of the global allocator — the arenas, the calling thread's heap,
 /// and every heap no other thread holds — walking all their memory; for tests.
 pub fn check() -> Result<(), &'static str> {
-    GLOBAL.check_with(thread::current())
+    // SAFETY: as in `trim`.
+    let mut mine = thread::current().map(|cell| unsafe { cell.claimed() });
+    GLOBAL.check_with(mine.as_mut())
 }

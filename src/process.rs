@@ -17,7 +17,7 @@
 use core::ffi::c_int;
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
 
-use crate::GLOBAL;
+use crate::global::GLOBAL;
 use crate::options::{self, StatsAtExit};
 use crate::report;
 

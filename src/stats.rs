@@ -1,19 +1,10 @@
 //! [`Stats`]: a snapshot of an allocator's figures, in the spirit of CPython's
-//! `sys._debugmallocstats()`. Every field is public; `Display` prints it as a table.
-//!
-//! Blocks in use are the sum of every pool's count (pool invariant P8), less the blocks that
-//! wait on remote lists (summed from every heap's counters: threads' heaps, unbound ones and
-//! the fallback; H5 in `heap.rs`): blocks freed by one thread and not yet taken back by their
-//! heap's owner count as free. Pool figures are sums of the heaps' counters. All are exact
-//! whenever no other thread is allocating, and never out of range while one is.
+//! `sys._debugmallocstats()`: plain data, every field public, which `Display` prints as a
+//! table and [`Stats::json`] as JSON. The allocator collects it (`allocator.rs`).
 
 use core::fmt;
-use core::sync::atomic::Ordering;
 
-use pymalloc_arena::Platform;
-use pymalloc_pool::{NUM_CLASSES, PoolPtr, SizeClass, blocks_per_pool};
-
-use crate::allocator::{Allocator, Shared};
+use pymalloc_pool::NUM_CLASSES;
 
 /// Figures for one size class.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -75,106 +66,6 @@ pub struct Stats {
     /// Bytes mapped from the system: arenas, radix-tree nodes, large blocks and the cache, and
     /// the heaps.
     pub bytes_mapped: usize,
-}
-
-impl Stats {
-    /// Sums the blocks in use of every pool and the counters of every heap (H5 in `heap.rs`),
-    /// and reads the shared figures. `shared` is the allocator's, locked.
-    pub(crate) fn collect<P: Platform>(alloc: &Allocator<P>, shared: &Shared) -> Stats {
-        let mut classes = [ClassStats::default(); NUM_CLASSES];
-        let mut used = [0usize; NUM_CLASSES];
-        shared.arenas.for_each_pool(|memory| {
-            // SAFETY: a pool in use, its descriptor written under the lock we hold when its
-            // slots were handed out; `class` and `used` are atomics (P8).
-            unsafe {
-                let pool = PoolPtr::at(memory);
-                used[pool.class().index()] += pool.used();
-            }
-        });
-        let waiting = waiting_on_remote_lists(alloc);
-        let mut totals = [[0usize; 2]; NUM_CLASSES];
-        let mut heaps = 0;
-        alloc.for_each_heap(|cell| {
-            heaps += 1;
-            let c = &cell.counters;
-            for (i, t) in totals.iter_mut().enumerate() {
-                for (total, counter) in t.iter_mut().zip([&c.pools[i], &c.full[i]]) {
-                    *total = total.wrapping_add(counter.load(Ordering::Relaxed));
-                }
-            }
-        });
-        for ((((class, stats), [pools, full]), used), waiting) in SizeClass::all()
-            .zip(classes.iter_mut())
-            .zip(totals)
-            .zip(used)
-            .zip(waiting)
-        {
-            // While other threads run, the counters are read at slightly different moments;
-            // keep the figures in range.
-            let in_use = used.saturating_sub(clamp(waiting));
-            stats.block_size = class.block_size();
-            stats.pools = clamp(pools);
-            stats.full_pools = clamp(full).min(stats.pools);
-            stats.blocks_in_use = in_use;
-            stats.blocks_free = (stats.pools * blocks_per_pool(class)).saturating_sub(in_use);
-        }
-        let arenas = shared.arenas.stats(&alloc.map);
-        let large = shared.large.stats();
-        let pooled_blocks = classes.iter().map(|c| c.blocks_in_use).sum();
-        let pooled_bytes = classes
-            .iter()
-            .map(|c| c.blocks_in_use * c.block_size)
-            .sum::<usize>();
-        let pools = classes.iter().map(|c| c.pools).sum::<usize>();
-        let pools_full = classes.iter().map(|c| c.full_pools).sum();
-        Stats {
-            heaps: heaps - 1,
-            arenas: arenas.arenas,
-            empty_arenas: arenas.empty_arenas,
-            pools_used: pools - pools_full,
-            pools_full,
-            pools_kept: arenas.pools_in_use.saturating_sub(pools),
-            pools_free_dirty: arenas.free_dirty_slots,
-            pools_free_clean: arenas.free_clean_slots,
-            pools_free_dirty_limit: arenas.dirty_limit,
-            classes,
-            pooled_blocks,
-            pooled_bytes,
-            large_blocks: large.blocks,
-            large_bytes: large.bytes,
-            large_cached_blocks: large.cached_blocks,
-            large_cached_bytes: large.cached_bytes,
-            large_cached_limit: large.cache_limit,
-            bytes_in_use: pooled_bytes + large.bytes,
-            bytes_mapped: arenas.mapped_bytes
-                + large.bytes
-                + large.cached_bytes
-                + large.table_bytes
-                + (heaps - 1) * alloc.heap_bytes(),
-        }
-    }
-}
-
-/// Per class, the blocks waiting on remote lists: over every heap (H5 in `heap.rs`), the
-/// blocks freed onto other heaps' lists less those taken back. Summed with wrapping: a heap
-/// takes back blocks that others freed, so only the total means anything, and while other
-/// threads run it may read as negative.
-pub(crate) fn waiting_on_remote_lists<P: Platform>(alloc: &Allocator<P>) -> [usize; NUM_CLASSES] {
-    let mut waiting = [0usize; NUM_CLASSES];
-    alloc.for_each_heap(|cell| {
-        let c = &cell.counters;
-        for (i, w) in waiting.iter_mut().enumerate() {
-            *w = w
-                .wrapping_add(c.freed_remotely[i].load(Ordering::Relaxed))
-                .wrapping_sub(c.taken_back[i].load(Ordering::Relaxed));
-        }
-    });
-    waiting
-}
-
-/// A counter sum read as signed: a transiently negative one counts as zero.
-fn clamp(sum: usize) -> usize {
-    if sum > isize::MAX as usize { 0 } else { sum }
 }
 
 impl fmt::Display for Stats {

@@ -21,9 +21,9 @@ use core::cell::Cell;
 
 use pymalloc_arena::OsPlatform;
 
-use crate::GLOBAL;
-use crate::allocator::Session;
+use crate::global::GLOBAL;
 use crate::heap::HeapCell;
+use crate::session::Session;
 use crate::tls::HeapSlot;
 
 const UNBOUND: u8 = 0;
@@ -44,7 +44,7 @@ impl Drop for ExitHook {
         STATE.set(EXITED);
         if let Some(cell) = HeapSlot::take() {
             // SAFETY: the thread claimed this heap when it bound it, and is done with it.
-            unsafe { GLOBAL.release_heap(cell) };
+            GLOBAL.release_heap(unsafe { cell.claimed() });
         }
     }
 }
@@ -53,18 +53,19 @@ impl Drop for ExitHook {
 #[inline(always)]
 pub(crate) fn session() -> Option<Session<'static, OsPlatform>> {
     let cell = HeapSlot::get()?;
-    // SAFETY: the thread claimed its heap when binding and holds it until exit.
-    Some(unsafe { Session::new(&GLOBAL, cell) })
+    // SAFETY: the thread claimed its heap when binding and holds it until exit; sessions are
+    // not nested (a reentrant call while binding uses the fallback heap).
+    Some(GLOBAL.session(unsafe { cell.claimed() }))
 }
 
 /// Runs `f` for a thread with no heap: binds one, or uses the fallback heap where the thread
 /// cannot have one.
 #[cold]
 #[inline(never)]
-pub(crate) fn with_new_session<R>(f: impl FnOnce(Session<'static, OsPlatform>) -> R) -> R {
+pub(crate) fn with_new_session<R>(f: impl FnOnce(&mut Session<'_, OsPlatform>) -> R) -> R {
     match bind() {
-        // SAFETY: just bound and claimed.
-        Some(cell) => f(unsafe { Session::new(&GLOBAL, cell) }),
+        // SAFETY: just bound and claimed, by this thread.
+        Some(cell) => f(&mut GLOBAL.session(unsafe { cell.claimed() })),
         None => GLOBAL.with_fallback(f),
     }
 }
@@ -77,18 +78,19 @@ fn bind() -> Option<&'static HeapCell> {
     }
     STATE.set(BINDING);
     crate::process::register_hooks();
-    let Some(cell) = GLOBAL.acquire_heap(true) else {
+    let Some(claim) = GLOBAL.acquire_heap() else {
         STATE.set(UNBOUND);
         return None;
     };
     // Registering the destructor may allocate: that call finds the state `BINDING`.
     if EXIT.try_with(|_| ()).is_err() {
         // Thread-local storage is being torn down: no exit hook can be had.
-        // SAFETY: claimed by acquire_heap just now, and not used.
-        unsafe { GLOBAL.release_heap(cell) };
+        GLOBAL.release_heap(claim);
         STATE.set(EXITED);
         return None;
     }
+    // The claim stays held until the exit hook releases it.
+    let cell = claim.cell();
     HeapSlot::set(cell);
     STATE.set(BOUND);
     Some(cell)

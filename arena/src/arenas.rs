@@ -67,9 +67,7 @@ use crate::header::{
     slot_index,
 };
 use crate::map::ArenaMap;
-use crate::slots::{
-    SlotBits, USABLE, longest_run, place_run, run_mask, stretch_at,
-};
+use crate::slots::{SlotBits, USABLE, longest_run, place_run, run_mask, stretch_at};
 use crate::{Capabilities, Platform};
 
 /// Pool slots per arena.
@@ -331,7 +329,10 @@ impl Arenas {
     unsafe fn rebucket_after_adding(&mut self, h: NonNull<Header>, start: u32) {
         // SAFETY: as the caller guarantees; runs are capped below RUN_BUCKETS.
         unsafe {
-            let (old, run) = ((*h.as_ptr()).run_bucket as usize, stretch_at((*h.as_ptr()).free, start));
+            let (old, run) = (
+                (*h.as_ptr()).run_bucket as usize,
+                stretch_at((*h.as_ptr()).free, start),
+            );
             if run > old {
                 self.by_run.shift(h, old, run);
                 (*h.as_ptr()).run_bucket = run as u8;
@@ -375,7 +376,8 @@ impl Arenas {
         // arena); the run chosen becomes the caller's.
         unsafe {
             // A wholly dirty run first (`dirty ⊆ free`), else any free run.
-            let Some(start) = place_run((*h.as_ptr()).dirty, len).or_else(|| place_run((*h.as_ptr()).free, len))
+            let Some(start) =
+                place_run((*h.as_ptr()).dirty, len).or_else(|| place_run((*h.as_ptr()).free, len))
             else {
                 fatal("alloc_pool: an arena bucketed with a free run has none")
             };
@@ -407,9 +409,7 @@ impl Arenas {
         // SAFETY: `h` is live and the run free (caller), so its memory is ours to commit.
         unsafe {
             let dirty_in_run = (*h.as_ptr()).dirty & run;
-            if dirty_in_run != run
-                && !platform.commit(slot(h, start), len as usize * POOL_SIZE)
-            {
+            if dirty_in_run != run && !platform.commit(slot(h, start), len as usize * POOL_SIZE) {
                 return None;
             }
             if (*h.as_ptr()).free == USABLE {
@@ -632,7 +632,12 @@ impl Arenas {
     ///
     /// # Safety
     /// `h` is a live arena of ours in the empty list; `map` is the manager's.
-    unsafe fn release_arena<P: Platform>(&mut self, h: NonNull<Header>, platform: &P, map: &ArenaMap) {
+    unsafe fn release_arena<P: Platform>(
+        &mut self,
+        h: NonNull<Header>,
+        platform: &P,
+        map: &ArenaMap,
+    ) {
         // SAFETY: live header in the lists its fields name (caller); afterwards nothing refers
         // to the arena.
         unsafe {
@@ -745,7 +750,10 @@ impl Arenas {
                 (*h.as_ptr()).purged,
                 (*h.as_ptr()).heads,
                 &(*h.as_ptr()).span,
-                ((*h.as_ptr()).run_bucket as usize, (*h.as_ptr()).dirty_run_bucket as usize),
+                (
+                    (*h.as_ptr()).run_bucket as usize,
+                    (*h.as_ptr()).dirty_run_bucket as usize,
+                ),
             )
         };
         if free & !USABLE != 0 || dirty & !free != 0 || heads & (free | !USABLE) != 0 {
@@ -838,9 +846,8 @@ impl Arenas {
             self.empties.check()?;
             self.dirty
                 .for_each(|h| listed += ((*h.as_ptr()).dirty != 0) as usize);
-            self.empties.for_each(|h| {
-                listed_empty += ((*h.as_ptr()).free == USABLE) as usize
-            });
+            self.empties
+                .for_each(|h| listed_empty += ((*h.as_ptr()).free == USABLE) as usize);
         }
         if arenas != self.arenas || empty != self.empty || listed_empty != empty {
             return Err("arenas: arena or empty-arena count, or the empty list, is off");

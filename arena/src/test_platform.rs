@@ -8,7 +8,8 @@
 //! its pages is left. An aligned reservation maps its alignment's worth more and starts at
 //! the first aligned address inside: the slack stays mapped with the rest, since a mapping
 //! owned whole cannot give back part of itself — which is why the real platform does not
-//! use `memmap2` (`docs/design.md`). `remap` takes whole, untouched reservations only, and refuses
+//! use `memmap2` (`docs/design.md`). At least a page of it lies after the reservation, so two
+//! reservations never touch, whatever the kernel's placement. `remap` takes whole, untouched reservations only, and refuses
 //! (`None`) a range that is part of one, as a system that cannot remap it would.
 //!
 //! It runs under Miri. It allocates (its bookkeeping is a `Vec`), so it must serve only a
@@ -60,8 +61,11 @@ impl Region {
     /// A fresh, zero-filled reservation of `len` bytes aligned to `align` (a power of two,
     /// at least a page).
     fn map(len: usize, align: usize) -> Option<Region> {
+        // The alignment's slack, and a page after the reservation that is never handed out:
+        // reservations never touch, so what tests see does not depend on where the kernel
+        // places mappings.
         let mut map = memmap2::MmapOptions::new()
-            .len(len.checked_add(align - TEST_PAGE_SIZE)?)
+            .len(len.checked_add(align)?)
             .map_anon()
             .ok()?;
         let base = map.as_mut_ptr();

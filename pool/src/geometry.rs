@@ -29,7 +29,6 @@ pub(crate) const DESCRIPTOR_BYTES: usize = 64;
 /// descriptor, which never writes it.
 pub(crate) const FIRST_SLOT_ENTRY: usize = DESCRIPTOR_BYTES - 1;
 
-
 const _: () = assert!(POOL_SIZE.is_power_of_two() && ARENA_SIZE % POOL_SIZE == 0);
 const _: () = assert!(
     DESCRIPTORS + SLOTS * DESCRIPTOR_BYTES <= POOL_SIZE,

@@ -28,7 +28,9 @@ mod asan;
 mod class;
 mod fatal;
 mod geometry;
+mod inbox;
 mod list;
+mod lock;
 mod pool;
 mod remote;
 
@@ -36,9 +38,20 @@ mod remote;
 /// checker explores their interleavings (`tests/loom.rs`).
 mod sync {
     #[cfg(not(loom))]
-    pub(crate) use core::sync::atomic::{AtomicPtr, Ordering};
+    pub(crate) use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
     #[cfg(loom)]
-    pub(crate) use loom::sync::atomic::{AtomicPtr, Ordering};
+    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+
+    /// Where a handshake relies on its sequentially consistent accesses being in one total
+    /// order (the act of one side before its look at the other's state, `inbox.rs`): nothing
+    /// at all in the real build, whose accesses there are `SeqCst`; under loom, which models
+    /// `SeqCst` accesses as acquire-release only, a `SeqCst` fence, which it models exactly
+    /// and which gives the same guarantee.
+    #[inline(always)]
+    pub(crate) fn sequentially_consistent() {
+        #[cfg(loom)]
+        loom::sync::atomic::fence(Ordering::SeqCst);
+    }
 }
 
 pub use class::{
@@ -48,11 +61,13 @@ pub use fatal::{ensure, fatal};
 pub use geometry::{
     ARENA_SHIFT, ARENA_SIZE, DESCRIPTORS, POOL_SIZE, SLOTS, first_slot_entry, slot_index,
 };
+pub use inbox::Inbox;
+pub use list::{Chain, Links, List};
+pub use lock::RawLock;
 pub use pool::{
     Freed, Pool, PoolList, PoolPtr, Usable, blocks_per_pool, freed_mark, holds_freed_mark,
     set_first_slot_entries, slot_zero_line_is_clear,
 };
-pub use list::{Chain, Links, List};
 pub use remote::{Drain, RemoteList};
 
 #[cfg(test)]

@@ -62,11 +62,11 @@ use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU16, AtomicU32, Ordering};
 use crate::asan;
 use crate::class::{ALIGNMENT, MAX_SPAN_SLOTS, POOLED_MAX, SizeClass};
 use crate::fatal::ensure;
-use crate::list::{Chain, Links, List};
 use crate::geometry::{
     ARENA_SIZE, DESCRIPTOR_BYTES, DESCRIPTORS, FIRST_SLOT_ENTRY, POOL_SIZE, first_slot_entry,
     line_of, slot_index,
 };
+use crate::list::{Chain, Links, List};
 
 const _: () = assert!(POOL_SIZE >= ALIGNMENT);
 const _: () = assert!(
@@ -878,6 +878,14 @@ unsafe impl Chain<Pool> for Usable {
     unsafe fn links(node: *mut Pool) -> *mut Links<Pool> {
         // SAFETY: a live descriptor (caller); a place projection creates no reference.
         unsafe { &raw mut (*node).links }
+    }
+}
+
+impl PoolList {
+    /// The first pool, if any.
+    #[inline(always)]
+    pub fn first(&self) -> Option<PoolPtr> {
+        self.head().map(PoolPtr)
     }
 }
 

@@ -285,7 +285,11 @@ fn a_list_is_a_stack_and_a_queue() {
         assert_eq!(order(&list), vec![pools[1], pools[0]], "the tail removed");
         list.push_back(pools[2].into());
         list.remove(pools[0].into());
-        assert_eq!(order(&list), vec![pools[1], pools[2]], "a middle node removed");
+        assert_eq!(
+            order(&list),
+            vec![pools[1], pools[2]],
+            "a middle node removed"
+        );
         list.remove(pools[1].into());
         assert_eq!(first(&list), Some(pools[2]), "the head removed");
         assert_eq!(order(&list), vec![pools[2]]);

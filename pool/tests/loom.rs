@@ -4,9 +4,11 @@
 //! `RUSTFLAGS="--cfg loom" cargo test -p pymalloc-pool --test loom --release`
 //!
 //! Covered: the remote list (pushes racing with the owner's `take_all`: every block arrives
-//! exactly once, with its pool) and the full-pool hand-back (a pool that is full when a
-//! block is freed remotely rejoins its list once the owner collects, and its blocks are all
-//! accounted for). The rest of the allocator is not modelled.
+//! exactly once, with its pool), the full-pool hand-back (a pool that is full when a block
+//! is freed remotely rejoins its list once the owner collects, and its blocks are all
+//! accounted for), and the heap hand-off (`Inbox`: a thread freeing into a heap whose holder
+//! leaves at the same moment — push-then-look against release-then-look — and the block is
+//! collected by one of them, exactly once). The rest of the allocator is not modelled.
 #![cfg(loom)]
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
@@ -17,7 +19,7 @@ use loom::sync::Arc;
 use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::thread;
 use pymalloc_pool::{
-    ARENA_SIZE, POOL_SIZE, PoolList, PoolPtr, RemoteList, SizeClass, blocks_per_pool,
+    ARENA_SIZE, Inbox, POOL_SIZE, PoolList, PoolPtr, RemoteList, SizeClass, blocks_per_pool,
     set_first_slot_entries,
 };
 
@@ -115,7 +117,7 @@ fn a_full_pool_freed_into_remotely_rejoins_its_list() {
         let (memory, pool) = small_pool();
         let mut usable = PoolList::new();
         // SAFETY: the owner thread (this one) has the pool to itself.
-        unsafe { usable.push_front(pool) };
+        unsafe { usable.push_front(pool.into()) };
         // The owner fills the pool: it leaves the list, as the heap does with full pools.
         let mut blocks = Vec::new();
         // SAFETY: as above.
@@ -125,7 +127,7 @@ fn a_full_pool_freed_into_remotely_rejoins_its_list() {
         // SAFETY: as above.
         unsafe {
             assert!(pool.is_full());
-            usable.remove(pool);
+            usable.remove(pool.into());
         }
         let list = Arc::new(RemoteList::new());
         let pushed = Arc::new(AtomicUsize::new(0));
@@ -149,7 +151,7 @@ fn a_full_pool_freed_into_remotely_rejoins_its_list() {
                 let state = unsafe { p.free(b) };
                 if state.was_full {
                     // SAFETY: a full pool is in no list.
-                    unsafe { usable.push_front(p) };
+                    unsafe { usable.push_front(p.into()) };
                 }
                 freed += 1;
             }
@@ -158,12 +160,68 @@ fn a_full_pool_freed_into_remotely_rejoins_its_list() {
         remote.join().unwrap();
         collect(&mut usable);
         assert_eq!(freed, pushed.load(Ordering::Acquire));
-        assert_eq!(usable.first(), Some(pool), "the full pool was lost");
+        assert_eq!(
+            usable.head().map(PoolPtr::from),
+            Some(pool),
+            "the full pool was lost"
+        );
         // SAFETY: the owner's pool.
         unsafe {
             assert_eq!(pool.used(), blocks.len() - freed);
             assert!(pool.check().is_ok());
         }
+        drop(memory);
+    });
+}
+
+/// The heap hand-off (`Inbox`, I1): one thread frees a block into a heap while the heap's
+/// holder leaves. Each side follows the heap's code — the freeing thread pushes then looks at
+/// the claim, the holder releases then looks at the lists — and collects (claims if it can,
+/// takes everything, releases, and looks again, as `heap::collect` does) when it sees the
+/// other. In every interleaving the block is collected exactly once, and nothing is left
+/// waiting with nobody holding the heap.
+#[test]
+fn a_block_freed_while_its_heap_is_released_is_collected_once() {
+    /// What `heap::collect` does: while blocks wait and the claim can be had, take them.
+    fn collect(inbox: &Inbox<2>, collected: &AtomicUsize) {
+        while inbox.has_waiting() && inbox.try_claim() {
+            // SAFETY: claimed just now.
+            let taken = unsafe { inbox.take_all() }.count();
+            collected.fetch_add(taken, Ordering::Relaxed);
+            // SAFETY: claimed above; what it reports is looked at again by the loop.
+            unsafe { inbox.release() };
+        }
+    }
+    loom::model(|| {
+        let (memory, pool) = small_pool();
+        // SAFETY: the pool is ours and has blocks to hand out.
+        let b = unsafe { pool.alloc() }
+            .map(|(b, _)| Addr(b.as_ptr() as usize))
+            .unwrap();
+        let inbox = Arc::new(Inbox::<2>::new());
+        let collected = Arc::new(AtomicUsize::new(0));
+        assert!(inbox.try_claim(), "the holder claims its heap");
+        let freeing = {
+            let (inbox, collected) = (inbox.clone(), collected.clone());
+            thread::spawn(move || {
+                // SAFETY: a block in use of the live pool, given up by this thread; shard 1.
+                if unsafe { inbox.push(1, block(b)) } {
+                    collect(&inbox, &collected);
+                }
+            })
+        };
+        // The holder leaves.
+        // SAFETY: claimed above.
+        if unsafe { inbox.release() } {
+            collect(&inbox, &collected);
+        }
+        freeing.join().unwrap();
+        assert_eq!(
+            collected.load(Ordering::Relaxed),
+            1,
+            "lost or collected twice"
+        );
+        assert!(!inbox.has_waiting() && !inbox.claim().is_locked());
         drop(memory);
     });
 }
