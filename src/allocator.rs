@@ -186,7 +186,9 @@ impl<P: Platform> Allocator<P> {
             // slots were handed out; `class` and `used` are atomics (P8).
             unsafe {
                 let pool = PoolPtr::at(memory);
-                used[pool.class().index()] += pool.used();
+                if let Some(used) = used.get_mut(pool.class().index()) {
+                    *used += pool.used();
+                }
             }
         });
         let waiting = self.waiting_on_remote_lists();
@@ -195,8 +197,8 @@ impl<P: Platform> Allocator<P> {
         self.heaps.for_each(|cell| {
             heaps += 1;
             let c = &cell.counters;
-            for (i, t) in totals.iter_mut().enumerate() {
-                for (total, counter) in t.iter_mut().zip([&c.pools[i], &c.full[i]]) {
+            for ((t, pools), full) in totals.iter_mut().zip(&c.pools).zip(&c.full) {
+                for (total, counter) in t.iter_mut().zip([pools, full]) {
                     *total = total.wrapping_add(counter.load(Ordering::Relaxed));
                 }
             }
@@ -261,10 +263,11 @@ impl<P: Platform> Allocator<P> {
         let mut waiting = [0usize; NUM_CLASSES];
         self.heaps.for_each(|cell| {
             let c = &cell.counters;
-            for (i, w) in waiting.iter_mut().enumerate() {
+            for ((w, freed), taken) in waiting.iter_mut().zip(&c.freed_remotely).zip(&c.taken_back)
+            {
                 *w = w
-                    .wrapping_add(c.freed_remotely[i].load(Ordering::Relaxed))
-                    .wrapping_sub(c.taken_back[i].load(Ordering::Relaxed));
+                    .wrapping_add(freed.load(Ordering::Relaxed))
+                    .wrapping_sub(taken.load(Ordering::Relaxed));
             }
         });
         waiting

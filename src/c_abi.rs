@@ -59,7 +59,7 @@ fn set_errno(code: c_int) {
 
 /// A block of `size` bytes aligned to `align` (a power of two), or null; no `errno`.
 #[inline]
-fn allocate(size: usize, align: usize) -> *mut c_void {
+fn alloc_aligned(size: usize, align: usize) -> *mut c_void {
     let Ok(layout) = Layout::from_size_align(size, align.max(ALIGNMENT)) else {
         return ptr::null_mut();
     };
@@ -75,10 +75,10 @@ fn enomem_if_null(p: *mut c_void) -> *mut c_void {
     p
 }
 
-/// [`allocate`], with `errno = ENOMEM` on failure.
+/// [`alloc_aligned`], with `errno = ENOMEM` on failure.
 #[inline]
 fn allocate_or_enomem(size: usize, align: usize) -> *mut c_void {
-    enomem_if_null(allocate(size, align))
+    enomem_if_null(alloc_aligned(size, align))
 }
 
 /// C's `malloc`.
@@ -182,7 +182,7 @@ pub unsafe fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -
     if !align.is_power_of_two() || align % size_of::<*mut c_void>() != 0 {
         return libc::EINVAL;
     }
-    let p = allocate(size, align);
+    let p = alloc_aligned(size, align);
     if p.is_null() {
         return libc::ENOMEM;
     }

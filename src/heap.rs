@@ -41,7 +41,7 @@
 //! - H7 every empty pool listed (a one-slot pool at its class's head, H1) has its class
 //!   *parked*: one bit of a mask, counted in the allocator's total. Parking one more class
 //!   when the heap has [`PARKED_POOLS`] parked and all heaps together [`PARKED_TOTAL`]
-//!   unparks others and retires their empty heads. So each of many threads holds
+//!   unparks others and gives up their empty heads. So each of many threads holds
 //!   at most [`PARKED_POOLS`] listed empty pools and [`CACHED_POOLS`] kept ones, however
 //!   many classes it touched, while each of a few keeps an empty pool per class it cycles
 //!   through.
@@ -158,22 +158,25 @@ impl EmptyPools {
 
     /// An empty pool of `slots` slots, if one is kept.
     fn take(&mut self, slots: usize) -> Option<NonNull<u8>> {
-        let i = self.pools[..self.len]
-            .iter()
-            .position(|&(_, s)| s == slots)?;
-        let (memory, _) = self.pools[i];
+        let kept = self.pools.get_mut(..self.len)?;
+        let i = kept.iter().position(|&(_, s)| s == slots)?;
+        // The last kept pool takes the place of the one taken.
+        kept.swap(i, kept.len() - 1);
+        let (memory, _) = self.pools.get(self.len - 1).copied()?;
         self.len -= 1;
-        self.pools[i] = self.pools[self.len];
         self.slots -= slots;
         NonNull::new(memory)
     }
 
     /// Keeps an empty pool if there is room.
     fn put(&mut self, memory: NonNull<u8>, slots: usize) -> bool {
-        if self.len == CACHED_POOLS || self.slots + slots > CACHED_SLOTS {
+        if self.slots + slots > CACHED_SLOTS {
             return false;
         }
-        self.pools[self.len] = (memory.as_ptr(), slots);
+        let Some(vacant) = self.pools.get_mut(self.len) else {
+            return false; // CACHED_POOLS kept already
+        };
+        *vacant = (memory.as_ptr(), slots);
         self.len += 1;
         self.slots += slots;
         true
@@ -181,7 +184,7 @@ impl EmptyPools {
 
     fn pop(&mut self) -> Option<NonNull<u8>> {
         let len = self.len.checked_sub(1)?;
-        let (memory, slots) = self.pools[len];
+        let (memory, slots) = self.pools.get(len).copied()?;
         self.len = len;
         self.slots -= slots;
         NonNull::new(memory)
@@ -397,13 +400,13 @@ impl<'a> Claim<'a> {
     }
 
     /// The smallest fast path, for callers that inline it: a block off the freelist of the
-    /// class's first pool when another follows it there (`PoolPtr::alloc_before_last_free`);
+    /// class's first pool when another follows it there (`PoolPtr::alloc_unless_last_free`);
     /// `None` (and nothing changed) otherwise.
     #[inline(always)]
     pub(crate) fn alloc_freelist(&mut self, class: SizeClass) -> Option<NonNull<u8>> {
         // SAFETY: listed pools are live, ours, and have a block to hand
         // out (H1).
-        unsafe { self.heap().list(class).first()?.alloc_before_last_free() }
+        unsafe { self.heap().list(class).first()?.alloc_unless_last_free() }
     }
 
     /// [`Claim::alloc`] (and C's `malloc`) past the fast path, `Claim::alloc_fast`:
@@ -832,7 +835,7 @@ impl<'a> Claim<'a> {
                 let list = self.heap().list(other);
                 if let Some(head) = list.first().filter(|head| head.used() == 0) {
                     list.remove(head.into());
-                    self.retire(head, shared);
+                    self.give_up(head, shared);
                 }
             }
             state.parked_changed(before, self.heap().parked.count());
@@ -881,7 +884,7 @@ impl<'a> Claim<'a> {
                     if let Some(head) = self.heap().list(class).first() {
                         if head.used() == 0 {
                             self.heap().list(class).remove(head.into());
-                            self.retire(head, shared);
+                            self.give_up(head, shared);
                         }
                     }
                     self.heap().list(class).push_front(pool.into());
@@ -893,7 +896,7 @@ impl<'a> Claim<'a> {
             } else {
                 self.heap().list(class).remove(pool.into());
             }
-            self.retire(pool, shared);
+            self.give_up(pool, shared);
         }
     }
 
@@ -901,7 +904,7 @@ impl<'a> Claim<'a> {
     ///
     /// # Safety
     /// `pool` is ours, empty and in no list.
-    unsafe fn retire<P: Platform>(&mut self, pool: PoolPtr, shared: &mut SharedAccess<'_, P>) {
+    unsafe fn give_up<P: Platform>(&mut self, pool: PoolPtr, shared: &mut SharedAccess<'_, P>) {
         // SAFETY: as the caller guarantees.
         unsafe {
             let class = pool.class();

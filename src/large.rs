@@ -157,7 +157,7 @@ impl Unmap {
     /// # Safety
     /// The ranges are no longer used by anyone (they were cached, or just freed).
     pub(crate) unsafe fn release<P: Platform>(self, platform: &P) {
-        for m in &self.items[..self.len] {
+        for m in self.items.iter().take(self.len) {
             if let Some(ptr) = NonNull::new(m.ptr) {
                 // SAFETY: `len` bytes of mapped pages of ours that nobody uses (caller, L1, L3).
                 unsafe { platform.release(ptr, m.len) };
@@ -208,7 +208,9 @@ impl Large {
     /// Takes `len` bytes from the front of entry `i` (all of it if they are), leaving the
     /// rest cached.
     fn take_front(&mut self, i: usize, len: usize) {
-        let entry = &mut self.cache[i];
+        let Some(entry) = self.cache.get_mut(i) else {
+            fatal("large: a cache entry out of range");
+        };
         if len == entry.len {
             *entry = VACANT;
             self.cached_blocks -= 1;
@@ -223,7 +225,7 @@ impl Large {
     /// now registered in use, if the cache has one. Call [`Large::make_room`] first.
     pub(crate) fn take_cached(&mut self, len: usize, align: usize) -> Option<NonNull<u8>> {
         let i = self.pick(len, align)?;
-        let entry = self.cache[i];
+        let entry = *self.cache.get(i)?;
         let block = NonNull::new(entry.ptr)?;
         let take = if fits(entry.len, len) { entry.len } else { len };
         self.take_front(i, take);
@@ -333,7 +335,7 @@ impl Large {
         // No two cached ranges touch (L3), so at most one ends where the block starts and
         // one starts where it ends.
         for i in 0..CACHE_ENTRIES {
-            let c = self.cache[i];
+            let c = self.cache.get(i).copied().unwrap_or(VACANT);
             if c.ptr.is_null() {
                 continue;
             }

@@ -29,6 +29,16 @@
 //! layer, arenas), `pymalloc-radix` (the address → arena map).
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
+// An allocator must never unwind: its non-test code neither indexes nor unwraps unchecked.
+#![cfg_attr(
+    not(test),
+    warn(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )
+)]
 
 mod allocator;
 #[cfg(target_os = "linux")]

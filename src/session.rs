@@ -87,7 +87,7 @@ impl<'a, P: Platform> Session<'a, P> {
     }
 
     /// A large block for `layout`, with whether it reads zero.
-    fn allocate_large(&self, layout: Layout) -> Option<(NonNull<u8>, bool)> {
+    fn large_block(&self, layout: Layout) -> Option<(NonNull<u8>, bool)> {
         let shared = self.ctx.shared;
         shared
             .large()
@@ -153,7 +153,7 @@ impl<'a, P: Platform> Session<'a, P> {
 
     /// The `debug` feature's allocation: `layout` with a trailer ([`debug::dress`]).
     fn debug_alloc(&mut self, layout: Layout, zeroed: bool) -> *mut u8 {
-        match debug::inner(layout).and_then(|inner| self.allocate(inner)) {
+        match debug::inner(layout).and_then(|inner| self.block(inner)) {
             // SAFETY: a block of `debug::inner(layout)` bytes, just handed to us.
             Some((block, fresh)) => unsafe { debug::dress(block, layout, zeroed, fresh) },
             None => ptr::null_mut(),
@@ -162,24 +162,24 @@ impl<'a, P: Platform> Session<'a, P> {
 
     /// A block for `layout`, with whether it reads zero; `None` if it cannot be had.
     #[inline(always)]
-    pub(crate) fn allocate(&mut self, layout: Layout) -> Option<(NonNull<u8>, bool)> {
+    pub(crate) fn block(&mut self, layout: Layout) -> Option<(NonNull<u8>, bool)> {
         // With no padding for alignment, `Route::of` is the size's class.
         let class = SizeClass::for_size(layout.size()).filter(|_| layout.align() <= ALIGNMENT);
         match class {
             // Blocks are aligned to ALIGNMENT.
             Some(class) => self.claim.alloc(class, self.ctx),
-            None => self.allocate_rarely(layout),
+            None => self.block_rarely(layout),
         }
     }
 
     /// [`Session::allocate`] for over-aligned and large blocks, out of line.
     #[cold]
     #[inline(never)]
-    fn allocate_rarely(&mut self, layout: Layout) -> Option<(NonNull<u8>, bool)> {
+    fn block_rarely(&mut self, layout: Layout) -> Option<(NonNull<u8>, bool)> {
         match Route::of(layout) {
             // Every block of the class has the layout's alignment (`SizeClass::for_layout`).
             Route::Pooled(class) => self.claim.alloc(class, self.ctx),
-            Route::Large => self.allocate_large(layout),
+            Route::Large => self.large_block(layout),
         }
     }
 
@@ -232,7 +232,7 @@ impl<'a, P: Platform> Session<'a, P> {
     /// [`Session::alloc`] past its fast path, out of line.
     #[inline(never)]
     fn alloc_rarely(&mut self, layout: Layout) -> *mut u8 {
-        self.allocate(layout)
+        self.block(layout)
             .map_or(ptr::null_mut(), |(p, _)| p.as_ptr())
     }
 
@@ -242,7 +242,7 @@ impl<'a, P: Platform> Session<'a, P> {
         if cfg!(feature = "debug") {
             return self.debug_alloc(layout, true);
         }
-        match self.allocate(layout) {
+        match self.block(layout) {
             Some((p, true)) => p.as_ptr(),
             Some((p, false)) => {
                 // SAFETY: a block of at least `layout.size()` bytes, just handed to us.
@@ -495,9 +495,8 @@ impl<'a, P: Platform> Session<'a, P> {
                 if in_place {
                     match Route::of(new_layout) {
                         Route::Pooled(to) if to == class => return ptr.as_ptr(),
-                        // SAFETY: a block in use of `class` at its start (found above); the
-                        // heap is claimed.
                         Route::Pooled(to)
+                            // SAFETY: a block in use of `class` at its start (found above).
                             if unsafe { self.claim.resize_in_place(ptr, class, to, self.ctx) } =>
                         {
                             return ptr.as_ptr();
@@ -578,10 +577,10 @@ impl<'a, P: Platform> Session<'a, P> {
                 }
                 return ptr;
             }
-            // SAFETY: a block in use of class `a` (caller), at its block's start as its
-            // alignment is the blocks' own.
             (Route::Pooled(a), Route::Pooled(b), Some(block))
                 if layout.align() <= ALIGNMENT
+                    // SAFETY: a block in use of class `a` (caller), at its block's start as
+                    // its alignment is the blocks' own.
                     && unsafe { self.claim.resize_in_place(block, a, b, self.ctx) } =>
             {
                 return ptr;

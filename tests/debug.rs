@@ -80,11 +80,8 @@ fn fresh_zeroed_and_resized_blocks_behave() {
     ] {
         let z = a.alloc_zeroed(layout(size, align));
         // SAFETY: a zeroed block of `size` bytes.
-        assert!(
-            unsafe { std::slice::from_raw_parts(z, size) }
-                .iter()
-                .all(|&b| b == 0)
-        );
+        let bytes = unsafe { std::slice::from_raw_parts(z, size) };
+        assert!(bytes.iter().all(|&b| b == 0));
         assert_eq!(z as usize % align, 0);
         // SAFETY: `z` is a live block of this layout; the realloc keeps its bytes.
         unsafe {

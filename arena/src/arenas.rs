@@ -67,8 +67,8 @@ use crate::header::{
     slot_index,
 };
 use crate::map::ArenaMap;
+use crate::platform::{Capabilities, Platform};
 use crate::slots::{SlotBits, USABLE, longest_run, place_run, run_mask, stretch_at};
-use crate::{Capabilities, Platform};
 
 /// Pool slots per arena.
 pub const POOLS_PER_ARENA: usize = SLOTS - 1;
@@ -383,7 +383,8 @@ impl Arenas {
             };
             let had_dirty = self.take_run(h, start, len, platform)?;
             (*h.as_ptr()).heads |= 1 << start;
-            (*h.as_ptr()).span[start as usize] = len as u8;
+            // `start < SLOTS`: a slot of the arena (place_run).
+            *(*h.as_ptr()).span.get_unchecked_mut(start as usize) = len as u8;
             set_pool_head(h, start, len, start as u8);
             Some((
                 slot(h, start),
@@ -537,7 +538,8 @@ impl Arenas {
                 pool.addr().get() % POOL_SIZE == 0 && (*h.as_ptr()).heads & (1 << start) != 0,
                 "free_pool: not the start of a pool in use",
             );
-            let len = (*h.as_ptr()).span[start as usize] as u32;
+            // `start < SLOTS`, the index of a slot of the arena.
+            let len = *(*h.as_ptr()).span.get_unchecked(start as usize) as u32;
             (*h.as_ptr()).heads &= !(1 << start);
             set_pool_head(h, start, len, 0);
             self.give_back_run(h, start, len);
@@ -607,7 +609,9 @@ impl Arenas {
                     && (1..=MAX_SPAN_SLOTS).contains(&slots),
                 "resize_pool: not the start of a pool in use, or a bad span length",
             );
-            let (old, new) = ((*h.as_ptr()).span[start as usize] as u32, slots as u32);
+            // `start < SLOTS`, the index of a slot of the arena.
+            let old = *(*h.as_ptr()).span.get_unchecked(start as usize) as u32;
+            let new = slots as u32;
             if new > old {
                 let (added, more) = (start + old, new - old);
                 // The bounds first: `run_mask` needs `added < SLOTS`.
@@ -622,7 +626,7 @@ impl Arenas {
                 set_pool_head(h, start + new, old - new, 0);
                 self.give_back_run(h, start + new, old - new);
             }
-            (*h.as_ptr()).span[start as usize] = new as u8;
+            *(*h.as_ptr()).span.get_unchecked_mut(start as usize) = new as u8;
         }
         self.purge_over_limit(platform);
         true
@@ -769,7 +773,7 @@ impl Arenas {
         let mut rest = heads;
         while rest != 0 {
             let start = rest.trailing_zeros();
-            let len = span[start as usize] as u32;
+            let len = span.get(start as usize).copied().unwrap_or(0) as u32;
             if len == 0 || len as usize > MAX_SPAN_SLOTS || start + len > SLOTS as u32 {
                 return Err("arenas: a pool's span is misshapen or past the arena's end");
             }
@@ -823,8 +827,14 @@ impl Arenas {
                 empty += ((*h.as_ptr()).free == USABLE) as usize;
                 dirty_slots += (*h.as_ptr()).dirty.count_ones() as usize;
                 dirty_arenas += ((*h.as_ptr()).dirty != 0) as usize;
-                runs[(*h.as_ptr()).run_bucket as usize % RUN_BUCKETS] += 1;
-                dirty_runs[(*h.as_ptr()).dirty_run_bucket as usize % RUN_BUCKETS] += 1;
+                for (counts, bucket) in [
+                    (&mut runs, (*h.as_ptr()).run_bucket),
+                    (&mut dirty_runs, (*h.as_ptr()).dirty_run_bucket),
+                ] {
+                    if let Some(count) = counts.get_mut(bucket as usize) {
+                        *count += 1;
+                    }
+                }
                 if result.is_ok() {
                     result = self.check_arena(h, map);
                 }

@@ -11,6 +11,16 @@
 #![cfg_attr(not(any(test, feature = "test-platform")), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
+// An allocator must never unwind: its non-test code neither indexes nor unwraps unchecked.
+#![cfg_attr(
+    not(test),
+    warn(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )
+)]
 
 mod arenas;
 mod header;

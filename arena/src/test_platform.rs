@@ -15,13 +15,17 @@
 //! It runs under Miri. It allocates (its bookkeeping is a `Vec`), so it must serve only a
 //! pymalloc instance that is not the process's global allocator.
 
+// Test support, not allocator code: a failed lookup here is the test's failure, so it may
+// panic as tests do.
+#![allow(clippy::indexing_slicing, clippy::expect_used, clippy::unwrap_used)]
+
 use std::collections::BTreeSet;
 use std::ptr::NonNull;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use pymalloc_pool::fatal;
 
-use crate::{Capabilities, Platform};
+use crate::platform::{Capabilities, Platform};
 
 /// The page size `TestPlatform` reports.
 pub const TEST_PAGE_SIZE: usize = 4096;

@@ -187,26 +187,20 @@ fn dirty_slots_beyond_the_limit_are_decommitted_oldest_first() {
     assert!(f.platform.decommits() >= 1);
     // The oldest freed slots were decommitted: they read zero again.
     // SAFETY: freed slots stay mapped while their arena lives; we only read.
-    assert_eq!(unsafe { slots[0].as_ptr().read() }, 0);
-    // SAFETY: as above.
-    assert_eq!(
-        unsafe { slots[count - 1].as_ptr().read() },
-        0xEE,
-        "newest stays dirty"
-    );
+    let (oldest, newest) = unsafe { (slots[0].as_ptr().read(), slots[count - 1].as_ptr().read()) };
+    assert_eq!(oldest, 0);
+    assert_eq!(newest, 0xEE, "newest stays dirty");
     // Every slot handed out is either a dirty one or reported zeroed (and is zero).
     let mut zeroed = 0;
     for _ in 0..count {
         let (s, z) = f.alloc().unwrap();
         if z {
             zeroed += 1;
-            // SAFETY: a slot reported zeroed; we read its bytes (one in 64: the decommit
-            // and the earlier fill both work on whole slots).
-            assert!(
-                (0..POOL_SIZE)
-                    .step_by(64)
-                    .all(|i| unsafe { s.as_ptr().add(i).read() } == 0)
-            );
+            // One byte in 64: the decommit and the earlier fill both work on whole slots.
+            assert!((0..POOL_SIZE).step_by(64).all(|i| {
+                // SAFETY: a slot reported zeroed, handed to us; we read its bytes.
+                unsafe { s.as_ptr().add(i).read() == 0 }
+            }));
         }
     }
     let dirty_used = stats.free_dirty_slots - f.arenas.stats(&f.map).free_dirty_slots;

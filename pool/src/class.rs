@@ -101,6 +101,8 @@ const fn span_slots_of(size: usize) -> usize {
     best
 }
 
+// Built at compile time: an index out of range is a build error, never a panic.
+#[allow(clippy::indexing_slicing)]
 const BLOCK_SIZES: [u32; NUM_CLASSES] = {
     let mut t = [0; NUM_CLASSES];
     let mut i = 0;
@@ -111,6 +113,8 @@ const BLOCK_SIZES: [u32; NUM_CLASSES] = {
     t
 };
 
+// Built at compile time, as `BLOCK_SIZES`.
+#[allow(clippy::indexing_slicing)]
 const SPAN_SLOTS: [u8; NUM_CLASSES] = {
     let mut t = [0; NUM_CLASSES];
     let mut i = 0;
@@ -144,6 +148,8 @@ const fn blocks_aligned(index: usize, align: usize) -> bool {
 
 /// `ALIGNED_CLASSES[a * NUM_CLASSES + c]`: for the alignment `2^(OVER_ALIGNED_LOG + a)`, the
 /// smallest class at or above `c` whose blocks are all aligned to it.
+// Built at compile time, as `BLOCK_SIZES`.
+#[allow(clippy::indexing_slicing)]
 const ALIGNED_CLASSES: [u8; OVER_ALIGNMENTS * NUM_CLASSES] = {
     let mut t = [0; OVER_ALIGNMENTS * NUM_CLASSES];
     let mut a = 0;
@@ -233,12 +239,17 @@ impl SizeClass {
 
     /// Bytes in each block of this class.
     #[inline(always)]
+    // A class's index is below NUM_CLASSES (the type's invariant), so this never panics; a
+    // `const fn` cannot call `get_unchecked`.
+    #[allow(clippy::indexing_slicing)]
     pub const fn block_size(self) -> usize {
         BLOCK_SIZES[self.0 as usize] as usize
     }
 
     /// Slots of [`POOL_SIZE`] bytes that a pool of this class spans.
     #[inline(always)]
+    // As `block_size`.
+    #[allow(clippy::indexing_slicing)]
     pub const fn span_slots(self) -> usize {
         SPAN_SLOTS[self.0 as usize] as usize
     }

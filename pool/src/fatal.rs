@@ -22,6 +22,18 @@ pub fn ensure(condition: bool, msg: &str) {
     }
 }
 
+/// Checks a precondition of an `unsafe fn` — one its callers promise and the release build
+/// takes on trust — in builds with debug assertions: on failure, reports `msg` through
+/// [`fatal`] (never a panic, which an allocator must not raise). Compiled out otherwise.
+#[macro_export]
+macro_rules! debug_ensure {
+    ($condition:expr, $msg:expr $(,)?) => {
+        if cfg!(debug_assertions) && !$condition {
+            $crate::fatal($msg);
+        }
+    };
+}
+
 fn write_stderr(mut bytes: &[u8]) {
     while !bytes.is_empty() {
         // SAFETY: the pointer and length describe the live slice `bytes`.
@@ -29,6 +41,6 @@ fn write_stderr(mut bytes: &[u8]) {
         if n <= 0 {
             return; // nowhere to report to; the abort still happens
         }
-        bytes = &bytes[(n as usize).min(bytes.len())..];
+        bytes = bytes.get(n as usize..).unwrap_or_default();
     }
 }

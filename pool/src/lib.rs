@@ -23,6 +23,16 @@
 #![cfg_attr(not(any(test, loom)), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
+// An allocator must never unwind: its non-test code neither indexes nor unwraps unchecked.
+#![cfg_attr(
+    not(test),
+    warn(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )
+)]
 
 mod asan;
 mod class;
@@ -33,26 +43,7 @@ mod list;
 mod lock;
 mod pool;
 mod remote;
-
-/// The atomics of the remote-free protocol: `loom`'s under `--cfg loom`, so that its model
-/// checker explores their interleavings (`tests/loom.rs`).
-mod sync {
-    #[cfg(not(loom))]
-    pub(crate) use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
-    #[cfg(loom)]
-    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
-
-    /// Where a handshake relies on its sequentially consistent accesses being in one total
-    /// order (the act of one side before its look at the other's state, `inbox.rs`): nothing
-    /// at all in the real build, whose accesses there are `SeqCst`; under loom, which models
-    /// `SeqCst` accesses as acquire-release only, a `SeqCst` fence, which it models exactly
-    /// and which gives the same guarantee.
-    #[inline(always)]
-    pub(crate) fn sequentially_consistent() {
-        #[cfg(loom)]
-        loom::sync::atomic::fence(Ordering::SeqCst);
-    }
-}
+mod sync;
 
 pub use class::{
     ALIGNMENT, MAX_POOLED_ALIGN, MAX_SPAN_SLOTS, NUM_CLASSES, POOLED_MAX, SMALL_MAX, SizeClass,

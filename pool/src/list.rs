@@ -135,6 +135,12 @@ impl<T, C: Chain<T>> List<T, C> {
         // SAFETY: `node` and its neighbours are live nodes of this list (caller).
         unsafe {
             let Links { prev, next } = C::links(n).read();
+            crate::debug_ensure!(
+                !self.head.is_null()
+                    && (n == self.head || (*C::links(prev)).next == n)
+                    && (*C::links(if next.is_null() { self.head } else { next })).prev == n,
+                "list: the node removed is not in this list (caller's promise)"
+            );
             if n == self.head {
                 self.head = next;
                 if !next.is_null() {

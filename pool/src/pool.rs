@@ -446,7 +446,7 @@ impl PoolPtr {
     /// # Safety
     /// `self` is a live pool and the caller has exclusive access to it.
     #[inline(always)]
-    pub unsafe fn alloc_before_last_free(self) -> Option<NonNull<u8>> {
+    pub unsafe fn alloc_unless_last_free(self) -> Option<NonNull<u8>> {
         let p = self.0.as_ptr();
         // SAFETY: the pool is live and ours (caller); freelist entries are blocks of this pool
         // whose first word holds the next entry (P3).
@@ -465,7 +465,7 @@ impl PoolPtr {
     /// Takes one block — the head of the freelist, else the next never-used block — if the
     /// pool still has a block to hand out afterwards (so that nothing but the freelist, the
     /// bump offset and the count changes): the fast path of C's `malloc`, and the first step
-    /// past [`PoolPtr::alloc_before_last_free`]. `None` otherwise (the pool is unchanged), for
+    /// past [`PoolPtr::alloc_unless_last_free`]. `None` otherwise (the pool is unchanged), for
     /// [`PoolPtr::alloc`] to deal with. Returns the block with whether it is
     /// known to read zero, as [`PoolPtr::alloc`].
     ///
@@ -597,6 +597,10 @@ impl PoolPtr {
         // SAFETY: the pool is live and ours; `block` is one of its blocks in use (caller), so
         // its first word is ours to overwrite with the freelist link.
         unsafe {
+            crate::debug_ensure!(
+                self.starts_carved_block(block),
+                "free: the block is not on its pool's grid below the bump (caller's promise)"
+            );
             let used = (*p).used.load(Ordering::Relaxed);
             ensure(
                 used != 0,

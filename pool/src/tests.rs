@@ -435,10 +435,8 @@ fn remote_list_returns_every_block_with_its_pool_newest_first() {
         // SAFETY: blocks in use of their pools, freed once.
         unsafe { pool.free(block) };
     }
-    // SAFETY: the pools are ours.
-    assert!(
-        pools
-            .iter()
-            .all(|p| unsafe { p.used() == 0 && p.check().is_ok() })
-    );
+    assert!(pools.iter().all(|p| {
+        // SAFETY: the pools are ours.
+        unsafe { p.used() == 0 && p.check().is_ok() }
+    }));
 }

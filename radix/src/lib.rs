@@ -10,16 +10,26 @@
 //! other address is answered with a clean "not ours".
 //!
 //! Invariants:
-//! - R1 interior nodes are created on demand, from a [`NodeAlloc`] (never from the allocator
+//! - T1 interior nodes are created on demand, from a [`NodeAlloc`] (never from the allocator
 //!   the tree serves), zero-filled, and never freed while the tree lives;
-//! - R2 [`RadixTree::get`] takes no lock: it only loads pointers with `Acquire`, pairing with
+//! - T2 [`RadixTree::get`] takes no lock: it only loads pointers with `Acquire`, pairing with
 //!   the `Release` stores and compare-exchanges that publish nodes and owners;
-//! - R3 writers ([`RadixTree::insert`], [`RadixTree::remove`]) of one granule are serialised
+//! - T3 writers ([`RadixTree::insert`], [`RadixTree::remove`]) of one granule are serialised
 //!   by the caller (pymalloc holds its arena lock); writers of different granules may race:
 //!   node creation is a compare-exchange, and the loser gives its node back.
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
+// An allocator must never unwind: its non-test code neither indexes nor unwraps unchecked.
+#![cfg_attr(
+    not(test),
+    warn(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )
+)]
 
 use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
@@ -124,12 +134,12 @@ impl<T, const GRANULE_SHIFT: u32> RadixTree<T, GRANULE_SHIFT> {
         unsafe { &*node.cast::<Slot>().add(index) }
     }
 
-    /// The owner of the granule holding `addr`, if any. Takes no lock (R2).
+    /// The owner of the granule holding `addr`, if any. Takes no lock (T2).
     #[inline]
     pub fn get(&self, addr: usize) -> Option<NonNull<T>> {
         let [i, j, k] = Self::split(addr)?;
         let root = NonNull::new(self.root.load(Ordering::Acquire))?;
-        // SAFETY: published nodes are live (R1) and sized for their level's indices.
+        // SAFETY: published nodes are live (T1) and sized for their level's indices.
         unsafe {
             let mid = NonNull::new(Self::entry(root.as_ptr(), i).load(Ordering::Acquire))?;
             let leaf = NonNull::new(Self::entry(mid.as_ptr(), j).load(Ordering::Acquire))?;
@@ -171,7 +181,7 @@ impl<T, const GRANULE_SHIFT: u32> RadixTree<T, GRANULE_SHIFT> {
         let root = self
             .child(&self.root, Self::ROOT_BITS, nodes)
             .ok_or(InsertError::NoMemory)?;
-        // SAFETY: `root` and `mid` are live nodes of their level (R1); indices come from split.
+        // SAFETY: `root` and `mid` are live nodes of their level (T1); indices come from split.
         let result = unsafe {
             self.child(Self::entry(root, i), Self::LOW_BITS, nodes)
                 .and_then(|mid| self.child(Self::entry(mid, j), Self::LOW_BITS, nodes))
@@ -180,7 +190,7 @@ impl<T, const GRANULE_SHIFT: u32> RadixTree<T, GRANULE_SHIFT> {
         result.ok_or(InsertError::NoMemory)
     }
 
-    /// Unmaps the granule holding `addr`. Nodes stay (R1).
+    /// Unmaps the granule holding `addr`. Nodes stay (T1).
     pub fn remove(&self, addr: usize) {
         let Some([i, j, k]) = Self::split(addr) else {
             return;
@@ -189,7 +199,7 @@ impl<T, const GRANULE_SHIFT: u32> RadixTree<T, GRANULE_SHIFT> {
         if root.is_null() {
             return;
         }
-        // SAFETY: published nodes are live (R1) and indices come from split.
+        // SAFETY: published nodes are live (T1) and indices come from split.
         unsafe {
             let mid = Self::entry(root, i).load(Ordering::Acquire);
             if mid.is_null() {
@@ -212,7 +222,7 @@ impl<T, const GRANULE_SHIFT: u32> RadixTree<T, GRANULE_SHIFT> {
             return;
         }
         for i in 0..1usize << Self::ROOT_BITS {
-            // SAFETY: live nodes (R1), indices within each level's size.
+            // SAFETY: live nodes (T1), indices within each level's size.
             let mid = unsafe { Self::entry(root, i) }.load(Ordering::Acquire);
             if mid.is_null() {
                 continue;

@@ -1,0 +1,242 @@
+//! The large blocks' cache (`src/large.rs`) on an instance over the test platform: ranges
+//! reused in place as a block regrows, shrunk blocks' tails cached and grown back into,
+//! ranges split, merged and evicted, and the limit that grows only for blocks that cycle
+//! through more than it keeps. Contents survive throughout.
+
+mod common;
+
+use std::alloc::Layout;
+
+use common::{fill, holds, holds_prefix};
+use pymalloc::Allocator;
+use pymalloc_arena::TestPlatform;
+
+/// A large block freed and then grown again from small, as a `Vec` is, reuses its pages:
+/// the next large request takes the front of the cached range, and each doubling takes the
+/// cached pages right after it, in place, with no system call.
+#[test]
+fn a_large_block_regrows_in_place_into_the_range_it_freed() {
+    const MIB: usize = 1 << 20;
+    let a = Allocator::new(TestPlatform::new());
+    let at = |size| Layout::from_size_align(size, 16).unwrap();
+    let freed = a.alloc(at(4 * MIB));
+    // SAFETY: live blocks of the layouts given, each the one the previous realloc returned.
+    unsafe {
+        a.dealloc(freed, at(4 * MIB));
+        let reserves = a.platform().reserve_calls();
+        let mut p = a.alloc(at(MIB / 2));
+        assert_eq!(p, freed, "the front of the cached range");
+        fill(p, MIB / 2, 3);
+        let mut size = MIB / 2;
+        while size < 4 * MIB {
+            let q = a.realloc(p, at(size), 2 * size);
+            assert_eq!(q, p, "{size} -> {}: in place", 2 * size);
+            assert!(holds_prefix(q, size, size, 3));
+            fill(q, 2 * size, 3);
+            (p, size) = (q, 2 * size);
+            let stats = a.stats();
+            assert_eq!(stats.large_cached_bytes, 4 * MIB - size, "{stats}");
+            a.check().unwrap();
+        }
+        assert_eq!(a.platform().reserve_calls(), reserves, "no system call");
+        a.dealloc(p, at(size));
+    }
+    let stats = a.stats();
+    assert_eq!(
+        (stats.large_cached_blocks, stats.large_cached_bytes),
+        (1, 4 * MIB),
+        "{stats}"
+    );
+    a.check().unwrap();
+}
+
+/// A large block shrinks in place, its tail cached, and grows back into it in place: no
+/// system call either way, and its contents survive.
+#[test]
+fn a_large_block_shrinks_into_the_cache_and_grows_back() {
+    const MIB: usize = 1 << 20;
+    let a = Allocator::new(TestPlatform::new());
+    let at = |size| Layout::from_size_align(size, 16).unwrap();
+    let p = a.alloc(at(4 * MIB));
+    // SAFETY: live blocks of the layouts given, each the one the previous realloc returned.
+    unsafe {
+        fill(p, MIB, 4);
+        let reserves = a.platform().reserve_calls();
+        let q = a.realloc(p, at(4 * MIB), MIB);
+        assert_eq!(q, p, "shrunk in place");
+        let stats = a.stats();
+        assert_eq!(
+            (stats.large_bytes, stats.large_cached_bytes),
+            (MIB, 3 * MIB),
+            "{stats}"
+        );
+        let r = a.realloc(q, at(MIB), 4 * MIB);
+        assert_eq!(r, p, "grown back in place");
+        assert!(holds(r, MIB, 4));
+        assert_eq!(a.stats().large_cached_bytes, 0);
+        assert_eq!(a.platform().reserve_calls(), reserves, "no system call");
+        a.dealloc(r, at(4 * MIB));
+    }
+    a.check().unwrap();
+}
+
+/// The cache splits, merges and evicts ranges: two blocks cut from one cached range; the
+/// first, unable to grow into the second, moves by copy into the rest of the range (growing
+/// by half or more), the second is remapped or copied to fresh pages (the test platform
+/// remaps whole reservations only); the ranges they leave merge back into one, which is
+/// evicted, unmapped, when a newer one needs the room. Contents survive throughout.
+#[test]
+fn the_large_cache_splits_merges_and_evicts_ranges() {
+    const MIB: usize = 1 << 20;
+    let a = Allocator::new(TestPlatform::new());
+    let at = |size| Layout::from_size_align(size, 16).unwrap();
+    let x = a.alloc(at(4 * MIB));
+    // SAFETY: live blocks of the layouts given, each the one the previous realloc returned.
+    unsafe {
+        a.dealloc(x, at(4 * MIB));
+        let p = a.alloc(at(MIB));
+        let q = a.alloc(at(MIB));
+        assert_eq!(
+            (p, q),
+            (x, x.add(MIB)),
+            "fronts of the largest cached range"
+        );
+        fill(p, MIB, 1);
+        fill(q, MIB, 2);
+        let p2 = a.realloc(p, at(MIB), 2 * MIB);
+        assert_eq!(p2, x.add(2 * MIB), "copied into the cached rest");
+        assert!(holds(p2, MIB, 1));
+        let stats = a.stats();
+        assert_eq!(
+            (stats.large_cached_blocks, stats.large_cached_bytes),
+            (1, MIB),
+            "p's old range is cached: {stats}"
+        );
+        let q2 = a.realloc(q, at(MIB), 3 * MIB / 2);
+        assert!(
+            !q2.is_null() && q2 != q,
+            "no room after q, none cached that holds it"
+        );
+        assert!(holds(q2, MIB, 2));
+        let stats = a.stats();
+        assert_eq!(
+            (stats.large_cached_blocks, stats.large_cached_bytes),
+            (1, 2 * MIB),
+            "q's old range merged with p's: {stats}"
+        );
+        a.check().unwrap();
+        a.dealloc(p2, at(2 * MIB));
+        let stats = a.stats();
+        assert_eq!(
+            (stats.large_cached_blocks, stats.large_cached_bytes),
+            (1, 4 * MIB),
+            "merged back into the whole range: {stats}"
+        );
+        let live = a.platform().live_bytes();
+        a.dealloc(q2, at(3 * MIB / 2));
+        let stats = a.stats();
+        assert_eq!(
+            (stats.large_cached_blocks, stats.large_cached_bytes),
+            (1, 3 * MIB / 2),
+            "the older range evicted for the newer: {stats}"
+        );
+        assert_eq!(a.platform().live_bytes(), live - 4 * MIB, "and unmapped");
+    }
+    a.check().unwrap();
+}
+
+/// The large cache's limit doubles only for a program that cycles blocks too big for it:
+/// six 1 MiB blocks, more than it keeps but small beside it, leave it as it is; freeing two
+/// 4 MiB blocks evicts one (the limit stays), allocating them again misses the evicted one
+/// and doubles the limit, and from then on the cycle is served from the cache with no
+/// system call.
+#[test]
+fn the_large_cache_grows_for_blocks_that_cycle_through_more_than_it_keeps() {
+    const MIB: usize = 1 << 20;
+    let a = Allocator::new(TestPlatform::new());
+    let cycle_of = |n, size| {
+        let layout = Layout::from_size_align(size, 16).unwrap();
+        let blocks: Vec<_> = (0..n).map(|_| a.alloc(layout)).collect();
+        // SAFETY: live blocks of `layout`.
+        unsafe {
+            for (i, &p) in blocks.iter().enumerate() {
+                assert!(!p.is_null());
+                fill(p, size, i as u64);
+            }
+            for (i, &p) in blocks.iter().enumerate() {
+                assert!(holds(p, size, i as u64));
+                a.dealloc(p, layout);
+            }
+        }
+        a.check().unwrap();
+        a.stats()
+    };
+    for _ in 0..3 {
+        let stats = cycle_of(6, MIB);
+        assert_eq!(stats.large_cached_limit, pymalloc::CACHE_BYTES, "{stats}");
+    }
+    a.trim();
+    let cycle = || cycle_of(2, 4 * MIB);
+    let stats = cycle();
+    assert_eq!(stats.large_cached_limit, pymalloc::CACHE_BYTES, "{stats}");
+    assert_eq!(stats.large_cached_bytes, 4 * MIB, "one evicted: {stats}");
+    let stats = cycle();
+    assert_eq!(
+        stats.large_cached_limit,
+        2 * pymalloc::CACHE_BYTES,
+        "{stats}"
+    );
+    assert_eq!(stats.large_cached_bytes, 8 * MIB, "both kept: {stats}");
+    let reserves = a.platform().reserve_calls();
+    let stats = cycle();
+    assert_eq!(
+        a.platform().reserve_calls(),
+        reserves,
+        "served from the cache"
+    );
+    assert_eq!(
+        stats.large_cached_limit,
+        2 * pymalloc::CACHE_BYTES,
+        "{stats}"
+    );
+    a.trim();
+    let stats = a.stats();
+    assert_eq!(stats.large_cached_bytes, 0, "{stats}");
+    let stats = cycle();
+    assert_eq!(
+        stats.large_cached_limit,
+        2 * pymalloc::CACHE_BYTES,
+        "what trim unmapped does not count as evicted: {stats}"
+    );
+    assert!(pymalloc::MAX_CACHE_BYTES >= stats.large_cached_limit);
+}
+
+/// A block too big for the large cache is unmapped when freed, but a program that keeps
+/// allocating it again grows the cache to hold it (to the most it had in use, no more), as
+/// glibc's mmap threshold rises to the largest block freed.
+#[test]
+fn the_large_cache_grows_to_hold_a_block_freed_and_allocated_again() {
+    const MIB: usize = 1 << 20;
+    let a = Allocator::new(TestPlatform::new());
+    let layout = Layout::from_size_align(6 * MIB, 16).unwrap();
+    let round = || {
+        let p = a.alloc(layout);
+        assert!(!p.is_null());
+        // SAFETY: a live block of `layout`.
+        unsafe { a.dealloc(p, layout) };
+        a.stats()
+    };
+    let stats = round();
+    assert_eq!(stats.large_cached_bytes, 0, "unmapped: {stats}");
+    let stats = round();
+    assert_eq!(stats.large_cached_limit, 6 * MIB, "{stats}");
+    assert_eq!(stats.large_cached_bytes, 6 * MIB, "{stats}");
+    let reserves = a.platform().reserve_calls();
+    round();
+    assert_eq!(
+        a.platform().reserve_calls(),
+        reserves,
+        "served from the cache"
+    );
+    a.check().unwrap();
+}
