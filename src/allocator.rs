@@ -16,7 +16,7 @@ use core::sync::atomic::Ordering;
 use pymalloc_arena::Platform;
 use pymalloc_pool::{NUM_CLASSES, PoolPtr, SizeClass, blocks_per_pool};
 
-use crate::heap::{self, Claim};
+use crate::heap::{self, Claim, Context, HeapCell};
 use crate::heaps::Heaps;
 use crate::options::Options;
 use crate::session::{LocalHeap, Session};
@@ -31,7 +31,8 @@ use crate::stats::{ClassStats, Stats};
 /// each thread). A block from any heap may be freed through any other, or through the
 /// instance.
 pub struct Allocator<P: Platform> {
-    shared: Shared<P>,
+    /// What all heaps share, and the fallback heap.
+    ctx: Context<P>,
     heaps: Heaps,
 }
 
@@ -40,7 +41,7 @@ impl<P: Platform> Allocator<P> {
     /// environment sets (`PYMALLOC_*`, read at first use; see [`Options`]).
     pub const fn new(platform: P) -> Self {
         Allocator {
-            shared: Shared::new(platform, None),
+            ctx: Context::new(Shared::new(platform, None)),
             heaps: Heaps::new(),
         }
     }
@@ -48,7 +49,7 @@ impl<P: Platform> Allocator<P> {
     /// An instance with the given options, whatever the environment says.
     pub const fn with_options(platform: P, options: Options) -> Self {
         Allocator {
-            shared: Shared::new(platform, Some(options)),
+            ctx: Context::new(Shared::new(platform, Some(options))),
             heaps: Heaps::new(),
         }
     }
@@ -56,27 +57,33 @@ impl<P: Platform> Allocator<P> {
     /// This instance's options: those given, or the environment's (the defaults while the
     /// process has no environment yet).
     pub fn options(&self) -> Options {
-        self.shared.options()
+        self.ctx.shared.options()
     }
 
     /// The platform this instance takes its memory from.
     pub fn platform(&self) -> &P {
-        &self.shared.platform
+        &self.ctx.shared.platform
+    }
+
+    /// Visits every heap: the fallback, then those made for threads and local heaps.
+    fn for_each_heap(&self, mut f: impl FnMut(&HeapCell)) {
+        f(&self.ctx.fallback);
+        self.heaps.for_each(f);
     }
 
     /// A session on the heap of `claim`, a heap of this instance.
     #[inline(always)]
     pub(crate) fn session<'a>(&'a self, claim: Claim<'a>) -> Session<'a, P> {
-        Session::new(self.heaps.context(&self.shared), claim)
+        Session::new(&self.ctx, claim)
     }
 
     /// Runs `f` with the fallback heap claimed.
     #[inline]
     pub(crate) fn with_fallback<R>(&self, f: impl FnOnce(&mut Session<'_, P>) -> R) -> R {
-        let mut session = self.session(self.heaps.fallback.lock());
+        let mut session = self.session(self.ctx.fallback.lock());
         let result = f(&mut session);
         if session.into_claim().release() {
-            heap::collect(&self.heaps.fallback, &self.shared);
+            heap::collect(&self.ctx.fallback, &self.ctx.shared);
         }
         result
     }
@@ -153,22 +160,18 @@ impl<P: Platform> Allocator<P> {
     /// blocks take no lock. `None` if the memory for it cannot be had. Dropping it hands the
     /// heap on to the next caller; its blocks stay valid and may be freed anywhere.
     pub fn local_heap(&self) -> Option<LocalHeap<'_, P>> {
-        let claim = self.heaps.acquire(&self.shared, false)?;
-        Some(LocalHeap::new(
-            self.heaps.context(&self.shared),
-            claim,
-            &self.heaps,
-        ))
+        let claim = self.heaps.acquire(&self.ctx.shared, false)?;
+        Some(LocalHeap::new(&self.ctx, claim, &self.heaps))
     }
 
     /// Claims a heap no thread holds, or makes a new one, for a thread (it shares: heap H6).
     pub(crate) fn acquire_heap(&self) -> Option<Claim<'_>> {
-        self.heaps.acquire(&self.shared, true)
+        self.heaps.acquire(&self.ctx.shared, true)
     }
 
     /// Hands a thread's heap on (see `Heaps::release`).
     pub(crate) fn release_heap(&self, claim: Claim<'_>) {
-        self.heaps.release(&self.shared, claim);
+        self.heaps.release(&self.ctx.shared, claim);
     }
 
     /// A snapshot of this instance's figures. Blocks in use are the sum of every pool's count
@@ -178,7 +181,7 @@ impl<P: Platform> Allocator<P> {
     /// Pool figures are sums of the heaps' counters. All are exact whenever no other thread
     /// is allocating, and never out of range while one is.
     pub fn stats(&self) -> Stats {
-        let arenas = self.shared.arenas();
+        let arenas = self.ctx.shared.arenas();
         let mut classes = [ClassStats::default(); NUM_CLASSES];
         let mut used = [0usize; NUM_CLASSES];
         arenas.for_each_pool(|memory| {
@@ -194,7 +197,7 @@ impl<P: Platform> Allocator<P> {
         let waiting = self.waiting_on_remote_lists();
         let mut totals = [[0usize; 2]; NUM_CLASSES];
         let mut heaps = 0;
-        self.heaps.for_each(|cell| {
+        self.for_each_heap(|cell| {
             heaps += 1;
             let c = &cell.counters;
             for ((t, pools), full) in totals.iter_mut().zip(&c.pools).zip(&c.full) {
@@ -218,9 +221,9 @@ impl<P: Platform> Allocator<P> {
             stats.blocks_in_use = in_use;
             stats.blocks_free = (stats.pools * blocks_per_pool(class)).saturating_sub(in_use);
         }
-        let arena_stats = arenas.stats(&self.shared.map);
+        let arena_stats = arenas.stats(&self.ctx.shared.map);
         drop(arenas);
-        let large = self.shared.large().lock().stats();
+        let large = self.ctx.shared.large().lock().stats();
         let pooled_blocks = classes.iter().map(|c| c.blocks_in_use).sum();
         let pooled_bytes = classes
             .iter()
@@ -251,7 +254,7 @@ impl<P: Platform> Allocator<P> {
                 + large.bytes
                 + large.cached_bytes
                 + large.table_bytes
-                + (heaps - 1) * Heaps::heap_bytes(&self.shared.platform),
+                + (heaps - 1) * Heaps::heap_bytes(&self.ctx.shared.platform),
         }
     }
 
@@ -261,7 +264,7 @@ impl<P: Platform> Allocator<P> {
     /// other threads run it may read as negative.
     fn waiting_on_remote_lists(&self) -> [usize; NUM_CLASSES] {
         let mut waiting = [0usize; NUM_CLASSES];
-        self.heaps.for_each(|cell| {
+        self.for_each_heap(|cell| {
             let c = &cell.counters;
             for ((w, freed), taken) in waiting.iter_mut().zip(&c.freed_remotely).zip(&c.taken_back)
             {
@@ -280,18 +283,18 @@ impl<P: Platform> Allocator<P> {
     /// between two heaps is found.
     pub(crate) fn check_with(&self, mine: Option<&mut Claim<'_>>) -> Result<(), &'static str> {
         let mine_id = mine.as_ref().map(|m| m.id());
-        let guard = self.shared.arenas();
-        let mut shared = SharedAccess::held(&self.shared, guard);
+        let guard = self.ctx.shared.arenas();
+        let mut shared = SharedAccess::held(&self.ctx.shared, guard);
         let mut result = shared
             .arenas()
-            .check(&self.shared.map)
-            .and(self.shared.large().lock().check());
+            .check(&self.ctx.shared.map)
+            .and(self.ctx.shared.large().lock().check());
         if let Some(claim) = mine {
             claim.collect_remote(&mut shared);
-            result = result.and(claim.check(shared.arenas(), &self.shared.map));
+            result = result.and(claim.check(shared.arenas(), &self.ctx.shared.map));
         }
         let mut all_checked = true;
-        self.heaps.for_each(|cell| {
+        self.for_each_heap(|cell| {
             if result.is_err() || mine_id == Some(cell.id()) {
                 return;
             }
@@ -300,7 +303,7 @@ impl<P: Platform> Allocator<P> {
                 return;
             };
             claim.collect_remote(&mut shared);
-            result = claim.check(shared.arenas(), &self.shared.map);
+            result = claim.check(shared.arenas(), &self.ctx.shared.map);
             // What waits now is collected below.
             claim.release();
         });
@@ -310,7 +313,7 @@ impl<P: Platform> Allocator<P> {
         }
         drop(shared);
         self.heaps
-            .for_each(|cell| heap::collect(cell, &self.shared));
+            .for_each(|cell| heap::collect(cell, &self.ctx.shared));
         Ok(())
     }
 
@@ -325,15 +328,16 @@ impl<P: Platform> Allocator<P> {
     /// decommits free pools, unmaps empty arenas and cached large mappings.
     pub(crate) fn trim_with(&self, mine: Option<&mut Claim<'_>>) {
         if let Some(claim) = mine {
-            claim.tidy(&mut SharedAccess::new(&self.shared));
+            claim.tidy(&mut SharedAccess::new(&self.ctx.shared));
         }
-        self.heaps.for_each(|cell| {
-            heap::tidy_unclaimed(cell, &self.shared);
+        self.for_each_heap(|cell| {
+            heap::tidy_unclaimed(cell, &self.ctx.shared);
         });
-        self.shared
+        self.ctx
+            .shared
             .arenas()
-            .trim(&self.shared.platform, &self.shared.map);
-        self.shared.large().trim(&self.shared.platform);
+            .trim(&self.ctx.shared.platform, &self.ctx.shared.map);
+        self.ctx.shared.large().trim(&self.ctx.shared.platform);
     }
 
     /// Gives back to the system all memory that is not in use (see `trim_with`).
@@ -344,8 +348,8 @@ impl<P: Platform> Allocator<P> {
     /// `fork` preparation: takes the fallback heap and the locks, so that no other thread is
     /// inside any of them when the process is copied.
     pub(crate) fn fork_prepare(&self) {
-        self.heaps.fallback.fork_lock().lock();
-        self.shared.fork_prepare();
+        self.ctx.fallback.fork_lock().lock();
+        self.ctx.shared.fork_prepare();
     }
 
     /// After `fork`, in the parent: releases what [`Allocator::fork_prepare`] took.
@@ -355,8 +359,8 @@ impl<P: Platform> Allocator<P> {
     pub(crate) unsafe fn fork_parent(&self) {
         // SAFETY: taken by fork_prepare (caller).
         unsafe {
-            self.shared.fork_parent();
-            self.heaps.fallback.fork_lock().unlock();
+            self.ctx.shared.fork_parent();
+            self.ctx.fallback.fork_lock().unlock();
         }
     }
 
@@ -369,8 +373,8 @@ impl<P: Platform> Allocator<P> {
     pub(crate) unsafe fn fork_child(&self) {
         // SAFETY: the child has one thread, outside every critical section.
         unsafe {
-            self.shared.fork_child();
-            self.heaps.fallback.fork_lock().force_unlock();
+            self.ctx.shared.fork_child();
+            self.ctx.fallback.fork_lock().force_unlock();
         }
     }
 }
@@ -381,8 +385,8 @@ impl<P: Platform> Drop for Allocator<P> {
     fn drop(&mut self) {
         // SAFETY: the instance is going away; nothing it handed out may be used any more.
         unsafe {
-            self.shared.release_all();
-            self.heaps.release_all(&self.shared.platform);
+            self.ctx.shared.release_all();
+            self.heaps.release_all(&self.ctx.shared.platform);
         }
     }
 }

@@ -351,6 +351,13 @@ impl<'a> Claim<'a> {
         self.cell
     }
 
+    /// The same claim, for a call that takes it by value (so that it travels in a register,
+    /// not through memory); `self` is borrowed meanwhile, so there is still one user.
+    #[inline(always)]
+    pub(crate) fn reborrow(&mut self) -> Claim<'_> {
+        Claim { cell: self.cell }
+    }
+
     /// Releases the claim; `true` if blocks wait on the remote lists then, which the caller
     /// must collect ([`collect`]: `pymalloc_pool::Inbox`, I1).
     #[inline]
@@ -381,12 +388,12 @@ impl<'a> Claim<'a> {
     pub(crate) fn alloc<P: Platform>(
         &mut self,
         class: SizeClass,
-        ctx: Context<'_, P>,
+        ctx: &Context<P>,
     ) -> Option<(NonNull<u8>, bool)> {
         if let Some(found) = self.alloc_fast(class) {
             return Some(found);
         }
-        self.alloc_from_any_pool(class, ctx)
+        self.reborrow().alloc_from_any_pool(class, ctx)
     }
 
     /// The fast path of [`Claim::alloc`]: a block of the class's first pool, when the pool
@@ -414,9 +421,9 @@ impl<'a> Claim<'a> {
     /// the fast path keeps no registers to restore.
     #[inline(never)]
     pub(crate) fn alloc_from_any_pool<P: Platform>(
-        &mut self,
+        mut self,
         class: SizeClass,
-        ctx: Context<'_, P>,
+        ctx: &Context<P>,
     ) -> Option<(NonNull<u8>, bool)> {
         // SAFETY: listed pools are live, ours, and have a block to hand
         // out (H1).
@@ -424,10 +431,10 @@ impl<'a> Claim<'a> {
             let pool = match self.heap().list(class).first() {
                 Some(pool) => pool,
                 None => {
-                    if let Some(shared) = self.alloc_shared(class, ctx) {
+                    if let Some(shared) = self.reborrow().alloc_shared(class, ctx) {
                         return Some(shared);
                     }
-                    self.refill(class, ctx)?
+                    self.reborrow().refill(class, ctx)?
                 }
             };
             let Some(block) = pool.alloc() else {
@@ -447,9 +454,9 @@ impl<'a> Claim<'a> {
     #[cold]
     #[inline(never)]
     fn alloc_shared<P: Platform>(
-        &mut self,
+        mut self,
         class: SizeClass,
-        ctx: Context<'_, P>,
+        ctx: &Context<P>,
     ) -> Option<(NonNull<u8>, bool)> {
         let heap = self.heap();
         // SAFETY: a SizeClass's index is below NUM_CLASSES.
@@ -467,8 +474,8 @@ impl<'a> Claim<'a> {
     /// Called when `class` has no usable pool.
     #[cold]
     #[inline(never)]
-    fn refill<P: Platform>(&mut self, class: SizeClass, ctx: Context<'_, P>) -> Option<PoolPtr> {
-        let mut shared = SharedAccess::new(ctx.shared);
+    fn refill<P: Platform>(mut self, class: SizeClass, ctx: &Context<P>) -> Option<PoolPtr> {
+        let mut shared = SharedAccess::new(&ctx.shared);
         // SAFETY: a kept pool is ours, empty and of the slots' size (H2); new slots are ours
         // alone, and their descriptor is written under the lock.
         unsafe {
@@ -519,7 +526,7 @@ impl<'a> Claim<'a> {
         block: NonNull<u8>,
         from: SizeClass,
         to: SizeClass,
-        ctx: Context<'_, P>,
+        ctx: &Context<P>,
     ) -> bool {
         if blocks_per_pool(from) != 1 || blocks_per_pool(to) != 1 {
             return false;
@@ -531,7 +538,7 @@ impl<'a> Claim<'a> {
             if pool.owner() != self.id() || pool.memory() != block {
                 return false;
             }
-            let mut shared = SharedAccess::new(ctx.shared);
+            let mut shared = SharedAccess::new(&ctx.shared);
             let resized =
                 shared
                     .arenas()
@@ -557,7 +564,7 @@ impl<'a> Claim<'a> {
     /// `block` lies in an arena of `alloc` and is, as far as
     /// the caller knows, the start of a pooled block in use, not used after this call.
     #[inline(always)]
-    pub(crate) unsafe fn free<P: Platform>(&mut self, block: NonNull<u8>, ctx: Context<'_, P>) {
+    pub(crate) unsafe fn free<P: Platform>(&mut self, block: NonNull<u8>, ctx: &Context<P>) {
         // SAFETY: the block lies in a mapped arena (caller); a pool it names is live.
         let pool = unsafe { PoolPtr::of_block(block) };
         let Some(pool) = pool else {
@@ -579,7 +586,7 @@ impl<'a> Claim<'a> {
         &mut self,
         block: NonNull<u8>,
         pool: PoolPtr,
-        ctx: Context<'_, P>,
+        ctx: &Context<P>,
     ) {
         // SAFETY: the block is in use, so its pool is live (caller); its owner does not
         // change while a block is in use (P7).
@@ -595,7 +602,7 @@ impl<'a> Claim<'a> {
             // pools record theirs (P7).
             unsafe {
                 bump(&self.counters.freed_remotely, pool.class(), 1);
-                free_remote(&*owner.cast::<HeapCell>(), self.shard, block, ctx.shared)
+                free_remote(&*owner.cast::<HeapCell>(), self.shard, block, &ctx.shared)
             }
         }
     }
@@ -611,12 +618,12 @@ impl<'a> Claim<'a> {
         &mut self,
         block: NonNull<u8>,
         pool: PoolPtr,
-        ctx: Context<'_, P>,
+        ctx: &Context<P>,
     ) {
         // SAFETY: as the caller guarantees; the change of state is this pool's.
         unsafe {
             if holds_freed_mark(block) {
-                return self.free_local_marked(block, pool, ctx);
+                return self.reborrow().free_local_marked(block, pool, ctx);
             }
             self.free_unmarked(block, pool, ctx)
         }
@@ -632,12 +639,13 @@ impl<'a> Claim<'a> {
         &mut self,
         block: NonNull<u8>,
         pool: PoolPtr,
-        ctx: Context<'_, P>,
+        ctx: &Context<P>,
     ) {
         // SAFETY: as the caller guarantees; the change of state is this pool's.
         unsafe {
             if let Some(freed) = self.put_back(block, pool) {
-                self.pool_changed_state_unlocked(pool, freed, ctx)
+                self.reborrow()
+                    .pool_changed_state_unlocked(pool, freed, ctx)
             }
         }
     }
@@ -651,14 +659,14 @@ impl<'a> Claim<'a> {
     #[cold]
     #[inline(never)]
     unsafe fn free_local_marked<P: Platform>(
-        &mut self,
+        mut self,
         block: NonNull<u8>,
         pool: PoolPtr,
-        ctx: Context<'_, P>,
+        ctx: &Context<P>,
     ) {
         // SAFETY: as the caller guarantees; `ensure_not_free` returns only for a block in use.
         unsafe {
-            self.ensure_not_free(block, pool, ctx);
+            self.reborrow().ensure_not_free(block, pool, ctx);
             self.free_unmarked(block, pool, ctx)
         }
     }
@@ -674,17 +682,17 @@ impl<'a> Claim<'a> {
     #[cold]
     #[inline(never)]
     unsafe fn ensure_not_free<P: Platform>(
-        &mut self,
+        mut self,
         block: NonNull<u8>,
         pool: PoolPtr,
-        ctx: Context<'_, P>,
+        ctx: &Context<P>,
     ) {
         // SAFETY: the pool is ours (caller), so its freelist is ours to walk.
         if unsafe { pool.on_freelist(block) } {
             fatal("free of a block that is already free (double free)");
         }
         if self.has_remote() {
-            self.collect_remote_watching(&mut SharedAccess::new(ctx.shared), Some(block));
+            self.collect_remote_watching(&mut SharedAccess::new(&ctx.shared), Some(block));
         }
     }
 
@@ -699,12 +707,12 @@ impl<'a> Claim<'a> {
         &mut self,
         block: NonNull<u8>,
         pool: PoolPtr,
-        ctx: Context<'_, P>,
+        ctx: &Context<P>,
     ) {
         // SAFETY: as the caller guarantees.
         unsafe {
             if holds_freed_mark(block) {
-                self.ensure_marked_in_use(block, pool, ctx);
+                self.reborrow().ensure_marked_in_use(block, pool, ctx);
             }
         }
     }
@@ -716,20 +724,20 @@ impl<'a> Claim<'a> {
     #[cold]
     #[inline(never)]
     unsafe fn ensure_marked_in_use<P: Platform>(
-        &mut self,
+        mut self,
         block: NonNull<u8>,
         pool: PoolPtr,
-        ctx: Context<'_, P>,
+        ctx: &Context<P>,
     ) {
         // SAFETY: as the caller guarantees; the owner does not change while a block of the
         // pool is in use, and a pool that is not ours is only compared.
         unsafe {
             let owner = pool.owner();
             if owner == self.id() {
-                self.ensure_not_free(block, pool, ctx);
+                self.reborrow().ensure_not_free(block, pool, ctx);
             } else if owner == ctx.fallback.id() {
                 // SAFETY: the fallback heap, claimed around the call, owns the pool.
-                ctx.with_fallback(|fallback| fallback.ensure_not_free(block, pool, ctx));
+                ctx.with_fallback(|fallback| fallback.reborrow().ensure_not_free(block, pool, ctx));
             }
         }
     }
@@ -850,13 +858,16 @@ impl<'a> Claim<'a> {
     #[cold]
     #[inline(never)]
     unsafe fn pool_changed_state_unlocked<P: Platform>(
-        &mut self,
+        mut self,
         pool: PoolPtr,
         freed: Freed,
-        ctx: Context<'_, P>,
+        ctx: &Context<P>,
     ) {
         // SAFETY: as the caller guarantees.
-        unsafe { self.pool_changed_state(pool, freed, &mut SharedAccess::new(ctx.shared)) }
+        unsafe {
+            self.reborrow()
+                .pool_changed_state(pool, freed, &mut SharedAccess::new(&ctx.shared))
+        }
     }
 
     /// A full pool rejoins its class's list; an empty one is parked if it may stay listed
@@ -868,7 +879,7 @@ impl<'a> Claim<'a> {
     #[cold]
     #[inline(never)]
     unsafe fn pool_changed_state<P: Platform>(
-        &mut self,
+        mut self,
         pool: PoolPtr,
         freed: Freed,
         shared: &mut SharedAccess<'_, P>,
@@ -941,7 +952,7 @@ impl<'a> Claim<'a> {
             unsafe {
                 bump(&self.counters.taken_back, pool.class(), 1);
                 if let Some(freed) = self.put_back(block, pool) {
-                    self.pool_changed_state(pool, freed, shared);
+                    self.reborrow().pool_changed_state(pool, freed, shared);
                 }
             }
         }
@@ -1057,29 +1068,29 @@ impl<'a> Claim<'a> {
     }
 }
 
-/// What a heap works with besides itself: what all heaps share, and the fallback heap (H6).
-pub(crate) struct Context<'a, P: Platform> {
-    pub(crate) shared: &'a Shared<P>,
-    pub(crate) fallback: &'a HeapCell,
+/// What a heap works with besides itself: what all heaps share, and the fallback heap (H6);
+/// passed by reference, one word.
+pub(crate) struct Context<P: Platform> {
+    pub(crate) shared: Shared<P>,
+    pub(crate) fallback: HeapCell,
 }
 
-impl<P: Platform> Clone for Context<'_, P> {
-    fn clone(&self) -> Self {
-        *self
+impl<P: Platform> Context<P> {
+    pub(crate) const fn new(shared: Shared<P>) -> Self {
+        Context {
+            shared,
+            fallback: HeapCell::new(0),
+        }
     }
-}
 
-impl<P: Platform> Copy for Context<'_, P> {}
-
-impl<P: Platform> Context<'_, P> {
     /// Runs `f` with the fallback heap claimed; then collects what waits on its remote lists
     /// if nobody holds it (H4).
     #[inline]
-    pub(crate) fn with_fallback<R>(self, f: impl FnOnce(&mut Claim<'_>) -> R) -> R {
+    pub(crate) fn with_fallback<R>(&self, f: impl FnOnce(&mut Claim<'_>) -> R) -> R {
         let mut claim = self.fallback.lock();
         let result = f(&mut claim);
         if claim.release() {
-            collect(self.fallback, self.shared);
+            collect(&self.fallback, &self.shared);
         }
         result
     }
@@ -1113,7 +1124,7 @@ unsafe fn free_remote<P: Platform>(
 /// fallback heap of `ctx` owns `pool`.
 #[cold]
 #[inline(never)]
-unsafe fn free_shared<P: Platform>(block: NonNull<u8>, pool: PoolPtr, ctx: Context<'_, P>) {
+unsafe fn free_shared<P: Platform>(block: NonNull<u8>, pool: PoolPtr, ctx: &Context<P>) {
     // SAFETY: as the caller guarantees; the fallback heap is claimed around the call.
     ctx.with_fallback(|fallback| unsafe { fallback.free_local(block, pool, ctx) })
 }

@@ -1,6 +1,7 @@
-//! [`Heaps`]: the heaps of an allocator — its fallback heap, every heap made for threads and
-//! local heaps (only ever added, each mapped from the platform on its own pages), and the
-//! stack of heaps no thread holds, which the next thread or local heap takes.
+//! [`Heaps`]: the heaps an allocator makes for threads and local heaps (only ever added, each
+//! mapped from the platform on its own pages), and the stack of those no thread holds, which
+//! the next thread or local heap takes. (The fallback heap is the allocator's own, in its
+//! `heap::Context`.)
 //!
 //! The stack of unbound heaps is kept under the shared lock (`shared.rs`): a heap is pushed
 //! and popped, and an unbound heap is claimed, only with that lock held — witnessed by the
@@ -14,13 +15,11 @@ use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use pymalloc_arena::{Arenas, Platform};
 use pymalloc_pool::fatal;
 
-use crate::heap::{self, Claim, Context, HeapCell};
+use crate::heap::{self, Claim, HeapCell};
 use crate::shared::{Shared, SharedAccess};
 
 /// The heaps of an allocator. See the module documentation.
 pub(crate) struct Heaps {
-    /// The heap claimed around each call on the allocator itself.
-    pub(crate) fallback: HeapCell,
     /// Every heap made for threads and local heaps, newest first, linked through `next_all`;
     /// heaps are only ever added.
     all: AtomicPtr<HeapCell>,
@@ -41,19 +40,9 @@ unsafe impl Send for Heaps {}
 impl Heaps {
     pub(crate) const fn new() -> Heaps {
         Heaps {
-            fallback: HeapCell::new(0),
             all: AtomicPtr::new(ptr::null_mut()),
             made: AtomicUsize::new(1),
             unbound: UnsafeCell::new(ptr::null_mut()),
-        }
-    }
-
-    /// What heaps of this allocator work with.
-    #[inline(always)]
-    pub(crate) fn context<'a, P: Platform>(&'a self, shared: &'a Shared<P>) -> Context<'a, P> {
-        Context {
-            shared,
-            fallback: &self.fallback,
         }
     }
 
@@ -62,9 +51,8 @@ impl Heaps {
         size_of::<HeapCell>().next_multiple_of(platform.page_size())
     }
 
-    /// Visits every heap: the fallback, then those made for threads.
+    /// Visits every heap made, newest first.
     pub(crate) fn for_each(&self, mut f: impl FnMut(&HeapCell)) {
-        f(&self.fallback);
         let mut next = self.all.load(Ordering::Acquire).cast_const();
         // SAFETY: heaps live as long as the allocator; `next_all` never changes once published.
         while let Some(cell) = unsafe { next.as_ref() } {

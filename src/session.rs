@@ -70,14 +70,14 @@ enum Found {
 
 /// Calls on an allocator through one heap that the calling thread has claimed.
 pub(crate) struct Session<'a, P: Platform> {
-    ctx: Context<'a, P>,
+    ctx: &'a Context<P>,
     claim: Claim<'a>,
 }
 
 impl<'a, P: Platform> Session<'a, P> {
     /// Calls through the heap of `claim`, a heap of the allocator that `ctx` belongs to.
     #[inline(always)]
-    pub(crate) fn new(ctx: Context<'a, P>, claim: Claim<'a>) -> Self {
+    pub(crate) fn new(ctx: &'a Context<P>, claim: Claim<'a>) -> Self {
         Session { ctx, claim }
     }
 
@@ -86,53 +86,13 @@ impl<'a, P: Platform> Session<'a, P> {
         self.claim
     }
 
-    /// A large block for `layout`, with whether it reads zero.
-    fn large_block(&self, layout: Layout) -> Option<(NonNull<u8>, bool)> {
-        let shared = self.ctx.shared;
-        shared
-            .large()
-            .allocate(&shared.platform, layout, |bytes| shared.refused(bytes))
-    }
-
-    /// Frees a large block (`LargeBlocks::free`).
-    ///
-    /// # Safety
-    /// As `LargeBlocks::free`.
-    unsafe fn free_large(&self, ptr: NonNull<u8>, expected: Option<[usize; 2]>) {
-        let shared = self.ctx.shared;
-        // SAFETY: as the caller guarantees.
-        unsafe { shared.large().free(&shared.platform, ptr, expected) }
-    }
-
-    /// [`Session::free_large`] without a length to check, out of line (C's `free` of a
-    /// large block, or of no block at all), so that the pooled free keeps no stack frame.
-    ///
-    /// # Safety
-    /// As `LargeBlocks::free`.
-    #[cold]
-    #[inline(never)]
-    unsafe fn free_large_unsized(&self, ptr: NonNull<u8>) {
-        // SAFETY: as the caller guarantees.
-        unsafe { self.free_large(ptr, None) }
-    }
-
-    /// Resizes a large block without copying (`LargeBlocks::resize`).
-    ///
-    /// # Safety
-    /// As `LargeBlocks::resize`.
-    unsafe fn resize_large(
-        &self,
-        block: NonNull<u8>,
-        old: usize,
-        align: usize,
-        new_size: usize,
-    ) -> Option<NonNull<u8>> {
-        let shared = self.ctx.shared;
-        // SAFETY: as the caller guarantees.
-        unsafe {
-            shared
-                .large()
-                .resize(&shared.platform, block, old, align, new_size)
+    /// The same session, for a call that takes it by value (so that it travels in
+    /// registers, not through memory); `self` is borrowed meanwhile.
+    #[inline(always)]
+    fn reborrow(&mut self) -> Session<'_, P> {
+        Session {
+            ctx: self.ctx,
+            claim: self.claim.reborrow(),
         }
     }
 
@@ -168,18 +128,18 @@ impl<'a, P: Platform> Session<'a, P> {
         match class {
             // Blocks are aligned to ALIGNMENT.
             Some(class) => self.claim.alloc(class, self.ctx),
-            None => self.block_rarely(layout),
+            None => self.reborrow().block_rarely(layout),
         }
     }
 
     /// [`Session::allocate`] for over-aligned and large blocks, out of line.
     #[cold]
     #[inline(never)]
-    fn block_rarely(&mut self, layout: Layout) -> Option<(NonNull<u8>, bool)> {
+    fn block_rarely(mut self, layout: Layout) -> Option<(NonNull<u8>, bool)> {
         match Route::of(layout) {
             // Every block of the class has the layout's alignment (`SizeClass::for_layout`).
             Route::Pooled(class) => self.claim.alloc(class, self.ctx),
-            Route::Large => self.large_block(layout),
+            Route::Large => self.ctx.shared.large_block(layout),
         }
     }
 
@@ -199,7 +159,7 @@ impl<'a, P: Platform> Session<'a, P> {
                 }
             }
         }
-        self.alloc_rarely(layout)
+        self.reborrow().alloc_rarely(layout)
     }
 
     /// C's `malloc` of `size` bytes: as [`Session::alloc`], but its fast path also carves a
@@ -220,18 +180,19 @@ impl<'a, P: Platform> Session<'a, P> {
             }
             return self
                 .claim
+                .reborrow()
                 .alloc_from_any_pool(class, self.ctx)
                 .map_or(ptr::null_mut(), |(p, _)| p.as_ptr());
         }
         match Layout::from_size_align(size, ALIGNMENT) {
-            Ok(layout) => self.alloc_rarely(layout),
+            Ok(layout) => self.reborrow().alloc_rarely(layout),
             Err(_) => ptr::null_mut(),
         }
     }
 
     /// [`Session::alloc`] past its fast path, out of line.
     #[inline(never)]
-    fn alloc_rarely(&mut self, layout: Layout) -> *mut u8 {
+    fn alloc_rarely(mut self, layout: Layout) -> *mut u8 {
         self.block(layout)
             .map_or(ptr::null_mut(), |(p, _)| p.as_ptr())
     }
@@ -290,7 +251,7 @@ impl<'a, P: Platform> Session<'a, P> {
             unsafe { self.claim.free(ptr, self.ctx) }
         } else {
             // SAFETY: as the caller guarantees.
-            unsafe { self.free_block_rarely(ptr, layout) }
+            unsafe { self.reborrow().free_block_rarely(ptr, layout) }
         }
     }
 
@@ -301,7 +262,7 @@ impl<'a, P: Platform> Session<'a, P> {
     /// As `Allocator::dealloc`.
     #[cold]
     #[inline(never)]
-    unsafe fn free_block_rarely(&mut self, ptr: NonNull<u8>, layout: Layout) {
+    unsafe fn free_block_rarely(mut self, ptr: NonNull<u8>, layout: Layout) {
         match Route::of(layout) {
             Route::Pooled(class) => {
                 if cfg!(debug_assertions) {
@@ -314,7 +275,7 @@ impl<'a, P: Platform> Session<'a, P> {
             // SAFETY: a large block in use of `layout` (caller).
             Route::Large => unsafe {
                 let expected = mapping_len(layout.size(), self.ctx.shared.platform.page_size());
-                self.free_large(ptr, expected.map(|e| [e, e]))
+                self.ctx.shared.free_large(ptr, expected.map(|e| [e, e]))
             },
         }
     }
@@ -324,7 +285,7 @@ impl<'a, P: Platform> Session<'a, P> {
     ///
     /// # Safety
     /// `ptr` is a block in use of this allocator, as far as the caller knows.
-    unsafe fn find(&mut self, ptr: NonNull<u8>, message: &'static str) -> Found {
+    unsafe fn find(self, ptr: NonNull<u8>, message: &'static str) -> Found {
         if let Some(pool) = self.pooled_block(ptr) {
             // SAFETY: a live pool (`pooled_block`).
             let class = unsafe { pool.class() };
@@ -343,7 +304,7 @@ impl<'a, P: Platform> Session<'a, P> {
     pub(crate) unsafe fn usable_size(&mut self, ptr: NonNull<u8>) -> usize {
         const MESSAGE: &str = "malloc_usable_size: pointer is no block of this allocator";
         // SAFETY: as the caller guarantees.
-        match unsafe { self.find(ptr, MESSAGE) } {
+        match unsafe { self.reborrow().find(ptr, MESSAGE) } {
             Found::Pooled { class, .. } => class.block_size(),
             Found::Large { len } => len,
         }
@@ -361,7 +322,7 @@ impl<'a, P: Platform> Session<'a, P> {
             unsafe { self.claim.free_in(ptr, pool, self.ctx) };
         } else {
             // SAFETY: a large block in use, or (checked there) no block at all (caller).
-            unsafe { self.free_large_unsized(ptr) };
+            unsafe { self.ctx.shared.free_large_unsized(ptr) };
         }
     }
 
@@ -394,7 +355,7 @@ impl<'a, P: Platform> Session<'a, P> {
             }
         }
         // SAFETY: as the caller guarantees.
-        unsafe { self.dealloc_checked_rarely(ptr, size, align) }
+        unsafe { self.reborrow().dealloc_checked_rarely(ptr, size, align) }
     }
 
     /// [`Session::dealloc_checked`] for over-aligned and large blocks, and mismatches.
@@ -403,7 +364,7 @@ impl<'a, P: Platform> Session<'a, P> {
     /// As `Allocator::dealloc_unsized`.
     #[cold]
     #[inline(never)]
-    unsafe fn dealloc_checked_rarely(&mut self, ptr: NonNull<u8>, size: usize, align: usize) {
+    unsafe fn dealloc_checked_rarely(mut self, ptr: NonNull<u8>, size: usize, align: usize) {
         const MESSAGE: &str = "free_sized: size or alignment does not match the block";
         if !align.is_power_of_two() {
             fatal(MESSAGE);
@@ -431,7 +392,7 @@ impl<'a, P: Platform> Session<'a, P> {
                 fatal(MESSAGE);
             };
             // SAFETY: a large block in use, or (checked there) no block at all (caller).
-            unsafe { self.free_large(ptr, Some([exact, rounded])) };
+            unsafe { self.ctx.shared.free_large(ptr, Some([exact, rounded])) };
         }
     }
 
@@ -471,7 +432,7 @@ impl<'a, P: Platform> Session<'a, P> {
             }
         }
         // SAFETY: as the caller guarantees.
-        unsafe { self.realloc_unsized_rarely(ptr, new_size) }
+        unsafe { self.reborrow().realloc_unsized_rarely(ptr, new_size) }
     }
 
     /// [`Session::realloc_unsized`] for large blocks, blocks that may resize in place (alone
@@ -480,13 +441,16 @@ impl<'a, P: Platform> Session<'a, P> {
     /// # Safety
     /// As `Allocator::realloc_unsized`.
     #[inline(never)]
-    unsafe fn realloc_unsized_rarely(&mut self, ptr: NonNull<u8>, new_size: usize) -> *mut u8 {
+    unsafe fn realloc_unsized_rarely(mut self, ptr: NonNull<u8>, new_size: usize) -> *mut u8 {
         let Ok(new_layout) = Layout::from_size_align(new_size, ALIGNMENT) else {
             return ptr::null_mut();
         };
         let in_place = !cfg!(feature = "debug");
         // SAFETY: as the caller guarantees.
-        let found = unsafe { self.find(ptr, "realloc: pointer is no block of this allocator") };
+        let found = unsafe {
+            self.reborrow()
+                .find(ptr, "realloc: pointer is no block of this allocator")
+        };
         let old_size = match found {
             Found::Pooled { pool, class } => {
                 // A block freed already must not be handed back as if it were live.
@@ -512,7 +476,7 @@ impl<'a, P: Platform> Session<'a, P> {
                     // to any page.
                     let page = self.ctx.shared.platform.page_size();
                     // SAFETY: a large block in use of `len` bytes (L2), page-aligned (L1).
-                    let resized = unsafe { self.resize_large(ptr, len, page, new_size) };
+                    let resized = unsafe { self.ctx.shared.resize_large(ptr, len, page, new_size) };
                     if let Some(resized) = resized {
                         return resized.as_ptr();
                     }
@@ -529,7 +493,7 @@ impl<'a, P: Platform> Session<'a, P> {
                 match found {
                     // Freed as C's `free` would: marked (P9), so a later free of it is caught.
                     Found::Pooled { pool, .. } => self.claim.free_in(ptr, pool, self.ctx),
-                    Found::Large { len } => self.free_large(ptr, Some([len, len])),
+                    Found::Large { len } => self.ctx.shared.free_large(ptr, Some([len, len])),
                 }
             }
         }
@@ -543,7 +507,7 @@ impl<'a, P: Platform> Session<'a, P> {
     /// `block` is, as far as the caller knows, a pooled block in use.
     #[cold]
     #[inline(never)]
-    unsafe fn ensure_pooled_in_use(&mut self, block: NonNull<u8>) {
+    unsafe fn ensure_pooled_in_use(mut self, block: NonNull<u8>) {
         // SAFETY: the block lies in a mapped arena (caller); a pool it names is live.
         let pool = unsafe { PoolPtr::of_block(block) };
         match pool {
@@ -573,7 +537,7 @@ impl<'a, P: Platform> Session<'a, P> {
                 // SAFETY: a pooled block (caller), so its two words are mapped.
                 if unsafe { holds_freed_mark(block) } {
                     // SAFETY: as above.
-                    unsafe { self.ensure_pooled_in_use(block) };
+                    unsafe { self.reborrow().ensure_pooled_in_use(block) };
                 }
                 return ptr;
             }
@@ -589,7 +553,9 @@ impl<'a, P: Platform> Session<'a, P> {
                 let old = self.ctx.shared.large().len_of(ptr);
                 // SAFETY: a large block in use of this layout (caller), of `old` bytes (L2).
                 let resized = old.and_then(|old| unsafe {
-                    self.resize_large(block, old, layout.align(), new_size)
+                    self.ctx
+                        .shared
+                        .resize_large(block, old, layout.align(), new_size)
                 });
                 if let Some(resized) = resized {
                     return resized.as_ptr();
@@ -680,7 +646,7 @@ impl<P: Platform> LocalHeap<'_, P> {
 
 impl<'a, P: Platform> LocalHeap<'a, P> {
     /// A local heap of the claim of a heap of `heaps`, which `ctx` is the context of.
-    pub(crate) fn new(ctx: Context<'a, P>, claim: Claim<'a>, heaps: &'a Heaps) -> Self {
+    pub(crate) fn new(ctx: &'a Context<P>, claim: Claim<'a>, heaps: &'a Heaps) -> Self {
         LocalHeap {
             session: ManuallyDrop::new(Session::new(ctx, claim)),
             heaps,
@@ -692,7 +658,7 @@ impl<P: Platform> Drop for LocalHeap<'_, P> {
     fn drop(&mut self) {
         // SAFETY: taken once, here, and not used again.
         let session = unsafe { ManuallyDrop::take(&mut self.session) };
-        let shared = session.ctx.shared;
+        let shared = &session.ctx.shared;
         self.heaps.release(shared, session.into_claim());
     }
 }

@@ -10,6 +10,8 @@
 //! nothing takes the shared lock under it. Unbound heaps are claimed only under the shared
 //! lock, so that a `fork`, whose handler holds it, never happens in the middle of that.
 
+use core::alloc::Layout;
+use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use pymalloc_arena::{ArenaMap, Arenas, Platform};
@@ -97,6 +99,51 @@ impl<P: Platform> Shared<P> {
         self.large
             .set_max_cache(&self.platform, options.large_cache);
         self.configured.store(true, Ordering::Release);
+    }
+
+    /// A large block for `layout`, with whether it reads zero (`LargeBlocks::allocate`).
+    pub(crate) fn large_block(&self, layout: Layout) -> Option<(NonNull<u8>, bool)> {
+        self.large()
+            .allocate(&self.platform, layout, |bytes| self.refused(bytes))
+    }
+
+    /// Frees a large block (`LargeBlocks::free`).
+    ///
+    /// # Safety
+    /// As `LargeBlocks::free`.
+    pub(crate) unsafe fn free_large(&self, ptr: NonNull<u8>, expected: Option<[usize; 2]>) {
+        // SAFETY: as the caller guarantees.
+        unsafe { self.large().free(&self.platform, ptr, expected) }
+    }
+
+    /// [`Shared::free_large`] without a length to check, out of line (C's `free` of a large
+    /// block, or of no block at all), so that the pooled free keeps no stack frame.
+    ///
+    /// # Safety
+    /// As `LargeBlocks::free`.
+    #[cold]
+    #[inline(never)]
+    pub(crate) unsafe fn free_large_unsized(&self, ptr: NonNull<u8>) {
+        // SAFETY: as the caller guarantees.
+        unsafe { self.free_large(ptr, None) }
+    }
+
+    /// Resizes a large block without copying (`LargeBlocks::resize`).
+    ///
+    /// # Safety
+    /// As `LargeBlocks::resize`.
+    pub(crate) unsafe fn resize_large(
+        &self,
+        block: NonNull<u8>,
+        old: usize,
+        align: usize,
+        new_size: usize,
+    ) -> Option<NonNull<u8>> {
+        // SAFETY: as the caller guarantees.
+        unsafe {
+            self.large()
+                .resize(&self.platform, block, old, align, new_size)
+        }
     }
 
     /// Notes that the system refused `bytes` of fresh memory, so that a request gets null:
