@@ -587,7 +587,7 @@ fn check_pooled_block(map: &ArenaMap, ptr: NonNull<u8>, class: SizeClass) {
     }
 }
 
-/// A heap of an [`Allocator`] held by one user (see `Allocator::local_heap`): the same
+/// A heap of an [`Allocator`](crate::Allocator) held by one user (see `Allocator::local_heap`): the same
 /// calls as the allocator's, without its lock for blocks of this heap.
 pub struct LocalHeap<'a, P: Platform> {
     /// Taken out only by `drop`.
