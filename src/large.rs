@@ -12,12 +12,18 @@
 //! outgrows the pools, reuses pages already faulted in, with neither a copy nor a system
 //! call.
 //!
-//! The cache's limit adapts, as glibc's mmap threshold does: it starts at [`CACHE_BYTES`]
-//! and doubles, up to [`MAX_CACHE_BYTES`] (or what `PYMALLOC_LARGE_CACHE` sets) and the most bytes of large blocks ever in use at
-//! once, whenever a request of half the limit or more finds no cached range for it after
-//! the cache evicted at least as many bytes (see [`Large::missed`]). A program that frees
-//! large buffers and is done keeps at most the starting limit; one that cycles blocks too
-//! big for it (two buffers regrown to 4 MiB, say) soon keeps what it reuses, instead of
+//! The cache follows the program, as glibc's mmap threshold follows the largest block freed.
+//! Its limit starts at [`CACHE_BYTES`] and doubles — up to [`MAX_CACHE_BYTES`] (or what
+//! `PYMALLOC_LARGE_CACHE` sets), and to the most bytes of large blocks ever in use at once or
+//! the longest request it missed, whichever is more — whenever the program
+//! shows it cycles through more than the cache holds: a request of half the limit or more
+//! finds no cached range after the cache evicted as much, or a limit's worth of requests
+//! missed after a limit's worth was evicted (see [`Large::missed`]). Under the limit, what it
+//! holds is at most the most bytes of large blocks in use over the last few hundred frees (or
+//! the longest request missed; [`Large::room`]): a program that frees
+//! its large blocks and is done gets most of the memory back as it frees (and all of it from
+//! `trim`), while one whose blocks churn (buffers regrown, a loop of one size, a batch
+//! allocated and freed, many blocks grown and shrunk) keeps what it reuses instead of
 //! faulting it in afresh every time.
 //!
 //! [`Large`] is bookkeeping; [`LargeBlocks`] holds it under a lock of its own (no other lock
@@ -47,11 +53,16 @@ use crate::lock::{SpinGuard, SpinLock};
 use crate::registry::Registry;
 
 /// Freed ranges kept for reuse.
-pub const CACHE_ENTRIES: usize = 8;
+pub const CACHE_ENTRIES: usize = 64;
 /// Bytes of freed ranges kept for reuse, at first.
 pub const CACHE_BYTES: usize = 4 << 20;
-/// The most bytes of freed ranges the cache grows to keep.
-pub const MAX_CACHE_BYTES: usize = 8 * CACHE_BYTES;
+/// The most bytes of freed ranges the cache grows to keep (1 GiB): a ceiling only; what it
+/// keeps follows the program's blocks (see the module documentation).
+pub const MAX_CACHE_BYTES: usize = 256 * CACHE_BYTES;
+
+/// Frees of large blocks (and shrinks) per window over which the cache remembers how much
+/// was in use ([`Large::room`]): twice the ranges it holds.
+const WINDOW: usize = 2 * CACHE_ENTRIES;
 
 /// Bytes mapped for a large block of `size` bytes; `None` if that overflows.
 #[inline]
@@ -106,6 +117,16 @@ pub(crate) struct Large {
     max_cache: usize,
     /// Bytes evicted since the limit last changed (or `trim` emptied the cache); saturates.
     evicted: usize,
+    /// Bytes requested fresh, the cache having none for them, since the limit last changed
+    /// (or `trim`); saturates.
+    missed: usize,
+    /// The longest request the cache ever missed: a block the program may ask for again.
+    longest_missed: usize,
+    /// The most bytes of large blocks in use during this window of [`WINDOW`] frees and the
+    /// one before it ([`Large::room`]).
+    recent_peaks: [usize; 2],
+    /// Frees (and shrinks) in this window.
+    window_frees: usize,
     cached_bytes: usize,
     cached_blocks: usize,
     /// The blocks in use (L2).
@@ -177,6 +198,10 @@ impl Large {
             cache_limit: CACHE_BYTES,
             max_cache: MAX_CACHE_BYTES,
             evicted: 0,
+            missed: 0,
+            longest_missed: 0,
+            recent_peaks: [0; 2],
+            window_frees: 0,
             cached_bytes: 0,
             cached_blocks: 0,
             in_use: Registry::new(),
@@ -230,6 +255,7 @@ impl Large {
         let take = if fits(entry.len, len) { entry.len } else { len };
         self.take_front(i, take);
         self.in_use.insert(block, take);
+        self.note_in_use();
         Some(block)
     }
 
@@ -241,21 +267,36 @@ impl Large {
     /// Notes that `len` bytes must come from fresh pages, the cache having none for them. If
     /// that is half the limit or more, and the cache evicted as much since the limit last
     /// changed, the cache is too small for the blocks the program cycles through (it holds
-    /// two of them at most), and its limit doubles; though never past the most bytes of
-    /// large blocks in use at once (nor [`MAX_CACHE_BYTES`]): a program cannot reuse more
-    /// than that. Smaller misses are left alone: they are the luck of sizes in a cache that
-    /// holds many blocks, and more memory buys little there (`docs/design.md`).
+    /// two of them at most); so it is if a limit's worth of requests missed while a limit's
+    /// worth was evicted (many blocks churning). Then the limit doubles, though never past
+    /// the most bytes of large blocks in use at once or the longest request missed (nor
+    /// `max_cache`): a program cannot reuse more than that. A few
+    /// small misses leave it alone: they are the luck of sizes in a cache that holds many
+    /// blocks, and more memory buys little there (`docs/design.md`).
     pub(crate) fn missed(&mut self, len: usize) {
+        self.missed = self.missed.saturating_add(len);
+        self.longest_missed = self.longest_missed.max(len);
         // `len` is any request's length, up to `isize::MAX`: compared with half the limit,
         // never doubled.
-        if len >= self.cache_limit - self.cache_limit / 2 && self.evicted >= len {
-            let reusable = self.in_use.peak_bytes().max(CACHE_BYTES);
+        let big_miss = len >= self.cache_limit - self.cache_limit / 2 && self.evicted >= len;
+        // A cache's worth evicted and a cache's worth asked for again: the program cycles
+        // through more than the cache holds, however it cuts it into blocks.
+        let churn = self.evicted >= self.cache_limit && self.missed >= self.cache_limit;
+        if big_miss || churn {
+            // What the program could reuse: the most it had in use at once, or its longest
+            // block (a buffer cycled alone is kept whole).
+            let reusable = self
+                .in_use
+                .peak_bytes()
+                .max(self.longest_missed)
+                .max(CACHE_BYTES);
             // At most `max_cache` (L3), itself at most isize::MAX: doubling it cannot overflow.
             self.cache_limit = (2 * self.cache_limit)
                 .min(reusable)
                 .min(self.max_cache)
                 .max(self.cache_limit);
             self.evicted = 0;
+            self.missed = 0;
         }
     }
 
@@ -279,6 +320,7 @@ impl Large {
     /// Registers a new range of `len` bytes in use. Call [`Large::make_room`] first.
     pub(crate) fn register(&mut self, block: NonNull<u8>, len: usize) {
         self.in_use.insert(block, len);
+        self.note_in_use();
     }
 
     /// The length of the large block in use at `ptr`, if there is one.
@@ -293,6 +335,7 @@ impl Large {
         }
         // One out, one in: the table has room.
         self.in_use.insert(new, len);
+        self.note_in_use();
     }
 
     /// Takes back a freed block: unregistered, then cached ([`Large::cache_range`]). Returns
@@ -311,13 +354,42 @@ impl Large {
         self.cache_range(block.as_ptr().wrapping_add(new), old - new)
     }
 
-    /// Caches a range of `len` bytes at `ptr` that nobody uses: unless longer than the whole
-    /// cache (then it is unmapped), merged with the cached ranges beside it and cached,
-    /// evicting the oldest for room; of a merged range longer than the whole cache, only the
-    /// front `cache_limit` bytes are kept. Returns what must be unmapped.
+    /// Notes the bytes in use after a block was registered, for [`Large::room`].
+    fn note_in_use(&mut self) {
+        self.recent_peaks[0] = self.recent_peaks[0].max(self.in_use.bytes());
+    }
+
+    /// The bytes the cache may hold now: its limit, or less while the program has had less
+    /// in use lately — the most bytes of large blocks in use over the last [`WINDOW`] to
+    /// 2 × `WINDOW` frees, or the longest request it missed, whichever is more — so that a program that frees its large blocks and is done with them gets the
+    /// memory back as it frees, while one whose blocks churn, or that allocates a batch and
+    /// frees it, keeps what it cycles through.
+    fn room(&self) -> usize {
+        let wanted = self.recent_peaks[0]
+            .max(self.recent_peaks[1])
+            .max(self.longest_missed)
+            .max(CACHE_BYTES);
+        self.cache_limit.min(wanted)
+    }
+
+    /// Counts a free into the cache; every [`WINDOW`] of them, the window moves on.
+    fn count_free(&mut self) {
+        self.window_frees += 1;
+        if self.window_frees >= WINDOW {
+            self.window_frees = 0;
+            self.recent_peaks = [self.in_use.bytes(), self.recent_peaks[0]];
+        }
+    }
+
+    /// Caches a range of `len` bytes at `ptr` that nobody uses: unless longer than the room
+    /// ([`Large::room`]; then it is unmapped), merged with the cached ranges beside it and
+    /// cached, evicting the oldest for room; of a merged range longer than the room, only the
+    /// front is kept. Returns what must be unmapped.
     fn cache_range(&mut self, ptr: *mut u8, len: usize) -> Unmap {
         let mut unmap = Unmap::NONE;
-        if len > self.cache_limit {
+        self.count_free();
+        let room = self.room();
+        if len > room {
             unmap.push(Cached {
                 ptr,
                 len,
@@ -347,19 +419,17 @@ impl Large {
             range.len += c.len;
             self.take_front(i, c.len);
         }
-        if range.len > self.cache_limit {
+        if range.len > room {
             // Keep the front, where the next request would start and grow.
             unmap.push(Cached {
-                ptr: range.ptr.wrapping_add(self.cache_limit),
-                len: range.len - self.cache_limit,
+                ptr: range.ptr.wrapping_add(room),
+                len: range.len - room,
                 freed_at: 0,
             });
-            self.evicted = self.evicted.saturating_add(range.len - self.cache_limit);
-            range.len = self.cache_limit;
+            self.evicted = self.evicted.saturating_add(range.len - room);
+            range.len = room;
         }
-        while self.cached_bytes + range.len > self.cache_limit
-            || self.cached_blocks == CACHE_ENTRIES
-        {
+        while self.cached_bytes + range.len > room || self.cached_blocks == CACHE_ENTRIES {
             self.evict_oldest(&mut unmap);
         }
         match self.cache.iter_mut().find(|c| c.ptr.is_null()) {
@@ -409,6 +479,7 @@ impl Large {
         }
         // Asked for, not forced by the limit.
         self.evicted = 0;
+        self.missed = 0;
         unmap
     }
 

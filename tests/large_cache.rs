@@ -145,11 +145,13 @@ fn the_large_cache_splits_merges_and_evicts_ranges() {
     a.check().unwrap();
 }
 
-/// The large cache's limit doubles only for a program that cycles blocks too big for it:
-/// six 1 MiB blocks, more than it keeps but small beside it, leave it as it is; freeing two
-/// 4 MiB blocks evicts one (the limit stays), allocating them again misses the evicted one
-/// and doubles the limit, and from then on the cycle is served from the cache with no
-/// system call.
+/// The large cache's limit grows only for a program that cycles through more than it keeps,
+/// and only to what the program had in use: six 1 MiB blocks allocated and freed together
+/// (6 MiB, more than the 4 MiB it starts with) miss a cache's worth after a cache's worth
+/// was evicted, and the limit grows to the 6 MiB they took, no more, after which all six are
+/// kept; two 4 MiB blocks, more than that, have one evicted, allocating them again misses it
+/// and doubles the limit to the 8 MiB they take, and from then on the cycle is served from
+/// the cache with no system call.
 #[test]
 fn the_large_cache_grows_for_blocks_that_cycle_through_more_than_it_keeps() {
     const MIB: usize = 1 << 20;
@@ -171,14 +173,24 @@ fn the_large_cache_grows_for_blocks_that_cycle_through_more_than_it_keeps() {
         a.check().unwrap();
         a.stats()
     };
-    for _ in 0..3 {
-        let stats = cycle_of(6, MIB);
-        assert_eq!(stats.large_cached_limit, pymalloc::CACHE_BYTES, "{stats}");
-    }
+    let limits: Vec<_> = (0..3)
+        .map(|_| cycle_of(6, MIB).large_cached_limit)
+        .collect();
+    assert_eq!(
+        limits,
+        [pymalloc::CACHE_BYTES, pymalloc::CACHE_BYTES, 6 * MIB],
+        "grown once a cache's worth missed after a cache's worth evicted, to what was in use"
+    );
+    let stats = cycle_of(6, MIB);
+    assert_eq!(
+        (stats.large_cached_limit, stats.large_cached_bytes),
+        (6 * MIB, 6 * MIB),
+        "all six kept, the limit no higher: {stats}"
+    );
     a.trim();
     let cycle = || cycle_of(2, 4 * MIB);
     let stats = cycle();
-    assert_eq!(stats.large_cached_limit, pymalloc::CACHE_BYTES, "{stats}");
+    assert_eq!(stats.large_cached_limit, 6 * MIB, "{stats}");
     assert_eq!(stats.large_cached_bytes, 4 * MIB, "one evicted: {stats}");
     let stats = cycle();
     assert_eq!(
@@ -238,5 +250,72 @@ fn the_large_cache_grows_to_hold_a_block_freed_and_allocated_again() {
         reserves,
         "served from the cache"
     );
+    a.check().unwrap();
+}
+
+/// A block of one size allocated and freed in a loop is mapped a few times while the cache's
+/// limit grows to it, then never again, up to sizes far beyond where the limit starts.
+#[test]
+fn a_loop_of_one_size_stops_calling_the_system() {
+    const MIB: usize = 1 << 20;
+    for size in [8 * MIB, 20 * MIB, 100 * MIB] {
+        let a = Allocator::new(TestPlatform::new());
+        let layout = Layout::from_size_align(size, 16).unwrap();
+        let mut reserves = Vec::new();
+        for _ in 0..12 {
+            let p = a.alloc(layout);
+            assert!(!p.is_null());
+            // SAFETY: a live block of `layout`, freed once.
+            unsafe {
+                fill(p, 4096, 1);
+                a.dealloc(p, layout);
+            }
+            reserves.push(a.platform().reserve_calls());
+        }
+        // The limit doubles from 4 MiB to the size: log2(size / 4 MiB) rounds, then none.
+        let growth = (size / pymalloc::CACHE_BYTES).ilog2() as usize + 2;
+        assert!(
+            reserves.windows(2).skip(growth).all(|w| w[0] == w[1]),
+            "{size}: reservations after each round {reserves:?}"
+        );
+        a.check().unwrap();
+    }
+}
+
+/// What the cache keeps follows what the program has in use lately: a hundred 1 MiB blocks
+/// that churn are kept; once the program frees them and goes on with a few small large
+/// blocks, the cache gives the rest back as it frees, and `trim` gives back all.
+#[test]
+fn the_cache_gives_back_what_the_program_no_longer_uses() {
+    const MIB: usize = 1 << 20;
+    let a = Allocator::new(TestPlatform::new());
+    let big = Layout::from_size_align(MIB, 16).unwrap();
+    for _ in 0..8 {
+        let blocks: Vec<_> = (0..100).map(|_| a.alloc(big)).collect();
+        for p in blocks {
+            assert!(!p.is_null());
+            // SAFETY: a live block of `big`.
+            unsafe { a.dealloc(p, big) };
+        }
+    }
+    let churning = a.stats();
+    assert!(
+        churning.large_cached_bytes >= 60 * MIB,
+        "the churning blocks are kept: {churning}"
+    );
+    let small = Layout::from_size_align(300 << 10, 16).unwrap();
+    for _ in 0..300 {
+        let p = a.alloc(small);
+        assert!(!p.is_null());
+        // SAFETY: a live block of `small`.
+        unsafe { a.dealloc(p, small) };
+    }
+    let after = a.stats();
+    assert!(
+        after.large_cached_bytes <= 4 * MIB,
+        "given back as the program moved on: {after}"
+    );
+    a.trim();
+    assert_eq!(a.stats().large_cached_bytes, 0);
     a.check().unwrap();
 }

@@ -1,5 +1,6 @@
-/* Runs a program and writes its peak RSS (KiB; with its waited-for children, the largest) to a
- * file. Used by the `preload` benchmark: a child's ru_maxrss starts from the peak of the
+/* Runs a program and writes its peak RSS (KiB; with its waited-for children, the largest), its
+ * minor page faults and its system CPU time (µs; both with its waited-for children) to a
+ * file, on one line. Used by the `preload` benchmark: a child's ru_maxrss starts from the peak of the
  * process that forked it, so the runner, whose own peak is tens of MiB, must not fork the
  * measured program itself; this small process does.
  *
@@ -23,7 +24,8 @@ int main(int argc, char **argv) {
     if (wait4(pid, &status, 0, &usage) != pid) return 2;
     FILE *out = fopen(argv[1], "w");
     if (!out) return 2;
-    fprintf(out, "%ld\n", usage.ru_maxrss);
+    fprintf(out, "%ld %ld %ld\n", usage.ru_maxrss, usage.ru_minflt,
+            usage.ru_stime.tv_sec * 1000000L + usage.ru_stime.tv_usec);
     fclose(out);
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }

@@ -8,6 +8,7 @@
 mod common;
 pub mod report;
 
+use std::alloc::{Layout, alloc, dealloc, realloc};
 use std::collections::{BTreeMap, HashMap};
 use std::hint::black_box;
 use std::sync::{Mutex, mpsc};
@@ -72,6 +73,16 @@ pub const WORKLOADS: &[Workload] = &[
         name: "vec-growth-large",
         what: "Vec<u8> and String grown by pushes to 4 MiB (past the pooled sizes)",
         run: vec_growth_large,
+    },
+    Workload {
+        name: "large-loop",
+        what: "blocks of 1–32 MiB allocated, written a byte per page and freed, one at a time",
+        run: large_loop,
+    },
+    Workload {
+        name: "realloc-large",
+        what: "64 blocks above 256 KiB grown, shrunk and freed with realloc",
+        run: realloc_large,
     },
     Workload {
         name: "medium-random",
@@ -214,6 +225,74 @@ fn vec_growth_large(scale: Scale) -> u64 {
     grow(scale.pick(60, 240), 4 << 20)
 }
 
+/// `benches/c/large_loop.c` in Rust: a block of 1 to 32 MiB at a time, allocated, written a
+/// byte per page, and freed.
+fn large_loop(scale: Scale) -> u64 {
+    let mut rng = Rng::new(6);
+    let mut checksum = 0u64;
+    for i in 0..scale.pick(400, 2000) {
+        let size = (1 << 20) + rng.below(31 << 20) as usize;
+        let layout = Layout::from_size_align(size, 16).unwrap();
+        // SAFETY: a layout of nonzero size; the block is written within its size and freed
+        // with its layout.
+        unsafe {
+            let p = alloc(layout);
+            assert!(!p.is_null());
+            for at in (0..size).step_by(4096) {
+                p.add(at).write((i + at) as u8);
+            }
+            p.add(size - 1).write(i as u8);
+            let middle = size / 2 / 4096 * 4096; // a page start: written above
+            checksum += u64::from(p.add(middle).read()) + u64::from(p.add(size - 1).read());
+            dealloc(p, layout);
+        }
+    }
+    black_box(checksum)
+}
+
+/// `benches/c/realloc_large.c` in Rust: 64 slots of blocks above 256 KiB, each step growing
+/// or shrinking one with `realloc` (what it gains written a byte per page) or freeing it.
+fn realloc_large(scale: Scale) -> u64 {
+    const SLOTS: usize = 64;
+    let mut rng = Rng::new(7);
+    let mut live: [(*mut u8, usize); SLOTS] = [(std::ptr::null_mut(), 0); SLOTS];
+    let at = |size| Layout::from_size_align(size, 16).unwrap();
+    let mut checksum = 0u64;
+    for i in 0..scale.pick(30_000, 100_000) {
+        let k = rng.below(SLOTS as u64) as usize;
+        let (p, old) = live[k];
+        // SAFETY: each slot holds null or a live block of its size, written to its end.
+        unsafe {
+            if !p.is_null() && rng.below(4) == 0 {
+                checksum += u64::from(p.read()) + u64::from(p.add(old - 1).read());
+                dealloc(p, at(old));
+                live[k] = (std::ptr::null_mut(), 0);
+                continue;
+            }
+            let size = (256 << 10) + 1 + rng.below(4 << 20) as usize;
+            let q = if p.is_null() {
+                alloc(at(size))
+            } else {
+                realloc(p, at(old), size)
+            };
+            assert!(!q.is_null());
+            for offset in (old.min(size)..size).step_by(4096) {
+                q.add(offset).write(offset as u8);
+            }
+            q.add(size - 1).write(i as u8);
+            checksum += u64::from(q.read());
+            live[k] = (q, size);
+        }
+    }
+    for (p, size) in live {
+        if !p.is_null() {
+            // SAFETY: a live block of its size.
+            unsafe { dealloc(p, at(size)) };
+        }
+    }
+    black_box(checksum)
+}
+
 fn medium_random(scale: Scale) -> u64 {
     let mut rng = Rng::new(5);
     let mut slots: Vec<Vec<u8>> = (0..2000).map(|_| Vec::new()).collect();
@@ -354,6 +433,8 @@ pub struct Sample {
     pub time_ns: u64,
     pub peak_rss: u64,
     pub end_rss: u64,
+    pub minor_faults: u64,
+    pub sys_ns: u64,
     pub check: u64,
 }
 
@@ -361,8 +442,8 @@ impl Sample {
     /// The line a worker prints, and the runner parses.
     pub fn to_line(self) -> String {
         format!(
-            "result time_ns={} peak_rss={} end_rss={} check={}",
-            self.time_ns, self.peak_rss, self.end_rss, self.check
+            "result time_ns={} peak_rss={} end_rss={} minor_faults={} sys_ns={} check={}",
+            self.time_ns, self.peak_rss, self.end_rss, self.minor_faults, self.sys_ns, self.check
         )
     }
 
@@ -375,6 +456,8 @@ impl Sample {
             time_ns: fields.next()??,
             peak_rss: fields.next()??,
             end_rss: fields.next()??,
+            minor_faults: fields.next()??,
+            sys_ns: fields.next()??,
             check: fields.next()??,
         })
     }
@@ -400,10 +483,18 @@ pub fn worker_main(allocator: &str) {
     let start = Instant::now();
     let check = (workload.run)(scale);
     let time_ns = start.elapsed().as_nanos() as u64;
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
     let sample = Sample {
         time_ns,
         peak_rss: peak_rss_bytes() as u64,
         end_rss: rss_bytes() as u64,
+        minor_faults: usage.ru_minflt as u64,
+        sys_ns: usage.ru_stime.tv_sec as u64 * 1_000_000_000 + usage.ru_stime.tv_usec as u64 * 1000,
         check,
     };
     println!("{}", sample.to_line());

@@ -6,7 +6,7 @@
 //! Then `small-churn` again at 1, 2, 4, … up to `--threads` threads (default: the number of
 //! cores), as a table of throughput and speed-up.
 //!
-//! `cargo run --release -p pymalloc-bench -- [--quick] [--runs N] [--only WORKLOAD] [--threads N]`
+//! `cargo run --release -p pymalloc-bench -- [--quick] [--runs N] [--only WORKLOAD[,WORKLOAD…]] [--threads N]`
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -87,17 +87,20 @@ fn run_worker(dir: &Path, allocator: &str, workload: &str, quick: bool, threads:
 }
 
 /// Medians per (workload, allocator): time in ns, peak RSS, RSS after freeing.
-type Medians = BTreeMap<(&'static str, &'static str), [u64; 3]>;
+type Medians = BTreeMap<(&'static str, &'static str), [u64; 5]>;
 
-const MEASURES: [(&str, &str); 3] = [
+const MEASURES: [(&str, &str); 5] = [
     ("time", "ms"),
     ("peak RSS", "MiB"),
     ("RSS after freeing", "MiB"),
+    ("minor page faults", "thousands"),
+    ("system CPU time", "ms"),
 ];
 
 fn shown(measure: usize, value: u64) -> String {
     match measure {
-        0 => format!("{:.1}", value as f64 / 1e6),
+        0 | 4 => format!("{:.1}", value as f64 / 1e6),
+        3 => format!("{:.1}", value as f64 / 1e3),
         _ => format!("{:.1}", value as f64 / (1 << 20) as f64),
     }
 }
@@ -345,7 +348,11 @@ fn main() {
     let workloads: Vec<&'static str> = WORKLOADS
         .iter()
         .map(|w| w.name)
-        .filter(|n| opts.only.as_deref().is_none_or(|o| o == *n))
+        .filter(|n| {
+            opts.only
+                .as_deref()
+                .is_none_or(|o| o.split(',').any(|o| o == *n))
+        })
         .collect();
     assert!(!workloads.is_empty(), "no workload named {:?}", opts.only);
     eprintln!("building the workers …");
@@ -384,12 +391,18 @@ fn main() {
                     median(v.iter().map(|s| s.time_ns).collect()),
                     median(v.iter().map(|s| s.peak_rss).collect()),
                     median(v.iter().map(|s| s.end_rss).collect()),
+                    median(v.iter().map(|s| s.minor_faults).collect()),
+                    median(v.iter().map(|s| s.sys_ns).collect()),
                 ],
             )
         })
         .collect();
     let mut table = table(&medians, &workloads);
-    if opts.only.as_deref().is_none_or(|o| o == "small-churn") {
+    if opts
+        .only
+        .as_deref()
+        .is_none_or(|o| o.split(',').any(|o| o == "small-churn"))
+    {
         table.push_str(&scaling(&dir, &opts));
     }
     println!("{table}");

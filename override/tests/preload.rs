@@ -653,7 +653,7 @@ fn each_option_in_the_environment_is_read_and_has_its_effect() {
     assert_eq!(stderr.matches("pymalloc: options: ").count(), 1, "{stderr}");
     assert!(stderr.contains(
         "PYMALLOC_VERBOSE=1 PYMALLOC_EMPTY_ARENAS=9 PYMALLOC_DIRTY_FLOOR=67108864 \
-         PYMALLOC_LARGE_CACHE=33554432"
+         PYMALLOC_LARGE_CACHE=1073741824"
     ));
     assert!(
         stderr.contains(

@@ -35,8 +35,22 @@ struct Peer {
 struct Sample {
     time_ns: u64,
     peak_rss: u64,
+    minor_faults: u64,
+    sys_ns: u64,
     output: u64,
 }
+
+/// One measure of the tables: title, unit, the value of a sample, and the divisor that shows
+/// it in that unit.
+type Measure = (&'static str, &'static str, fn(&Sample) -> u64, f64);
+
+/// The measures of the tables.
+const MEASURES: [Measure; 4] = [
+    ("time", "ms", |s| s.time_ns, 1e6),
+    ("peak RSS", "MiB", |s| s.peak_rss, (1 << 20) as f64),
+    ("minor page faults", "thousands", |s| s.minor_faults, 1e3),
+    ("system CPU time", "ms", |s| s.sys_ns, 1e6),
+];
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -200,6 +214,8 @@ const STARTS: &str = "1000";
 
 fn programs(dir: &Path, quick: bool) -> Vec<Program> {
     let churn = build_c(dir, "churn").display().to_string();
+    let large_loop = build_c(dir, "large_loop").display().to_string();
+    let realloc_large = build_c(dir, "realloc_large").display().to_string();
     let cpp_churn = build_cpp(dir, "cpp_churn").display().to_string();
     let spawn = build_c(dir, "spawn").display().to_string();
     let empty = build_c(dir, "empty").display().to_string();
@@ -210,6 +226,8 @@ fn programs(dir: &Path, quick: bool) -> Vec<Program> {
     write_lines(&lines, if quick { 300_000 } else { 1_000_000 });
     let lines = lines.display().to_string();
     let ops = if quick { "4000000" } else { "20000000" };
+    let large_blocks = if quick { "400" } else { "2000" };
+    let realloc_ops = if quick { "30000" } else { "100000" };
     let records = if quick { "40000" } else { "150000" };
     let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     vec![
@@ -223,6 +241,18 @@ fn programs(dir: &Path, quick: bool) -> Vec<Program> {
             name: "c-churn-2t",
             what: "the same in 2 threads, a tenth of the frees of the other thread's blocks",
             argv: s(&[&churn, "2", ops]),
+            env: vec![],
+        },
+        Program {
+            name: "large-loop",
+            what: "a C program: blocks of 1–32 MiB allocated, written a byte per page and freed, one at a time",
+            argv: s(&[&large_loop, large_blocks]),
+            env: vec![],
+        },
+        Program {
+            name: "realloc-large",
+            what: "a C program: 64 blocks above 256 KiB grown, shrunk and freed with realloc",
+            argv: s(&[&realloc_large, realloc_ops]),
             env: vec![],
         },
         Program {
@@ -331,15 +361,21 @@ fn measure(program: &Program, peer: &Peer, peak_rss: &Path, dir: &Path) -> Sampl
         program.name,
         peer.name
     );
-    let kib: u64 = std::fs::read_to_string(&rss_file)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .expect("peak_rss wrote the peak RSS");
+    let usage: Vec<u64> = std::fs::read_to_string(&rss_file)
+        .expect("peak_rss wrote its file")
+        .split_whitespace()
+        .map(|v| v.parse().expect("a number"))
+        .collect();
+    let [kib, minor_faults, sys_us] = usage[..] else {
+        panic!("peak_rss wrote {usage:?}");
+    };
     let mut hasher = DefaultHasher::new();
     hasher.write(&out);
     Sample {
         time_ns,
         peak_rss: kib * 1024,
+        minor_faults,
+        sys_ns: sys_us * 1000,
         output: hasher.finish(),
     }
 }
@@ -485,7 +521,7 @@ fn main() {
     eprintln!();
 
     let mut table = String::new();
-    for (title, unit, pick) in [("time", "ms", 0usize), ("peak RSS", "MiB", 1usize)] {
+    for (title, unit, pick, scale) in MEASURES {
         write!(
             table,
             "\n**{title}** ({unit}; ratio to glibc)\n\n| program |"
@@ -498,27 +534,16 @@ fn main() {
         table.push_str(&"---:|".repeat(peers.len()));
         table.push('\n');
         for (p, program) in programs.iter().enumerate() {
-            let value = |a: usize| {
-                let v = &samples[&(p, a)];
-                median(
-                    v.iter()
-                        .map(|s| if pick == 0 { s.time_ns } else { s.peak_rss })
-                        .collect(),
-                ) as f64
-            };
-            let base = value(0);
+            let value = |a: usize| median(samples[&(p, a)].iter().map(pick).collect()) as f64;
+            let base = value(0).max(1.0);
             write!(table, "| {} |", program.name).unwrap();
             for a in 0..peers.len() {
                 let v = value(a);
-                let shown = if pick == 0 {
-                    v / 1e6
-                } else {
-                    v / (1 << 20) as f64
-                };
+                let shown = v / scale;
                 if a == 0 {
                     write!(table, " {shown:.1} |").unwrap();
                 } else {
-                    write!(table, " {shown:.1} ({:.2}×) |", v / base).unwrap();
+                    write!(table, " {shown:.1} ({:.2}×) |", v.max(1.0) / base).unwrap();
                 }
             }
             table.push('\n');
