@@ -39,7 +39,8 @@
 //!   address is;
 //! - L3 the cache holds at most [`CACHE_ENTRIES`] ranges and `cache_limit` bytes, mapped,
 //!   none of them in use, no two of them touching (a freed block merges with its
-//!   neighbours); `cached_bytes` and `cached_blocks` count them; `cache_limit` lies between
+//!   neighbours), in its first `cached_blocks` entries; `cached_bytes` and `cached_blocks`
+//!   count them; `cache_limit` lies between
 //!   [`CACHE_BYTES`] and `max_cache` ([`MAX_CACHE_BYTES`] unless the user set it, at most
 //!   `isize::MAX`; the lower bound is `max_cache` if that is less).
 
@@ -218,7 +219,7 @@ impl Large {
     /// room behind the block for it to grow into.
     fn pick(&self, len: usize, align: usize) -> Option<usize> {
         let holding = || {
-            self.cache
+            self.occupied()
                 .iter()
                 .enumerate()
                 .filter(move |(_, c)| c.holds(len, align))
@@ -230,15 +231,25 @@ impl Large {
             .map(|(i, _)| i)
     }
 
-    /// Takes `len` bytes from the front of entry `i` (all of it if they are), leaving the
+    /// The occupied entries: the first `cached_blocks` (L3).
+    fn occupied(&self) -> &[Cached] {
+        self.cache.get(..self.cached_blocks).unwrap_or_default()
+    }
+
+    /// Takes `len` bytes from the front of entry `i` (all of it if they are: the last
+    /// occupied entry then takes its place, so that the occupied ones stay first), leaving the
     /// rest cached.
     fn take_front(&mut self, i: usize, len: usize) {
-        let Some(entry) = self.cache.get_mut(i) else {
+        let last = self.cached_blocks.wrapping_sub(1);
+        let Some(entry) = self.cache.get_mut(i).filter(|_| i <= last) else {
             fatal("large: a cache entry out of range");
         };
         if len == entry.len {
-            *entry = VACANT;
-            self.cached_blocks -= 1;
+            self.cache.swap(i, last);
+            if let Some(vacated) = self.cache.get_mut(last) {
+                *vacated = VACANT;
+            }
+            self.cached_blocks = last;
         } else {
             entry.ptr = entry.ptr.wrapping_add(len);
             entry.len -= len;
@@ -306,9 +317,9 @@ impl Large {
     pub(crate) fn grow_in_place(&mut self, block: NonNull<u8>, old: usize, new: usize) -> bool {
         let end = block.addr().get() + old;
         let Some(i) = self
-            .cache
+            .occupied()
             .iter()
-            .position(|c| !c.ptr.is_null() && c.ptr.addr() == end && old + c.len >= new)
+            .position(|c| c.ptr.addr() == end && old + c.len >= new)
         else {
             return false;
         };
@@ -405,15 +416,14 @@ impl Large {
             freed_at: self.clock,
         };
         // No two cached ranges touch (L3), so at most one ends where the block starts and
-        // one starts where it ends.
-        for i in 0..CACHE_ENTRIES {
-            let c = self.cache.get(i).copied().unwrap_or(VACANT);
-            if c.ptr.is_null() {
-                continue;
-            }
+        // one starts where it ends. A merged entry leaves the cache, the last one taking its
+        // place: look at the same index again.
+        let mut i = 0;
+        while let Some(&c) = self.occupied().get(i) {
             if c.end() == range.ptr.addr() {
                 range.ptr = c.ptr;
             } else if c.ptr.addr() != range.end() {
+                i += 1;
                 continue;
             }
             range.len += c.len;
@@ -432,7 +442,7 @@ impl Large {
         while self.cached_bytes + range.len > room || self.cached_blocks == CACHE_ENTRIES {
             self.evict_oldest(&mut unmap);
         }
-        match self.cache.iter_mut().find(|c| c.ptr.is_null()) {
+        match self.cache.get_mut(self.cached_blocks) {
             Some(vacant) => *vacant = range,
             None => fatal("large: no vacant cache entry after eviction"),
         }
@@ -443,10 +453,9 @@ impl Large {
 
     fn evict_oldest(&mut self, unmap: &mut Unmap) {
         let oldest = self
-            .cache
+            .occupied()
             .iter()
             .enumerate()
-            .filter(|(_, c)| !c.ptr.is_null())
             .min_by_key(|(_, c)| c.freed_at);
         match oldest {
             Some((i, &entry)) => {
@@ -498,6 +507,9 @@ impl Large {
     pub(crate) fn check(&self) -> Result<(), &'static str> {
         let cached = || self.cache.iter().filter(|c| !c.ptr.is_null());
         let counts = (cached().count(), cached().map(|c| c.len).sum::<usize>());
+        if self.occupied().iter().any(|c| c.ptr.is_null()) {
+            return Err("large: a vacant cache entry among the occupied ones");
+        }
         let start = CACHE_BYTES.min(self.max_cache);
         let limit_ok = (start..=self.max_cache).contains(&self.cache_limit)
             && self.max_cache <= isize::MAX as usize;
