@@ -262,12 +262,6 @@ pub fn write_stats(fd: c_int) {
     report::to_fd(fd, format_args!("{}\n", crate::stats()));
 }
 
-/// Writes the global allocator's statistics as one line of JSON ([`Stats::json`]) to the file
-/// descriptor `fd`, without allocating: for `PYMALLOC_STATS=json` at exit.
-pub fn write_stats_json(fd: c_int) {
-    report::to_fd(fd, format_args!("{}\n", crate::stats().json()));
-}
-
 /// glibc's `malloc_stats`: pymalloc's statistics table ([`crate::Stats`]), to stderr.
 pub fn malloc_stats() {
     write_stats(libc::STDERR_FILENO);

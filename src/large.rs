@@ -120,7 +120,7 @@ pub(crate) struct Large {
     evicted: usize,
     /// Bytes requested fresh, the cache having none for them, since the limit last changed
     /// (or `trim`); saturates.
-    missed: usize,
+    missed_bytes: usize,
     /// The longest request the cache ever missed: a block the program may ask for again.
     longest_missed: usize,
     /// The most bytes of large blocks in use during this window of [`WINDOW`] frees and the
@@ -199,7 +199,7 @@ impl Large {
             cache_limit: CACHE_BYTES,
             max_cache: MAX_CACHE_BYTES,
             evicted: 0,
-            missed: 0,
+            missed_bytes: 0,
             longest_missed: 0,
             recent_peaks: [0; 2],
             window_frees: 0,
@@ -285,14 +285,14 @@ impl Large {
     /// small misses leave it alone: they are the luck of sizes in a cache that holds many
     /// blocks, and more memory buys little there (`docs/design.md`).
     pub(crate) fn missed(&mut self, len: usize) {
-        self.missed = self.missed.saturating_add(len);
+        self.missed_bytes = self.missed_bytes.saturating_add(len);
         self.longest_missed = self.longest_missed.max(len);
         // `len` is any request's length, up to `isize::MAX`: compared with half the limit,
         // never doubled.
         let big_miss = len >= self.cache_limit - self.cache_limit / 2 && self.evicted >= len;
         // A cache's worth evicted and a cache's worth asked for again: the program cycles
         // through more than the cache holds, however it cuts it into blocks.
-        let churn = self.evicted >= self.cache_limit && self.missed >= self.cache_limit;
+        let churn = self.evicted >= self.cache_limit && self.missed_bytes >= self.cache_limit;
         if big_miss || churn {
             // What the program could reuse: the most it had in use at once, or its longest
             // block (a buffer cycled alone is kept whole).
@@ -307,7 +307,7 @@ impl Large {
                 .min(self.max_cache)
                 .max(self.cache_limit);
             self.evicted = 0;
-            self.missed = 0;
+            self.missed_bytes = 0;
         }
     }
 
@@ -488,7 +488,7 @@ impl Large {
         }
         // Asked for, not forced by the limit.
         self.evicted = 0;
-        self.missed = 0;
+        self.missed_bytes = 0;
         unmap
     }
 

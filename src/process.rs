@@ -15,7 +15,7 @@
 //! when it is registered, since programs may close stderr before exit (GNU coreutils do).
 
 use core::ffi::c_int;
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use crate::global::GLOBAL;
 use crate::options::{self, StatsAtExit};
@@ -26,8 +26,6 @@ static EXIT_STATS: AtomicBool = AtomicBool::new(false);
 
 /// Where the statistics go at exit: the copy of stderr; -1 for none.
 static STATS_FD: AtomicI32 = AtomicI32::new(-1);
-/// Which statistics go there: 1 the table, 2 JSON.
-static STATS_FORM: AtomicU8 = AtomicU8::new(0);
 
 /// An `.init_array` entry runs when the program (or the library holding pymalloc) is loaded,
 /// before the constructors of code loaded after it and before `main`.
@@ -85,24 +83,19 @@ fn register_exit_stats() {
         return;
     }
     STATS_FD.store(fd, Ordering::Relaxed);
-    let form = if options.stats == StatsAtExit::Json {
-        2
-    } else {
-        1
-    };
-    STATS_FORM.store(form, Ordering::Relaxed);
     // SAFETY: a plain function that neither allocates nor unwinds. If registering fails
     // (ENOMEM), there are no statistics at exit; nothing else depends on it.
     unsafe { libc::atexit(write_exit_stats) };
 }
 
-/// The `atexit` handler: the statistics, in the form asked for, to the copy of stderr.
+/// The `atexit` handler: the statistics, in the form the options ask for (read already: the
+/// handler is registered only once they were), to the copy of stderr.
 extern "C" fn write_exit_stats() {
     let fd: c_int = STATS_FD.load(Ordering::Relaxed);
     let stats = GLOBAL.stats();
-    match STATS_FORM.load(Ordering::Relaxed) {
-        1 => report::to_fd(fd, format_args!("{stats}\n")),
-        2 => report::to_fd(fd, format_args!("{}\n", stats.json())),
-        _ => {}
+    match options::from_environment().map(|o| o.stats) {
+        Some(StatsAtExit::Table) => report::to_fd(fd, format_args!("{stats}\n")),
+        Some(StatsAtExit::Json) => report::to_fd(fd, format_args!("{}\n", stats.json())),
+        Some(StatsAtExit::Off) | None => {}
     }
 }

@@ -7,6 +7,8 @@ use core::ffi::c_int;
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
+use pymalloc_pool::write_fd;
+
 /// Bytes gathered before each hand-off to the sink.
 const BUFFER: usize = 1024;
 
@@ -52,19 +54,6 @@ impl<S: FnMut(&[u8])> Write for Buffered<S> {
             }
         }
         Ok(())
-    }
-}
-
-/// Writes all of `bytes` to the file descriptor `fd`, as far as it takes them; a failed
-/// write drops the rest (there is nowhere to report it).
-pub(crate) fn write_fd(fd: c_int, mut bytes: &[u8]) {
-    while !bytes.is_empty() {
-        // SAFETY: the pointer and length describe the live slice `bytes`.
-        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
-        if n <= 0 {
-            return;
-        }
-        bytes = bytes.get(n as usize..).unwrap_or_default();
     }
 }
 

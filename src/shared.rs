@@ -53,9 +53,12 @@ impl<P: Platform> Shared<P> {
     /// The options: those given, or the environment's (the defaults while the process has no
     /// environment yet).
     pub(crate) fn options(&self) -> Options {
-        self.given
-            .or_else(options::from_environment)
-            .unwrap_or(Options::DEFAULT)
+        self.options_if_readable().unwrap_or(Options::DEFAULT)
+    }
+
+    /// The options given, or the environment's once it can be read.
+    fn options_if_readable(&self) -> Option<Options> {
+        self.given.or_else(options::from_environment)
     }
 
     /// Locks the arenas; the first time the options can be had, applies their policies
@@ -83,7 +86,7 @@ impl<P: Platform> Shared<P> {
     #[cold]
     #[inline(never)]
     fn configure(&self) {
-        let Some(options) = self.given.or_else(options::from_environment) else {
+        let Some(options) = self.options_if_readable() else {
             return;
         };
         let mut arenas = self.arenas.lock();

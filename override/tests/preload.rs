@@ -534,15 +534,22 @@ fn introspect() -> &'static Path {
     BUILT.get_or_init(|| compile("introspect"))
 }
 
-/// Runs `program` on pymalloc with exactly the `PYMALLOC_*` variables given (others removed).
-fn run_with_options(program: &Path, args: &[&str], vars: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(program);
-    command.args(args).env("LD_PRELOAD", library());
+/// `command` without the `PYMALLOC_*` variables of the test's own environment.
+fn without_pymalloc_options(command: &mut Command) -> &mut Command {
     for (name, _) in std::env::vars() {
         if name.starts_with("PYMALLOC_") {
             command.env_remove(name);
         }
     }
+    command
+}
+
+/// Runs `program` on pymalloc with exactly the `PYMALLOC_*` variables given (others removed).
+fn run_with_options(program: &Path, args: &[&str], vars: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(program);
+    without_pymalloc_options(&mut command)
+        .args(args)
+        .env("LD_PRELOAD", library());
     for (name, value) in vars {
         command.env(name, value);
     }
@@ -713,11 +720,9 @@ fn launcher() -> Command {
         exe
     });
     let mut command = Command::new(exe);
-    for (name, _) in std::env::vars() {
-        if name.starts_with("PYMALLOC_") || name == "PYTHONMALLOC" || name == "LD_PRELOAD" {
-            command.env_remove(name);
-        }
-    }
+    without_pymalloc_options(&mut command)
+        .env_remove("PYTHONMALLOC")
+        .env_remove("LD_PRELOAD");
     command
 }
 

@@ -7,9 +7,9 @@
 #[cold]
 #[inline(never)]
 pub fn fatal(msg: &str) -> ! {
-    write_stderr(b"pymalloc: fatal: ");
-    write_stderr(msg.as_bytes());
-    write_stderr(b"\n");
+    write_fd(libc::STDERR_FILENO, b"pymalloc: fatal: ");
+    write_fd(libc::STDERR_FILENO, msg.as_bytes());
+    write_fd(libc::STDERR_FILENO, b"\n");
     // SAFETY: abort has no preconditions and never returns.
     unsafe { libc::abort() }
 }
@@ -34,12 +34,14 @@ macro_rules! debug_ensure {
     };
 }
 
-fn write_stderr(mut bytes: &[u8]) {
+/// Writes all of `bytes` to the file descriptor `fd` with plain `write(2)` calls, as far as
+/// it takes them; a failed write drops the rest (there is nowhere to report it).
+pub fn write_fd(fd: libc::c_int, mut bytes: &[u8]) {
     while !bytes.is_empty() {
         // SAFETY: the pointer and length describe the live slice `bytes`.
-        let n = unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
         if n <= 0 {
-            return; // nowhere to report to; the abort still happens
+            return; // nowhere to report to
         }
         bytes = bytes.get(n as usize..).unwrap_or_default();
     }

@@ -48,7 +48,7 @@ mod sync;
 pub use class::{
     ALIGNMENT, MAX_POOLED_ALIGN, MAX_SPAN_SLOTS, NUM_CLASSES, POOLED_MAX, SMALL_MAX, SizeClass,
 };
-pub use fatal::{ensure, fatal};
+pub use fatal::{ensure, fatal, write_fd};
 pub use geometry::{
     ARENA_SHIFT, ARENA_SIZE, DESCRIPTORS, POOL_SIZE, SLOTS, first_slot_entry, slot_index,
 };
