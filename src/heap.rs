@@ -865,9 +865,34 @@ impl<'a> Claim<'a> {
     ) {
         // SAFETY: as the caller guarantees.
         unsafe {
+            // The common change needs nothing shared: a full pool taking a block back.
+            if freed.was_full && !freed.now_empty && self.relist(pool) {
+                return;
+            }
             self.reborrow()
                 .pool_changed_state(pool, freed, &mut SharedAccess::new(&ctx.shared))
         }
+    }
+
+    /// A full pool that took a block back (and is not empty) rejoins its class's list at the
+    /// head, unless an empty pool is listed there, which must make way first (H1, H7): then
+    /// nothing is changed and the result is `false`, for `pool_changed_state` to do it all.
+    ///
+    /// # Safety
+    /// `pool` is ours, was full (so in no list) and is not empty.
+    #[inline(always)]
+    unsafe fn relist(&mut self, pool: PoolPtr) -> bool {
+        // SAFETY: the pool is ours, so live (caller); listed pools are live (H1).
+        unsafe {
+            let class = pool.class();
+            let list = self.heap().list(class);
+            if list.first().is_some_and(|head| head.used() == 0) {
+                return false;
+            }
+            list.push_front(pool.into());
+            bump(&self.counters.full, class, -1);
+        }
+        true
     }
 
     /// A full pool rejoins its class's list; an empty one is parked if it may stay listed
@@ -889,7 +914,6 @@ impl<'a> Claim<'a> {
         unsafe {
             let class = pool.class();
             if freed.was_full {
-                bump(&self.counters.full, class, -1);
                 if !freed.now_empty {
                     // An empty pool may only be listed at the head: it makes way.
                     if let Some(head) = self.heap().list(class).first() {
@@ -898,9 +922,12 @@ impl<'a> Claim<'a> {
                             self.give_up(head, shared);
                         }
                     }
-                    self.heap().list(class).push_front(pool.into());
+                    if !self.relist(pool) {
+                        fatal("heap: an empty pool still heads its class's list");
+                    }
                     return;
                 }
+                bump(&self.counters.full, class, -1);
             } else if self.may_park(pool) {
                 self.park(pool, shared);
                 return;

@@ -92,7 +92,8 @@ struct Cached {
 impl Cached {
     /// Whether this entry may give a block needing `len` bytes aligned to `align` (L1, L3).
     fn holds(&self, len: usize, align: usize) -> bool {
-        !self.ptr.is_null() && self.len >= len && self.ptr.addr() % align == 0
+        // `align` is a power of two, so a mask tests the alignment.
+        !self.ptr.is_null() && self.len >= len && self.ptr.addr() & align.wrapping_sub(1) == 0
     }
 
     fn end(&self) -> usize {
@@ -241,18 +242,29 @@ impl Large {
     /// rest cached.
     fn take_front(&mut self, i: usize, len: usize) {
         let last = self.cached_blocks.wrapping_sub(1);
-        let Some(entry) = self.cache.get_mut(i).filter(|_| i <= last) else {
+        let Some(run) = self.cache.get_mut(i..=last) else {
             fatal("large: a cache entry out of range");
         };
-        if len == entry.len {
-            self.cache.swap(i, last);
-            if let Some(vacated) = self.cache.get_mut(last) {
-                *vacated = VACANT;
+        let whole = match run {
+            // Taken whole: the last occupied entry moves into its place, and that is vacated.
+            [taken, .., moved] if len == taken.len => {
+                *taken = *moved;
+                *moved = VACANT;
+                true
             }
+            [taken] if len == taken.len => {
+                *taken = VACANT;
+                true
+            }
+            [entry, ..] => {
+                entry.ptr = entry.ptr.wrapping_add(len);
+                entry.len -= len;
+                false
+            }
+            [] => fatal("large: a cache entry out of range"),
+        };
+        if whole {
             self.cached_blocks = last;
-        } else {
-            entry.ptr = entry.ptr.wrapping_add(len);
-            entry.len -= len;
         }
         self.cached_bytes -= len;
     }

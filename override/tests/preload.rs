@@ -12,14 +12,33 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The library cargo built for this test: `target/<profile>/deps/libpymalloc_override.so` (a `cargo
-/// build` also copies it up to `target/<profile>/`).
+/// The library under test, built once per test binary through cargo in the profile this test
+/// was built in (`target/debug/` is the `test` profile's, `target/release/` the release
+/// profile's): `cargo test` builds no cdylib, and the package is only one (`Cargo.toml`).
 fn library() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let deps = exe.parent().expect("target/<profile>/deps");
-    let lib = deps.join("libpymalloc_override.so");
-    assert!(lib.exists(), "{} not built", lib.display());
-    lib
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("test executable path");
+            let profile_dir = exe
+                .parent()
+                .and_then(Path::parent)
+                .expect("target/<profile>");
+            let profile = match profile_dir.file_name().and_then(|name| name.to_str()) {
+                Some("release") => "release",
+                _ => "test",
+            };
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "--quiet", "--lib", "-p", "pymalloc-override"])
+                .args(["--profile", profile])
+                .status()
+                .expect("run cargo");
+            assert!(status.success(), "building libpymalloc_override.so");
+            let lib = profile_dir.join("libpymalloc_override.so");
+            assert!(lib.exists(), "{} not built", lib.display());
+            lib
+        })
+        .clone()
 }
 
 /// Scratch space for this test binary.
@@ -329,26 +348,18 @@ fn the_library_loaded_with_dlopen_serves_threads_started_before_and_after() {
     succeeds_with_ok(&Command::new(exe).arg(library()).output().unwrap());
 }
 
-/// No allocator path reads the thread's heap with `__tls_get_addr` (it is initial-exec TLS;
-/// see `src/tls.rs`): in the library's own disassembly, the only functions that call it are
-/// the standard library's and the thread-binding code (`pymalloc::thread`: a thread's first
-/// call and its exit), never `malloc`, `free` or the allocator's other functions. Skipped
-/// where `objdump` is missing.
-#[test]
-fn no_allocator_path_calls_tls_get_addr() {
-    let Ok(out) = Command::new("objdump")
+/// Every direct call in the library's own disassembly, as (caller, callee) symbol names;
+/// `None` where `objdump` is missing.
+fn direct_calls() -> Option<Vec<(String, String)>> {
+    let out = Command::new("objdump")
         .args(["-d", "--no-show-raw-insn"])
         .arg(library())
         .output()
-    else {
-        eprintln!("objdump not found: skipped");
-        return;
-    };
+        .ok()?;
     let listing = text(&out.stdout);
     let mut current = "";
     let mut functions = 0;
-    // (caller, callee) for every direct call.
-    let mut calls: Vec<(&str, &str)> = Vec::new();
+    let mut calls = Vec::new();
     for line in listing.lines() {
         if let Some((_, name)) = line.strip_suffix(">:").and_then(|l| l.split_once(" <")) {
             current = name;
@@ -357,25 +368,82 @@ fn no_allocator_path_calls_tls_get_addr() {
             && let Some((_, callee)) = line.split_once(" <")
         {
             let callee = callee.trim_end_matches('>');
-            calls.push((current, callee.split('@').next().unwrap_or(callee)));
+            let callee = callee.split('@').next().unwrap_or(callee);
+            calls.push((current.to_string(), callee.to_string()));
         }
     }
     assert!(functions > 100, "no disassembly read");
+    Some(calls)
+}
+
+/// No allocator path reads the thread's heap with `__tls_get_addr` (it is initial-exec TLS;
+/// see `src/tls.rs`): in the library's own disassembly, the only functions that call it are
+/// the standard library's and the thread-binding code (`pymalloc::thread`: a thread's first
+/// call and its exit), never `malloc`, `free` or the allocator's other functions. Skipped
+/// where `objdump` is missing.
+#[test]
+fn no_allocator_path_calls_tls_get_addr() {
+    let Some(calls) = direct_calls() else {
+        eprintln!("objdump not found: skipped");
+        return;
+    };
     let allowed = |f: &str| {
         f.contains("3std") || f.contains("8pymalloc6thread") || f.contains("pymalloc..thread..")
     };
     // A small helper (a closure's shim, say) that only allowed functions call is theirs.
     let reached_only_from_allowed = |f: &str| {
-        let mut callers = calls.iter().filter(|(_, callee)| *callee == f).peekable();
+        let mut callers = calls.iter().filter(|(_, callee)| callee == f).peekable();
         callers.peek().is_some() && callers.all(|(caller, _)| allowed(caller))
     };
     let bad: Vec<_> = calls
         .iter()
-        .filter(|(_, callee)| *callee == "__tls_get_addr")
-        .map(|(caller, _)| *caller)
+        .filter(|(_, callee)| callee == "__tls_get_addr")
+        .map(|(caller, _)| caller.as_str())
         .filter(|f| !allowed(f) && !reached_only_from_allowed(f))
         .collect();
     assert!(bad.is_empty(), "__tls_get_addr called from {bad:?}");
+}
+
+/// The allocator never unwinds, and has no panic in it to unwind from: in the library's
+/// disassembly, no function of pymalloc's crates and no C entry point calls one of Rust's
+/// panicking functions (a bounds check, a division by zero, an `unwrap`, a `panic!`). The
+/// guard that aborts if a callee unwinds (`panic_cannot_unwind`) is allowed: it is the
+/// abort, not a panic. Release builds only: the test profile checks arithmetic overflow,
+/// which panics by design. Skipped where `objdump` is missing.
+#[test]
+fn no_allocator_path_can_panic() {
+    if cfg!(debug_assertions) {
+        eprintln!("overflow checks panic in this profile: run with --release");
+        return;
+    }
+    let Some(calls) = direct_calls() else {
+        eprintln!("objdump not found: skipped");
+        return;
+    };
+    const ENTRY_POINTS: [&str; 6] = [
+        "malloc",
+        "free",
+        "calloc",
+        "realloc",
+        "free_sized",
+        "memalign",
+    ];
+    let ours = |f: &str| f.contains("pymalloc") || ENTRY_POINTS.contains(&f);
+    let panicking = |f: &str| {
+        (f.contains("panicking") || f.contains("panic_") || f.contains("_failed"))
+            && !f.contains("panic_cannot_unwind")
+            && !f.contains("panic_nounwind")
+    };
+    let bad: Vec<_> = calls
+        .iter()
+        .filter(|(caller, callee)| ours(caller) && panicking(callee))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "allocator functions that can panic: {bad:#?}"
+    );
+    // The check sees what it looks for: the standard library's own panics are in the listing.
+    assert!(calls.iter().any(|(_, callee)| panicking(callee)));
 }
 
 /// Requests no machine can back — twice its RAM and swap, and 2^40 bytes — give null and

@@ -108,6 +108,10 @@ const BLOCK_SIZES: [u32; NUM_CLASSES] = {
     let mut i = 0;
     while i < NUM_CLASSES {
         t[i] = block_size_of(i) as u32;
+        assert!(
+            t[i] as usize >= ALIGNMENT,
+            "every block holds ALIGNMENT bytes"
+        );
         i += 1;
     }
     t
@@ -121,7 +125,7 @@ const SPAN_SLOTS: [u8; NUM_CLASSES] = {
     while i < NUM_CLASSES {
         t[i] = span_slots_of(block_size_of(i)) as u8;
         assert!(
-            t[i] != 0,
+            t[i] != 0 && t[i] as usize <= MAX_SPAN_SLOTS,
             "every class fits a pool of at most MAX_SPAN_SLOTS slots"
         );
         i += 1;
@@ -231,19 +235,30 @@ impl SizeClass {
         SizeClass(index)
     }
 
-    /// Index into per-class tables; always below [`NUM_CLASSES`].
+    /// Index into per-class tables; always below [`NUM_CLASSES`], which the compiler is told,
+    /// so that indexing a table of `NUM_CLASSES` entries by it needs no bounds check and has
+    /// no panic path.
     #[inline(always)]
     pub const fn index(self) -> usize {
+        // SAFETY: the type's invariant (module docs): every safe constructor makes an index
+        // below NUM_CLASSES (`for_size` by construction, checked at compile time by the
+        // `POOLED_MAX` assertion above; `from_index` and `for_layout` by a check or a table of
+        // such indices; `all` by its range), and `from_index_unchecked`'s caller promises it.
+        unsafe { core::hint::assert_unchecked((self.0 as usize) < NUM_CLASSES) };
         self.0 as usize
     }
 
     /// Bytes in each block of this class.
     #[inline(always)]
-    // A class's index is below NUM_CLASSES (the type's invariant), so this never panics; a
-    // `const fn` cannot call `get_unchecked`.
+    // A class's index is below NUM_CLASSES (`index` tells the compiler so), so this has no
+    // bounds check and never panics; a `const fn` cannot call `get_unchecked`.
     #[allow(clippy::indexing_slicing)]
     pub const fn block_size(self) -> usize {
-        BLOCK_SIZES[self.0 as usize] as usize
+        let size = BLOCK_SIZES[self.index()] as usize;
+        // SAFETY: every entry is a block size, at least ALIGNMENT (checked where the table is
+        // built); told to the compiler so that dividing by it has no panic path.
+        unsafe { core::hint::assert_unchecked(size >= ALIGNMENT) };
+        size
     }
 
     /// Slots of [`POOL_SIZE`] bytes that a pool of this class spans.
@@ -251,7 +266,11 @@ impl SizeClass {
     // As `block_size`.
     #[allow(clippy::indexing_slicing)]
     pub const fn span_slots(self) -> usize {
-        SPAN_SLOTS[self.0 as usize] as usize
+        let slots = SPAN_SLOTS[self.index()] as usize;
+        // SAFETY: every entry is between 1 and MAX_SPAN_SLOTS (checked where the table is
+        // built).
+        unsafe { core::hint::assert_unchecked(slots >= 1 && slots <= MAX_SPAN_SLOTS) };
+        slots
     }
 
     /// Bytes of a pool of this class.

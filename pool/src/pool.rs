@@ -338,7 +338,7 @@ impl PoolPtr {
                 (*p).used.load(Ordering::Relaxed) == 1
                     && (*p).bump.load(Ordering::Relaxed) == (*p).size
                     && (*p).free.is_null()
-                    && (*p).limit / (*p).size == 1
+                    && (*p).limit.checked_div((*p).size) == Some(1)
                     && blocks_per_pool(class) == 1,
                 "reclass_sole_block: the pool or the class holds more than one block",
             );
@@ -643,7 +643,12 @@ impl PoolPtr {
         // whose first word holds the next entry (P3), at most `bump / size` of them (P4).
         unsafe {
             let mut free = (*p).free;
-            let mut left = (*p).bump.load(Ordering::Relaxed) / (*p).size;
+            // (A zero size, which no live pool has, reads as no blocks rather than a panic.)
+            let mut left = (*p)
+                .bump
+                .load(Ordering::Relaxed)
+                .checked_div((*p).size)
+                .unwrap_or(0);
             while !free.is_null() && left > 0 {
                 if free == block.as_ptr() {
                     return true;

@@ -108,6 +108,21 @@ fn build_c(dir: &Path, name: &str) -> PathBuf {
     exe
 }
 
+/// Compiles `benches/c/empty_library.c` into a shared library with nothing in it: the floor
+/// of any `LD_PRELOAD` for the start-up table.
+fn build_empty_library(dir: &Path) -> PathBuf {
+    let lib = dir.join("libempty.so");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("c/empty_library.c");
+    let status = Command::new("cc")
+        .args(["-O2", "-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(&source)
+        .status()
+        .expect("cc (a C compiler) must be installed");
+    assert!(status.success(), "compiling {}", source.display());
+    lib
+}
+
 /// Compiles `benches/c/<name>.cpp` with the system's C++ compiler.
 fn build_cpp(dir: &Path, name: &str) -> PathBuf {
     let exe = dir.join(name);
@@ -490,6 +505,13 @@ fn main() {
         .collect();
     let total = programs.len() * runs * peers.len();
     let mut samples: BTreeMap<(usize, usize), Vec<Sample>> = BTreeMap::new();
+    // The start-up program also runs with an empty library preloaded, in the same rounds: what
+    // preloading any library costs, under every allocator's start-up.
+    let floor = Peer {
+        name: "an empty library",
+        lib: Some(build_empty_library(&dir)),
+    };
+    let mut floor_samples: Vec<Sample> = Vec::new();
     let mut k = 0;
     // Every round runs every program on every allocator, so that the rows compared with each
     // other (Python on malloc against Python on its own allocator) are interleaved too.
@@ -505,6 +527,9 @@ fn main() {
                     .entry((p, a))
                     .or_default()
                     .push(measure(program, peer, &peak_rss, &dir));
+            }
+            if program.name == "startup" {
+                floor_samples.push(measure(program, &floor, &peak_rss, &dir));
             }
         }
     }
@@ -555,23 +580,22 @@ fn main() {
     let startup = programs.iter().position(|p| p.name == "startup");
     if let Some(p) = startup {
         let starts: f64 = STARTS.parse().unwrap();
-        let per_start = |a: usize| {
-            median(samples[&(p, a)].iter().map(|s| s.time_ns).collect()) as f64 / starts / 1e3
-        };
+        let per_start =
+            |s: &[Sample]| median(s.iter().map(|s| s.time_ns).collect()) as f64 / starts / 1e3;
+        let glibc = per_start(&samples[&(p, 0)]);
         write!(
             table,
-            "\n**start-up** (µs per process, from `startup`; more than glibc's)\n\n| | µs | more |\n|---|---:|---:|\n"
+            "\n**start-up** (µs per process, from `startup`; more than glibc's; the empty \
+             library is the floor: what preloading any library costs)\n\n| | µs | more |\n|---|---:|---:|\n"
         )
         .unwrap();
-        for (a, peer) in peers.iter().enumerate() {
-            writeln!(
-                table,
-                "| {} | {:.0} | {:+.0} |",
-                peer.name,
-                per_start(a),
-                per_start(a) - per_start(0)
-            )
-            .unwrap();
+        let rows = peers
+            .iter()
+            .enumerate()
+            .map(|(a, peer)| (peer.name, per_start(&samples[&(p, a)])))
+            .chain([(floor.name, per_start(&floor_samples))]);
+        for (name, us) in rows {
+            writeln!(table, "| {name} | {us:.0} | {:+.0} |", us - glibc).unwrap();
         }
     }
     println!("{table}");
