@@ -292,9 +292,12 @@ impl<P: Platform> Allocator<P> {
             .arenas()
             .check(&self.ctx.shared.map)
             .and(self.ctx.shared.large().lock().check());
+        // Blocks the caller's heap keeps of other heaps' pools count as waiting (heap H8).
+        let mut kept = [0; NUM_CLASSES];
         if let Some(claim) = mine {
             claim.collect_remote(&mut shared);
             result = result.and(claim.check(shared.arenas(), &self.ctx.shared.map));
+            kept = claim.foreign_counts();
         }
         let mut all_checked = true;
         self.for_each_heap(|cell| {
@@ -311,7 +314,7 @@ impl<P: Platform> Allocator<P> {
             claim.release();
         });
         result?;
-        if all_checked && self.waiting_on_remote_lists().iter().any(|&w| w != 0) {
+        if all_checked && self.waiting_on_remote_lists() != kept {
             return Err("heaps: blocks freed remotely were never taken back");
         }
         drop(shared);
@@ -326,11 +329,15 @@ impl<P: Platform> Allocator<P> {
         self.check_with(None)
     }
 
-    /// Gives back to the system all memory that is not in use: takes back blocks freed into
-    /// heaps no thread holds (and into `mine`, the caller's own) and their kept empty pools,
-    /// decommits free pools, unmaps empty arenas and cached large mappings.
+    /// Gives back to the system all memory that is not in use: sends the blocks of other
+    /// heaps' pools that `mine` (the caller's own heap) kept back to their owners, takes back
+    /// blocks freed into heaps no thread holds (and into `mine`) and their kept empty pools,
+    /// decommits free pools, unmaps empty arenas and cached large mappings. (Other threads'
+    /// heaps keep theirs, at most [`FOREIGN_BYTES`](crate::FOREIGN_BYTES) each, until
+    /// their threads exit.)
     pub(crate) fn trim_with(&self, mine: Option<&mut Claim<'_>>) {
         if let Some(claim) = mine {
+            claim.flush_foreign(&self.ctx.shared);
             claim.tidy(&mut SharedAccess::new(&self.ctx.shared));
         }
         self.for_each_heap(|cell| {

@@ -17,10 +17,11 @@
 //!   last block comes back goes to the heap's few kept empty pools or back to the arenas,
 //!   where any class may take its slots (O(1));
 //! - H2 every pool listed or cached is a pool slot in use in the arenas, owned by this heap;
-//! - H3 only the claimant reads or writes the heap's pools and lists; other threads touch only
-//!   `remote` (push) and the pools' `owner` field (read);
-//! - H4 a block freed by a thread that does not own its pool is pushed on one of the owner's
-//!   remote lists (the freeing heap's shard) and stays in use in its pool until the owner
+//! - H3 only the claimant reads or writes the heap's pools, lists and kept blocks (H8); other
+//!   threads touch only `remote` (push) and the pools' `owner` field (read);
+//! - H4 a block freed by a thread that does not own its pool is kept by the freeing heap (H8)
+//!   or pushed on one of the owner's remote lists (the freeing heap's shard), alone or in a
+//!   chain of the owner's blocks, and stays in use in its pool until the owner
 //!   takes the lists back — when it has no usable pool for a class, before taking new memory;
 //!   a pool that was full rejoins its list then, so no full pool is ever lost. If the owner
 //!   has no thread, whoever sees that after pushing collects the lists itself (`collect`): a
@@ -28,7 +29,8 @@
 //!   list, both sequentially consistent, so at least one of them sees the other;
 //! - H5 `counters` are written only by the claimant, with plain loads and stores (no
 //!   read-modify-write), and read by anyone: per class, the pools owned and full, and the
-//!   blocks freed onto other heaps' remote lists and taken back from this heap's. Blocks in
+//!   blocks of other heaps' pools freed here (kept, H8, or sent back; less those kept and
+//!   handed out again) and taken back from this heap's remote lists. Blocks in
 //!   use are not counted here but in each pool's `used` (pool invariant P8), which still
 //!   counts a block waiting on a remote list: the sum over all heaps of blocks freed
 //!   remotely less blocks taken back is what to subtract, exact whenever no thread is
@@ -45,6 +47,21 @@
 //!   at most [`PARKED_POOLS`] listed empty pools and [`CACHED_POOLS`] kept ones, however
 //!   many classes it touched, while each of a few keeps an empty pool per class it cycles
 //!   through.
+//! - H8 a thread's heap or a local heap (never the fallback heap) keeps the blocks of other
+//!   heaps' pools that its claimant frees, per class, up to [`FOREIGN_BLOCKS`] and
+//!   [`FOREIGN_CLASS_BYTES`] of a class and [`FOREIGN_BYTES`] in all (none of a class whose
+//!   blocks are larger than [`FOREIGN_CLASS_BYTES`]), and hands them out, the last freed
+//!   first, when it has no usable pool of the class — before it takes the fallback heap's
+//!   blocks or its remote lists back or a new pool. (Handing them out before its own pools'
+//!   blocks was tried: it cost every `malloc` a test and made frees of blocks that circulate
+//!   between two threads read the other thread's pool descriptors, which their owner writes
+//!   on every allocation; `docs/notes.md`.)
+//!   A kept block is free: it holds its freed mark (so a second free of it, from any thread,
+//!   aborts) and is counted as freed remotely (H5), while its pool still counts it in use.
+//!   Past a limit, a class's kept blocks go back to their owners, each owner's in one chain
+//!   with one compare-and-swap; all of them go back when the heap is handed on (its thread
+//!   exits, a local heap is dropped) and when its thread calls `trim`. So a thread keeps at
+//!   most [`FOREIGN_BYTES`] of other threads' blocks, however long it stops allocating.
 //!
 //! The fast path is [`Claim::alloc`] and [`Claim::free`]: a freelist pop or push, no
 //! lock and no atomic read-modify-write; a new pool, a full or empty pool and remote frees are
@@ -58,7 +75,7 @@ use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use pymalloc_arena::{ARENA_SIZE, ArenaMap, Arenas, Platform};
 use pymalloc_pool::{
     Freed, Inbox, MAX_SPAN_SLOTS, NUM_CLASSES, POOLED_MAX, PoolList, PoolPtr, SizeClass,
-    blocks_per_pool, fatal, holds_freed_mark,
+    blocks_per_pool, clear_freed_mark, fatal, holds_freed_mark, write_freed_mark,
 };
 
 use crate::shared::{Shared, SharedAccess};
@@ -191,6 +208,60 @@ impl EmptyPools {
     }
 }
 
+/// Most blocks of one class a heap keeps of other heaps' pools (H8).
+pub const FOREIGN_BLOCKS: usize = 64;
+/// Most bytes of one class a heap keeps of other heaps' pools (H8): fewer blocks of larger
+/// classes, and none of classes above it, which go back to their owners at once.
+pub const FOREIGN_CLASS_BYTES: usize = 16 * 1024;
+/// Most bytes a heap keeps of other heaps' pools, all classes together (H8).
+pub const FOREIGN_BYTES: usize = 256 * 1024;
+
+/// How many blocks of `class` a heap keeps of other heaps' pools (H8); 0 for a class that
+/// goes back to its owners at once.
+#[inline(always)]
+fn foreign_limit(class: SizeClass) -> usize {
+    (FOREIGN_CLASS_BYTES / class.block_size()).min(FOREIGN_BLOCKS)
+}
+
+/// Blocks of other heaps' pools that the claimant freed, kept to hand out again rather than
+/// sent back one by one (H8): per class, a stack linked through the blocks' first words,
+/// every block holding its freed mark.
+struct Foreign {
+    heads: [*mut u8; NUM_CLASSES],
+    counts: [u32; NUM_CLASSES],
+    /// Bytes kept, all classes together.
+    bytes: usize,
+    /// Whether the heap keeps foreign blocks at all: a thread's heap or a local heap does;
+    /// the fallback heap, claimed for a moment by whoever needs it, does not.
+    enabled: bool,
+}
+
+impl Foreign {
+    const fn new() -> Foreign {
+        Foreign {
+            heads: [ptr::null_mut(); NUM_CLASSES],
+            counts: [0; NUM_CLASSES],
+            bytes: 0,
+            enabled: false,
+        }
+    }
+
+    /// Takes the stack of `class`, leaving it empty: its first block (if any) and how many.
+    fn take(&mut self, class: SizeClass) -> (*mut u8, usize) {
+        // SAFETY: a SizeClass's index is below NUM_CLASSES (both arrays).
+        let (head, count) = unsafe {
+            (
+                self.heads.get_unchecked_mut(class.index()),
+                self.counts.get_unchecked_mut(class.index()),
+            )
+        };
+        let taken = (core::mem::replace(head, ptr::null_mut()), *count as usize);
+        *count = 0;
+        self.bytes -= taken.1 * class.block_size();
+        taken
+    }
+}
+
 /// What only the claimant of a heap touches.
 struct Heap {
     usable: [PoolList; NUM_CLASSES],
@@ -201,6 +272,8 @@ struct Heap {
     shares: bool,
     /// Bytes of each class taken from the fallback heap, up to [`SHARED_BYTES`].
     shared_taken: [u32; NUM_CLASSES],
+    /// Blocks of other heaps' pools kept to hand out again (H8).
+    foreign: Foreign,
 }
 
 impl Heap {
@@ -275,6 +348,7 @@ impl HeapCell {
                 parked: Parked::new(),
                 shares: false,
                 shared_taken: [0; NUM_CLASSES],
+                foreign: Foreign::new(),
             }),
             counters: Counters {
                 freed_remotely: [const { AtomicUsize::new(0) }; NUM_CLASSES],
@@ -374,13 +448,134 @@ impl<'a> Claim<'a> {
         unsafe { &mut *self.cell.heap.get() }
     }
 
-    /// Makes the heap take its next claimant's first blocks of each class from the fallback
-    /// heap, or not (H6). Never for the fallback heap itself.
-    /// Set by whoever has just claimed the heap for a new thread or local heap.
-    pub(crate) fn set_sharing(&mut self, shares: bool) {
+    /// Sets the heap up for its next claimant, a thread or a local heap (never the fallback
+    /// heap): it takes its first blocks of each class from the fallback heap if it `shares`
+    /// (H6), and keeps blocks of other heaps' pools that it frees (H8).
+    pub(crate) fn set_up(&mut self, shares: bool) {
         let heap = self.heap();
         heap.shares = shares;
         heap.shared_taken = [0; NUM_CLASSES];
+        heap.foreign.enabled = true;
+    }
+
+    /// Keeps `block`, of another heap's pool, freed here, to hand out again (H8); past the
+    /// limits, the class's kept blocks go back to their owners first. A class above
+    /// [`FOREIGN_CLASS_BYTES`], or a heap that keeps none, sends the block back at once.
+    ///
+    /// # Safety
+    /// `block` is a block in use of a live pool of `class` owned by `owner`, another heap
+    /// (not the fallback heap), and does not hold its freed mark; not used after this call.
+    #[cold]
+    #[inline(never)]
+    unsafe fn keep_foreign<P: Platform>(
+        &mut self,
+        block: NonNull<u8>,
+        class: SizeClass,
+        owner: &HeapCell,
+        shared: &Shared<P>,
+    ) {
+        let limit = foreign_limit(class);
+        let foreign = &self.heap().foreign;
+        if !foreign.enabled || limit == 0 {
+            // SAFETY: as the caller guarantees.
+            return unsafe { free_remote(owner, self.shard, block, shared) };
+        }
+        // SAFETY: a SizeClass's index is below NUM_CLASSES.
+        let count = unsafe { *foreign.counts.get_unchecked(class.index()) } as usize;
+        if count >= limit {
+            self.flush_foreign_class(class, shared);
+        }
+        if self.heap().foreign.bytes + class.block_size() > FOREIGN_BYTES {
+            self.flush_foreign(shared);
+        }
+        let foreign = &mut self.heap().foreign;
+        // SAFETY: the block is ours to overwrite, two words at least (caller); a SizeClass's
+        // index is below NUM_CLASSES.
+        unsafe {
+            let head = foreign.heads.get_unchecked_mut(class.index());
+            block.cast::<*mut u8>().write(*head);
+            write_freed_mark(block);
+            *head = block.as_ptr();
+            *foreign.counts.get_unchecked_mut(class.index()) += 1;
+        }
+        foreign.bytes += class.block_size();
+    }
+
+    /// A block of `class` from the blocks of other heaps' pools kept here (H8), handed out:
+    /// its freed mark cleared, no longer counted as freed remotely.
+    #[inline]
+    fn take_foreign(&mut self, class: SizeClass) -> Option<NonNull<u8>> {
+        let foreign = &mut self.heap().foreign;
+        // SAFETY: a SizeClass's index is below NUM_CLASSES; a kept block is a block in use of
+        // a live pool, linked through its first word (H8), now ours to hand out.
+        let block = unsafe {
+            let head = foreign.heads.get_unchecked_mut(class.index());
+            let block = NonNull::new(*head)?;
+            *head = block.cast::<*mut u8>().read();
+            *foreign.counts.get_unchecked_mut(class.index()) -= 1;
+            clear_freed_mark(block);
+            block
+        };
+        foreign.bytes -= class.block_size();
+        bump(&self.counters.freed_remotely, class, -1);
+        Some(block)
+    }
+
+    /// How many blocks of each class the heap keeps of other heaps' pools (H8).
+    pub(crate) fn foreign_counts(&mut self) -> [usize; NUM_CLASSES] {
+        self.heap().foreign.counts.map(|count| count as usize)
+    }
+
+    /// Sends every kept block of other heaps' pools back to its owner (H8): what a heap does
+    /// before it is left without a thread, and what `trim` does. Call with no lock held: an
+    /// owner that has no thread is collected here.
+    pub(crate) fn flush_foreign<P: Platform>(&mut self, shared: &Shared<P>) {
+        for class in SizeClass::all() {
+            self.flush_foreign_class(class, shared);
+        }
+    }
+
+    /// Sends the kept blocks of `class` back to their owners, each owner's in one chain
+    /// pushed with one compare-and-swap (H8). Call with no lock held.
+    #[cold]
+    #[inline(never)]
+    fn flush_foreign_class<P: Platform>(&mut self, class: SizeClass, shared: &Shared<P>) {
+        let (mut rest, _) = self.heap().foreign.take(class);
+        let shard = self.shard;
+        let link = |block: NonNull<u8>| block.cast::<*mut u8>().as_ptr();
+        // SAFETY: kept blocks are blocks in use of live pools, linked through their first
+        // words and marked (H8), now ours alone; their owners do not change (P7) and, being
+        // heaps, live as long as the allocator.
+        unsafe {
+            while let Some(first) = NonNull::new(rest) {
+                // `first`'s owner's blocks in one chain, the others in `rest` for the next round.
+                let owner = PoolPtr::containing(first).owner();
+                let (mut last, mut others, mut others_last) = (first, ptr::null_mut::<u8>(), first);
+                let mut next = link(first).read();
+                while let Some(block) = NonNull::new(next) {
+                    next = link(block).read();
+                    if PoolPtr::containing(block).owner() == owner {
+                        link(last).write(block.as_ptr());
+                        last = block;
+                    } else {
+                        if others.is_null() {
+                            others = block.as_ptr();
+                        } else {
+                            link(others_last).write(block.as_ptr());
+                        }
+                        others_last = block;
+                    }
+                }
+                if !others.is_null() {
+                    link(others_last).write(ptr::null_mut());
+                }
+                rest = others;
+                let owner = &*owner.cast::<HeapCell>();
+                if owner.inbox.push_chain(shard, first, last) {
+                    collect(owner, shared);
+                }
+            }
+        }
     }
 
     /// One block of `class`, with whether it reads zero; `None` if no memory can be had.
@@ -431,6 +626,9 @@ impl<'a> Claim<'a> {
             let pool = match self.heap().list(class).first() {
                 Some(pool) => pool,
                 None => {
+                    if let Some(block) = self.take_foreign(class) {
+                        return Some((block, false));
+                    }
                     if let Some(shared) = self.reborrow().alloc_shared(class, ctx) {
                         return Some(shared);
                     }
@@ -601,14 +799,19 @@ impl<'a> Claim<'a> {
             // SAFETY: as above, for the class; heaps live as long as their allocator, and
             // pools record theirs (P7).
             unsafe {
-                bump(&self.counters.freed_remotely, pool.class(), 1);
-                free_remote(&*owner.cast::<HeapCell>(), self.shard, block, &ctx.shared)
+                if holds_freed_mark(block) {
+                    // Free already (P9): kept by some heap, or on its way back, or back.
+                    fatal("free of a block that is already free (double free)");
+                }
+                let class = pool.class();
+                bump(&self.counters.freed_remotely, class, 1);
+                self.keep_foreign(block, class, &*owner.cast::<HeapCell>(), &ctx.shared)
             }
         }
     }
 
     /// A free of a block of a pool this heap owns. A block that holds its freed mark (pool
-    /// invariant P9) may be free already: [`Claim::ensure_not_free`] settles it first.
+    /// invariant P9) is free already: [`Claim::double_free`] aborts.
     ///
     /// # Safety
     /// `block` starts a carved block of `pool`, which
@@ -623,7 +826,7 @@ impl<'a> Claim<'a> {
         // SAFETY: as the caller guarantees; the change of state is this pool's.
         unsafe {
             if holds_freed_mark(block) {
-                return self.reborrow().free_local_marked(block, pool, ctx);
+                self.reborrow().double_free(block, pool, ctx);
             }
             self.free_unmarked(block, pool, ctx)
         }
@@ -650,43 +853,21 @@ impl<'a> Claim<'a> {
         }
     }
 
-    /// [`Claim::free_local`] of a block that holds its freed mark: settled by
-    /// [`Claim::ensure_not_free`], then freed. Out of line and called last, so that the
-    /// common free keeps nothing in registers across a call.
-    ///
-    /// # Safety
-    /// As [`Claim::free_local`].
-    #[cold]
-    #[inline(never)]
-    unsafe fn free_local_marked<P: Platform>(
-        mut self,
-        block: NonNull<u8>,
-        pool: PoolPtr,
-        ctx: &Context<P>,
-    ) {
-        // SAFETY: as the caller guarantees; `ensure_not_free` returns only for a block in use.
-        unsafe {
-            self.reborrow().ensure_not_free(block, pool, ctx);
-            self.free_unmarked(block, pool, ctx)
-        }
-    }
-
-    /// Aborts if `block`, which holds its freed mark, is free: on its pool's freelist, or
-    /// waiting on this heap's remote lists (taken back here, the others freed as usual);
-    /// otherwise the program stored the mark's value by chance, and nothing is changed but
-    /// the remote lists taken back.
+    /// Aborts for `block`, which holds its freed mark, so is free already (P9, `mark.rs`),
+    /// saying where it is: on its pool's freelist, waiting on this heap's remote lists (which
+    /// are taken back to look), or elsewhere (another thread's cache of blocks freed there).
     ///
     /// # Safety
     /// `block` starts a carved block of `pool`, which
     /// this heap owns.
     #[cold]
     #[inline(never)]
-    unsafe fn ensure_not_free<P: Platform>(
+    unsafe fn double_free<P: Platform>(
         mut self,
         block: NonNull<u8>,
         pool: PoolPtr,
         ctx: &Context<P>,
-    ) {
+    ) -> ! {
         // SAFETY: the pool is ours (caller), so its freelist is ours to walk.
         if unsafe { pool.on_freelist(block) } {
             fatal("free of a block that is already free (double free)");
@@ -694,11 +875,11 @@ impl<'a> Claim<'a> {
         if self.has_remote() {
             self.collect_remote_watching(&mut SharedAccess::new(&ctx.shared), Some(block));
         }
+        fatal("free of a block that is already free: freed and not handed out since (double free)")
     }
 
-    /// For a block being resized, which must be in use: aborts if it is free in a pool this
-    /// heap or the fallback heap owns (a block of another heap's pool is not checked: its
-    /// lists belong to a thread that may be using them).
+    /// For a block being resized, which must be in use: aborts if it holds its freed mark,
+    /// so is free already (P9).
     ///
     /// # Safety
     /// `block` starts a carved block of `pool`.
@@ -712,34 +893,37 @@ impl<'a> Claim<'a> {
         // SAFETY: as the caller guarantees.
         unsafe {
             if holds_freed_mark(block) {
-                self.reborrow().ensure_marked_in_use(block, pool, ctx);
+                self.reborrow().resize_of_free_block(block, pool, ctx);
             }
         }
     }
 
-    /// [`Claim::ensure_in_use`] of a block that holds its freed mark, out of line.
+    /// [`Claim::ensure_in_use`] of a block that holds its freed mark: aborts, saying where the
+    /// block is if this heap or the fallback heap owns its pool (another heap's lists belong
+    /// to a thread that may be using them).
     ///
     /// # Safety
     /// As [`Claim::ensure_in_use`].
     #[cold]
     #[inline(never)]
-    unsafe fn ensure_marked_in_use<P: Platform>(
+    unsafe fn resize_of_free_block<P: Platform>(
         mut self,
         block: NonNull<u8>,
         pool: PoolPtr,
         ctx: &Context<P>,
-    ) {
+    ) -> ! {
         // SAFETY: as the caller guarantees; the owner does not change while a block of the
         // pool is in use, and a pool that is not ours is only compared.
         unsafe {
             let owner = pool.owner();
             if owner == self.id() {
-                self.reborrow().ensure_not_free(block, pool, ctx);
+                self.reborrow().double_free(block, pool, ctx);
             } else if owner == ctx.fallback.id() {
                 // SAFETY: the fallback heap, claimed around the call, owns the pool.
-                ctx.with_fallback(|fallback| fallback.reborrow().ensure_not_free(block, pool, ctx));
+                ctx.with_fallback(|fallback| fallback.reborrow().double_free(block, pool, ctx));
             }
         }
+        fatal("free of a block that is already free: freed and not handed out since (double free)")
     }
 
     /// Returns a block to its pool, which this heap owns: the one free path for blocks freed
@@ -1026,6 +1210,7 @@ impl<'a> Claim<'a> {
         {
             return Err("heap: more bytes of a class taken from the fallback heap than shared");
         }
+        check_foreign(&heap.foreign, id, map)?;
         let (mut listed, mut listed_empty) = (0, 0);
         let mut result = Ok(());
         for (index, list) in heap.usable.iter().enumerate() {
@@ -1093,6 +1278,47 @@ impl<'a> Claim<'a> {
         }
         Ok(())
     }
+}
+
+/// Checks H8 for the blocks of other heaps' pools that heap `id` keeps: each class's stack
+/// holds as many blocks as counted, at most the class's limit, each the start of a block
+/// carved in a pool in use of that class that another heap owns, holding its freed mark; the
+/// bytes add up, within [`FOREIGN_BYTES`]; a heap that keeps none has none.
+fn check_foreign(foreign: &Foreign, id: *mut (), map: &ArenaMap) -> Result<(), &'static str> {
+    let mut bytes = 0;
+    for ((class, &head), &count) in SizeClass::all().zip(&foreign.heads).zip(&foreign.counts) {
+        let count = count as usize;
+        if count > foreign_limit(class) || (count > 0 && !foreign.enabled) {
+            return Err("heap: more blocks of another heap's pools kept than allowed (H8)");
+        }
+        let mut block = head;
+        for _ in 0..count {
+            let Some(b) = NonNull::new(block) else {
+                return Err("heap: fewer blocks of other heaps' pools kept than counted (H8)");
+            };
+            let memory = map.pool_of(b);
+            // SAFETY: a pool in use at `memory` (the map says so) is live; its block `b` is
+            // read only once it is known to start a carved block.
+            unsafe {
+                let pool = memory.map(|m| PoolPtr::at(m));
+                let Some(pool) = pool.filter(|pool| pool.starts_carved_block(b)) else {
+                    return Err("heap: a kept block is no block of a pool in use (H8)");
+                };
+                if pool.class() != class || pool.owner() == id || !holds_freed_mark(b) {
+                    return Err("heap: a kept block of the wrong class, owner or mark (H8)");
+                }
+                block = b.cast::<*mut u8>().read();
+            }
+        }
+        if !block.is_null() {
+            return Err("heap: more blocks of other heaps' pools kept than counted (H8)");
+        }
+        bytes += count * class.block_size();
+    }
+    if bytes != foreign.bytes || bytes > FOREIGN_BYTES {
+        return Err("heap: the bytes kept of other heaps' pools do not add up (H8)");
+    }
+    Ok(())
 }
 
 /// What a heap works with besides itself: what all heaps share, and the fallback heap (H6);

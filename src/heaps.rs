@@ -69,7 +69,7 @@ impl Heaps {
         shares: bool,
     ) -> Option<Claim<'a>> {
         let mut claim = self.acquire_unbound(shared)?;
-        claim.set_sharing(shares);
+        claim.set_up(shares);
         Some(claim)
     }
 
@@ -134,11 +134,14 @@ impl Heaps {
         }
     }
 
-    /// Hands a heap on: its remotely freed blocks taken back, its kept empty pools returned,
+    /// Hands a heap on: the blocks of other heaps' pools it kept sent back to their owners,
+    /// its remotely freed blocks taken back, its kept empty pools returned,
     /// it goes on the stack of unbound heaps for the next thread, its claim released under
     /// the shared lock.
     pub(crate) fn release<P: Platform>(&self, shared: &Shared<P>, mut claim: Claim<'_>) {
         let cell = claim.cell();
+        // Before the lock: an owner with no thread is collected on the way (heap H8).
+        claim.flush_foreign(shared);
         let mut access = SharedAccess::new(shared);
         claim.tidy(&mut access);
         self.push(access.arenas(), cell);

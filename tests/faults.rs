@@ -293,10 +293,10 @@ fn a_c_free_of_a_block_freed_before_others_aborts_with_a_message() {
 
 #[test]
 fn a_block_freed_twice_by_another_heap_aborts_with_a_message() {
-    // The second free finds the block at the head of the owner's remote list.
+    // The second free finds the block's freed mark, written by the first.
     expect_abort(
         "a_block_freed_twice_by_another_heap_aborts_with_a_message",
-        "pymalloc: fatal: free of a block already on its way back to its heap (double free)",
+        "pymalloc: fatal: free of a block that is already free (double free)",
     );
     if in_child() {
         let a = Allocator::new(TestPlatform::new());
@@ -312,9 +312,9 @@ fn a_block_freed_twice_by_another_heap_aborts_with_a_message() {
 }
 
 #[test]
-fn a_c_free_of_a_block_that_holds_the_mark_by_chance_frees_it() {
-    // A block freed through C's `free`, handed out again and freed again without its second
-    // word written: it still holds the mark, and the freelist walk clears it.
+fn a_block_handed_out_again_frees_again_with_its_second_word_unwritten() {
+    // A block freed through C's `free` holds its freed mark; handed out again, the mark is
+    // cleared, so a free that never wrote the second word frees it as any other.
     let a = Allocator::new(TestPlatform::new());
     let layout = Layout::from_size_align(16, 8).unwrap();
     let keep = a.alloc(layout);
@@ -329,6 +329,29 @@ fn a_c_free_of_a_block_that_holds_the_mark_by_chance_frees_it() {
     }
     // SAFETY: a live block of this layout.
     unsafe { a.dealloc(keep, layout) };
+}
+
+#[test]
+fn a_block_that_holds_its_freed_mark_is_free_wherever_it_waits() {
+    // A block holding its freed mark is free, even where its owner cannot find it (in another
+    // thread's hands): the free aborts rather than hand the block out twice. The mark's key is
+    // drawn per process, so only a program that reads it out of the allocator can write one;
+    // this test does, to stand for a block that waits where the owner cannot see.
+    expect_abort(
+        "a_block_that_holds_its_freed_mark_is_free_wherever_it_waits",
+        "pymalloc: fatal: free of a block that is already free: freed and not handed out since",
+    );
+    if in_child() {
+        let a = Allocator::new(TestPlatform::new());
+        let layout = Layout::from_size_align(32, 8).unwrap();
+        let (p, _q) = (a.alloc(layout), a.alloc(layout));
+        let p = NonNull::new(p).unwrap();
+        // SAFETY: a live block of 32 bytes; the free is the misuse under test.
+        unsafe {
+            p.cast::<usize>().add(1).write(pymalloc_pool::freed_mark(p));
+            a.dealloc_unsized(p);
+        }
+    }
 }
 
 #[test]

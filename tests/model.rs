@@ -708,7 +708,8 @@ fn a_block_alone_in_its_pool_resizes_in_place_where_the_slots_allow() {
     assert_eq!(a.stats().pooled_blocks, 0);
 }
 
-/// Blocks freed into one heap by more heaps than it has remote lists all come back: the owner
+/// Blocks freed into one heap by more heaps than it has remote lists all come back: each
+/// freeing heap keeps them (heap H8) until it lets go, then sends them back, and the owner
 /// takes every list back before it asks for a new pool.
 #[test]
 fn remote_frees_from_more_heaps_than_shards_all_come_back() {
@@ -731,6 +732,11 @@ fn remote_frees_from_more_heaps_than_shards_all_come_back() {
         // SAFETY: a live block of this layout, freed once, by a heap that does not own it.
         unsafe { other.dealloc(p, layout) };
     }
+    assert_eq!(a.stats().classes[3].blocks_in_use, per_pool - freed.len());
+    a.check().unwrap();
+    // The freeing heaps let go: what they kept goes back to the owner's remote lists, each
+    // heap's to a list of its own.
+    drop(others);
     // The pool is full for its owner until it takes the lists back.
     let mut again: Vec<*mut u8> = (0..freed.len()).map(|_| owner.alloc(layout)).collect();
     again.sort();
@@ -745,7 +751,7 @@ fn remote_frees_from_more_heaps_than_shards_all_come_back() {
         // SAFETY: live blocks of this layout, each freed once.
         unsafe { owner.dealloc(p, layout) };
     }
-    drop((owner, others));
+    drop(owner);
     a.check().unwrap();
     assert_eq!(a.stats().pooled_blocks, 0);
 }
@@ -766,6 +772,9 @@ fn a_full_pool_that_receives_a_remote_free_returns_to_use() {
     unsafe { other.dealloc(victim, layout) };
     assert_eq!(a.stats().classes[3].blocks_in_use, per_pool - 1);
     a.check().unwrap();
+    // The other heap kept the block (H8); letting go, it sends it back.
+    drop(other);
+    let mut other = a.local_heap().unwrap();
     // The owner has no usable pool of the class: it collects the remote free first.
     let again = owner.alloc(layout);
     assert_eq!(again, victim, "the full pool's freed block was not reused");
@@ -778,6 +787,84 @@ fn a_full_pool_that_receives_a_remote_free_returns_to_use() {
     a.check().unwrap();
     let stats = a.stats();
     assert_eq!((stats.pooled_blocks, stats.pools_full), (0, 0), "{stats}");
+}
+
+/// A heap that frees blocks of another heap's pools keeps them and hands them out again, the
+/// last freed first, before it takes a pool of its own (heap H8); the figures count them as
+/// free while kept and in use again once handed out.
+#[test]
+fn a_heap_hands_out_again_the_blocks_of_other_heaps_that_it_freed() {
+    let a = Allocator::new(TestPlatform::new());
+    let (mut owner, mut other) = (a.local_heap().unwrap(), a.local_heap().unwrap());
+    let layout = Layout::from_size_align(48, 8).unwrap();
+    let blocks: Vec<*mut u8> = (0..10).map(|_| owner.alloc(layout)).collect();
+    for &p in &blocks[..4] {
+        // SAFETY: live blocks of this layout, freed once, by a heap that does not own them.
+        unsafe { other.dealloc(p, layout) };
+    }
+    let class = SizeClass::for_size(48).unwrap().index();
+    assert_eq!(a.stats().classes[class].blocks_in_use, 6);
+    a.check().unwrap();
+    let again: Vec<*mut u8> = (0..4).map(|_| other.alloc(layout)).collect();
+    let mut expected = blocks[..4].to_vec();
+    expected.reverse();
+    assert_eq!(again, expected, "the kept blocks, last freed first");
+    let stats = a.stats();
+    assert_eq!(stats.classes[class].blocks_in_use, 10);
+    assert_eq!(
+        stats.pools_used + stats.pools_full,
+        1,
+        "no pool of its own: {stats}"
+    );
+    // The next one is of a pool of its own.
+    let own = other.alloc(layout);
+    assert!(!blocks.contains(&own));
+    for p in again
+        .into_iter()
+        .chain([own])
+        .chain(blocks[4..].iter().copied())
+    {
+        // SAFETY: live blocks of this layout, each freed once.
+        unsafe { other.dealloc(p, layout) };
+    }
+    drop((owner, other));
+    a.check().unwrap();
+    assert_eq!(a.stats().pooled_blocks, 0);
+}
+
+/// Past its limit, a class's kept blocks go back to their owners, each owner's in one chain
+/// (heap H8): a heap freeing blocks of two owners keeps at most the limit, and the owners
+/// get all of theirs back; nothing is lost when the owners have no thread either.
+#[test]
+fn kept_blocks_past_the_limit_go_back_to_their_owners() {
+    let a = Allocator::new(TestPlatform::new());
+    let (mut first, mut second) = (a.local_heap().unwrap(), a.local_heap().unwrap());
+    let layout = Layout::from_size_align(64, 8).unwrap();
+    let class = SizeClass::for_size(64).unwrap();
+    let limit = (pymalloc::FOREIGN_CLASS_BYTES / class.block_size()).min(pymalloc::FOREIGN_BLOCKS);
+    let mine: Vec<*mut u8> = (0..limit).map(|_| first.alloc(layout)).collect();
+    let theirs: Vec<*mut u8> = (0..limit).map(|_| second.alloc(layout)).collect();
+    // The owners have no thread from now on: what comes back is collected by whoever sends it.
+    drop((first, second));
+    let mut other = a.local_heap().unwrap();
+    for (&p, &q) in mine.iter().zip(&theirs) {
+        // SAFETY: live blocks of this layout, each freed once, by a heap that owns neither.
+        unsafe {
+            other.dealloc(p, layout);
+            other.dealloc(q, layout);
+        }
+        a.check().unwrap();
+        let in_use = a.stats().classes[class.index()].blocks_in_use;
+        assert!(in_use <= 2 * limit, "{in_use}");
+    }
+    // Every block was freed; at most a limit's worth is kept, the rest went back.
+    let stats = a.stats();
+    assert_eq!(stats.classes[class.index()].blocks_in_use, 0, "{stats}");
+    drop(other);
+    a.check().unwrap();
+    assert_eq!(a.stats().pooled_blocks, 0);
+    a.trim();
+    assert_eq!(a.stats().pools_used + a.stats().pools_full, 0);
 }
 
 /// A layout of each of the 32 small classes: 16 to 512 bytes.

@@ -88,6 +88,19 @@ impl<const SHARDS: usize> Inbox<SHARDS> {
         !self.claim.is_locked()
     }
 
+    /// Pushes a chain of blocks on the list of `shard` with one compare-and-swap, then looks
+    /// at the claim: `true` if nobody holds it, when the caller must collect (I1).
+    ///
+    /// # Safety
+    /// As [`RemoteList::push_chain`]; `shard < SHARDS`.
+    #[inline]
+    pub unsafe fn push_chain(&self, shard: usize, first: NonNull<u8>, last: NonNull<u8>) -> bool {
+        // SAFETY: as the caller guarantees.
+        unsafe { self.lists.get_unchecked(shard).0.push_chain(first, last) };
+        sync::sequentially_consistent();
+        !self.claim.is_locked()
+    }
+
     /// Releases the claim, then looks at the lists: `true` if a block waits, when the caller
     /// must collect (I1).
     ///

@@ -40,12 +40,11 @@
 //!   whoever has the pool (a load and a store, no read-modify-write) but are atomics, so that
 //!   statistics may read them from any thread, for a figure of some recent moment. Every
 //!   other field belongs to whoever has the pool.
-//! - P9 every block on the freelist holds its *freed mark* ([`freed_mark`]: its address
-//!   XOR a constant) in its second word, written by the [`PoolPtr::free`] that put it there
+//! - P9 every block on the freelist holds its *freed mark* (`mark.rs`: its address XOR a
+//!   per-process key) in its second word, written by the [`PoolPtr::free`] that put it there
 //!   (or by the remote free that sent it back, `remote.rs`); every block handed out has that
-//!   word cleared. So a free of a block that holds its mark is suspect, and the freelist walk
-//!   ([`PoolPtr::on_freelist`]) tells a double free — whichever block of the pool it is —
-//!   from a program that stored the same value by chance.
+//!   word cleared. So a free of a block that holds its mark is a double free; the freelist
+//!   walk ([`PoolPtr::on_freelist`]) only says where the block is, for the message.
 //! - P10 `bump` only grows while a block of the pool is in use; it is atomic, so that any
 //!   thread may test whether a pointer starts a block handed out
 //!   ([`PoolPtr::starts_carved_block`]): a pointer past the blocks carved, or inside a block,
@@ -67,6 +66,7 @@ use crate::geometry::{
     line_of, slot_index,
 };
 use crate::list::{Chain, Links, List};
+use crate::mark::{self, clear_freed_mark, holds_freed_mark, write_freed_mark};
 
 const _: () = assert!(POOL_SIZE >= ALIGNMENT);
 const _: () = assert!(
@@ -263,6 +263,8 @@ impl PoolPtr {
             memory.addr().get() % POOL_SIZE == 0,
             "pool memory does not start at a slot",
         );
+        // Before the pool's first block exists, so before any mark is written (M1).
+        mark::draw_key();
         let pool = descriptor_of(memory);
         // SAFETY: the caller guarantees the descriptor is writable and ours.
         unsafe {
@@ -615,7 +617,7 @@ impl PoolPtr {
             );
             let words = block.cast::<usize>().as_ptr();
             words.cast::<*mut u8>().write(head);
-            words.add(1).write(freed_mark(block));
+            write_freed_mark(block);
             asan::poison(block.as_ptr(), (*p).size as usize);
             (*p).free = block.as_ptr();
             // A store of what was loaded above, less one (P8).
@@ -631,8 +633,8 @@ impl PoolPtr {
         }
     }
 
-    /// Whether `block`, the start of a block of this pool, is on its freelist: the walk that
-    /// confirms a double free once [`holds_freed_mark`] says the block may be free (P9). Bounded
+    /// Whether `block`, the start of a block of this pool, is on its freelist: once
+    /// [`holds_freed_mark`] says the block is free (P9), where it is, for the message. Bounded
     /// by the blocks carved, whatever the freelist holds.
     ///
     /// # Safety
@@ -695,11 +697,15 @@ impl PoolPtr {
         unsafe { (*self.0.as_ptr()).used.load(Ordering::Relaxed) as usize }
     }
 
-    /// Checks invariants P1 to P5, P9 and P10 by walking the freelist.
+    /// Checks invariants P1 to P5, P9 and P10 by walking the freelist, and the freed mark's
+    /// M1 (a pool exists, so the key is drawn).
     ///
     /// # Safety
     /// `self` is a live pool the caller has exclusive access to.
     pub unsafe fn check(self) -> Result<(), &'static str> {
+        if !mark::key_is_drawn() {
+            return Err("pool: a pool exists and the freed mark's key is not drawn (M1)");
+        }
         // SAFETY: the pool is live and ours (caller).
         let (class, size, limit, bump, used, mut free, reciprocal) = unsafe {
             let p = self.0.as_ptr();
@@ -780,99 +786,6 @@ unsafe fn next_free(block: *mut u8) -> *mut u8 {
     let next = unsafe { block.cast::<*mut u8>().read() };
     asan::poison(block, link);
     next
-}
-
-/// Mixed into a block's address to make its freed mark: the result has its top bit set, so
-/// it is never an address a program holds (user addresses have it clear on the targets
-/// pymalloc serves), nor zero, the cleared word.
-const MARK_KEY: usize = 0x9e37_79b9_u32 as i32 as isize as usize;
-
-// The key is a sign-extended 32-bit value, so that x86-64 compares and XORs with it as an
-// immediate (no 64-bit constant to load on every free), and its top bit is set.
-const _: () = assert!(
-    MARK_KEY >> (usize::BITS - 1) == 1 && MARK_KEY as isize as i32 as isize as usize == MARK_KEY
-);
-
-/// The value a free block holds in its second word (P9): its address XOR `MARK_KEY`, which
-/// any free can compute without a lookup.
-#[inline(always)]
-pub fn freed_mark(block: NonNull<u8>) -> usize {
-    block.addr().get() ^ MARK_KEY
-}
-
-const _: () = assert!(
-    ALIGNMENT >= 2 * size_of::<usize>(),
-    "a block holds the freelist link and the freed mark"
-);
-
-/// Clears the freed mark (P9) of a block being handed out, so that its next free does not
-/// walk the freelist: a block of 16 bytes holding 8 would otherwise keep the mark.
-///
-/// # Safety
-/// `block` starts a block (at least [`ALIGNMENT`] bytes) that the caller has just been
-/// handed and has not yet given to the program.
-#[inline(always)]
-pub(crate) unsafe fn clear_freed_mark(block: NonNull<u8>) {
-    // SAFETY: the caller's block, at least two words long.
-    unsafe { block.cast::<usize>().add(1).write(0) };
-}
-
-/// Whether the block at `block` holds its freed mark (P9): it may be free already, which
-/// [`PoolPtr::on_freelist`] (or its heap's remote lists) must settle. The word is read as the
-/// machine holds it, whatever the program left there.
-///
-/// # Safety
-/// `block` starts a block of a live pool (at least [`ALIGNMENT`] bytes, mapped).
-#[inline(always)]
-pub unsafe fn holds_freed_mark(block: NonNull<u8>) -> bool {
-    // SAFETY: the block's second word is mapped and aligned (caller).
-    unsafe { read_frozen_second_word(block.cast::<usize>().as_ptr()) == freed_mark(block) }
-}
-
-/// The second word from `base` as the machine holds it: the program may have left
-/// uninitialized bytes there (a struct's padding, even in safe code), which a plain read may
-/// not look at. An inline `asm` load (with the offset in the instruction) yields an
-/// initialized value whatever the bytes (and AddressSanitizer does not see it, so a block
-/// freed twice gets our message, not its report). Where the target has none here, or under
-/// Miri, a plain read.
-///
-/// # Safety
-/// `base` is valid for reading two `usize`s, and aligned.
-#[inline(always)]
-unsafe fn read_frozen_second_word(base: *const usize) -> usize {
-    #[cfg(all(target_arch = "x86_64", not(miri)))]
-    {
-        let value: usize;
-        // SAFETY: one aligned load from a valid address (caller), no other effect.
-        unsafe {
-            core::arch::asm!(
-                "mov {value}, qword ptr [{base} + 8]",
-                base = in(reg) base,
-                value = lateout(reg) value,
-                options(nostack, readonly, preserves_flags),
-            )
-        };
-        value
-    }
-    #[cfg(all(target_arch = "aarch64", not(miri)))]
-    {
-        let value: usize;
-        // SAFETY: as above.
-        unsafe {
-            core::arch::asm!(
-                "ldr {value}, [{base}, #8]",
-                base = in(reg) base,
-                value = lateout(reg) value,
-                options(nostack, readonly, preserves_flags),
-            )
-        };
-        value
-    }
-    #[cfg(any(miri, not(any(target_arch = "x86_64", target_arch = "aarch64"))))]
-    // SAFETY: valid and aligned (caller); the tests under Miri free only initialized blocks.
-    unsafe {
-        base.add(1).read()
-    }
 }
 
 /// The usable pools of one class in a heap, through their descriptors' links: a [`List`].

@@ -11,7 +11,9 @@
 //! Invariants:
 //! - R1 a block is pushed only while it is in use in its pool (the pool stays live until the
 //!   owner takes the block back), and the pusher never touches it again; a push of the block
-//!   already at the head (a double free) aborts; every block on the list holds its freed mark;
+//!   already at the head (a double free) aborts; every block on the list holds its freed mark.
+//!   Blocks are pushed one at a time or as a chain (one compare-and-swap for many blocks,
+//!   linked before the push);
 //! - R2 the list is emptied only by [`RemoteList::take_all`], which swaps the head for null:
 //!   no single block is ever popped, so no ABA can occur (a head that is compared and swapped
 //!   by a pusher can only have gained blocks, never lost and regained one);
@@ -23,7 +25,8 @@ use core::ptr::{self, NonNull};
 
 use crate::class::ALIGNMENT;
 use crate::fatal::fatal;
-use crate::pool::{PoolPtr, freed_mark};
+use crate::mark::write_freed_mark;
+use crate::pool::PoolPtr;
 use crate::sync::{AtomicPtr, Ordering};
 
 const _: () = assert!(ALIGNMENT >= 2 * size_of::<*mut u8>());
@@ -66,21 +69,37 @@ impl RemoteList {
     /// the caller gives up.
     #[inline]
     pub unsafe fn push(&self, block: NonNull<u8>) {
-        let words = block.cast::<*mut u8>().as_ptr();
-        // SAFETY: the block is ours to overwrite and holds two words (caller, ALIGNMENT).
-        unsafe { words.cast::<usize>().add(1).write(freed_mark(block)) };
+        // SAFETY: the block is ours to overwrite and holds two words (caller, ALIGNMENT); a
+        // chain of one block, marked.
+        unsafe {
+            write_freed_mark(block);
+            self.push_chain(block, block);
+        }
+    }
+
+    /// Pushes a chain of blocks, `first` to `last`, each linked to the next through its first
+    /// word and holding its freed mark, with one compare-and-swap: `last`'s link is
+    /// overwritten. Sequentially consistent, as [`RemoteList::push`].
+    ///
+    /// # Safety
+    /// As R1 for every block of the chain, which the caller gives up: each is the start of a
+    /// block in use of a live pool whose owner this list belongs to, holding its freed mark,
+    /// reached from `first` through the links, `last` the final one.
+    #[inline]
+    pub unsafe fn push_chain(&self, first: NonNull<u8>, last: NonNull<u8>) {
+        let link = last.cast::<*mut u8>().as_ptr();
         let mut head = self.head.load(Ordering::Relaxed);
         loop {
             // A block at the head was pushed and not yet taken back: pushing it again would
             // make the list a cycle (and the owner loop on it).
-            if head == block.as_ptr() {
+            if head == first.as_ptr() {
                 fatal("free of a block already on its way back to its heap (double free)");
             }
-            // SAFETY: as above; the block is not yet visible to anyone else.
-            unsafe { words.write(head) };
+            // SAFETY: `last` is ours (caller); not yet visible to anyone else.
+            unsafe { link.write(head) };
             match self.head.compare_exchange_weak(
                 head,
-                block.as_ptr(),
+                first.as_ptr(),
                 Ordering::SeqCst,
                 Ordering::Relaxed,
             ) {

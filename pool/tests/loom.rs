@@ -8,7 +8,10 @@
 //! is freed remotely rejoins its list once the owner collects, and its blocks are all
 //! accounted for), and the heap hand-off (`Inbox`: a thread freeing into a heap whose holder
 //! leaves at the same moment — push-then-look against release-then-look — and the block is
-//! collected by one of them, exactly once). The rest of the allocator is not modelled.
+//! collected by one of them, exactly once), and the flush of a heap's kept blocks (a chain of
+//! blocks pushed with one compare-and-swap while the owner takes its lists back and then
+//! leaves: every block of the chain is collected exactly once). The rest of the allocator is
+//! not modelled.
 #![cfg(loom)]
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
@@ -20,7 +23,7 @@ use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::thread;
 use pymalloc_pool::{
     ARENA_SIZE, Inbox, POOL_SIZE, PoolList, PoolPtr, RemoteList, SizeClass, blocks_per_pool,
-    set_first_slot_entries,
+    set_first_slot_entries, write_freed_mark,
 };
 
 /// A zeroed arena for one model run, with one pool of a class in the slot past its header
@@ -220,6 +223,63 @@ fn a_block_freed_while_its_heap_is_released_is_collected_once() {
             collected.load(Ordering::Relaxed),
             1,
             "lost or collected twice"
+        );
+        assert!(!inbox.has_waiting() && !inbox.claim().is_locked());
+        drop(memory);
+    });
+}
+
+#[test]
+fn a_chain_flushed_while_its_owner_collects_and_leaves_is_collected_once() {
+    /// What `heap::collect` does: while blocks wait and the claim can be had, take them.
+    fn collect(inbox: &Inbox<2>, collected: &AtomicUsize) {
+        while inbox.has_waiting() && inbox.try_claim() {
+            // SAFETY: claimed just now.
+            let taken = unsafe { inbox.take_all() }.count();
+            collected.fetch_add(taken, Ordering::Relaxed);
+            // SAFETY: claimed above; what it reports is looked at again by the loop.
+            unsafe { inbox.release() };
+        }
+    }
+    loom::model(|| {
+        let (memory, pool) = small_pool();
+        let [first, last] = [(); 2].map(|()| {
+            // SAFETY: the pool is ours and has at least two blocks to hand out.
+            unsafe { pool.alloc() }
+                .map(|(b, _)| Addr(b.as_ptr() as usize))
+                .unwrap()
+        });
+        let inbox = Arc::new(Inbox::<2>::new());
+        let collected = Arc::new(AtomicUsize::new(0));
+        assert!(inbox.try_claim(), "the owner claims its heap");
+        let flushing = {
+            let (inbox, collected) = (inbox.clone(), collected.clone());
+            thread::spawn(move || {
+                // The kept blocks, linked and marked as a heap keeps them (heap H8).
+                // SAFETY: blocks in use of the live pool, given up by this thread; shard 1.
+                unsafe {
+                    block(first).cast::<*mut u8>().write(block(last).as_ptr());
+                    write_freed_mark(block(first));
+                    write_freed_mark(block(last));
+                    if inbox.push_chain(1, block(first), block(last)) {
+                        collect(&inbox, &collected);
+                    }
+                }
+            })
+        };
+        // The owner takes its lists back once, then leaves.
+        // SAFETY: claimed above.
+        let taken = unsafe { inbox.take_all() }.count();
+        collected.fetch_add(taken, Ordering::Relaxed);
+        // SAFETY: claimed above.
+        if unsafe { inbox.release() } {
+            collect(&inbox, &collected);
+        }
+        flushing.join().unwrap();
+        assert_eq!(
+            collected.load(Ordering::Relaxed),
+            2,
+            "a block of the chain lost or collected twice"
         );
         assert!(!inbox.has_waiting() && !inbox.claim().is_locked());
         drop(memory);
