@@ -109,6 +109,16 @@ pub const WORKLOADS: &[Workload] = &[
         what: "4 threads replace random slots of a shared array",
         run: larson,
     },
+    Workload {
+        name: "xmalloc",
+        what: "2 threads allocate batches of 8 B to 512 B blocks, 2 others free them",
+        run: xmalloc,
+    },
+    Workload {
+        name: "threads-4x",
+        what: "4 threads per core, each replacing random slots of its own 500 blocks",
+        run: oversubscribed,
+    },
 ];
 
 enum Tree {
@@ -424,6 +434,78 @@ fn larson(scale: Scale) -> u64 {
             .collect();
         // Which block ends in which slot depends on scheduling; the bytes allocated do not.
         threads.into_iter().map(|t| t.join().unwrap()).sum()
+    })
+}
+
+/// xmalloc-test's pattern: allocating threads fill batches of blocks of mixed small sizes
+/// and hand each batch to a freeing thread, which frees it whole; no thread frees what it
+/// allocated.
+fn xmalloc(scale: Scale) -> u64 {
+    const BATCH: usize = 256;
+    let batches = scale.pick(2_000, 10_000);
+    let (tx, rx) = mpsc::sync_channel::<Vec<Box<[u8]>>>(64);
+    let rx = Mutex::new(rx);
+    std::thread::scope(|s| {
+        for p in 0..2u64 {
+            let tx = tx.clone();
+            s.spawn(move || {
+                let mut rng = Rng::new(40 + p);
+                for _ in 0..batches / 2 {
+                    let batch: Vec<Box<[u8]>> = (0..BATCH)
+                        .map(|_| {
+                            let len = 8 + rng.below(505) as usize;
+                            vec![len as u8; len].into_boxed_slice()
+                        })
+                        .collect();
+                    tx.send(batch).unwrap();
+                }
+            });
+        }
+        drop(tx);
+        let freeing: Vec<_> = (0..2)
+            .map(|_| {
+                let rx = &rx;
+                s.spawn(move || {
+                    let mut sum = 0u64;
+                    while let Ok(batch) = { rx.lock().unwrap().recv() } {
+                        sum += batch
+                            .iter()
+                            .map(|b| b[0] as u64 + b.len() as u64)
+                            .sum::<u64>();
+                        drop(black_box(batch));
+                    }
+                    sum
+                })
+            })
+            .collect();
+        freeing.into_iter().map(|f| f.join().unwrap()).sum()
+    })
+}
+
+/// Four threads for every core, each churning blocks of its own: many more heaps than cores,
+/// threads preempted in the middle of their work.
+fn oversubscribed(scale: Scale) -> u64 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = 4 * cores as u64;
+    let ops = scale.pick(2_000_000, 8_000_000) as u64 / threads;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    let mut rng = Rng::new(50 + t);
+                    let mut slots: Vec<Vec<u8>> = (0..500).map(|_| vec![0u8; 8]).collect();
+                    let mut sum = 0u64;
+                    for _ in 0..ops {
+                        let len = 8 + rng.below(505) as usize;
+                        let i = rng.below(slots.len() as u64) as usize;
+                        let old = std::mem::replace(&mut slots[i], black_box(vec![len as u8; len]));
+                        sum += old[0] as u64 + old.len() as u64;
+                    }
+                    sum
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
     })
 }
 

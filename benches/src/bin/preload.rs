@@ -229,6 +229,8 @@ const STARTS: &str = "1000";
 
 fn programs(dir: &Path, quick: bool) -> Vec<Program> {
     let churn = build_c(dir, "churn").display().to_string();
+    let larson = build_c(dir, "larson").display().to_string();
+    let producer_consumer = build_c(dir, "producer_consumer").display().to_string();
     let large_loop = build_c(dir, "large_loop").display().to_string();
     let realloc_large = build_c(dir, "realloc_large").display().to_string();
     let cpp_churn = build_cpp(dir, "cpp_churn").display().to_string();
@@ -241,6 +243,8 @@ fn programs(dir: &Path, quick: bool) -> Vec<Program> {
     write_lines(&lines, if quick { 300_000 } else { 1_000_000 });
     let lines = lines.display().to_string();
     let ops = if quick { "4000000" } else { "20000000" };
+    let larson_ops = if quick { "1000000" } else { "4000000" };
+    let messages = if quick { "500000" } else { "2000000" };
     let large_blocks = if quick { "400" } else { "2000" };
     let realloc_ops = if quick { "30000" } else { "100000" };
     let records = if quick { "40000" } else { "150000" };
@@ -256,6 +260,18 @@ fn programs(dir: &Path, quick: bool) -> Vec<Program> {
             name: "c-churn-2t",
             what: "the same in 2 threads, a tenth of the frees of the other thread's blocks",
             argv: s(&[&churn, "2", ops]),
+            env: vec![],
+        },
+        Program {
+            name: "c-larson",
+            what: "a C program: 4 threads replace random slots of one shared array (8 B to 1 KiB), freeing what another thread allocated",
+            argv: s(&[&larson, "4", larson_ops]),
+            env: vec![],
+        },
+        Program {
+            name: "c-producer-consumer",
+            what: "a C program: 2 threads allocate messages of 8 B to 2 KiB, 2 others read and free them (a bounded queue)",
+            argv: s(&[&producer_consumer, messages]),
             env: vec![],
         },
         Program {
