@@ -57,7 +57,8 @@
 //!   between two threads read the other thread's pool descriptors, which their owner writes
 //!   on every allocation; `docs/notes.md`.)
 //!   A kept block is free: it holds its freed mark (so a second free of it, from any thread,
-//!   aborts) and is counted as freed remotely (H5), while its pool still counts it in use.
+//!   aborts), and its pool's owner in its third word where it has one, and is counted as
+//!   freed remotely (H5), while its pool still counts it in use.
 //!   Past a limit, a class's kept blocks go back to their owners, each owner's in one chain
 //!   with one compare-and-swap; all of them go back when the heap is handed on (its thread
 //!   exits, a local heap is dropped) and when its thread calls `trim`. So a thread keeps at
@@ -223,12 +224,60 @@ fn foreign_limit(class: SizeClass) -> usize {
     (FOREIGN_CLASS_BYTES / class.block_size()).min(FOREIGN_BLOCKS)
 }
 
+/// The word of a kept block (H8) that records its pool's owner, so that sending blocks back
+/// groups them without reading their pools' descriptors (lines their owners write); blocks
+/// of the 16-byte class have no such word, and their owner is read from their pool.
+const OWNER_WORD: usize = 2;
+
+/// Whether blocks of `class` have room for [`OWNER_WORD`].
+#[inline(always)]
+fn records_owner(class: SizeClass) -> bool {
+    class.block_size() > OWNER_WORD * size_of::<usize>()
+}
+
+/// The owner of a kept block of `class` (H8).
+///
+/// # Safety
+/// `block` is a block of `class` kept by the caller's heap (so in use in a live pool).
+#[inline(always)]
+unsafe fn kept_block_owner(block: NonNull<u8>, class: SizeClass) -> *mut () {
+    // SAFETY: a kept block is ours, with its owner in OWNER_WORD where it has room (H8), and
+    // its pool live (caller).
+    unsafe {
+        if records_owner(class) {
+            block.cast::<*mut ()>().add(OWNER_WORD).read()
+        } else {
+            PoolPtr::containing(block).owner()
+        }
+    }
+}
+
+/// One class's kept blocks (H8): a stack through the blocks' first words.
+#[derive(Clone, Copy)]
+struct Kept {
+    /// The block kept last, handed out first.
+    head: *mut u8,
+    /// The block kept first, at the bottom: where a chain of all of them ends.
+    tail: *mut u8,
+    /// The owner of every block kept, if they had one when kept (null if several, or none
+    /// kept): then they go back as one chain, without a look at any of them.
+    owner: *mut (),
+    count: u32,
+}
+
+impl Kept {
+    const NONE: Kept = Kept {
+        head: ptr::null_mut(),
+        tail: ptr::null_mut(),
+        owner: ptr::null_mut(),
+        count: 0,
+    };
+}
+
 /// Blocks of other heaps' pools that the claimant freed, kept to hand out again rather than
-/// sent back one by one (H8): per class, a stack linked through the blocks' first words,
-/// every block holding its freed mark.
+/// sent back one by one (H8), per class, every block holding its freed mark.
 struct Foreign {
-    heads: [*mut u8; NUM_CLASSES],
-    counts: [u32; NUM_CLASSES],
+    classes: [Kept; NUM_CLASSES],
     /// Bytes kept, all classes together.
     bytes: usize,
     /// Whether the heap keeps foreign blocks at all: a thread's heap or a local heap does;
@@ -239,26 +288,23 @@ struct Foreign {
 impl Foreign {
     const fn new() -> Foreign {
         Foreign {
-            heads: [ptr::null_mut(); NUM_CLASSES],
-            counts: [0; NUM_CLASSES],
+            classes: [Kept::NONE; NUM_CLASSES],
             bytes: 0,
             enabled: false,
         }
     }
 
-    /// Takes the stack of `class`, leaving it empty: its first block (if any) and how many.
-    fn take(&mut self, class: SizeClass) -> (*mut u8, usize) {
-        // SAFETY: a SizeClass's index is below NUM_CLASSES (both arrays).
-        let (head, count) = unsafe {
-            (
-                self.heads.get_unchecked_mut(class.index()),
-                self.counts.get_unchecked_mut(class.index()),
-            )
-        };
-        let taken = (core::mem::replace(head, ptr::null_mut()), *count as usize);
-        *count = 0;
-        self.bytes -= taken.1 * class.block_size();
-        taken
+    #[inline(always)]
+    fn class(&mut self, class: SizeClass) -> &mut Kept {
+        // SAFETY: a SizeClass's index is below NUM_CLASSES.
+        unsafe { self.classes.get_unchecked_mut(class.index()) }
+    }
+
+    /// Takes the blocks kept of `class`, leaving none.
+    fn take(&mut self, class: SizeClass) -> Kept {
+        let kept = core::mem::replace(self.class(class), Kept::NONE);
+        self.bytes -= kept.count as usize * class.block_size();
+        kept
     }
 }
 
@@ -475,30 +521,36 @@ impl<'a> Claim<'a> {
         shared: &Shared<P>,
     ) {
         let limit = foreign_limit(class);
-        let foreign = &self.heap().foreign;
-        if !foreign.enabled || limit == 0 {
+        if !self.heap().foreign.enabled || limit == 0 {
             // SAFETY: as the caller guarantees.
             return unsafe { free_remote(owner, self.shard, block, shared) };
         }
-        // SAFETY: a SizeClass's index is below NUM_CLASSES.
-        let count = unsafe { *foreign.counts.get_unchecked(class.index()) } as usize;
-        if count >= limit {
+        if self.heap().foreign.class(class).count as usize >= limit {
             self.flush_foreign_class(class, shared);
         }
         if self.heap().foreign.bytes + class.block_size() > FOREIGN_BYTES {
             self.flush_foreign(shared);
         }
         let foreign = &mut self.heap().foreign;
-        // SAFETY: the block is ours to overwrite, two words at least (caller); a SizeClass's
-        // index is below NUM_CLASSES.
-        unsafe {
-            let head = foreign.heads.get_unchecked_mut(class.index());
-            block.cast::<*mut u8>().write(*head);
-            write_freed_mark(block);
-            *head = block.as_ptr();
-            *foreign.counts.get_unchecked_mut(class.index()) += 1;
-        }
         foreign.bytes += class.block_size();
+        let kept = foreign.class(class);
+        // SAFETY: the block is ours to overwrite, two words at least and a third where
+        // `records_owner` says (caller).
+        unsafe {
+            block.cast::<*mut u8>().write(kept.head);
+            write_freed_mark(block);
+            if records_owner(class) {
+                block.cast::<*mut ()>().add(OWNER_WORD).write(owner.id());
+            }
+        }
+        if kept.count == 0 {
+            kept.tail = block.as_ptr();
+            kept.owner = owner.id();
+        } else if kept.owner != owner.id() {
+            kept.owner = ptr::null_mut();
+        }
+        kept.head = block.as_ptr();
+        kept.count += 1;
     }
 
     /// A block of `class` from the blocks of other heaps' pools kept here (H8), handed out:
@@ -506,16 +558,18 @@ impl<'a> Claim<'a> {
     #[inline]
     fn take_foreign(&mut self, class: SizeClass) -> Option<NonNull<u8>> {
         let foreign = &mut self.heap().foreign;
-        // SAFETY: a SizeClass's index is below NUM_CLASSES; a kept block is a block in use of
-        // a live pool, linked through its first word (H8), now ours to hand out.
-        let block = unsafe {
-            let head = foreign.heads.get_unchecked_mut(class.index());
-            let block = NonNull::new(*head)?;
-            *head = block.cast::<*mut u8>().read();
-            *foreign.counts.get_unchecked_mut(class.index()) -= 1;
+        let kept = foreign.class(class);
+        let block = NonNull::new(kept.head)?;
+        // SAFETY: a kept block is a block in use of a live pool, linked through its first
+        // word (H8), now ours to hand out.
+        unsafe {
+            kept.head = block.cast::<*mut u8>().read();
             clear_freed_mark(block);
-            block
-        };
+        }
+        kept.count -= 1;
+        if kept.count == 0 {
+            *kept = Kept::NONE;
+        }
         foreign.bytes -= class.block_size();
         bump(&self.counters.freed_remotely, class, -1);
         Some(block)
@@ -523,7 +577,7 @@ impl<'a> Claim<'a> {
 
     /// How many blocks of each class the heap keeps of other heaps' pools (H8).
     pub(crate) fn foreign_counts(&mut self) -> [usize; NUM_CLASSES] {
-        self.heap().foreign.counts.map(|count| count as usize)
+        self.heap().foreign.classes.map(|kept| kept.count as usize)
     }
 
     /// Sends every kept block of other heaps' pools back to its owner (H8): what a heap does
@@ -540,21 +594,39 @@ impl<'a> Claim<'a> {
     #[cold]
     #[inline(never)]
     fn flush_foreign_class<P: Platform>(&mut self, class: SizeClass, shared: &Shared<P>) {
-        let (mut rest, _) = self.heap().foreign.take(class);
+        let kept = self.heap().foreign.take(class);
         let shard = self.shard;
         let link = |block: NonNull<u8>| block.cast::<*mut u8>().as_ptr();
+        let send = |owner: *mut (), first: NonNull<u8>, last: NonNull<u8>| {
+            // SAFETY: owners are heaps, which live as long as the allocator; the chain is of
+            // the owner's blocks, linked and marked (H8), given up here.
+            unsafe {
+                let owner = &*owner.cast::<HeapCell>();
+                if owner.inbox.push_chain(shard, first, last) {
+                    collect(owner, shared);
+                }
+            }
+        };
+        let (Some(head), Some(tail)) = (NonNull::new(kept.head), NonNull::new(kept.tail)) else {
+            return;
+        };
+        if !kept.owner.is_null() {
+            // All of one owner: one chain as it stands.
+            return send(kept.owner, head, tail);
+        }
+        let mut rest = head.as_ptr();
         // SAFETY: kept blocks are blocks in use of live pools, linked through their first
-        // words and marked (H8), now ours alone; their owners do not change (P7) and, being
-        // heaps, live as long as the allocator.
+        // words and marked, with their owner where `records_owner` says (H8), now ours alone;
+        // their owners do not change (P7).
         unsafe {
             while let Some(first) = NonNull::new(rest) {
                 // `first`'s owner's blocks in one chain, the others in `rest` for the next round.
-                let owner = PoolPtr::containing(first).owner();
+                let owner = kept_block_owner(first, class);
                 let (mut last, mut others, mut others_last) = (first, ptr::null_mut::<u8>(), first);
                 let mut next = link(first).read();
                 while let Some(block) = NonNull::new(next) {
                     next = link(block).read();
-                    if PoolPtr::containing(block).owner() == owner {
+                    if kept_block_owner(block, class) == owner {
                         link(last).write(block.as_ptr());
                         last = block;
                     } else {
@@ -570,10 +642,7 @@ impl<'a> Claim<'a> {
                     link(others_last).write(ptr::null_mut());
                 }
                 rest = others;
-                let owner = &*owner.cast::<HeapCell>();
-                if owner.inbox.push_chain(shard, first, last) {
-                    collect(owner, shared);
-                }
+                send(owner, first, last);
             }
         }
     }
@@ -1286,12 +1355,12 @@ impl<'a> Claim<'a> {
 /// bytes add up, within [`FOREIGN_BYTES`]; a heap that keeps none has none.
 fn check_foreign(foreign: &Foreign, id: *mut (), map: &ArenaMap) -> Result<(), &'static str> {
     let mut bytes = 0;
-    for ((class, &head), &count) in SizeClass::all().zip(&foreign.heads).zip(&foreign.counts) {
-        let count = count as usize;
+    for (class, kept) in SizeClass::all().zip(&foreign.classes) {
+        let count = kept.count as usize;
         if count > foreign_limit(class) || (count > 0 && !foreign.enabled) {
             return Err("heap: more blocks of another heap's pools kept than allowed (H8)");
         }
-        let mut block = head;
+        let (mut block, mut last, mut owners) = (kept.head, ptr::null_mut(), None);
         for _ in 0..count {
             let Some(b) = NonNull::new(block) else {
                 return Err("heap: fewer blocks of other heaps' pools kept than counted (H8)");
@@ -1304,14 +1373,30 @@ fn check_foreign(foreign: &Foreign, id: *mut (), map: &ArenaMap) -> Result<(), &
                 let Some(pool) = pool.filter(|pool| pool.starts_carved_block(b)) else {
                     return Err("heap: a kept block is no block of a pool in use (H8)");
                 };
-                if pool.class() != class || pool.owner() == id || !holds_freed_mark(b) {
+                let owner = pool.owner();
+                if pool.class() != class
+                    || owner == id
+                    || kept_block_owner(b, class) != owner
+                    || !holds_freed_mark(b)
+                {
                     return Err("heap: a kept block of the wrong class, owner or mark (H8)");
                 }
+                owners = match owners {
+                    None => Some(owner),
+                    Some(o) if o == owner => Some(o),
+                    Some(_) => Some(ptr::null_mut()),
+                };
+                last = b.as_ptr();
                 block = b.cast::<*mut u8>().read();
             }
         }
         if !block.is_null() {
             return Err("heap: more blocks of other heaps' pools kept than counted (H8)");
+        }
+        // One owner recorded must be every block's (none recorded is always safe: the blocks
+        // are then grouped when they go back).
+        if kept.tail != last || (!kept.owner.is_null() && owners != Some(kept.owner)) {
+            return Err("heap: the last kept block or the one owner of a class is wrong (H8)");
         }
         bytes += count * class.block_size();
     }

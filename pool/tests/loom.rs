@@ -77,6 +77,18 @@ fn small_pool() -> (PoolMemory, PoolPtr) {
     (memory, pool)
 }
 
+/// What `heap::collect` does: while blocks wait and the claim can be had, take them, counting
+/// them in `collected`.
+fn collect(inbox: &Inbox<2>, collected: &AtomicUsize) {
+    while inbox.has_waiting() && inbox.try_claim() {
+        // SAFETY: claimed just now.
+        let taken = unsafe { inbox.take_all() }.count();
+        collected.fetch_add(taken, Ordering::Relaxed);
+        // SAFETY: claimed above; what it reports is looked at again by the loop.
+        unsafe { inbox.release() };
+    }
+}
+
 #[test]
 fn pushes_racing_with_take_all_deliver_every_block_once() {
     loom::model(|| {
@@ -185,16 +197,6 @@ fn a_full_pool_freed_into_remotely_rejoins_its_list() {
 /// waiting with nobody holding the heap.
 #[test]
 fn a_block_freed_while_its_heap_is_released_is_collected_once() {
-    /// What `heap::collect` does: while blocks wait and the claim can be had, take them.
-    fn collect(inbox: &Inbox<2>, collected: &AtomicUsize) {
-        while inbox.has_waiting() && inbox.try_claim() {
-            // SAFETY: claimed just now.
-            let taken = unsafe { inbox.take_all() }.count();
-            collected.fetch_add(taken, Ordering::Relaxed);
-            // SAFETY: claimed above; what it reports is looked at again by the loop.
-            unsafe { inbox.release() };
-        }
-    }
     loom::model(|| {
         let (memory, pool) = small_pool();
         // SAFETY: the pool is ours and has blocks to hand out.
@@ -231,16 +233,6 @@ fn a_block_freed_while_its_heap_is_released_is_collected_once() {
 
 #[test]
 fn a_chain_flushed_while_its_owner_collects_and_leaves_is_collected_once() {
-    /// What `heap::collect` does: while blocks wait and the claim can be had, take them.
-    fn collect(inbox: &Inbox<2>, collected: &AtomicUsize) {
-        while inbox.has_waiting() && inbox.try_claim() {
-            // SAFETY: claimed just now.
-            let taken = unsafe { inbox.take_all() }.count();
-            collected.fetch_add(taken, Ordering::Relaxed);
-            // SAFETY: claimed above; what it reports is looked at again by the loop.
-            unsafe { inbox.release() };
-        }
-    }
     loom::model(|| {
         let (memory, pool) = small_pool();
         let [first, last] = [(); 2].map(|()| {
