@@ -42,7 +42,7 @@
 //! - A1 every arena is in the list of all arenas, in the run bucket of its longest free run
 //!   and the dirty-run bucket of its longest dirty run (each capped at [`MAX_SPAN_SLOTS`]; in
 //!   none for 0), and a bucket's bit is set in its bitmap exactly when it is not empty;
-//! - A2 `dirty ⊆ free ⊆ USABLE` (slot 0 is never free), `purged ⊆ free` and disjoint from
+//! - A2 `dirty ⊆ free ⊆ USABLE` (the header slots are never free), `purged ⊆ free` and disjoint from
 //!   `dirty`; the pools (a head and its span) tile exactly the slots that are not free;
 //! - A3 an arena is in the dirty list exactly when its `dirty` is not zero, and `dirty_slots`
 //!   is the sum of their dirty bits; an arena is in the empty list exactly when every slot is
@@ -58,7 +58,7 @@ use core::ptr::NonNull;
 
 pub use pymalloc_pool::{ARENA_SHIFT, ARENA_SIZE, SLOTS};
 use pymalloc_pool::{
-    Chain, List, MAX_SPAN_SLOTS, POOL_SIZE, ensure, fatal, slot_zero_line_is_clear,
+    Chain, HEADER_SLOTS, List, MAX_SPAN_SLOTS, POOL_SIZE, ensure, fatal, slot_zero_line_is_clear,
 };
 use pymalloc_radix::NodeAlloc;
 
@@ -71,7 +71,7 @@ use crate::platform::{Capabilities, Platform};
 use crate::slots::{SlotBits, USABLE, longest_run, place_run, run_mask, stretch_at};
 
 /// Pool slots per arena.
-pub const POOLS_PER_ARENA: usize = SLOTS - 1;
+pub const POOLS_PER_ARENA: usize = SLOTS - HEADER_SLOTS;
 /// Wholly free arenas always allowed to stay mapped, by default (see [`Arenas::empty_limit`]
 /// and [`Arenas::set_policy`]).
 pub const MIN_EMPTY_ARENAS: usize = 4;

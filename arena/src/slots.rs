@@ -1,7 +1,7 @@
 //! The algebra of an arena's slot bitmaps ([`SlotBits`], bit `i` for slot `i`): runs of set
 //! bits found, measured and placed in a few shift-and-mask steps, without a loop over slots.
 
-use pymalloc_pool::{MAX_SPAN_SLOTS, SLOTS};
+use pymalloc_pool::{HEADER_SLOTS, MAX_SPAN_SLOTS, SLOTS};
 
 /// A bitmap of an arena's slots, bit `i` for slot `i`.
 pub(crate) type SlotBits = u128;
@@ -16,8 +16,8 @@ const _: () = assert!(
 );
 
 pub(crate) const ALL_SLOTS: SlotBits = SlotBits::MAX >> (SlotBits::BITS as usize - SLOTS);
-/// Every slot but slot 0, the header's.
-pub(crate) const USABLE: SlotBits = ALL_SLOTS & !1;
+/// Every slot but the header's ([`HEADER_SLOTS`]).
+pub(crate) const USABLE: SlotBits = ALL_SLOTS & !((1 << HEADER_SLOTS) - 1);
 
 /// Bits `start .. start + len` set.
 pub(crate) const fn run_mask(start: u32, len: u32) -> SlotBits {

@@ -3,8 +3,9 @@
 //! its slot's line and that line's first-slot entry (`pool.rs` says what they hold).
 //!
 //! ```text
-//! arena: | slot 0: arena header | lines of slots 0..SLOTS | slot 1 | slot 2 | …
-//! line:  | descriptor (56 bytes) ... | first-slot entry |
+//! arena: | slots 0-1: header | lines of slots 0..SLOTS | hot records | slot 2 | slot 3 | …
+//! line:  | descriptor (30 bytes) ... | first-slot entry |   (64 bytes, one a slot)
+//! hot:   | freelist, links, count ...                    |   (64 bytes, one a slot)
 //! ```
 
 use core::ptr::NonNull;
@@ -24,6 +25,15 @@ pub const SLOTS: usize = ARENA_SIZE / POOL_SIZE;
 pub const DESCRIPTORS: usize = 4096;
 /// Bytes between descriptors: one cache line each.
 pub(crate) const DESCRIPTOR_BYTES: usize = 64;
+/// Slots at the start of every arena that hold no pool: the arena's header, the slots'
+/// lines and their hot records.
+pub const HEADER_SLOTS: usize = 2;
+/// Offset in an arena of the hot record of its slot 0 (`pool.rs`, P12); slot `i`'s is
+/// `DESCRIPTOR_BYTES * i` further, so that every hot record is [`HOT_OFFSET`] past its
+/// slot's line: past the lines, into the second header slot.
+pub(crate) const HOT_RECORDS: usize = DESCRIPTORS + SLOTS * DESCRIPTOR_BYTES;
+/// Bytes from a slot's line to its hot record.
+pub(crate) const HOT_OFFSET: usize = HOT_RECORDS - DESCRIPTORS;
 /// Offset in a slot's line of its first-slot entry: the index of the first slot of the pool
 /// that holds the slot, or 0 for a slot in no pool (slot 0 is the arena's own). Past the
 /// descriptor, which never writes it.
@@ -32,7 +42,11 @@ pub(crate) const FIRST_SLOT_ENTRY: usize = DESCRIPTOR_BYTES - 1;
 const _: () = assert!(POOL_SIZE.is_power_of_two() && ARENA_SIZE % POOL_SIZE == 0);
 const _: () = assert!(
     DESCRIPTORS + SLOTS * DESCRIPTOR_BYTES <= POOL_SIZE,
-    "the descriptors fit in slot 0"
+    "the lines fit in slot 0"
+);
+const _: () = assert!(
+    HOT_RECORDS + SLOTS * DESCRIPTOR_BYTES <= HEADER_SLOTS * POOL_SIZE,
+    "the hot records fit in the header slots"
 );
 const _: () = assert!(
     SLOTS <= u8::MAX as usize + 1,

@@ -1,13 +1,18 @@
 //! The pool: `class.pool_bytes()` of memory — one slot of [`POOL_SIZE`] bytes, or a span of
-//! several consecutive slots — carved into blocks of one size class. Its header (the pool's
-//! *descriptor*) is not in that memory: pools live in arenas of [`ARENA_SIZE`] bytes, aligned
-//! to their size, whose first slot holds, from [`DESCRIPTORS`] on, one 64-byte line per slot:
-//! the descriptor of the pool that starts there, if one does, and in its last byte the slot's
-//! *first-slot entry*, the index of the first slot of the pool that holds the slot.
+//! several consecutive slots — carved into blocks of one size class. Its header is not in
+//! that memory: pools live in arenas of [`ARENA_SIZE`] bytes, aligned to their size, whose
+//! first [`HEADER_SLOTS`](crate::HEADER_SLOTS) slots hold no pool. From [`DESCRIPTORS`] on
+//! they hold one 64-byte line per slot: the *descriptor* of the pool that starts there, if
+//! one does — what every free of one of its blocks reads, from any thread — and in its last
+//! byte the slot's *first-slot entry*, the index of the first slot of the pool that holds
+//! the slot. [`HOT_OFFSET`] further on, each slot has a line of its own for its pool's *hot
+//! record*: the freelist, the count of blocks in use and the list links, which the pool's
+//! holder writes on every allocation and free.
 //!
 //! ```text
-//! arena: | slot 0: arena header | lines of slots 0..SLOTS | slot 1 | slot 2 | …
-//! line:  | descriptor (56 bytes) ... | first-slot entry |
+//! arena: | slots 0-1: header | lines of slots | hot records | slot 2 | slot 3 | …
+//! line:  | descriptor (30 bytes) ... | first-slot entry |
+//! hot:   | freelist, links, count ...                    |
 //! pool:  | block 0 | block 1 | ... | never used ... |
 //!        ^ a slot's start          ^ bump       ^ limit
 //! ```
@@ -54,6 +59,13 @@
 //! - P11 the line of slot 0, which starts no pool, is never written and reads zero: as a
 //!   descriptor it has a bump offset of 0, so [`PoolPtr::of_block`] may follow a first-slot
 //!   entry of 0 (a free slot's) to it and find no block carved, without testing the entry.
+//! - P12 (by construction: the geometry's compile-time checks) a pool's hot record (freelist
+//!   head, list links, count of blocks in use) is
+//!   [`HOT_OFFSET`] past its descriptor, on a line of its own; the pool's holder writes it,
+//!   other threads read only the count (statistics). So a free from another thread reads
+//!   the descriptor's line, which the holder writes only when it formats the pool and while
+//!   it first carves the pool's blocks (the bump offset), and never the line the holder
+//!   writes on every allocation and free.
 
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU16, AtomicU32, Ordering};
@@ -62,8 +74,8 @@ use crate::asan;
 use crate::class::{ALIGNMENT, MAX_SPAN_SLOTS, POOLED_MAX, SizeClass};
 use crate::fatal::ensure;
 use crate::geometry::{
-    ARENA_SIZE, DESCRIPTOR_BYTES, DESCRIPTORS, FIRST_SLOT_ENTRY, POOL_SIZE, first_slot_entry,
-    line_of, slot_index,
+    ARENA_SIZE, DESCRIPTOR_BYTES, DESCRIPTORS, FIRST_SLOT_ENTRY, HOT_OFFSET, POOL_SIZE,
+    first_slot_entry, line_of, slot_index,
 };
 use crate::list::{Chain, Links, List};
 use crate::mark::{self, clear_freed_mark, holds_freed_mark, write_freed_mark};
@@ -124,10 +136,6 @@ pub(crate) fn descriptor_of(memory: NonNull<u8>) -> NonNull<Pool> {
 /// widest first, so that it ends before its line's first-slot entry.
 #[repr(C)]
 pub struct Pool {
-    /// Head of the freelist; each free block's first word holds the next free block.
-    free: *mut u8,
-    /// Links in the list of usable pools of this class (see [`PoolList`]).
-    links: Links<Pool>,
     /// The heap that owns the pool, opaque to this crate (invariant P7).
     owner: AtomicPtr<()>,
     /// `ceil(2^RECIPROCAL_SHIFT / size)`: whether an offset in the pool is a multiple of the
@@ -140,14 +148,39 @@ pub struct Pool {
     size: u32,
     /// Bytes of the pool: `class.pool_bytes()`.
     limit: u32,
-    /// Blocks handed out and not yet freed (at most 1 024: 16 KiB of 16-byte blocks). Like
-    /// `class`, written only by whoever has the pool (with a load and a store, no
-    /// read-modify-write) and atomic so that statistics may read it from any thread (P8).
-    used: AtomicU16,
     /// The index of the pool's [`SizeClass`].
     class: AtomicU8,
     /// Whether the never-used part of the pool reads zero (invariant P6).
     fresh: bool,
+}
+
+/// What the pool's holder writes on every allocation and free — the freelist and the count
+/// of blocks in use — and its list links: the pool's *hot record*, a cache line of its own
+/// [`HOT_OFFSET`] past its descriptor's (P12), so that a thread freeing one of the pool's
+/// blocks, which reads the descriptor, reads no line the holder writes on its fast paths.
+#[repr(C)]
+struct Hot {
+    /// Head of the freelist; each free block's first word holds the next free block.
+    free: *mut u8,
+    /// Links in the list of usable pools of this class (see [`PoolList`]).
+    links: Links<Pool>,
+    /// Blocks handed out and not yet freed (at most 1 024: 16 KiB of 16-byte blocks). Like
+    /// `class`, written only by whoever has the pool (with a load and a store, no
+    /// read-modify-write) and atomic so that statistics may read it from any thread (P8).
+    used: AtomicU16,
+}
+
+const _: () = assert!(
+    size_of::<Hot>() <= DESCRIPTOR_BYTES && align_of::<Hot>() <= DESCRIPTOR_BYTES,
+    "a hot record fits its line"
+);
+
+/// The hot record of the pool whose descriptor is `p` (P12): a constant offset further, so
+/// that it costs no instruction where the descriptor is at hand.
+#[inline(always)]
+fn hot(p: *mut Pool) -> *mut Hot {
+    // (Inside the arena: `HOT_OFFSET` past a line is inside the header slots.)
+    p.cast::<u8>().wrapping_add(HOT_OFFSET).cast()
 }
 
 const _: () = assert!(
@@ -163,7 +196,7 @@ const _: () = assert!(
 #[inline(always)]
 unsafe fn add_used(p: *mut Pool) {
     // SAFETY: the pool is live (caller).
-    let used = unsafe { &(*p).used };
+    let used = unsafe { &(*hot(p)).used };
     used.store(used.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
 }
 
@@ -268,10 +301,12 @@ impl PoolPtr {
         let pool = descriptor_of(memory);
         // SAFETY: the caller guarantees the descriptor is writable and ours.
         unsafe {
-            pool.write(Pool {
+            hot(pool.as_ptr()).write(Hot {
                 free: ptr::null_mut(),
                 links: Links::UNLINKED,
                 used: AtomicU16::new(0),
+            });
+            pool.write(Pool {
                 bump: AtomicU32::new(0),
                 size: class.block_size() as u32,
                 limit: limit as u32,
@@ -309,11 +344,12 @@ impl PoolPtr {
         // own so that `owner` is never written non-atomically.
         unsafe {
             ensure(
-                (*p).limit as usize == class.pool_bytes() && (*p).used.load(Ordering::Relaxed) == 0,
+                (*p).limit as usize == class.pool_bytes()
+                    && (*hot(p)).used.load(Ordering::Relaxed) == 0,
                 "pool reused for a class of another size, or with blocks in use",
             );
-            (*p).free = ptr::null_mut();
-            (*p).links = Links::UNLINKED;
+            (*hot(p)).free = ptr::null_mut();
+            (*hot(p)).links = Links::UNLINKED;
             (*p).bump.store(0, Ordering::Relaxed);
             (*p).size = class.block_size() as u32;
             (*p).reciprocal = reciprocal(class.block_size());
@@ -337,9 +373,9 @@ impl PoolPtr {
         // SAFETY: the pool is live and the caller's (caller); `owner` is left alone.
         unsafe {
             ensure(
-                (*p).used.load(Ordering::Relaxed) == 1
+                (*hot(p)).used.load(Ordering::Relaxed) == 1
                     && (*p).bump.load(Ordering::Relaxed) == (*p).size
-                    && (*p).free.is_null()
+                    && (*hot(p)).free.is_null()
                     && (*p).limit.checked_div((*p).size) == Some(1)
                     && blocks_per_pool(class) == 1,
                 "reclass_sole_block: the pool or the class holds more than one block",
@@ -453,7 +489,7 @@ impl PoolPtr {
         // SAFETY: the pool is live and ours (caller); freelist entries are blocks of this pool
         // whose first word holds the next entry (P3).
         unsafe {
-            let block = NonNull::new((*p).free)?;
+            let block = NonNull::new((*hot(p)).free)?;
             asan::unpoison(block.as_ptr(), (*p).size as usize);
             let next = block.cast::<*mut u8>().read();
             if next.is_null() {
@@ -479,7 +515,7 @@ impl PoolPtr {
         // SAFETY: the pool is live and ours (caller); freelist entries are blocks of this pool
         // whose first word holds the next entry (P3), and carving stays inside the pool (P2).
         unsafe {
-            match NonNull::new((*p).free) {
+            match NonNull::new((*hot(p)).free) {
                 Some(block) => {
                     asan::unpoison(block.as_ptr(), (*p).size as usize);
                     let next = block.cast::<*mut u8>().read();
@@ -512,7 +548,7 @@ impl PoolPtr {
         // SAFETY: the pool is live and ours (caller); freelist entries are blocks of this pool
         // whose first word holds the next entry (P3), and carving stays inside the pool (P2).
         unsafe {
-            if let Some(block) = NonNull::new((*p).free) {
+            if let Some(block) = NonNull::new((*hot(p)).free) {
                 asan::unpoison(block.as_ptr(), (*p).size as usize);
                 let next = block.cast::<*mut u8>().read();
                 return Some((self.take_head(block, next), false));
@@ -535,7 +571,7 @@ impl PoolPtr {
         let p = self.0.as_ptr();
         // SAFETY: the pool is live and ours, and `block` one of its free blocks (caller).
         unsafe {
-            (*p).free = next;
+            (*hot(p)).free = next;
             add_used(p);
             clear_freed_mark(block);
         }
@@ -585,7 +621,7 @@ impl PoolPtr {
     #[inline(always)]
     pub unsafe fn is_full(self) -> bool {
         // SAFETY: the pool is live (caller).
-        unsafe { (*self.0.as_ptr()).free.is_null() && self.carved_out() }
+        unsafe { (*hot(self.0.as_ptr())).free.is_null() && self.carved_out() }
     }
 
     /// Returns `block` to the freelist, its freed mark written (P9).
@@ -603,14 +639,14 @@ impl PoolPtr {
                 self.starts_carved_block(block),
                 "free: the block is not on its pool's grid below the bump (caller's promise)"
             );
-            let used = (*p).used.load(Ordering::Relaxed);
+            let used = (*hot(p)).used.load(Ordering::Relaxed);
             ensure(
                 used != 0,
                 "free into a pool with no block in use (double free)",
             );
             // The cheap half of a double-free check, as glibc's "fasttop": the block freed
             // last is the freelist's head.
-            let head = (*p).free;
+            let head = (*hot(p)).free;
             ensure(
                 block.as_ptr() != head,
                 "free of the block this pool freed last (double free)",
@@ -619,9 +655,9 @@ impl PoolPtr {
             words.cast::<*mut u8>().write(head);
             write_freed_mark(block);
             asan::poison(block.as_ptr(), (*p).size as usize);
-            (*p).free = block.as_ptr();
+            (*hot(p)).free = block.as_ptr();
             // A store of what was loaded above, less one (P8).
-            (*p).used.store(used - 1, Ordering::Relaxed);
+            (*hot(p)).used.store(used - 1, Ordering::Relaxed);
             // Full before (P5): no free block, and none left to carve — which this free did
             // not change. Tested last, and only for an empty freelist, so that the common
             // free computes nothing for it.
@@ -644,7 +680,7 @@ impl PoolPtr {
         // SAFETY: the pool is live and ours (caller); freelist entries are carved blocks
         // whose first word holds the next entry (P3), at most `bump / size` of them (P4).
         unsafe {
-            let mut free = (*p).free;
+            let mut free = (*hot(p)).free;
             // (A zero size, which no live pool has, reads as no blocks rather than a panic.)
             let mut left = (*p)
                 .bump
@@ -694,7 +730,7 @@ impl PoolPtr {
     #[inline]
     pub unsafe fn used(self) -> usize {
         // SAFETY: the pool is live (caller).
-        unsafe { (*self.0.as_ptr()).used.load(Ordering::Relaxed) as usize }
+        unsafe { (*hot(self.0.as_ptr())).used.load(Ordering::Relaxed) as usize }
     }
 
     /// Checks invariants P1 to P5, P9 and P10 by walking the freelist, and the freed mark's
@@ -718,7 +754,7 @@ impl PoolPtr {
                 limit,
                 bump,
                 self.used(),
-                (*p).free,
+                (*hot(p)).free,
                 reciprocal,
             )
         };
@@ -799,7 +835,7 @@ unsafe impl Chain<Pool> for Usable {
     #[inline(always)]
     unsafe fn links(node: *mut Pool) -> *mut Links<Pool> {
         // SAFETY: a live descriptor (caller); a place projection creates no reference.
-        unsafe { &raw mut (*node).links }
+        unsafe { &raw mut (*hot(node)).links }
     }
 }
 
