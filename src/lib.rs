@@ -71,7 +71,7 @@ pub use heap::{
 pub use large::{CACHE_BYTES, CACHE_ENTRIES, MAX_CACHE_BYTES};
 pub use options::{MAX_OPTION_BYTES, Options, StatsAtExit};
 pub use process::register_hooks;
-pub use pymalloc_arena::{OsPlatform, Platform};
+pub use pymalloc_arena::{HugePages, OsPlatform, Platform};
 pub use session::LocalHeap;
 pub use stats::{ClassStats, Stats};
 

@@ -10,6 +10,7 @@
 //! | `PYMALLOC_EMPTY_ARENAS` | a count | 4 | wholly free 2 MiB arenas kept mapped, at least |
 //! | `PYMALLOC_DIRTY_FLOOR` | bytes | 256M | the most that freed, still-committed pool memory kept for reuse may rise to |
 //! | `PYMALLOC_LARGE_CACHE` | bytes | 1G | the most bytes of freed large blocks kept for reuse (what is kept follows the program: at most its large blocks in use lately) |
+//! | `PYMALLOC_HUGEPAGES` | `never`, `auto`, `always` | `auto` | whether 2 MiB arenas are advised to be backed by transparent huge pages: never, once 16 MiB of arenas are mapped, or from the first |
 //!
 //! Bytes are a number with an optional `K`, `M` or `G` (powers of 1024, `KiB` and `KB` read
 //! the same). A value that cannot be read, and a `PYMALLOC_*` variable that is not an option,
@@ -20,7 +21,7 @@ use core::ffi::{CStr, c_char};
 use core::fmt;
 use core::sync::atomic::{AtomicU8, Ordering};
 
-use pymalloc_arena::{MAX_DIRTY_FLOOR, MIN_EMPTY_ARENAS};
+use pymalloc_arena::{HugePages, MAX_DIRTY_FLOOR, MIN_EMPTY_ARENAS};
 use pymalloc_pool::POOL_SIZE;
 
 use crate::large::MAX_CACHE_BYTES;
@@ -52,6 +53,8 @@ pub struct Options {
     pub dirty_floor: usize,
     /// The most bytes of freed large blocks kept for reuse (`PYMALLOC_LARGE_CACHE`).
     pub large_cache: usize,
+    /// Whether arenas are advised to huge pages (`PYMALLOC_HUGEPAGES`).
+    pub huge_pages: HugePages,
 }
 
 /// The largest byte count an option takes (1 TiB): well inside every sum made with it.
@@ -65,6 +68,7 @@ impl Options {
         empty_arenas: MIN_EMPTY_ARENAS,
         dirty_floor: MAX_DIRTY_FLOOR * POOL_SIZE,
         large_cache: MAX_CACHE_BYTES,
+        huge_pages: HugePages::Auto,
     };
 
     /// The options set by `entries` (`NAME=VALUE` strings; those not starting `PYMALLOC_`
@@ -101,11 +105,18 @@ impl Options {
                 b"EMPTY_ARENAS" => parse_count(value).map(|v| options.empty_arenas = v),
                 b"DIRTY_FLOOR" => parse_bytes(value).map(|v| options.dirty_floor = v),
                 b"LARGE_CACHE" => parse_bytes(value).map(|v| options.large_cache = v),
+                b"HUGEPAGES" => match value {
+                    b"never" => Some(HugePages::Never),
+                    b"auto" => Some(HugePages::Auto),
+                    b"always" => Some(HugePages::Always),
+                    _ => None,
+                }
+                .map(|v| options.huge_pages = v),
                 _ => {
                     warn(format_args!(
                         "PYMALLOC_{} is not an option of pymalloc (they are PYMALLOC_STATS, \
                          PYMALLOC_VERBOSE, PYMALLOC_EMPTY_ARENAS, PYMALLOC_DIRTY_FLOOR, \
-                         PYMALLOC_LARGE_CACHE); ignored",
+                         PYMALLOC_LARGE_CACHE, PYMALLOC_HUGEPAGES); ignored",
                         Shown(name)
                     ));
                     continue;
@@ -119,6 +130,7 @@ impl Options {
                         b"STATS" => "expected 0, 1 or json",
                         b"VERBOSE" => "expected 0 or 1",
                         b"EMPTY_ARENAS" => "expected a count",
+                        b"HUGEPAGES" => "expected never, auto or always",
                         _ =>
                             "expected bytes: a number, optionally followed by K, M or G, \
                               up to 1T",
@@ -137,10 +149,15 @@ impl fmt::Display for Options {
             StatsAtExit::Table => "1",
             StatsAtExit::Json => "json",
         };
+        let huge_pages = match self.huge_pages {
+            HugePages::Never => "never",
+            HugePages::Auto => "auto",
+            HugePages::Always => "always",
+        };
         write!(
             f,
             "PYMALLOC_STATS={stats} PYMALLOC_VERBOSE={} PYMALLOC_EMPTY_ARENAS={} \
-             PYMALLOC_DIRTY_FLOOR={} PYMALLOC_LARGE_CACHE={}",
+             PYMALLOC_DIRTY_FLOOR={} PYMALLOC_LARGE_CACHE={} PYMALLOC_HUGEPAGES={huge_pages}",
             u8::from(self.verbose),
             self.empty_arenas,
             self.dirty_floor,
@@ -302,6 +319,7 @@ mod tests {
             "PYMALLOC_EMPTY_ARENAS=0",
             "PYMALLOC_DIRTY_FLOOR=8M",
             "PYMALLOC_LARGE_CACHE=64KiB",
+            "PYMALLOC_HUGEPAGES=always",
         ]);
         assert!(w.is_empty(), "{w:?}");
         assert_eq!(
@@ -312,7 +330,12 @@ mod tests {
                 empty_arenas: 0,
                 dirty_floor: 8 << 20,
                 large_cache: 64 << 10,
+                huge_pages: HugePages::Always,
             }
+        );
+        assert_eq!(
+            parsed(&["PYMALLOC_HUGEPAGES=never"]).0.huge_pages,
+            HugePages::Never
         );
         assert_eq!(parsed(&["PYMALLOC_STATS=1"]).0.stats, StatsAtExit::Table);
         assert_eq!(parsed(&[]).0, Options::DEFAULT);
@@ -348,13 +371,15 @@ mod tests {
             "PYMALLOC_LARGE_CACHE=lots",
             "PYMALLOC_EMPTY_ARENAS=\u{e9}",
             "PYMALLOC_VERBOSE",
+            "PYMALLOC_HUGEPAGES=yes",
         ]);
         assert_eq!(o, Options::DEFAULT);
-        assert_eq!(w.len(), 4, "{w:?}");
+        assert_eq!(w.len(), 5, "{w:?}");
         assert!(w[0].starts_with("PYMALLOC_STAT is not an option"), "{w:?}");
         assert!(w[1].contains("PYMALLOC_STATS=yes: expected 0, 1 or json"));
         assert!(w[2].contains("PYMALLOC_LARGE_CACHE=lots: expected bytes"));
         assert!(w[3].contains("PYMALLOC_EMPTY_ARENAS=??: expected a count"));
+        assert!(w[4].contains("PYMALLOC_HUGEPAGES=yes: expected never, auto or always"));
     }
 
     #[test]

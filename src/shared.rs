@@ -96,6 +96,7 @@ impl<P: Platform> Shared<P> {
         arenas.set_policy(
             options.empty_arenas,
             options.dirty_floor / POOL_SIZE,
+            options.huge_pages,
             &self.platform,
             &self.map,
         );

@@ -5,7 +5,7 @@
 
 use std::alloc::Layout;
 
-use pymalloc::{Allocator, Options, Stats};
+use pymalloc::{Allocator, HugePages, Options, Stats};
 use pymalloc_arena::{ARENA_SIZE, TestPlatform};
 
 /// Allocates `bytes` in 1 KiB blocks, frees them all, and returns the figures after.
@@ -107,4 +107,32 @@ fn given_options_are_the_instances_whatever_the_environment_says() {
         ..Options::DEFAULT
     };
     assert_eq!(with(options).options(), options);
+}
+
+#[test]
+fn huge_pages_sets_which_arenas_are_advised_to_huge_pages() {
+    // Four arenas' worth: below the automatic threshold, so only `always` advises them.
+    let bytes = 4 * ARENA_SIZE;
+    const { assert!(4 < pymalloc_arena::AUTO_HUGE_ARENAS) };
+    for (huge_pages, advised) in [
+        (HugePages::Never, false),
+        (HugePages::Auto, false),
+        (HugePages::Always, true),
+    ] {
+        let a = with(Options {
+            huge_pages,
+            ..Options::DEFAULT
+        });
+        let stats = fill_and_free(&a, bytes);
+        assert!(stats.arenas >= 4, "{stats}");
+        let ranges = a.platform().huge_advised();
+        assert_eq!(!ranges.is_empty(), advised, "{huge_pages:?}: {ranges:?}");
+        if advised {
+            assert!(ranges.len() >= 4 && ranges.iter().all(|&(_, len)| len == ARENA_SIZE));
+        }
+    }
+    // Past the threshold, `auto` advises them too.
+    let a = with(Options::DEFAULT);
+    fill_and_free(&a, (pymalloc_arena::AUTO_HUGE_ARENAS + 1) * ARENA_SIZE);
+    assert!(a.platform().huge_advised().len() >= pymalloc_arena::AUTO_HUGE_ARENAS);
 }

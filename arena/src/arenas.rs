@@ -30,8 +30,17 @@
 //!   [`MAX_DIRTY_FLOOR`]) whenever half of what the last purge decommitted has been taken back
 //!   into use by the next: a program whose free slots swing by more than the floor would
 //!   otherwise decommit and fault the same pages in again and again.
-//! - Both numbers the user may set ([`Arenas::set_policy`]): the most the floor rises to,
-//!   and how many empty arenas are kept at least (below).
+//! - What the user may set ([`Arenas::set_policy`]): the most the floor rises to, how many
+//!   empty arenas are kept at least (below), and huge pages ([`HugePages`]).
+//! - *Huge pages where they pay*: an arena is one huge page's worth (2 MiB, aligned), so the
+//!   platform may back it with one. Under [`HugePages::Auto`] (the default) arenas are
+//!   advised to be once the program has [`AUTO_HUGE_ARENAS`] mapped (the one that crosses the
+//!   line and those before it too), where a huge page's worth resident beside a part in use
+//!   is little against the heap; under [`HugePages::Always`], every arena (advised before
+//!   its first touch, or its pages would be small for good). Over the dirty limit, the free
+//!   slots of advised arenas are decommitted after every other arena's, and wholly free
+//!   arenas first (a huge page given back whole); only if that is not enough are advised
+//!   arenas' huge pages split — the program then gave back more than the limit allows.
 //! - *Keep some empty arenas*: up to [`Arenas::empty_limit`] wholly free arenas
 //!   ([`MIN_EMPTY_ARENAS`], or one per [`EMPTY_SHARE`] arenas' worth of slots in use if more) stay
 //!   mapped (their pages subject to the decommit policy); beyond that the one emptied longest
@@ -44,12 +53,17 @@
 //!   none for 0), and a bucket's bit is set in its bitmap exactly when it is not empty;
 //! - A2 `dirty ⊆ free ⊆ USABLE` (the header slots are never free), `purged ⊆ free` and disjoint from
 //!   `dirty`; the pools (a head and its span) tile exactly the slots that are not free;
-//! - A3 an arena is in the dirty list exactly when its `dirty` is not zero, and `dirty_slots`
-//!   is the sum of their dirty bits; an arena is in the empty list exactly when every slot is
+//! - A3 an arena is in the dirty list exactly when it is not advised to huge pages and its
+//!   `dirty` is not zero, and `dirty_slots` is the sum of their dirty bits (`huge_dirty_slots`
+//!   that of the advised arenas'); an arena is in the empty list exactly when every slot is
 //!   free, `empty` counts them, and is at most [`Arenas::empty_limit`];
 //! - A4 the [`ArenaMap`] maps every arena's granule to its header, and nothing else;
 //! - A5 the first-slot entry of a slot `i` in a pool is the index of the pool's first
-//!   slot, and 0 for a free slot (slot 0, the header's, starts no pool).
+//!   slot, and 0 for a free slot (slot 0, the header's, starts no pool);
+//! - A6 an arena is marked advised to huge pages (`huge`) once the platform took the advice,
+//!   and stays so until it is unmapped; the policy advises each arena when it is due (every
+//!   one under [`HugePages::Always`], every one once [`AUTO_HUGE_ARENAS`] are mapped under
+//!   [`HugePages::Auto`]).
 //!
 //! The map lives outside the manager: the manager is used under its owner's lock, while
 //! [`ArenaMap::pool_of`] answers "which pool holds this address?" from any thread without one.
@@ -88,6 +102,21 @@ pub const DIRTY_SHARE: usize = 2;
 /// Beyond [`MIN_EMPTY_ARENAS`], one empty arena may stay mapped per this many arenas' worth of
 /// slots in use.
 pub const EMPTY_SHARE: usize = 8;
+/// Arenas mapped from which [`HugePages::Auto`] advises them to huge pages: 16 MiB of heap,
+/// against which a huge page resident beside a part in use is little. Measured against 32
+/// (`docs/notes.md`): peaks within 1.4% of each other, a third of the page faults.
+pub const AUTO_HUGE_ARENAS: usize = 8;
+
+/// Whether arenas are advised to huge pages (module documentation; `PYMALLOC_HUGEPAGES`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HugePages {
+    /// Never: every arena is backed page by page.
+    Never,
+    /// Once [`AUTO_HUGE_ARENAS`] are mapped (the default).
+    Auto,
+    /// Every arena, from the first.
+    Always,
+}
 
 /// Buckets by longest run: 1 ..= MAX_SPAN_SLOTS (bucket 0, no run, is never used).
 const RUN_BUCKETS: usize = MAX_SPAN_SLOTS + 1;
@@ -208,9 +237,13 @@ pub struct Arenas {
     by_run: Buckets<Runs>,
     /// Arenas by their longest dirty run.
     by_dirty_run: Buckets<DirtyRuns>,
-    /// Arenas with dirty free slots, the oldest first.
+    /// Arenas with dirty free slots, the oldest first, but those advised to huge pages (A3).
     dirty: List<Header, Dirty>,
     dirty_slots: usize,
+    /// Dirty free slots of arenas advised to huge pages, which are not purged (A3).
+    huge_dirty_slots: usize,
+    /// Whether arenas are advised to huge pages.
+    huge_pages: HugePages,
     /// Dirty free slots always allowed: [`MIN_DIRTY_SLOTS`] (or `max_floor` if less), raised
     /// up to `max_floor` each time a release is found undone.
     dirty_floor: usize,
@@ -252,6 +285,8 @@ impl Arenas {
             by_dirty_run: Buckets::new(),
             dirty: List::new(),
             dirty_slots: 0,
+            huge_dirty_slots: 0,
+            huge_pages: HugePages::Auto,
             dirty_floor: MIN_DIRTY_SLOTS,
             max_floor: MAX_DIRTY_FLOOR,
             min_empty: MIN_EMPTY_ARENAS,
@@ -426,9 +461,14 @@ impl Arenas {
             self.slots_in_use += len as usize;
             if dirty_in_run != 0 {
                 (*h.as_ptr()).dirty &= !run;
-                self.dirty_slots -= dirty_in_run.count_ones() as usize;
-                if (*h.as_ptr()).dirty == 0 {
-                    self.dirty.remove(h);
+                let taken = dirty_in_run.count_ones() as usize;
+                if (*h.as_ptr()).huge {
+                    self.huge_dirty_slots -= taken;
+                } else {
+                    self.dirty_slots -= taken;
+                    if (*h.as_ptr()).dirty == 0 {
+                        self.dirty.remove(h);
+                    }
                 }
                 self.rebucket_dirty(h);
             }
@@ -449,11 +489,15 @@ impl Arenas {
         unsafe {
             (*h.as_ptr()).free |= run;
             self.slots_in_use -= len as usize;
-            if (*h.as_ptr()).dirty == 0 {
-                self.dirty.push_back(h);
+            if (*h.as_ptr()).huge {
+                self.huge_dirty_slots += len as usize;
+            } else {
+                if (*h.as_ptr()).dirty == 0 {
+                    self.dirty.push_back(h);
+                }
+                self.dirty_slots += len as usize;
             }
             (*h.as_ptr()).dirty |= run;
-            self.dirty_slots += len as usize;
             self.rebucket_after_adding(h, start);
         }
     }
@@ -480,28 +524,43 @@ impl Arenas {
     /// until half that remains; first raises the dirty floor if what was released before has
     /// been taken back into use since ([`Arenas::raise_floor_if_undone`]).
     fn purge_over_limit<P: Platform>(&mut self, platform: &P) {
-        if self.dirty_slots <= self.dirty_limit() {
+        if self.all_dirty_slots() <= self.dirty_limit() {
             return;
         }
         self.raise_floor_if_undone();
-        if self.dirty_slots <= self.dirty_limit() {
+        if self.all_dirty_slots() <= self.dirty_limit() {
             return;
         }
-        let before = self.dirty_slots;
+        let before = self.all_dirty_slots();
         self.purge(platform, self.dirty_limit() / 2);
-        self.released += before - self.dirty_slots;
+        self.released += before - self.all_dirty_slots();
+    }
+
+    /// Dirty free slots, in arenas advised to huge pages or not.
+    fn all_dirty_slots(&self) -> usize {
+        self.dirty_slots + self.huge_dirty_slots
     }
 
     /// Maps, registers and lists a new, empty arena.
     fn new_arena<P: Platform>(&mut self, platform: &P, map: &ArenaMap) -> Option<NonNull<Header>> {
         let base = platform.reserve(ARENA_SIZE, ARENA_SIZE)?;
         let h = base.cast::<Header>();
+        // Advised before its first touch (the header's), which would otherwise map a small
+        // page and leave the arena on small pages for good.
+        let huge = match self.huge_pages {
+            HugePages::Never => false,
+            HugePages::Auto => self.arenas + 1 >= AUTO_HUGE_ARENAS,
+            HugePages::Always => true,
+        };
+        // SAFETY: a fresh reservation, exclusively ours.
+        let huge = huge && unsafe { platform.advise_huge_pages(base, ARENA_SIZE) };
         // SAFETY: a fresh reservation, exclusively ours, large and aligned enough for a header.
         unsafe {
             h.write(Header::new(
                 USABLE,
                 if self.released > 0 { USABLE } else { 0 },
             ));
+            (*h.as_ptr()).huge = huge;
         }
         if map.insert(h, &PlatformNodes(platform)).is_err() {
             // SAFETY: the reservation was never published.
@@ -510,11 +569,16 @@ impl Arenas {
         }
         self.arenas += 1;
         self.empty += 1;
-        // SAFETY: a live header in no list, every pool slot free.
+        // SAFETY: a live header in no list, every pool slot free; then a live arena of ours.
         unsafe {
             self.all.push_back(h);
             self.empties.push_back(h);
             self.rebucket(h);
+        }
+        if self.huge_pages == HugePages::Auto && self.arenas == AUTO_HUGE_ARENAS {
+            // The arenas before it too (their pages mapped already stay small, but the
+            // system may gather them into huge pages later).
+            self.advise_all(platform);
         }
         Some(h)
     }
@@ -569,19 +633,26 @@ impl Arenas {
         self.purge_over_limit(platform);
     }
 
-    /// Sets the policy's two numbers — wholly free arenas kept mapped at least, and the most
-    /// the dirty floor may rise to, in slots — and gives back at once what the new limits do
-    /// not allow. `map` is the manager's.
+    /// Sets the policy — wholly free arenas kept mapped at least, the most the dirty floor
+    /// may rise to, in slots, and huge pages — and gives back at once what the new limits do
+    /// not allow (arenas advised to huge pages stay so). `map` is the manager's.
     pub fn set_policy<P: Platform>(
         &mut self,
         min_empty: usize,
         max_floor: usize,
+        huge_pages: HugePages,
         platform: &P,
         map: &ArenaMap,
     ) {
         self.min_empty = min_empty;
         self.max_floor = max_floor;
         self.dirty_floor = MIN_DIRTY_SLOTS.min(max_floor);
+        self.huge_pages = huge_pages;
+        if huge_pages == HugePages::Always
+            || (huge_pages == HugePages::Auto && self.arenas >= AUTO_HUGE_ARENAS)
+        {
+            self.advise_all(platform);
+        }
         self.release_over_limits(platform, map);
     }
 
@@ -645,8 +716,11 @@ impl Arenas {
         // SAFETY: live header in the lists its fields name (caller); afterwards nothing refers
         // to the arena.
         unsafe {
-            if (*h.as_ptr()).dirty != 0 {
-                self.dirty_slots -= (*h.as_ptr()).dirty.count_ones() as usize;
+            let dirty = (*h.as_ptr()).dirty.count_ones() as usize;
+            if (*h.as_ptr()).huge {
+                self.huge_dirty_slots -= dirty;
+            } else if dirty != 0 {
+                self.dirty_slots -= dirty;
                 self.dirty.remove(h);
             }
             self.by_run.shift(h, (*h.as_ptr()).run_bucket as usize, 0);
@@ -661,36 +735,112 @@ impl Arenas {
         }
     }
 
-    /// Decommits the oldest dirty free slots until at most `target` remain dirty. Stops early,
-    /// leaving everything consistent, if the platform refuses a decommit.
+    /// Decommits the oldest dirty free slots until at most `target` remain dirty — of arenas
+    /// advised to huge pages, only those of wholly free ones. Stops early, leaving everything
+    /// consistent, if the platform refuses a decommit.
     pub fn purge<P: Platform>(&mut self, platform: &P, target: usize) {
-        while self.dirty_slots > target {
+        while self.all_dirty_slots() > target {
             let Some(h) = self.dirty.head() else {
-                return;
+                break;
             };
-            // SAFETY: `h` is a live arena in the dirty list; its dirty slots are free, so their
-            // contents are ours to give up.
-            let refused = unsafe {
-                let mut refused = false;
-                while (*h.as_ptr()).dirty != 0 && !refused {
-                    let d = (*h.as_ptr()).dirty;
-                    let start = d.trailing_zeros();
-                    let len = (!(d >> start)).trailing_zeros();
-                    refused = !platform.decommit(slot(h, start), len as usize * POOL_SIZE);
-                    if !refused {
-                        (*h.as_ptr()).dirty &= !run_mask(start, len);
-                        (*h.as_ptr()).purged |= run_mask(start, len);
+            // SAFETY: `h` is a live arena in the dirty list.
+            if !unsafe { self.decommit_dirty(h, platform) } {
+                return;
+            }
+        }
+        // Then arenas advised to huge pages: whole ones first (empty arenas, the one emptied
+        // longest ago first), so that no huge page is split while that is enough; then the
+        // others — the program has given back more than the limit allows, and the memory
+        // matters more than the huge pages.
+        let mut next = self.empties.head();
+        while let Some(h) = next
+            && self.all_dirty_slots() > target
+        {
+            // SAFETY: listed headers are live (A3); decommitting changes no list but `dirty`.
+            unsafe {
+                next = self.empties.next(h);
+                if (*h.as_ptr()).huge && !self.decommit_dirty(h, platform) {
+                    return;
+                }
+            }
+        }
+        let mut next = self.all.head();
+        while let Some(h) = next
+            && self.all_dirty_slots() > target
+        {
+            // SAFETY: listed headers are live (A1); decommitting changes no list of `all`.
+            unsafe {
+                next = self.all.next(h);
+                if (*h.as_ptr()).huge && !self.decommit_dirty(h, platform) {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Decommits every dirty free slot of `h`, keeping the counts and the dirty list (A3);
+    /// `false` if the platform refused one (what was done stays done).
+    ///
+    /// # Safety
+    /// `h` is a live arena of this manager.
+    unsafe fn decommit_dirty<P: Platform>(&mut self, h: NonNull<Header>, platform: &P) -> bool {
+        // SAFETY: a live arena (caller); its dirty slots are free, so their contents are ours
+        // to give up.
+        unsafe {
+            let huge = (*h.as_ptr()).huge;
+            let mut refused = false;
+            while (*h.as_ptr()).dirty != 0 && !refused {
+                let d = (*h.as_ptr()).dirty;
+                let start = d.trailing_zeros();
+                let len = (!(d >> start)).trailing_zeros();
+                refused = !platform.decommit(slot(h, start), len as usize * POOL_SIZE);
+                if !refused {
+                    (*h.as_ptr()).dirty &= !run_mask(start, len);
+                    (*h.as_ptr()).purged |= run_mask(start, len);
+                    if huge {
+                        self.huge_dirty_slots -= len as usize;
+                    } else {
                         self.dirty_slots -= len as usize;
                     }
                 }
-                if (*h.as_ptr()).dirty == 0 {
-                    self.dirty.remove(h);
-                }
-                self.rebucket_dirty(h);
-                refused
-            };
-            if refused {
+            }
+            if (*h.as_ptr()).dirty == 0 && !huge {
+                self.dirty.remove(h);
+            }
+            self.rebucket_dirty(h);
+            !refused
+        }
+    }
+
+    /// Advises every arena to huge pages.
+    fn advise_all<P: Platform>(&mut self, platform: &P) {
+        let mut next = self.all.head();
+        while let Some(h) = next {
+            // SAFETY: listed headers are live (A1); advising one changes no list of `all`.
+            unsafe {
+                next = self.all.next(h);
+                self.advise_huge(h, platform);
+            }
+        }
+    }
+
+    /// Advises `h` to huge pages; if the platform takes the advice, its dirty slots leave the
+    /// purge's count and list (A3, A6).
+    ///
+    /// # Safety
+    /// `h` is a live arena of this manager.
+    unsafe fn advise_huge<P: Platform>(&mut self, h: NonNull<Header>, platform: &P) {
+        // SAFETY: a live arena (caller), inside its reservation.
+        unsafe {
+            if (*h.as_ptr()).huge || !platform.advise_huge_pages(h.cast(), ARENA_SIZE) {
                 return;
+            }
+            (*h.as_ptr()).huge = true;
+            let dirty = (*h.as_ptr()).dirty.count_ones() as usize;
+            if dirty != 0 {
+                self.dirty.remove(h);
+                self.dirty_slots -= dirty;
+                self.huge_dirty_slots += dirty;
             }
         }
     }
@@ -734,8 +884,8 @@ impl Arenas {
             empty_arenas: self.empty,
             pools_in_use: pools,
             slots_in_use: self.slots_in_use,
-            free_dirty_slots: self.dirty_slots,
-            free_clean_slots: free_slots - self.dirty_slots,
+            free_dirty_slots: self.dirty_slots + self.huge_dirty_slots,
+            free_clean_slots: free_slots - self.dirty_slots - self.huge_dirty_slots,
             dirty_limit: self.dirty_limit(),
             mapped_bytes: self.arenas * ARENA_SIZE + map.mapped_bytes(),
         }
@@ -816,6 +966,7 @@ impl Arenas {
     /// Checks invariants A1 to A5 (`map` is the manager's).
     pub fn check(&self, map: &ArenaMap) -> Result<(), &'static str> {
         let (mut arenas, mut empty, mut dirty_slots, mut dirty_arenas) = (0, 0, 0, 0);
+        let mut huge_dirty_slots = 0;
         let mut free_slots = 0;
         let (mut runs, mut dirty_runs) = ([0usize; RUN_BUCKETS], [0usize; RUN_BUCKETS]);
         let mut result = Ok(());
@@ -825,8 +976,13 @@ impl Arenas {
                 arenas += 1;
                 free_slots += (*h.as_ptr()).free.count_ones() as usize;
                 empty += ((*h.as_ptr()).free == USABLE) as usize;
-                dirty_slots += (*h.as_ptr()).dirty.count_ones() as usize;
-                dirty_arenas += ((*h.as_ptr()).dirty != 0) as usize;
+                let dirty = (*h.as_ptr()).dirty.count_ones() as usize;
+                if (*h.as_ptr()).huge {
+                    huge_dirty_slots += dirty;
+                } else {
+                    dirty_slots += dirty;
+                    dirty_arenas += (dirty != 0) as usize;
+                }
                 for (counts, bucket) in [
                     (&mut runs, (*h.as_ptr()).run_bucket),
                     (&mut dirty_runs, (*h.as_ptr()).dirty_run_bucket),
@@ -855,7 +1011,7 @@ impl Arenas {
             self.dirty.check()?;
             self.empties.check()?;
             self.dirty
-                .for_each(|h| listed += ((*h.as_ptr()).dirty != 0) as usize);
+                .for_each(|h| listed += ((*h.as_ptr()).dirty != 0 && !(*h.as_ptr()).huge) as usize);
             self.empties
                 .for_each(|h| listed_empty += ((*h.as_ptr()).free == USABLE) as usize);
         }
@@ -865,7 +1021,10 @@ impl Arenas {
         if empty > self.empty_limit() {
             return Err("arenas: more empty arenas than the limit");
         }
-        if dirty_slots != self.dirty_slots || listed != dirty_arenas {
+        if dirty_slots != self.dirty_slots
+            || huge_dirty_slots != self.huge_dirty_slots
+            || listed != dirty_arenas
+        {
             return Err("arenas: dirty slot count or dirty list is off");
         }
         if self.slots_in_use != self.arenas * POOLS_PER_ARENA - free_slots {

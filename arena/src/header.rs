@@ -32,6 +32,9 @@ pub struct Header {
     pub(crate) run_bucket: u8,
     /// The dirty-run bucket the arena is in (0: none).
     pub(crate) dirty_run_bucket: u8,
+    /// Whether the arena is backed by huge pages on the platform's advice (A6): its free
+    /// slots are then not decommitted one by one.
+    pub(crate) huge: bool,
     all: Links<Header>,
     runs: Links<Header>,
     dirty_runs: Links<Header>,
@@ -51,6 +54,7 @@ impl Header {
             span: [0; SLOTS],
             run_bucket: 0,
             dirty_run_bucket: 0,
+            huge: false,
             all: Links::UNLINKED,
             runs: Links::UNLINKED,
             dirty_runs: Links::UNLINKED,

@@ -31,8 +31,8 @@ mod slots;
 mod test_platform;
 
 pub use arenas::{
-    ARENA_SHIFT, ARENA_SIZE, ArenaStats, Arenas, DIRTY_SHARE, EMPTY_SHARE, MAX_DIRTY_FLOOR,
-    MIN_DIRTY_SLOTS, MIN_EMPTY_ARENAS, POOLS_PER_ARENA, SLOTS,
+    ARENA_SHIFT, ARENA_SIZE, AUTO_HUGE_ARENAS, ArenaStats, Arenas, DIRTY_SHARE, EMPTY_SHARE,
+    HugePages, MAX_DIRTY_FLOOR, MIN_DIRTY_SLOTS, MIN_EMPTY_ARENAS, POOLS_PER_ARENA, SLOTS,
 };
 pub use map::ArenaMap;
 pub use platform::{Capabilities, OsPlatform, Platform};

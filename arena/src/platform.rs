@@ -79,6 +79,17 @@ pub unsafe trait Platform: Sync {
         new_size: usize,
         may_move: bool,
     ) -> Option<NonNull<u8>>;
+
+    /// Asks for a range to be backed by huge pages where the system has them; `false` if it
+    /// does not take the advice (the default: no huge pages). Changes nothing but how the
+    /// range is backed: contents, zero-filling and the other calls' contracts stay.
+    ///
+    /// # Safety
+    /// The range lies inside a live reservation.
+    unsafe fn advise_huge_pages(&self, ptr: NonNull<u8>, size: usize) -> bool {
+        let _ = (ptr, size);
+        false
+    }
 }
 
 /// The operating system's memory: `mmap`, `munmap`, `madvise(MADV_DONTNEED)`, `mremap`.
@@ -204,6 +215,14 @@ unsafe impl Platform for OsPlatform {
     #[cfg(not(target_os = "linux"))]
     unsafe fn remap(&self, _: NonNull<u8>, _: usize, _: usize, _: bool) -> Option<NonNull<u8>> {
         None
+    }
+
+    /// `madvise(MADV_HUGEPAGE)`: transparent huge pages for the range, also where the
+    /// system's setting is `madvise` (Linux; elsewhere, no).
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    unsafe fn advise_huge_pages(&self, ptr: NonNull<u8>, size: usize) -> bool {
+        // SAFETY: a range inside a live reservation (caller); the advice changes no contents.
+        unsafe { libc::madvise(ptr.as_ptr().cast(), size, libc::MADV_HUGEPAGE) == 0 }
     }
 }
 

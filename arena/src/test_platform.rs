@@ -101,6 +101,7 @@ struct State {
     fail_decommits: bool,
     commits: u64,
     decommits: u64,
+    huge_advised: Vec<(usize, usize)>,
 }
 
 /// Memory owned by the test, failing on demand. See the module documentation.
@@ -152,6 +153,11 @@ impl TestPlatform {
     /// Successful decommits so far.
     pub fn decommits(&self) -> u64 {
         self.state().decommits
+    }
+
+    /// The ranges advised to be backed by huge pages so far, as (address, bytes).
+    pub fn huge_advised(&self) -> Vec<(usize, usize)> {
+        self.state().huge_advised.clone()
     }
 
     /// Successful commits so far.
@@ -349,5 +355,18 @@ unsafe impl Platform for TestPlatform {
         let ptr = new.ptr;
         s.live.push(new);
         Some(ptr)
+    }
+
+    /// Takes the advice and records the range ([`TestPlatform::huge_advised`]).
+    unsafe fn advise_huge_pages(&self, ptr: NonNull<u8>, size: usize) -> bool {
+        let mut s = self.state();
+        Self::check_inside(
+            &s,
+            ptr,
+            size,
+            "test platform: huge-page advice outside a reservation",
+        );
+        s.huge_advised.push((ptr.addr().get(), size));
+        true
     }
 }

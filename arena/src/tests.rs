@@ -619,3 +619,111 @@ fn arenas_above_the_flat_limit_are_found_through_the_radix_tree() {
     assert!(!f.map.contains(high));
     assert!(!f.map.contains(usize::MAX) && !f.map.contains(FLAT_LIMIT - 1));
 }
+
+/// Each policy advises the arenas it says to huge pages: none, all from the first, or all
+/// once [`AUTO_HUGE_ARENAS`] are mapped (those before too, at that moment) — each advice a
+/// whole arena.
+#[test]
+#[cfg_attr(miri, ignore = "maps ten arenas three times: minutes under Miri")]
+fn arenas_are_advised_to_huge_pages_as_the_policy_says() {
+    for policy in [HugePages::Never, HugePages::Auto, HugePages::Always] {
+        let mut f = Fixture::new();
+        f.arenas.set_policy(
+            MIN_EMPTY_ARENAS,
+            MAX_DIRTY_FLOOR,
+            policy,
+            &f.platform,
+            &f.map,
+        );
+        let mut slots = Vec::new();
+        for arenas in 1..=AUTO_HUGE_ARENAS + 2 {
+            while f.arenas.stats(&f.map).arenas < arenas {
+                slots.push(f.alloc().unwrap().0);
+            }
+            let advised = f.platform.huge_advised();
+            assert!(
+                advised
+                    .iter()
+                    .all(|&(a, len)| a % ARENA_SIZE == 0 && len == ARENA_SIZE)
+            );
+            let expected = match policy {
+                HugePages::Never => 0,
+                HugePages::Always => arenas,
+                HugePages::Auto if arenas < AUTO_HUGE_ARENAS => 0,
+                HugePages::Auto => arenas,
+            };
+            let distinct: BTreeSet<usize> = advised.iter().map(|&(a, _)| a).collect();
+            assert_eq!(
+                (advised.len(), distinct.len()),
+                (expected, expected),
+                "{policy:?}, {arenas} arenas"
+            );
+        }
+        for s in slots {
+            f.free(s);
+        }
+    }
+}
+
+/// Over the dirty limit, arenas advised to huge pages give back wholly free arenas first and
+/// keep the free slots of the others (their huge pages are not split), where arenas on small
+/// pages give back their oldest free slots, whichever arena they are in.
+#[test]
+#[cfg_attr(miri, ignore = "fills five arenas twice: minutes under Miri")]
+fn huge_arenas_give_whole_pages_back_before_splitting_one() {
+    for policy in [HugePages::Never, HugePages::Always] {
+        let mut f = Fixture::new();
+        f.arenas.set_policy(
+            MIN_EMPTY_ARENAS,
+            MAX_DIRTY_FLOOR,
+            policy,
+            &f.platform,
+            &f.map,
+        );
+        let slots: Vec<_> = (0..5 * POOLS_PER_ARENA)
+            .map(|_| f.alloc().unwrap().0)
+            .collect();
+        for &s in &slots {
+            // SAFETY: each slot is ours until freed.
+            unsafe { s.as_ptr().write_bytes(0xEE, POOL_SIZE) };
+        }
+        let arena = |i: usize| &slots[i * POOLS_PER_ARENA..(i + 1) * POOLS_PER_ARENA];
+        assert!((0..5).all(|i| {
+            arena(i)
+                .iter()
+                .all(|&s| arena_of(s) == arena_of(arena(i)[0]))
+        }));
+        // Oldest: ten slots of the first arena; then the whole last arena, which empties; then
+        // slots of the second arena until the dirty slots pass the limit.
+        let oldest = &arena(0)[..10];
+        for &s in oldest.iter().chain(arena(4)) {
+            f.free(s);
+        }
+        assert_eq!(
+            f.platform.decommits(),
+            0,
+            "{policy:?}: under the limit so far"
+        );
+        for &s in arena(1) {
+            f.free(s);
+            if f.platform.decommits() > 0 {
+                break;
+            }
+        }
+        // SAFETY: freed slots stay mapped while their arena lives; we only read.
+        let kept = oldest.iter().all(|s| unsafe { s.as_ptr().read() } == 0xEE);
+        match policy {
+            HugePages::Always => assert!(kept, "the partly used huge arena was split"),
+            _ => assert!(!kept, "small pages give back the oldest free slots first"),
+        }
+        // The wholly free arena went back either way (or was unmapped).
+        let stats = f.arenas.stats(&f.map);
+        assert!(
+            stats.free_dirty_slots < POOLS_PER_ARENA,
+            "{policy:?}: {stats:?}"
+        );
+        // `trim` gives back every free slot, huge pages or not.
+        f.arenas.trim(&f.platform, &f.map);
+        assert_eq!(f.arenas.stats(&f.map).free_dirty_slots, 0);
+    }
+}

@@ -72,6 +72,17 @@ impl<T, C: Chain<T>> List<T, C> {
         NonNull::new(self.head)
     }
 
+    /// The node after `node`, if any: to walk the list while changing what the nodes hold
+    /// (not the list itself).
+    ///
+    /// # Safety
+    /// `node` is live and in this list.
+    #[inline]
+    pub unsafe fn next(&self, node: NonNull<T>) -> Option<NonNull<T>> {
+        // SAFETY: a live node of this list (caller), so its links are this list's (N1).
+        NonNull::new(unsafe { (*C::links(node.as_ptr())).next })
+    }
+
     /// Whether the list is empty.
     #[inline(always)]
     pub fn is_empty(&self) -> bool {
