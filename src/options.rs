@@ -10,7 +10,7 @@
 //! | `PYMALLOC_EMPTY_ARENAS` | a count | 4 | wholly free 2 MiB arenas kept mapped, at least |
 //! | `PYMALLOC_DIRTY_FLOOR` | bytes | 256M | the most that freed, still-committed pool memory kept for reuse may rise to |
 //! | `PYMALLOC_LARGE_CACHE` | bytes | 1G | the most bytes of freed large blocks kept for reuse (what is kept follows the program: at most its large blocks in use lately) |
-//! | `PYMALLOC_HUGEPAGES` | `never`, `auto`, `always` | `auto` | whether 2 MiB arenas are advised to be backed by transparent huge pages: never, once 16 MiB of arenas are mapped, or from the first |
+//! | `PYMALLOC_HUGEPAGES` | `never`, `auto`, `always` | `never` | whether 2 MiB arenas are advised to be backed by transparent huge pages: never, once 16 MiB of arenas are mapped, or from the first |
 //!
 //! Bytes are a number with an optional `K`, `M` or `G` (powers of 1024, `KiB` and `KB` read
 //! the same). A value that cannot be read, and a `PYMALLOC_*` variable that is not an option,
@@ -68,7 +68,7 @@ impl Options {
         empty_arenas: MIN_EMPTY_ARENAS,
         dirty_floor: MAX_DIRTY_FLOOR * POOL_SIZE,
         large_cache: MAX_CACHE_BYTES,
-        huge_pages: HugePages::Auto,
+        huge_pages: HugePages::Never,
     };
 
     /// The options set by `entries` (`NAME=VALUE` strings; those not starting `PYMALLOC_`
@@ -334,8 +334,8 @@ mod tests {
             }
         );
         assert_eq!(
-            parsed(&["PYMALLOC_HUGEPAGES=never"]).0.huge_pages,
-            HugePages::Never
+            parsed(&["PYMALLOC_HUGEPAGES=auto"]).0.huge_pages,
+            HugePages::Auto
         );
         assert_eq!(parsed(&["PYMALLOC_STATS=1"]).0.stats, StatsAtExit::Table);
         assert_eq!(parsed(&[]).0, Options::DEFAULT);

@@ -131,8 +131,15 @@ fn huge_pages_sets_which_arenas_are_advised_to_huge_pages() {
             assert!(ranges.len() >= 4 && ranges.iter().all(|&(_, len)| len == ARENA_SIZE));
         }
     }
-    // Past the threshold, `auto` advises them too.
-    let a = with(Options::DEFAULT);
-    fill_and_free(&a, (pymalloc_arena::AUTO_HUGE_ARENAS + 1) * ARENA_SIZE);
+    // Past the threshold, `auto` advises them too; the default advises none.
+    let bytes = (pymalloc_arena::AUTO_HUGE_ARENAS + 1) * ARENA_SIZE;
+    let a = with(Options {
+        huge_pages: HugePages::Auto,
+        ..Options::DEFAULT
+    });
+    fill_and_free(&a, bytes);
     assert!(a.platform().huge_advised().len() >= pymalloc_arena::AUTO_HUGE_ARENAS);
+    let a = with(Options::DEFAULT);
+    fill_and_free(&a, bytes);
+    assert!(a.platform().huge_advised().is_empty());
 }

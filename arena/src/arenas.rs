@@ -33,7 +33,7 @@
 //! - What the user may set ([`Arenas::set_policy`]): the most the floor rises to, how many
 //!   empty arenas are kept at least (below), and huge pages ([`HugePages`]).
 //! - *Huge pages where they pay*: an arena is one huge page's worth (2 MiB, aligned), so the
-//!   platform may back it with one. Under [`HugePages::Auto`] (the default) arenas are
+//!   platform may back it with one. Under [`HugePages::Auto`] arenas are
 //!   advised to be once the program has [`AUTO_HUGE_ARENAS`] mapped (the one that crosses the
 //!   line and those before it too), where a huge page's worth resident beside a part in use
 //!   is little against the heap; under [`HugePages::Always`], every arena (advised before
@@ -110,9 +110,11 @@ pub const AUTO_HUGE_ARENAS: usize = 8;
 /// Whether arenas are advised to huge pages (module documentation; `PYMALLOC_HUGEPAGES`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HugePages {
-    /// Never: every arena is backed page by page.
+    /// Never: every arena is backed page by page (the default: on the machine measured, a
+    /// huge page's fault, zeroing 2 MiB and compacting memory to find it, cost Python more
+    /// system time than the faults it saved; `docs/notes.md`).
     Never,
-    /// Once [`AUTO_HUGE_ARENAS`] are mapped (the default).
+    /// Once [`AUTO_HUGE_ARENAS`] are mapped.
     Auto,
     /// Every arena, from the first.
     Always,
@@ -286,7 +288,7 @@ impl Arenas {
             dirty: List::new(),
             dirty_slots: 0,
             huge_dirty_slots: 0,
-            huge_pages: HugePages::Auto,
+            huge_pages: HugePages::Never,
             dirty_floor: MIN_DIRTY_SLOTS,
             max_floor: MAX_DIRTY_FLOOR,
             min_empty: MIN_EMPTY_ARENAS,

@@ -722,14 +722,14 @@ fn each_option_in_the_environment_is_read_and_has_its_effect() {
         ("PYMALLOC_VERBOSE", "1"),
         ("PYMALLOC_EMPTY_ARENAS", "9"),
         ("PYMALLOC_DIRTY_FLOOR", "64M"),
-        ("PYMALLOC_HUGEPAGES", "never"),
+        ("PYMALLOC_HUGEPAGES", "auto"),
     ];
     let out = run_with_options(introspect(), &["oom"], &vars);
     let stderr = text(&out.stderr);
     assert_eq!(stderr.matches("pymalloc: options: ").count(), 1, "{stderr}");
     assert!(stderr.contains(
         "PYMALLOC_VERBOSE=1 PYMALLOC_EMPTY_ARENAS=9 PYMALLOC_DIRTY_FLOOR=67108864 \
-         PYMALLOC_LARGE_CACHE=1073741824 PYMALLOC_HUGEPAGES=never"
+         PYMALLOC_LARGE_CACHE=1073741824 PYMALLOC_HUGEPAGES=auto"
     ));
     assert!(
         stderr.contains(
