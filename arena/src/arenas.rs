@@ -754,30 +754,46 @@ impl Arenas {
         // longest ago first), so that no huge page is split while that is enough; then the
         // others — the program has given back more than the limit allows, and the memory
         // matters more than the huge pages.
-        let mut next = self.empties.head();
-        while let Some(h) = next
-            && self.all_dirty_slots() > target
-        {
-            // SAFETY: listed headers are live (A3); decommitting changes no list but `dirty`.
-            unsafe {
-                next = self.empties.next(h);
-                if (*h.as_ptr()).huge && !self.decommit_dirty(h, platform) {
-                    return;
-                }
+        type Next = fn(&Arenas, NonNull<Header>) -> Option<NonNull<Header>>;
+        // SAFETY: an empty arena's header is live and in the empty list (A3), which
+        // decommitting does not change.
+        let whole: Next = |a, h| unsafe { a.empties.next(h) };
+        // SAFETY: every header is live and in the list of all arenas (A1), which decommitting
+        // does not change.
+        let any: Next = |a, h| unsafe { a.all.next(h) };
+        for (first, next) in [(self.empties.head(), whole), (self.all.head(), any)] {
+            // SAFETY: each list's head, with the walk along that list.
+            if !unsafe { self.decommit_huge_along(first, next, target, platform) } {
+                return;
             }
         }
-        let mut next = self.all.head();
-        while let Some(h) = next
+    }
+
+    /// Decommits the dirty free slots of the arenas advised to huge pages along a list, from
+    /// `first` on to the next by `next`, while more than `target` are dirty; `false` if the
+    /// platform refused one.
+    ///
+    /// # Safety
+    /// `first` is the head of one of the manager's lists, and `next` walks that list.
+    unsafe fn decommit_huge_along<P: Platform>(
+        &mut self,
+        first: Option<NonNull<Header>>,
+        next: fn(&Self, NonNull<Header>) -> Option<NonNull<Header>>,
+        target: usize,
+        platform: &P,
+    ) -> bool {
+        let mut at = first;
+        while let Some(h) = at
             && self.all_dirty_slots() > target
         {
-            // SAFETY: listed headers are live (A1); decommitting changes no list of `all`.
-            unsafe {
-                next = self.all.next(h);
-                if (*h.as_ptr()).huge && !self.decommit_dirty(h, platform) {
-                    return;
-                }
+            at = next(self, h);
+            // SAFETY: `h` was reached along one of the manager's lists (caller), so it is
+            // live (A1).
+            if unsafe { (*h.as_ptr()).huge && !self.decommit_dirty(h, platform) } {
+                return false;
             }
         }
+        true
     }
 
     /// Decommits every dirty free slot of `h`, keeping the counts and the dirty list (A3);
