@@ -75,7 +75,7 @@ use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 use pymalloc_arena::{ARENA_SIZE, ArenaMap, Arenas, Platform};
 use pymalloc_pool::{
-    Freed, Inbox, MAX_SPAN_SLOTS, NUM_CLASSES, POOLED_MAX, PoolList, PoolPtr, SizeClass,
+    Freed, FreedMark, Inbox, MAX_SPAN_SLOTS, NUM_CLASSES, POOLED_MAX, PoolList, PoolPtr, SizeClass,
     blocks_per_pool, clear_freed_mark, fatal, holds_freed_mark, write_freed_mark,
 };
 
@@ -892,12 +892,13 @@ impl<'a> Claim<'a> {
         pool: PoolPtr,
         ctx: &Context<P>,
     ) {
+        let freed = FreedMark::of(block);
         // SAFETY: as the caller guarantees; the change of state is this pool's.
         unsafe {
-            if holds_freed_mark(block) {
+            if freed.is_held() {
                 self.reborrow().double_free(block, pool, ctx);
             }
-            self.free_unmarked(block, pool, ctx)
+            self.free_unmarked(freed, pool, ctx)
         }
     }
 
@@ -909,7 +910,7 @@ impl<'a> Claim<'a> {
     #[inline(always)]
     unsafe fn free_unmarked<P: Platform>(
         &mut self,
-        block: NonNull<u8>,
+        block: FreedMark,
         pool: PoolPtr,
         ctx: &Context<P>,
     ) {
@@ -1003,7 +1004,7 @@ impl<'a> Claim<'a> {
     /// `block` is a block in use of `pool`, which this
     /// heap owns.
     #[inline(always)]
-    unsafe fn put_back(&mut self, block: NonNull<u8>, pool: PoolPtr) -> Option<Freed> {
+    unsafe fn put_back(&mut self, block: FreedMark, pool: PoolPtr) -> Option<Freed> {
         // SAFETY: as the caller guarantees.
         unsafe {
             let freed = pool.free(block);
@@ -1231,7 +1232,7 @@ impl<'a> Claim<'a> {
             // SAFETY: pushed blocks are in use in live pools of this heap (R1, H4).
             unsafe {
                 bump(&self.counters.taken_back, pool.class(), 1);
-                if let Some(freed) = self.put_back(block, pool) {
+                if let Some(freed) = self.put_back(FreedMark::of(block), pool) {
                     self.reborrow().pool_changed_state(pool, freed, shared);
                 }
             }

@@ -57,7 +57,7 @@ pub use geometry::{
 pub use inbox::Inbox;
 pub use list::{Chain, Links, List};
 pub use lock::RawLock;
-pub use mark::{clear_freed_mark, freed_mark, holds_freed_mark, write_freed_mark};
+pub use mark::{FreedMark, clear_freed_mark, freed_mark, holds_freed_mark, write_freed_mark};
 pub use pool::{
     Freed, Pool, PoolList, PoolPtr, Usable, blocks_per_pool, set_first_slot_entries,
     slot_zero_line_is_clear,

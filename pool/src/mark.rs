@@ -123,6 +123,51 @@ pub unsafe fn holds_freed_mark(block: NonNull<u8>) -> bool {
     unsafe { read_frozen_second_word(block.cast::<usize>().as_ptr()) == freed_mark(block) }
 }
 
+/// A block with its freed mark computed: one load of the key for a free that first tests the
+/// mark and then writes it.
+#[derive(Clone, Copy, Debug)]
+pub struct FreedMark {
+    block: NonNull<u8>,
+    mark: usize,
+}
+
+impl FreedMark {
+    /// `block`'s mark.
+    #[inline(always)]
+    pub fn of(block: NonNull<u8>) -> FreedMark {
+        FreedMark {
+            block,
+            mark: freed_mark(block),
+        }
+    }
+
+    /// The block.
+    #[inline(always)]
+    pub fn block(self) -> NonNull<u8> {
+        self.block
+    }
+
+    /// Whether the block holds its mark ([`holds_freed_mark`]).
+    ///
+    /// # Safety
+    /// As [`holds_freed_mark`].
+    #[inline(always)]
+    pub unsafe fn is_held(self) -> bool {
+        // SAFETY: the block's second word is mapped and aligned (caller).
+        unsafe { read_frozen_second_word(self.block.cast::<usize>().as_ptr()) == self.mark }
+    }
+
+    /// Writes the mark into the block ([`write_freed_mark`]).
+    ///
+    /// # Safety
+    /// As [`write_freed_mark`].
+    #[inline(always)]
+    pub unsafe fn write(self) {
+        // SAFETY: the caller's block, at least two words long.
+        unsafe { self.block.cast::<usize>().add(1).write(self.mark) };
+    }
+}
+
 /// Whether the key is drawn (M1), for `check`: once a pool exists, it must be.
 pub fn key_is_drawn() -> bool {
     key() & TOP_BIT != 0

@@ -78,7 +78,7 @@ use crate::geometry::{
     first_slot_entry, line_of, slot_index,
 };
 use crate::list::{Chain, Links, List};
-use crate::mark::{self, clear_freed_mark, holds_freed_mark, write_freed_mark};
+use crate::mark::{self, FreedMark, clear_freed_mark, holds_freed_mark};
 
 const _: () = assert!(POOL_SIZE >= ALIGNMENT);
 const _: () = assert!(
@@ -624,13 +624,14 @@ impl PoolPtr {
         unsafe { (*hot(self.0.as_ptr())).free.is_null() && self.carved_out() }
     }
 
-    /// Returns `block` to the freelist, its freed mark written (P9).
+    /// Returns the block to the freelist, its freed mark written (P9).
     ///
     /// # Safety
-    /// `self` is a live pool the caller has exclusive access to, and `block` is the start of a
-    /// block of this pool that is in use.
+    /// `self` is a live pool the caller has exclusive access to, and the block is the start
+    /// of a block of this pool that is in use.
     #[inline(always)]
-    pub unsafe fn free(self, block: NonNull<u8>) -> Freed {
+    pub unsafe fn free(self, freed: FreedMark) -> Freed {
+        let block = freed.block();
         let p = self.0.as_ptr();
         // SAFETY: the pool is live and ours; `block` is one of its blocks in use (caller), so
         // its first word is ours to overwrite with the freelist link.
@@ -653,7 +654,7 @@ impl PoolPtr {
             );
             let words = block.cast::<usize>().as_ptr();
             words.cast::<*mut u8>().write(head);
-            write_freed_mark(block);
+            freed.write();
             asan::poison(block.as_ptr(), (*p).size as usize);
             (*hot(p)).free = block.as_ptr();
             // A store of what was loaded above, less one (P8).

@@ -108,23 +108,23 @@ fn state_transitions_follow_obmalloc() {
             now_empty: false,
         };
         assert_eq!(
-            pool.free(blocks[3].0),
+            pool.free(FreedMark::of(blocks[3].0)),
             Freed {
                 was_full: true,
                 now_empty: false
             }
         );
-        assert_eq!(pool.free(blocks[5].0), in_use);
+        assert_eq!(pool.free(FreedMark::of(blocks[5].0)), in_use);
         // LIFO reuse of freed blocks, not marked zero.
         assert_eq!(pool.alloc(), Some((blocks[5].0, false)));
-        assert_eq!(pool.free(blocks[5].0), in_use);
+        assert_eq!(pool.free(FreedMark::of(blocks[5].0)), in_use);
         for (i, &(b, _)) in blocks.iter().enumerate() {
             if i == 3 || i == 5 {
                 continue;
             }
             let last = pool.used() == 1;
             assert_eq!(
-                pool.free(b),
+                pool.free(FreedMark::of(b)),
                 Freed {
                     was_full: false,
                     now_empty: last
@@ -211,7 +211,7 @@ fn check_catches_a_corrupted_freelist() {
         let pool = PoolPtr::init(slot.0, class, true, core::ptr::null_mut());
         let (a, _) = pool.alloc().unwrap();
         let (b, _) = pool.alloc().unwrap();
-        pool.free(a);
+        pool.free(FreedMark::of(a));
         assert_eq!(pool.check(), Ok(()));
         // A use-after-free write pointing the link at the middle of a block.
         a.cast::<*mut u8>().write(b.as_ptr().add(8));
@@ -237,14 +237,14 @@ fn a_free_marks_the_block_an_allocation_clears_it_and_a_mark_by_chance_is_told_a
         let pool = PoolPtr::init(slot.0, class, true, core::ptr::null_mut());
         let (a, b) = (pool.alloc().unwrap().0, pool.alloc().unwrap().0);
         assert!(!holds_freed_mark(a) && !holds_freed_mark(b));
-        pool.free(a);
+        pool.free(FreedMark::of(a));
         assert!(holds_freed_mark(a), "P9");
         assert!(pool.on_freelist(a));
         // A program that stores the mark's value in its block: the walk does not find the
         // block on the freelist, and the free goes on.
         b.cast::<usize>().add(1).write(freed_mark(b));
         assert!(holds_freed_mark(b) && !pool.on_freelist(b));
-        pool.free(b);
+        pool.free(FreedMark::of(b));
         assert_eq!(pool.used(), 0);
         assert_eq!(pool.check(), Ok(()));
         // Handed out again, from the freelist or carved, a block's mark is cleared.
@@ -331,7 +331,7 @@ fn pool_matches_a_model() {
                     let b = live.swap_remove(pick as usize % live.len());
                     offsets.remove(&b.addr().get());
                     let expected_empty = live.is_empty();
-                    if pool.free(b).now_empty != expected_empty {
+                    if pool.free(FreedMark::of(b)).now_empty != expected_empty {
                         return TestResult::error("Empty reported wrongly");
                     }
                 }
@@ -366,7 +366,7 @@ fn a_pool_of_one_block_goes_straight_from_full_to_empty() {
         assert!(zeroed && pool.is_full() && pool.alloc().is_none());
         assert_eq!(PoolPtr::containing(a.add(POOLED_MAX - 1)), pool);
         assert_eq!(
-            pool.free(a),
+            pool.free(FreedMark::of(a)),
             Freed {
                 was_full: true,
                 now_empty: true
@@ -433,7 +433,7 @@ fn remote_list_returns_every_block_with_its_pool_newest_first() {
     assert_eq!(taken, pushed);
     for (block, pool) in taken {
         // SAFETY: blocks in use of their pools, freed once.
-        unsafe { pool.free(block) };
+        unsafe { pool.free(FreedMark::of(block)) };
     }
     assert!(pools.iter().all(|p| {
         // SAFETY: the pools are ours.

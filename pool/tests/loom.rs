@@ -22,8 +22,8 @@ use loom::sync::Arc;
 use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::thread;
 use pymalloc_pool::{
-    ARENA_SIZE, Inbox, POOL_SIZE, PoolList, PoolPtr, RemoteList, SizeClass, blocks_per_pool,
-    set_first_slot_entries, write_freed_mark,
+    ARENA_SIZE, FreedMark, Inbox, POOL_SIZE, PoolList, PoolPtr, RemoteList, SizeClass,
+    blocks_per_pool, set_first_slot_entries, write_freed_mark,
 };
 
 /// A zeroed arena for one model run, with one pool of a class in the slot past its header
@@ -163,7 +163,7 @@ fn a_full_pool_freed_into_remotely_rejoins_its_list() {
         let mut collect = |usable: &mut PoolList| {
             for (b, p) in list.take_all() {
                 // SAFETY: a pushed block is in use in its live pool, now the owner's again.
-                let state = unsafe { p.free(b) };
+                let state = unsafe { p.free(FreedMark::of(b)) };
                 if state.was_full {
                     // SAFETY: a full pool is in no list.
                     unsafe { usable.push_front(p.into()) };
