@@ -76,7 +76,7 @@ use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use pymalloc_arena::{ARENA_SIZE, ArenaMap, Arenas, Platform};
 use pymalloc_pool::{
     Freed, FreedMark, Inbox, MAX_SPAN_SLOTS, NUM_CLASSES, POOLED_MAX, PoolList, PoolPtr, SizeClass,
-    blocks_per_pool, clear_freed_mark, fatal, holds_freed_mark, write_freed_mark,
+    blocks_per_pool, clear_freed_mark, fatal, holds_freed_mark,
 };
 
 use crate::shared::{Shared, SharedAccess};
@@ -208,6 +208,13 @@ impl EmptyPools {
         NonNull::new(memory)
     }
 }
+
+/// The message of a free of a block found free (its freed mark, P9).
+const ALREADY_FREE: &str = "free of a block that is already free (double free)";
+/// The same, for a block found free that is neither on its pool's freelist nor on its
+/// heap's remote lists: kept by another heap, say (H8).
+const FREED_NOT_HANDED_OUT: &str =
+    "free of a block that is already free: freed and not handed out since (double free)";
 
 /// Most blocks of one class a heap keeps of other heaps' pools (H8).
 pub const FOREIGN_BLOCKS: usize = 64;
@@ -509,17 +516,18 @@ impl<'a> Claim<'a> {
     /// [`FOREIGN_CLASS_BYTES`], or a heap that keeps none, sends the block back at once.
     ///
     /// # Safety
-    /// `block` is a block in use of a live pool of `class` owned by `owner`, another heap
+    /// The block is a block in use of a live pool of `class` owned by `owner`, another heap
     /// (not the fallback heap), and does not hold its freed mark; not used after this call.
     #[cold]
     #[inline(never)]
     unsafe fn keep_foreign<P: Platform>(
         &mut self,
-        block: NonNull<u8>,
+        freed: FreedMark,
         class: SizeClass,
         owner: &HeapCell,
         shared: &Shared<P>,
     ) {
+        let block = freed.block();
         let limit = foreign_limit(class);
         if !self.heap().foreign.enabled || limit == 0 {
             // SAFETY: as the caller guarantees.
@@ -538,7 +546,7 @@ impl<'a> Claim<'a> {
         // `records_owner` says (caller).
         unsafe {
             block.cast::<*mut u8>().write(kept.head);
-            write_freed_mark(block);
+            freed.write();
             if records_owner(class) {
                 block.cast::<*mut ()>().add(OWNER_WORD).write(owner.id());
             }
@@ -868,13 +876,14 @@ impl<'a> Claim<'a> {
             // SAFETY: as above, for the class; heaps live as long as their allocator, and
             // pools record theirs (P7).
             unsafe {
-                if holds_freed_mark(block) {
+                let freed = FreedMark::of(block);
+                if freed.is_held() {
                     // Free already (P9): kept by some heap, or on its way back, or back.
-                    fatal("free of a block that is already free (double free)");
+                    fatal(ALREADY_FREE);
                 }
                 let class = pool.class();
                 bump(&self.counters.freed_remotely, class, 1);
-                self.keep_foreign(block, class, &*owner.cast::<HeapCell>(), &ctx.shared)
+                self.keep_foreign(freed, class, &*owner.cast::<HeapCell>(), &ctx.shared)
             }
         }
     }
@@ -940,12 +949,12 @@ impl<'a> Claim<'a> {
     ) -> ! {
         // SAFETY: the pool is ours (caller), so its freelist is ours to walk.
         if unsafe { pool.on_freelist(block) } {
-            fatal("free of a block that is already free (double free)");
+            fatal(ALREADY_FREE);
         }
         if self.has_remote() {
             self.collect_remote_watching(&mut SharedAccess::new(&ctx.shared), Some(block));
         }
-        fatal("free of a block that is already free: freed and not handed out since (double free)")
+        fatal(FREED_NOT_HANDED_OUT)
     }
 
     /// For a block being resized, which must be in use: aborts if it holds its freed mark,
@@ -993,7 +1002,7 @@ impl<'a> Claim<'a> {
                 ctx.with_fallback(|fallback| fallback.reborrow().double_free(block, pool, ctx));
             }
         }
-        fatal("free of a block that is already free: freed and not handed out since (double free)")
+        fatal(FREED_NOT_HANDED_OUT)
     }
 
     /// Returns a block to its pool, which this heap owns: the one free path for blocks freed

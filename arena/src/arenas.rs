@@ -549,13 +549,9 @@ impl Arenas {
         let h = base.cast::<Header>();
         // Advised before its first touch (the header's), which would otherwise map a small
         // page and leave the arena on small pages for good.
-        let huge = match self.huge_pages {
-            HugePages::Never => false,
-            HugePages::Auto => self.arenas + 1 >= AUTO_HUGE_ARENAS,
-            HugePages::Always => true,
-        };
         // SAFETY: a fresh reservation, exclusively ours.
-        let huge = huge && unsafe { platform.advise_huge_pages(base, ARENA_SIZE) };
+        let huge = self.huge_due(self.arenas + 1)
+            && unsafe { platform.advise_huge_pages(base, ARENA_SIZE) };
         // SAFETY: a fresh reservation, exclusively ours, large and aligned enough for a header.
         unsafe {
             h.write(Header::new(
@@ -650,9 +646,7 @@ impl Arenas {
         self.max_floor = max_floor;
         self.dirty_floor = MIN_DIRTY_SLOTS.min(max_floor);
         self.huge_pages = huge_pages;
-        if huge_pages == HugePages::Always
-            || (huge_pages == HugePages::Auto && self.arenas >= AUTO_HUGE_ARENAS)
-        {
+        if self.huge_due(self.arenas) {
             self.advise_all(platform);
         }
         self.release_over_limits(platform, map);
@@ -737,9 +731,10 @@ impl Arenas {
         }
     }
 
-    /// Decommits the oldest dirty free slots until at most `target` remain dirty — of arenas
-    /// advised to huge pages, only those of wholly free ones. Stops early, leaving everything
-    /// consistent, if the platform refuses a decommit.
+    /// Decommits the oldest dirty free slots until at most `target` remain dirty: those of
+    /// arenas on small pages first, then those of arenas advised to huge pages, wholly free
+    /// arenas before the others. Stops early, leaving everything consistent, if the platform
+    /// refuses a decommit.
     pub fn purge<P: Platform>(&mut self, platform: &P, target: usize) {
         while self.all_dirty_slots() > target {
             let Some(h) = self.dirty.head() else {
@@ -830,6 +825,15 @@ impl Arenas {
         }
     }
 
+    /// Whether the policy advises arenas to huge pages once `arenas` are mapped (A6).
+    fn huge_due(&self, arenas: usize) -> bool {
+        match self.huge_pages {
+            HugePages::Never => false,
+            HugePages::Auto => arenas >= AUTO_HUGE_ARENAS,
+            HugePages::Always => true,
+        }
+    }
+
     /// Advises every arena to huge pages.
     fn advise_all<P: Platform>(&mut self, platform: &P) {
         let mut next = self.all.head();
@@ -902,8 +906,8 @@ impl Arenas {
             empty_arenas: self.empty,
             pools_in_use: pools,
             slots_in_use: self.slots_in_use,
-            free_dirty_slots: self.dirty_slots + self.huge_dirty_slots,
-            free_clean_slots: free_slots - self.dirty_slots - self.huge_dirty_slots,
+            free_dirty_slots: self.all_dirty_slots(),
+            free_clean_slots: free_slots - self.all_dirty_slots(),
             dirty_limit: self.dirty_limit(),
             mapped_bytes: self.arenas * ARENA_SIZE + map.mapped_bytes(),
         }

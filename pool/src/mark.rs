@@ -95,8 +95,8 @@ const _: () = assert!(
 /// `block` starts a block (at least [`ALIGNMENT`] bytes) that the caller may overwrite.
 #[inline(always)]
 pub unsafe fn write_freed_mark(block: NonNull<u8>) {
-    // SAFETY: the caller's block, at least two words long.
-    unsafe { block.cast::<usize>().add(1).write(freed_mark(block)) };
+    // SAFETY: as the caller guarantees.
+    unsafe { FreedMark::of(block).write() }
 }
 
 /// Clears the freed mark (P9) of a block being handed out, so that its next free is not taken
@@ -119,8 +119,8 @@ pub unsafe fn clear_freed_mark(block: NonNull<u8>) {
 /// `block` starts a block of a live pool (at least [`ALIGNMENT`] bytes, mapped).
 #[inline(always)]
 pub unsafe fn holds_freed_mark(block: NonNull<u8>) -> bool {
-    // SAFETY: the block's second word is mapped and aligned (caller).
-    unsafe { read_frozen_second_word(block.cast::<usize>().as_ptr()) == freed_mark(block) }
+    // SAFETY: as the caller guarantees.
+    unsafe { FreedMark::of(block).is_held() }
 }
 
 /// A block with its freed mark computed: one load of the key for a free that first tests the
