@@ -74,6 +74,7 @@ use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 use pymalloc_arena::{ARENA_SIZE, ArenaMap, Arenas, Platform};
+use pymalloc_pool::secure::{self, read_link, write_link};
 use pymalloc_pool::{
     Freed, FreedMark, Inbox, MAX_SPAN_SLOTS, NUM_CLASSES, POOLED_MAX, PoolList, PoolPtr, SizeClass,
     blocks_per_pool, clear_freed_mark, fatal, holds_freed_mark,
@@ -239,7 +240,8 @@ const OWNER_WORD: usize = 2;
 /// Whether blocks of `class` have room for [`OWNER_WORD`].
 #[inline(always)]
 fn records_owner(class: SizeClass) -> bool {
-    class.block_size() > OWNER_WORD * size_of::<usize>()
+    // Under `secure`, a kept block's third word holds its fill (S2 in `secure.rs`).
+    !secure::ENABLED && class.block_size() > OWNER_WORD * size_of::<usize>()
 }
 
 /// The owner of a kept block of `class` (H8).
@@ -545,7 +547,7 @@ impl<'a> Claim<'a> {
         // SAFETY: the block is ours to overwrite, two words at least and a third where
         // `records_owner` says (caller).
         unsafe {
-            block.cast::<*mut u8>().write(kept.head);
+            write_link(block, kept.head);
             freed.write();
             if records_owner(class) {
                 block.cast::<*mut ()>().add(OWNER_WORD).write(owner.id());
@@ -564,14 +566,14 @@ impl<'a> Claim<'a> {
     /// A block of `class` from the blocks of other heaps' pools kept here (H8), handed out:
     /// its freed mark cleared, no longer counted as freed remotely.
     #[inline]
-    fn take_foreign(&mut self, class: SizeClass) -> Option<NonNull<u8>> {
+    fn take_foreign(&mut self, class: SizeClass, map: &ArenaMap) -> Option<NonNull<u8>> {
         let foreign = &mut self.heap().foreign;
         let kept = foreign.class(class);
         let block = NonNull::new(kept.head)?;
         // SAFETY: a kept block is a block in use of a live pool, linked through its first
         // word (H8), now ours to hand out.
         unsafe {
-            kept.head = block.cast::<*mut u8>().read();
+            kept.head = checked_link(block, map);
             clear_freed_mark(block);
         }
         kept.count -= 1;
@@ -604,7 +606,7 @@ impl<'a> Claim<'a> {
     fn flush_foreign_class<P: Platform>(&mut self, class: SizeClass, shared: &Shared<P>) {
         let kept = self.heap().foreign.take(class);
         let shard = self.shard;
-        let link = |block: NonNull<u8>| block.cast::<*mut u8>().as_ptr();
+        let map = &shared.map;
         let send = |owner: *mut (), first: NonNull<u8>, last: NonNull<u8>| {
             // SAFETY: owners are heaps, which live as long as the allocator; the chain is of
             // the owner's blocks, linked and marked (H8), given up here.
@@ -631,23 +633,23 @@ impl<'a> Claim<'a> {
                 // `first`'s owner's blocks in one chain, the others in `rest` for the next round.
                 let owner = kept_block_owner(first, class);
                 let (mut last, mut others, mut others_last) = (first, ptr::null_mut::<u8>(), first);
-                let mut next = link(first).read();
+                let mut next = checked_link(first, map);
                 while let Some(block) = NonNull::new(next) {
-                    next = link(block).read();
+                    next = checked_link(block, map);
                     if kept_block_owner(block, class) == owner {
-                        link(last).write(block.as_ptr());
+                        write_link(last, block.as_ptr());
                         last = block;
                     } else {
                         if others.is_null() {
                             others = block.as_ptr();
                         } else {
-                            link(others_last).write(block.as_ptr());
+                            write_link(others_last, block.as_ptr());
                         }
                         others_last = block;
                     }
                 }
                 if !others.is_null() {
-                    link(others_last).write(ptr::null_mut());
+                    write_link(others_last, ptr::null_mut());
                 }
                 rest = others;
                 send(owner, first, last);
@@ -703,7 +705,7 @@ impl<'a> Claim<'a> {
             let pool = match self.heap().list(class).first() {
                 Some(pool) => pool,
                 None => {
-                    if let Some(block) = self.take_foreign(class) {
+                    if let Some(block) = self.take_foreign(class, &ctx.shared.map) {
                         return Some((block, false));
                     }
                     if let Some(shared) = self.reborrow().alloc_shared(class, ctx) {
@@ -1229,9 +1231,17 @@ impl<'a> Claim<'a> {
         shared: &mut SharedAccess<'_, P>,
         suspect: Option<NonNull<u8>>,
     ) {
-        let cell = self.cell();
+        let (cell, id, map) = (self.cell(), self.id(), &shared.shared.map);
+        // A pushed block is in use in a live pool of this heap (R1, H4); under `secure`,
+        // where a link led is checked before the block is read.
         // SAFETY: the heap is claimed.
-        for (block, pool) in unsafe { cell.inbox.take_all() } {
+        let blocks = unsafe { cell.inbox.take_lists() }.flat_map(|mut drain| {
+            core::iter::from_fn(move || {
+                // SAFETY: as above.
+                drain.next_with(|block| unsafe { pool_of_returned(id, block, map) })
+            })
+        });
+        for (block, pool) in blocks {
             if suspect == Some(block) {
                 fatal(
                     "free of a block that is already free: another thread freed it, and it \
@@ -1397,7 +1407,7 @@ fn check_foreign(foreign: &Foreign, id: *mut (), map: &ArenaMap) -> Result<(), &
                     Some(_) => Some(ptr::null_mut()),
                 };
                 last = b.as_ptr();
-                block = b.cast::<*mut u8>().read();
+                block = read_link(b);
             }
         }
         if !block.is_null() {
@@ -1475,6 +1485,63 @@ unsafe fn free_remote<P: Platform>(
 unsafe fn free_shared<P: Platform>(block: NonNull<u8>, pool: PoolPtr, ctx: &Context<P>) {
     // SAFETY: as the caller guarantees; the fallback heap is claimed around the call.
     ctx.with_fallback(|fallback| unsafe { fallback.free_local(block, pool, ctx) })
+}
+
+/// The pool in use of which `ptr` starts a carved block, if `ptr` lies in an arena of `map`:
+/// exact for a block the caller holds, a hint that is never undefined behaviour for any other
+/// address (`PoolPtr::of_block`).
+#[inline(always)]
+pub(crate) fn pool_of_block(map: &ArenaMap, ptr: NonNull<u8>) -> Option<PoolPtr> {
+    if !map.contains(ptr.addr().get()) {
+        return None;
+    }
+    // SAFETY: `ptr` lies in one of our arenas (the map), which stays mapped while a block the
+    // caller holds is in it; for any other pointer the answer is a hint (see above).
+    unsafe { PoolPtr::of_block(ptr) }
+}
+
+/// The pool of `block`, taken back from the remote lists of the heap `id`. Under `secure`, a block
+/// that is no carved block of a pool the heap `id` owns was reached through an overwritten
+/// link: reported, and the process aborts.
+///
+/// # Safety
+/// `block` was taken from this heap's remote lists: pushed as a block in use of a live
+/// pool of the heap `id` (R1, H4), unless a link was overwritten.
+#[inline(always)]
+unsafe fn pool_of_returned(id: *mut (), block: NonNull<u8>, map: &ArenaMap) -> PoolPtr {
+    if !secure::ENABLED {
+        // SAFETY: as the caller guarantees.
+        return unsafe { PoolPtr::containing(block) };
+    }
+    // SAFETY: a pool in use that `pool_of_block` found is live.
+    match pool_of_block(map, block).filter(|pool| unsafe { pool.owner() } == id) {
+        Some(pool) => pool,
+        None => fatal(LINK_OVERWRITTEN),
+    }
+}
+
+/// What a `secure` build reports for a link that leads nowhere it may.
+const LINK_OVERWRITTEN: &str =
+    "secure: the link of a freed block was overwritten (heap overflow or write after free)";
+
+/// The link of `block`, a free block on a chain of the caller's (a heap's kept blocks): the
+/// next block, or null. Under `secure`, a link that leads to no carved block of a pool of
+/// `map`'s arenas was overwritten: reported, and the process aborts.
+///
+/// # Safety
+/// `block` is a linked free block that the caller has exclusive use of.
+#[inline(always)]
+unsafe fn checked_link(block: NonNull<u8>, map: &ArenaMap) -> *mut u8 {
+    // SAFETY: as the caller guarantees.
+    let next = unsafe { read_link(block) };
+    if secure::ENABLED {
+        if let Some(next) = NonNull::new(next) {
+            if pool_of_block(map, next).is_none() {
+                fatal(LINK_OVERWRITTEN);
+            }
+        }
+    }
+    next
 }
 
 /// Tidies a heap nobody holds while blocks wait on its remote list (H4).

@@ -53,6 +53,7 @@ mod options;
 mod process;
 mod registry;
 mod report;
+mod secure;
 mod session;
 mod shared;
 mod stats;

@@ -20,9 +20,10 @@ use pymalloc_pool::{
 };
 
 use crate::debug;
-use crate::heap::{Claim, Context};
+use crate::heap::{self, Claim, Context};
 use crate::heaps::Heaps;
 use crate::large::mapping_len;
+use crate::secure;
 
 /// How a layout is served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,7 +62,7 @@ const _: () = {
 
 /// A block handed out, as its address alone tells (`Session::find`).
 #[derive(Clone, Copy)]
-enum Found {
+pub(crate) enum Found {
     /// The block starting at the pointer, in `pool`, of `class`.
     Pooled { pool: PoolPtr, class: SizeClass },
     /// A large block with a mapping of `len` bytes.
@@ -70,8 +71,8 @@ enum Found {
 
 /// Calls on an allocator through one heap that the calling thread has claimed.
 pub(crate) struct Session<'a, P: Platform> {
-    ctx: &'a Context<P>,
-    claim: Claim<'a>,
+    pub(crate) ctx: &'a Context<P>,
+    pub(crate) claim: Claim<'a>,
 }
 
 impl<'a, P: Platform> Session<'a, P> {
@@ -89,7 +90,7 @@ impl<'a, P: Platform> Session<'a, P> {
     /// The same session, for a call that takes it by value (so that it travels in
     /// registers, not through memory); `self` is borrowed meanwhile.
     #[inline(always)]
-    fn reborrow(&mut self) -> Session<'_, P> {
+    pub(crate) fn reborrow(&mut self) -> Session<'_, P> {
         Session {
             ctx: self.ctx,
             claim: self.claim.reborrow(),
@@ -103,12 +104,7 @@ impl<'a, P: Platform> Session<'a, P> {
     /// addresses, a best effort that is never undefined behaviour.
     #[inline(always)]
     fn pooled_block(&self, ptr: NonNull<u8>) -> Option<PoolPtr> {
-        if !self.ctx.shared.map.contains(ptr.addr().get()) {
-            return None;
-        }
-        // SAFETY: `ptr` lies in one of our arenas (the map), which stays mapped while a block
-        // the caller holds is in it; for any other pointer the answer is a hint (see above).
-        unsafe { PoolPtr::of_block(ptr) }
+        heap::pool_of_block(&self.ctx.shared.map, ptr)
     }
 
     /// The `debug` feature's allocation: `layout` with a trailer ([`debug::dress`]).
@@ -152,6 +148,9 @@ impl<'a, P: Platform> Session<'a, P> {
         if cfg!(feature = "debug") {
             return self.debug_alloc(layout, false);
         }
+        if secure::ENABLED {
+            return self.secure_alloc(layout, false);
+        }
         if let Some(class) = SizeClass::for_size(layout.size()) {
             if layout.align() <= ALIGNMENT {
                 if let Some(block) = self.claim.alloc_freelist(class) {
@@ -168,8 +167,9 @@ impl<'a, P: Platform> Session<'a, P> {
     /// blocks.
     #[inline(always)]
     pub(crate) fn malloc(&mut self, size: usize) -> *mut u8 {
-        if cfg!(feature = "debug") {
+        if cfg!(feature = "debug") || secure::ENABLED {
             return match Layout::from_size_align(size, ALIGNMENT) {
+                Ok(layout) if secure::ENABLED => self.secure_alloc(layout, false),
                 Ok(layout) => self.debug_alloc(layout, false),
                 Err(_) => ptr::null_mut(),
             };
@@ -203,6 +203,9 @@ impl<'a, P: Platform> Session<'a, P> {
         if cfg!(feature = "debug") {
             return self.debug_alloc(layout, true);
         }
+        if secure::ENABLED {
+            return self.secure_alloc(layout, true);
+        }
         match self.block(layout) {
             Some((p, true)) => p.as_ptr(),
             Some((p, false)) => {
@@ -222,6 +225,10 @@ impl<'a, P: Platform> Session<'a, P> {
     pub(crate) unsafe fn dealloc(&mut self, ptr: *mut u8, layout: Layout) {
         // SAFETY: a block this allocator handed out (caller), so not null.
         let ptr = unsafe { NonNull::new_unchecked(ptr) };
+        if secure::ENABLED {
+            // SAFETY: as the caller guarantees.
+            return unsafe { self.secure_free(ptr, Some(layout)) };
+        }
         let layout = if cfg!(feature = "debug") {
             // SAFETY: a block of ours for `layout`, allocated with a debug trailer (caller).
             unsafe { debug::check_and_poison(ptr, layout) }
@@ -285,7 +292,7 @@ impl<'a, P: Platform> Session<'a, P> {
     ///
     /// # Safety
     /// `ptr` is a block in use of this allocator, as far as the caller knows.
-    unsafe fn find(self, ptr: NonNull<u8>, message: &'static str) -> Found {
+    pub(crate) unsafe fn find(self, ptr: NonNull<u8>, message: &'static str) -> Found {
         if let Some(pool) = self.pooled_block(ptr) {
             // SAFETY: a live pool (`pooled_block`).
             let class = unsafe { pool.class() };
@@ -302,6 +309,10 @@ impl<'a, P: Platform> Session<'a, P> {
     /// # Safety
     /// As `Allocator::usable_size`.
     pub(crate) unsafe fn usable_size(&mut self, ptr: NonNull<u8>) -> usize {
+        if secure::ENABLED {
+            // SAFETY: as the caller guarantees.
+            return unsafe { self.secure_usable_size(ptr) };
+        }
         const MESSAGE: &str = "malloc_usable_size: pointer is no block of this allocator";
         // SAFETY: as the caller guarantees.
         match unsafe { self.reborrow().find(ptr, MESSAGE) } {
@@ -316,6 +327,10 @@ impl<'a, P: Platform> Session<'a, P> {
     /// As `Allocator::dealloc_unsized`.
     #[inline(always)]
     pub(crate) unsafe fn dealloc_unsized(&mut self, ptr: NonNull<u8>) {
+        if secure::ENABLED {
+            // SAFETY: as the caller guarantees.
+            return unsafe { self.secure_free(ptr, None) };
+        }
         if let Some(pool) = self.pooled_block(ptr) {
             // SAFETY: `ptr` starts a carved block of `pool`, in use unless this is a double
             // free, which the heap looks for (caller).
@@ -337,6 +352,13 @@ impl<'a, P: Platform> Session<'a, P> {
     /// As `Allocator::dealloc_unsized`.
     #[inline(always)]
     pub(crate) unsafe fn dealloc_checked(&mut self, ptr: NonNull<u8>, size: usize, align: usize) {
+        if secure::ENABLED {
+            let Ok(layout) = Layout::from_size_align(size, align) else {
+                fatal("free_sized: size or alignment does not match the block");
+            };
+            // SAFETY: as the caller guarantees.
+            return unsafe { self.secure_free(ptr, Some(layout)) };
+        }
         if cfg!(feature = "debug") {
             // Blocks carry the debug trailer, so their class is not the size's: freed as C's
             // `free` frees them.
@@ -401,6 +423,13 @@ impl<'a, P: Platform> Session<'a, P> {
     /// # Safety
     /// As `Allocator::realloc_unsized`.
     pub(crate) unsafe fn realloc_unsized(&mut self, ptr: NonNull<u8>, new_size: usize) -> *mut u8 {
+        if secure::ENABLED {
+            return match Layout::from_size_align(new_size, ALIGNMENT) {
+                // SAFETY: as the caller guarantees.
+                Ok(new) => unsafe { self.secure_realloc(ptr, None, new) },
+                Err(_) => ptr::null_mut(),
+            };
+        }
         // The common case, a small or medium block that stays pooled: no layout to build,
         // the class compared as a size's, the new block from `malloc`'s fast path.
         if !cfg!(feature = "debug") {
@@ -530,6 +559,13 @@ impl<'a, P: Platform> Session<'a, P> {
         let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
             return ptr::null_mut();
         };
+        if secure::ENABLED {
+            // SAFETY: a block this allocator handed out (caller), so not null; as the caller
+            // guarantees.
+            return unsafe {
+                self.secure_realloc(NonNull::new_unchecked(ptr), Some(layout), new_layout)
+            };
+        }
         // Under `debug`, every resize moves, so that both blocks' trailers are checked.
         match (Route::of(layout), Route::of(new_layout), NonNull::new(ptr)) {
             _ if cfg!(feature = "debug") => {}

@@ -21,6 +21,7 @@ use crate::large::LargeBlocks;
 use crate::lock::{SpinGuard, SpinLock};
 use crate::options::{self, Options};
 use crate::report;
+use crate::secure::ZeroBlocks;
 
 /// What all heaps of an allocator over `P` share. See the module documentation.
 pub(crate) struct Shared<P: Platform> {
@@ -35,6 +36,8 @@ pub(crate) struct Shared<P: Platform> {
     given: Option<Options>,
     /// Whether the options' policies have been applied (see [`Shared::configure`]).
     configured: AtomicBool,
+    /// The zero-size blocks of the `secure` feature.
+    pub(crate) zero: ZeroBlocks,
 }
 
 impl<P: Platform> Shared<P> {
@@ -47,6 +50,7 @@ impl<P: Platform> Shared<P> {
             parked: AtomicUsize::new(0),
             given,
             configured: AtomicBool::new(false),
+            zero: ZeroBlocks::new(),
         }
     }
 
@@ -217,6 +221,7 @@ impl<P: Platform> Shared<P> {
         // SAFETY: as the caller guarantees.
         unsafe {
             self.large.release_all(&self.platform);
+            self.zero.release(&self.platform);
             self.arenas
                 .get_mut()
                 .release_all(&self.platform, &mut self.map);

@@ -72,7 +72,8 @@ use core::ptr::NonNull;
 
 pub use pymalloc_pool::{ARENA_SHIFT, ARENA_SIZE, SLOTS};
 use pymalloc_pool::{
-    Chain, HEADER_SLOTS, List, MAX_SPAN_SLOTS, POOL_SIZE, ensure, fatal, slot_zero_line_is_clear,
+    Chain, HEADER_BYTES, HEADER_SLOTS, List, MAX_SPAN_SLOTS, POOL_SIZE, ensure, fatal,
+    slot_zero_line_is_clear,
 };
 use pymalloc_radix::NodeAlloc;
 
@@ -122,6 +123,20 @@ pub enum HugePages {
 
 /// Buckets by longest run: 1 ..= MAX_SPAN_SLOTS (bucket 0, no run, is never used).
 const RUN_BUCKETS: usize = MAX_SPAN_SLOTS + 1;
+
+/// Under the `secure` feature, makes the last page of the header slots of the fresh arena at
+/// `base` a guard page, which nothing uses (the lines and hot records end before it): a write
+/// below the arena's first pool faults rather than reach the pools' hot records. Skipped
+/// where a page is larger than that unused room, or the system refuses.
+fn guard_headers<P: Platform>(platform: &P, base: NonNull<u8>) {
+    let page = platform.page_size();
+    let end = HEADER_SLOTS * POOL_SIZE;
+    if page <= end - HEADER_BYTES {
+        // SAFETY: a page inside the fresh reservation, past every line and hot record, which
+        // nothing reads or writes (pools start at the next slot).
+        unsafe { platform.set_guard(base.add(end - page), page, true) };
+    }
+}
 
 /// Buckets of arenas by the length of a longest run (A1), with a bitmap of the non-empty ones.
 struct Buckets<C: Chain<Header>> {
@@ -559,6 +574,9 @@ impl Arenas {
                 if self.released > 0 { USABLE } else { 0 },
             ));
             (*h.as_ptr()).huge = huge;
+        }
+        if pymalloc_pool::secure::ENABLED {
+            guard_headers(platform, base);
         }
         if map.insert(h, &PlatformNodes(platform)).is_err() {
             // SAFETY: the reservation was never published.

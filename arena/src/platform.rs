@@ -90,6 +90,18 @@ pub unsafe trait Platform: Sync {
         let _ = (ptr, size);
         false
     }
+
+    /// Makes a range a guard (`guard`), which faults on any read or write, or readable and
+    /// writable again (`!guard`); `false` if the system refuses (the default: no guards).
+    /// Changes nothing else: the range stays reserved, and its contents are kept.
+    ///
+    /// # Safety
+    /// The range lies inside a live reservation; nothing reads or writes it while it is a
+    /// guard, and no other call is made on it then but [`Platform::release`].
+    unsafe fn set_guard(&self, ptr: NonNull<u8>, size: usize, guard: bool) -> bool {
+        let _ = (ptr, size, guard);
+        false
+    }
 }
 
 /// The operating system's memory: `mmap`, `munmap`, `madvise(MADV_DONTNEED)`, `mremap`.
@@ -217,6 +229,11 @@ unsafe impl Platform for OsPlatform {
         None
     }
 
+    /// `mprotect(PROT_NONE)`, or back to `PROT_READ | PROT_WRITE`.
+    unsafe fn set_guard(&self, ptr: NonNull<u8>, size: usize, guard: bool) -> bool {
+        protect(ptr, size, guard)
+    }
+
     /// `madvise(MADV_HUGEPAGE)`: transparent huge pages for the range, also where the
     /// system's setting is `madvise` (Linux; elsewhere, no).
     #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -224,6 +241,18 @@ unsafe impl Platform for OsPlatform {
         // SAFETY: a range inside a live reservation (caller); the advice changes no contents.
         unsafe { libc::madvise(ptr.as_ptr().cast(), size, libc::MADV_HUGEPAGE) == 0 }
     }
+}
+
+/// `mprotect` of a range to no access (`guard`) or to reading and writing; whether it took.
+pub(crate) fn protect(ptr: NonNull<u8>, size: usize, guard: bool) -> bool {
+    let prot = if guard {
+        libc::PROT_NONE
+    } else {
+        libc::PROT_READ | libc::PROT_WRITE
+    };
+    // SAFETY: changes the protection of pages the caller has reserved (both callers are
+    // `Platform::set_guard`, whose caller guarantees it), nothing else.
+    unsafe { libc::mprotect(ptr.as_ptr().cast(), size, prot) == 0 }
 }
 
 /// A fresh private anonymous read-write mapping of `len` bytes, under overcommit accounting:

@@ -369,4 +369,11 @@ unsafe impl Platform for TestPlatform {
         s.huge_advised.push((ptr.addr().get(), size));
         true
     }
+
+    /// As the system's: the test's memory is real mappings, whose pages `mprotect` guards.
+    unsafe fn set_guard(&self, ptr: NonNull<u8>, size: usize, guard: bool) -> bool {
+        let s = self.state();
+        Self::check_inside(&s, ptr, size, "test platform: guard outside a reservation");
+        crate::platform::protect(ptr, size, guard)
+    }
 }

@@ -17,8 +17,15 @@ use std::time::Instant;
 pub use common::rss_bytes;
 use common::{Rng, peak_rss_bytes};
 
-/// The allocators compared, the baseline first.
-pub const ALLOCATORS: [&str; 4] = ["system", "pymalloc", "mimalloc", "jemalloc"];
+/// The allocators compared, the baseline first; `pymalloc-secure` is pymalloc's hardened
+/// build (`--features secure`, `docs/security.md`).
+pub const ALLOCATORS: [&str; 5] = [
+    "system",
+    "pymalloc",
+    "pymalloc-secure",
+    "mimalloc",
+    "jemalloc",
+];
 
 /// How much work: `--quick` or the full run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

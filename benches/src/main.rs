@@ -47,26 +47,42 @@ fn options() -> Options {
     }
 }
 
-/// Builds the four worker binaries (one per global allocator) next to this one.
+/// Builds the worker binaries (one per global allocator) next to this one; pymalloc's
+/// hardened build's into a target directory of its own (`target/secure/`, so that the two
+/// builds do not rebuild each other), copied here as `worker-pymalloc-secure`.
 fn build_workers() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "pymalloc-bench",
-            "--bins",
-        ])
-        .status()
-        .expect("run cargo to build the workers");
-    assert!(status.success(), "building the workers failed");
-    std::env::current_exe()
+    let dir = std::env::current_exe()
         .unwrap()
         .parent()
         .unwrap()
-        .to_path_buf()
+        .to_path_buf();
+    let secure_target = dir.parent().unwrap().join("secure");
+    let status = Command::new(&cargo)
+        .args(["build", "--release", "--quiet", "-p", "pymalloc-bench"])
+        .arg("--bins")
+        .status()
+        .expect("run cargo to build the workers");
+    assert!(status.success(), "building the workers failed");
+    let status = Command::new(&cargo)
+        .args(["build", "--release", "--quiet", "-p", "pymalloc-bench"])
+        .args([
+            "--features",
+            "secure",
+            "--bin",
+            "worker-pymalloc",
+            "--target-dir",
+        ])
+        .arg(&secure_target)
+        .status()
+        .expect("run cargo to build the hardened worker");
+    assert!(status.success(), "building the hardened worker failed");
+    std::fs::copy(
+        secure_target.join("release/worker-pymalloc"),
+        dir.join("worker-pymalloc-secure"),
+    )
+    .expect("copy the hardened worker");
+    dir
 }
 
 fn run_worker(dir: &Path, allocator: &str, workload: &str, quick: bool, threads: usize) -> Sample {
@@ -248,7 +264,8 @@ fn spin_rate(threads: usize) -> u64 {
 /// Horizontal bars of each allocator's time and peak-RSS ratio to the system allocator, on a
 /// log scale from 1/16 to 16 (beyond is drawn at the edge), one group per workload.
 fn chart(medians: &Medians, workloads: &[&'static str]) -> String {
-    const COLORS: [&str; 4] = ["#888888", "#d62728", "#1f77b4", "#2ca02c"];
+    const COLORS: [&str; ALLOCATORS.len()] =
+        ["#888888", "#d62728", "#ff9896", "#1f77b4", "#2ca02c"];
     let (label_w, panel_w, panel_gap, bar_h, gap) = (150.0, 360.0, 60.0, 7.0, 10.0);
     let group_h = bar_h * ALLOCATORS.len() as f64 + gap;
     let height = 60.0 + group_h * workloads.len() as f64 + 30.0;

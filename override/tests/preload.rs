@@ -870,3 +870,116 @@ fn the_launcher_runs_python_with_every_object_through_pymalloc() {
         .unwrap();
     assert_eq!(text(&out.stdout), "pymalloc\n");
 }
+
+/// The hardened library (`--features secure`, `docs/security.md`), built once per test
+/// binary into a target directory of its own (`target/secure/`), so that it and the default
+/// library do not rebuild each other.
+fn secure_library() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .parent()
+            .expect("target/")
+            .join("secure");
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--quiet",
+                "--release",
+                "--lib",
+                "-p",
+                "pymalloc-override",
+            ])
+            .args(["--features", "secure", "--target-dir"])
+            .arg(&dir)
+            .status()
+            .expect("run cargo");
+        assert!(status.success(), "building the hardened library");
+        dir.join("release/libpymalloc_override.so")
+    })
+}
+
+/// A program of attacks, compiled once, without warnings (they are the point) and without
+/// optimisation (which could drop an attack's undefined behaviour).
+fn attack_program(name: &str, compiler: &str, source: &str) -> PathBuf {
+    std::fs::create_dir_all(scratch()).unwrap();
+    let exe = scratch().join(name);
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(source);
+    let status = Command::new(compiler)
+        .args(["-O0", "-w", "-o"])
+        .arg(&exe)
+        .arg(&source)
+        .arg("-lpthread")
+        .status()
+        .expect("a C and C++ compiler must be installed");
+    assert!(status.success(), "compiling {}", source.display());
+    exe
+}
+
+/// Runs `program attack` on the hardened library: it must abort with `expected` on stderr,
+/// or (`expected` empty) fault on a guard page.
+fn hardened_catches(program: &Path, attack: &str, expected: &str) {
+    let out = Command::new(program)
+        .arg(attack)
+        .env("LD_PRELOAD", secure_library())
+        .output()
+        .expect("program runs");
+    let stderr = text(&out.stderr);
+    let signal = out.status.signal();
+    if expected.is_empty() {
+        assert!(
+            matches!(signal, Some(libc::SIGSEGV | libc::SIGBUS)),
+            "{attack}: {:?}\n{}{stderr}",
+            out.status,
+            text(&out.stdout)
+        );
+    } else {
+        assert_eq!(
+            signal,
+            Some(libc::SIGABRT),
+            "{attack}: {:?}\n{stderr}",
+            out.status
+        );
+        assert!(stderr.contains(expected), "{attack}: {stderr}");
+    }
+}
+
+/// The hardened library catches every attack of `tests/c/attacks.c` and
+/// `tests/cpp/attacks.cpp` (`docs/security.md` lists them): an abort with the protection's
+/// message, or a fault on a guard page.
+#[test]
+fn the_hardened_library_catches_every_attack() {
+    let c = attack_program("attacks", "cc", "tests/c/attacks.c");
+    let overflow = "pymalloc: fatal: secure: heap overflow";
+    let double = "pymalloc: fatal: secure: free of a block that is already free";
+    let invalid = "is no block of this allocator";
+    let link = "link was overwritten";
+    let mismatch = "pymalloc: fatal: secure: the size given to free does not match";
+    for (attack, expected) in [
+        ("overflow-1", overflow),
+        ("overflow-32-memcpy", overflow),
+        ("underflow-1", "pymalloc: fatal: secure: heap underflow"),
+        ("underflow-32", "pymalloc: fatal: secure: heap underflow"),
+        ("freelist-poisoning", link),
+        ("use-after-free-link", link),
+        (
+            "use-after-free-write",
+            "pymalloc: fatal: secure: a freed block was written after it was freed",
+        ),
+        ("double-free-between", double),
+        ("double-free-threads", double),
+        ("forged-inside", invalid),
+        ("forged-outside", invalid),
+        ("sized-free-mismatch", mismatch),
+        ("large-overflow", ""),
+        ("zero-size-write", ""),
+        ("zero-size-read", ""),
+        ("realloc-freed", double),
+    ] {
+        hardened_catches(&c, attack, expected);
+    }
+    let cpp = attack_program("attacks_cpp", "c++", "tests/cpp/attacks.cpp");
+    for attack in ["delete-wrong-type", "delete-array-as-single"] {
+        hardened_catches(&cpp, attack, mismatch);
+    }
+}

@@ -32,6 +32,9 @@ pub const HEADER_SLOTS: usize = 2;
 /// `DESCRIPTOR_BYTES * i` further, so that every hot record is [`HOT_OFFSET`] past its
 /// slot's line: past the lines, into the second header slot.
 pub(crate) const HOT_RECORDS: usize = DESCRIPTORS + SLOTS * DESCRIPTOR_BYTES;
+/// Bytes of the header slots in use: the arena manager's header, the lines and the hot
+/// records; the rest of the header slots is unused.
+pub const HEADER_BYTES: usize = HOT_RECORDS + SLOTS * DESCRIPTOR_BYTES;
 /// Bytes from a slot's line to its hot record.
 pub(crate) const HOT_OFFSET: usize = HOT_RECORDS - DESCRIPTORS;
 /// Offset in a slot's line of its first-slot entry: the index of the first slot of the pool
@@ -45,7 +48,7 @@ const _: () = assert!(
     "the lines fit in slot 0"
 );
 const _: () = assert!(
-    HOT_RECORDS + SLOTS * DESCRIPTOR_BYTES <= HEADER_SLOTS * POOL_SIZE,
+    HEADER_BYTES <= HEADER_SLOTS * POOL_SIZE,
     "the hot records fit in the header slots"
 );
 const _: () = assert!(

@@ -26,7 +26,6 @@
 use core::ptr::NonNull;
 
 use crate::lock::RawLock;
-use crate::pool::PoolPtr;
 use crate::remote::{Drain, RemoteList};
 use crate::sync;
 
@@ -126,13 +125,21 @@ impl<const SHARDS: usize> Inbox<SHARDS> {
         self.lists.iter().any(|list| !list.0.is_empty())
     }
 
-    /// Takes every block waiting, list by list, each with its pool.
+    /// Takes every block waiting, list by list (see [`Drain`] on finding their pools).
     ///
     /// # Safety
     /// The caller holds the claim.
-    pub unsafe fn take_all(&self) -> impl Iterator<Item = (NonNull<u8>, PoolPtr)> + '_ {
-        self.lists
-            .iter()
-            .flat_map(|list| -> Drain { list.0.take_all() })
+    pub unsafe fn take_all(&self) -> impl Iterator<Item = NonNull<u8>> + '_ {
+        // SAFETY: as the caller guarantees.
+        unsafe { self.take_lists() }.flatten()
+    }
+
+    /// Takes every block waiting, as one [`Drain`] per list, for a taker that checks each
+    /// block before its link is read ([`Drain::next_with`]).
+    ///
+    /// # Safety
+    /// The caller holds the claim.
+    pub unsafe fn take_lists(&self) -> impl Iterator<Item = Drain> + '_ {
+        self.lists.iter().map(|list| list.0.take_all())
     }
 }

@@ -37,6 +37,11 @@ pub fn draw_key() {
 #[cold]
 #[inline(never)]
 fn draw_key_now() {
+    if crate::secure::ENABLED {
+        // With the key, before any pool (S1); a thread reaches a block only through
+        // whatever handed it over after its pool was formatted, so it sees them too.
+        crate::secure::draw_secrets(random_word);
+    }
     let key = random_word() | TOP_BIT;
     // Whoever publishes first wins; a loser's key is dropped, so all agree (M1).
     let _ = KEY.compare_exchange(0, key, Ordering::Relaxed, Ordering::Relaxed);

@@ -72,13 +72,14 @@ use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU16, AtomicU32, Ordering};
 
 use crate::asan;
 use crate::class::{ALIGNMENT, MAX_SPAN_SLOTS, POOLED_MAX, SizeClass};
-use crate::fatal::ensure;
+use crate::fatal::{ensure, fatal};
 use crate::geometry::{
     ARENA_SIZE, DESCRIPTOR_BYTES, DESCRIPTORS, FIRST_SLOT_ENTRY, HOT_OFFSET, POOL_SIZE,
     first_slot_entry, line_of, slot_index,
 };
 use crate::list::{Chain, Links, List};
 use crate::mark::{self, FreedMark, clear_freed_mark, holds_freed_mark};
+use crate::secure::{self, read_link, write_link};
 
 const _: () = assert!(POOL_SIZE >= ALIGNMENT);
 const _: () = assert!(
@@ -491,7 +492,7 @@ impl PoolPtr {
         unsafe {
             let block = NonNull::new((*hot(p)).free)?;
             asan::unpoison(block.as_ptr(), (*p).size as usize);
-            let next = block.cast::<*mut u8>().read();
+            let next = self.next_of(block);
             if next.is_null() {
                 asan::poison(block.as_ptr(), (*p).size as usize);
                 return None;
@@ -515,10 +516,13 @@ impl PoolPtr {
         // SAFETY: the pool is live and ours (caller); freelist entries are blocks of this pool
         // whose first word holds the next entry (P3), and carving stays inside the pool (P2).
         unsafe {
+            if secure::ENABLED && (*hot(p)).free.is_null() && !self.carved_out() {
+                self.carve_batch();
+            }
             match NonNull::new((*hot(p)).free) {
                 Some(block) => {
                     asan::unpoison(block.as_ptr(), (*p).size as usize);
-                    let next = block.cast::<*mut u8>().read();
+                    let next = self.next_of(block);
                     if next.is_null() && self.carved_out() {
                         asan::poison(block.as_ptr(), (*p).size as usize);
                         return None;
@@ -548,9 +552,12 @@ impl PoolPtr {
         // SAFETY: the pool is live and ours (caller); freelist entries are blocks of this pool
         // whose first word holds the next entry (P3), and carving stays inside the pool (P2).
         unsafe {
+            if secure::ENABLED && (*hot(p)).free.is_null() && !self.carved_out() {
+                self.carve_batch();
+            }
             if let Some(block) = NonNull::new((*hot(p)).free) {
                 asan::unpoison(block.as_ptr(), (*p).size as usize);
-                let next = block.cast::<*mut u8>().read();
+                let next = self.next_of(block);
                 return Some((self.take_head(block, next), false));
             }
             if self.carved_out() {
@@ -571,11 +578,78 @@ impl PoolPtr {
         let p = self.0.as_ptr();
         // SAFETY: the pool is live and ours, and `block` one of its free blocks (caller).
         unsafe {
+            if secure::ENABLED && !holds_freed_mark(block) {
+                fatal("secure: a free block's freed mark was overwritten (write after free)");
+            }
             (*hot(p)).free = next;
             add_used(p);
             clear_freed_mark(block);
         }
         block
+    }
+
+    /// The link of `block`, a free block of this pool: the next one on the freelist, or
+    /// null. Under the `secure` feature a link that leads anywhere but to a carved block of
+    /// this pool was overwritten: reported, and the process aborts.
+    ///
+    /// # Safety
+    /// `self` is a live pool the caller has exclusive access to, and `block` is on its
+    /// freelist (unpoisoned).
+    #[inline(always)]
+    unsafe fn next_of(self, block: NonNull<u8>) -> *mut u8 {
+        // SAFETY: a free block's first word is its link (P3).
+        let next = unsafe { read_link(block) };
+        if secure::ENABLED {
+            if let Some(next) = NonNull::new(next) {
+                // SAFETY: the pool is live (caller).
+                if !unsafe { self.starts_carved_block(next) } {
+                    fatal(
+                        "secure: a freelist link was overwritten (heap overflow or write after \
+                         free)",
+                    );
+                }
+            }
+        }
+        next
+    }
+
+    /// Carves the next blocks — up to `secure::BATCH`, as many as are left — onto the empty
+    /// freelist in a random order, each retired as a freed block is (`secure`, S2): the
+    /// `secure` feature's way of carving, so that no program can tell where its next
+    /// block will be.
+    ///
+    /// # Safety
+    /// `self` is a live pool the caller has exclusive access to, with an empty freelist and
+    /// a block left to carve, of a class of at least 32 bytes.
+    #[cold]
+    #[inline(never)]
+    unsafe fn carve_batch(self) {
+        let p = self.0.as_ptr();
+        // SAFETY: the pool is live and ours; the blocks carved lie below its limit (P2) and
+        // are never used, so ours to write.
+        unsafe {
+            let (size, limit) = ((*p).size as usize, (*p).limit as usize);
+            let bump = (*p).bump.load(Ordering::Relaxed) as usize;
+            let count = (limit - bump)
+                .checked_div(size)
+                .unwrap_or(0)
+                .min(secure::BATCH);
+            let memory = self.memory();
+            let order = secure::shuffled(count, memory.addr().get() ^ bump);
+            (*p).bump
+                .store((bump + count * size) as u32, Ordering::Relaxed);
+            let mut head = (*hot(p)).free;
+            for &i in order.iter().take(count) {
+                let block = memory.add(bump + i as usize * size);
+                asan::unpoison(block.as_ptr(), size);
+                secure::retire(block, size);
+                write_link(block, head);
+                FreedMark::of(block).write();
+                asan::poison(block.as_ptr(), size);
+                head = block.as_ptr();
+            }
+            (*hot(p)).free = head;
+        }
     }
 
     /// Hands out the never-used block at offset `bump`, the bump offset, which the caller has
@@ -652,8 +726,7 @@ impl PoolPtr {
                 block.as_ptr() != head,
                 "free of the block this pool freed last (double free)",
             );
-            let words = block.cast::<usize>().as_ptr();
-            words.cast::<*mut u8>().write(head);
+            write_link(block, head);
             freed.write();
             asan::poison(block.as_ptr(), (*p).size as usize);
             (*hot(p)).free = block.as_ptr();
@@ -799,6 +872,10 @@ impl PoolPtr {
             if !unsafe { holds_freed_mark(NonNull::new_unchecked(free)) } {
                 return Err("pool: a free block lost its freed mark (written after free?)");
             }
+            // SAFETY: as above; the block is free and ours to read whole (unpoisoned here).
+            if secure::ENABLED && !unsafe { intact_free_block(free, size) } {
+                return Err("pool: a free block lost its fill or free tag (S2)");
+            }
             // SAFETY: `free` was just checked to be a carved block of this live pool.
             free = unsafe { next_free(free) };
         }
@@ -807,6 +884,19 @@ impl PoolPtr {
         }
         Ok(())
     }
+}
+
+/// Whether the free block `block` of `size` bytes holds its fill and free tag (`secure`,
+/// S2), read through AddressSanitizer's poison.
+///
+/// # Safety
+/// `block` is a free block of a live pool the caller has exclusive access to.
+unsafe fn intact_free_block(block: *mut u8, size: usize) -> bool {
+    asan::unpoison(block, size);
+    // SAFETY: as the caller guarantees.
+    let intact = unsafe { secure::is_intact_free_block(NonNull::new_unchecked(block), size) };
+    asan::poison(block, size);
+    intact
 }
 
 /// The freelist entry after `block`, read through AddressSanitizer's poison (free blocks stay
@@ -820,7 +910,7 @@ unsafe fn next_free(block: *mut u8) -> *mut u8 {
     let link = size_of::<*mut u8>();
     asan::unpoison(block, link);
     // SAFETY: as the caller guarantees.
-    let next = unsafe { block.cast::<*mut u8>().read() };
+    let next = unsafe { read_link(NonNull::new_unchecked(block)) };
     asan::poison(block, link);
     next
 }

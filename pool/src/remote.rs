@@ -6,7 +6,7 @@
 //! [`ALIGNMENT`] = 16 bytes): the next block, and the block's freed mark (pool invariant P9),
 //! as if it were free already: so a block that waits here is seen as freed by its owner's
 //! own free (which then looks for it here), and still is once taken back. The owner finds a
-//! block's pool from its address ([`PoolPtr::containing`]).
+//! block's pool from its address ([`PoolPtr::containing`](crate::PoolPtr::containing)).
 //!
 //! Invariants:
 //! - R1 a block is pushed only while it is in use in its pool (the pool stays live until the
@@ -26,7 +26,7 @@ use core::ptr::{self, NonNull};
 use crate::class::ALIGNMENT;
 use crate::fatal::fatal;
 use crate::mark::write_freed_mark;
-use crate::pool::PoolPtr;
+use crate::secure::{read_link, write_link};
 use crate::sync::{AtomicPtr, Ordering};
 
 const _: () = assert!(ALIGNMENT >= 2 * size_of::<*mut u8>());
@@ -87,7 +87,6 @@ impl RemoteList {
     /// reached from `first` through the links, `last` the final one.
     #[inline]
     pub unsafe fn push_chain(&self, first: NonNull<u8>, last: NonNull<u8>) {
-        let link = last.cast::<*mut u8>().as_ptr();
         let mut head = self.head.load(Ordering::Relaxed);
         loop {
             // A block at the head was pushed and not yet taken back: pushing it again would
@@ -96,7 +95,7 @@ impl RemoteList {
                 fatal("free of a block already on its way back to its heap (double free)");
             }
             // SAFETY: `last` is ours (caller); not yet visible to anyone else.
-            unsafe { link.write(head) };
+            unsafe { write_link(last, head) };
             match self.head.compare_exchange_weak(
                 head,
                 first.as_ptr(),
@@ -123,22 +122,36 @@ impl RemoteList {
     }
 }
 
-/// The blocks taken by [`RemoteList::take_all`], each with its pool.
+/// The blocks taken by [`RemoteList::take_all`]. Their pools are for the taker to find
+/// ([`PoolPtr::containing`](crate::PoolPtr::containing)); under the `secure` feature, where a link leads is for the
+/// taker to check before it looks at the block.
 #[derive(Debug)]
 pub struct Drain {
     next: *mut u8,
 }
 
-impl Iterator for Drain {
-    type Item = (NonNull<u8>, PoolPtr);
-
-    fn next(&mut self) -> Option<(NonNull<u8>, PoolPtr)> {
+impl Drain {
+    /// The next block, with what `look` says of it — called before the block's link is read,
+    /// so that a block reached through an overwritten link (under the `secure` feature) is
+    /// looked at, and rejected, before anything is read from it.
+    #[inline]
+    pub fn next_with<T>(
+        &mut self,
+        look: impl FnOnce(NonNull<u8>) -> T,
+    ) -> Option<(NonNull<u8>, T)> {
         let block = NonNull::new(self.next)?;
+        let seen = look(block);
         // SAFETY: a pushed block holds its successor in its first word, written before the
-        // push that published it (R3); no one else reads it now. Its pool is live (R1).
-        unsafe {
-            self.next = block.cast::<*mut u8>().read();
-            Some((block, PoolPtr::containing(block)))
-        }
+        // push that published it (R3); no one else reads it now.
+        self.next = unsafe { read_link(block) };
+        Some((block, seen))
+    }
+}
+
+impl Iterator for Drain {
+    type Item = NonNull<u8>;
+
+    fn next(&mut self) -> Option<NonNull<u8>> {
+        self.next_with(|_| ()).map(|(block, ())| block)
     }
 }

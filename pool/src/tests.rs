@@ -427,7 +427,11 @@ fn remote_list_returns_every_block_with_its_pool_newest_first() {
         }
     }
     assert!(!list.is_empty());
-    let taken: Vec<_> = list.take_all().collect();
+    let taken: Vec<_> = list
+        .take_all()
+        // SAFETY: pushed blocks are in use in their live pools.
+        .map(|b| (b, unsafe { PoolPtr::containing(b) }))
+        .collect();
     assert!(list.is_empty());
     pushed.reverse();
     assert_eq!(taken, pushed);

@@ -111,13 +111,15 @@ fn pushes_racing_with_take_all_deliver_every_block_once() {
             })
             .collect();
         let mut seen = BTreeSet::new();
-        for (b, p) in list.take_all() {
-            assert_eq!(p, pool);
+        for b in list.take_all() {
+            // SAFETY: a pushed block is in use in the live pool.
+            assert_eq!(unsafe { PoolPtr::containing(b) }, pool);
             assert!(seen.insert(b.as_ptr() as usize), "a block arrived twice");
         }
         pushers.into_iter().for_each(|t| t.join().unwrap());
-        for (b, p) in list.take_all() {
-            assert_eq!(p, pool);
+        for b in list.take_all() {
+            // SAFETY: a pushed block is in use in the live pool.
+            assert_eq!(unsafe { PoolPtr::containing(b) }, pool);
             assert!(seen.insert(b.as_ptr() as usize), "a block arrived twice");
         }
         let expected: BTreeSet<usize> = blocks.iter().map(|b| b.0).collect();
@@ -161,8 +163,10 @@ fn a_full_pool_freed_into_remotely_rejoins_its_list() {
         // The owner collects whenever it looks, as a heap does when it needs a block.
         let mut freed = 0;
         let mut collect = |usable: &mut PoolList| {
-            for (b, p) in list.take_all() {
+            for b in list.take_all() {
                 // SAFETY: a pushed block is in use in its live pool, now the owner's again.
+                let p = unsafe { PoolPtr::containing(b) };
+                // SAFETY: as above.
                 let state = unsafe { p.free(FreedMark::of(b)) };
                 if state.was_full {
                     // SAFETY: a full pool is in no list.

@@ -57,15 +57,30 @@ fn workspace() -> PathBuf {
 }
 
 /// Builds `libpymalloc_override.so` in release mode; its path.
-fn build_override() -> PathBuf {
+fn build_override(secure: bool) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "--quiet", "-p", "pymalloc-override"])
-        .status()
-        .expect("run cargo");
+    let release = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let mut command = Command::new(cargo);
+    command.args(["build", "--release", "--quiet", "-p", "pymalloc-override"]);
+    // The hardened build in a target directory of its own, so that the two builds do not
+    // rebuild each other.
+    let secure_target = release.parent().unwrap().join("secure");
+    if secure {
+        command
+            .args(["--features", "secure", "--target-dir"])
+            .arg(&secure_target);
+    }
+    let status = command.status().expect("run cargo");
     assert!(status.success(), "building pymalloc-override failed");
-    let exe = std::env::current_exe().unwrap();
-    let lib = exe.parent().unwrap().join("libpymalloc_override.so");
+    let lib = if secure {
+        secure_target.join("release/libpymalloc_override.so")
+    } else {
+        release.join("libpymalloc_override.so")
+    };
     assert!(lib.exists(), "{} missing", lib.display());
     lib
 }
@@ -484,7 +499,9 @@ fn main() {
         .and_then(|i| args.get(i + 1)?.parse().ok())
         .unwrap_or(if quick { 3 } else { 5 });
     eprintln!("building libpymalloc_override.so …");
-    let ours = build_override();
+    let ours = build_override(false);
+    eprintln!("building the hardened libpymalloc_override.so (--features secure) …");
+    let hardened = build_override(true);
     let mut peers = vec![
         Peer {
             name: "glibc",
@@ -493,6 +510,10 @@ fn main() {
         Peer {
             name: "pymalloc",
             lib: Some(ours),
+        },
+        Peer {
+            name: "pymalloc-secure",
+            lib: Some(hardened),
         },
     ];
     for (name, file, package) in [

@@ -1,0 +1,389 @@
+//! What the `secure` cargo feature adds to every pooled block, and to large blocks' ends:
+//! encoded freelist links, a trailer that says the block's size and guards its end, a fill
+//! of freed blocks, and carving in a random order. Without the feature [`ENABLED`] is false,
+//! callers test it first, and none of this runs.
+//!
+//! ```text
+//! block in use: | caller's n bytes | canary (up to 8) | ... | tag: check, slack |
+//! free block:   | link | freed mark | fill 0xDF ... (at most FILL_MAX) | tag: check, FREE |
+//!                                                                     ^ capacity - 8
+//! ```
+//!
+//! - A *link* (the first word of a free block, on a freelist, a remote list or a heap's
+//!   kept blocks) is stored XOR the block's own address (rotated) and a per-process secret
+//!   ([`read_link`], [`write_link`]): a link overwritten by a program that does not know the
+//!   secret decodes to a random address, which the reader rejects (a pool's freelist: not a
+//!   carved block of the same pool; other lists: not a block of this allocator).
+//! - The *tag*, the last word of the block's capacity (its class's size; for a large block,
+//!   its mapping less the guard page), holds the *slack* `capacity - 8 - n` in its low half and
+//!   a 32-bit keyed hash of the block's address and slack in its high half; a free block's
+//!   slack is `FREE`. Any change to the word is caught but with a chance of 2^-32.
+//! - The *canary*: up to 8 bytes right after the caller's `n`, keyed by the block's address:
+//!   the first byte a program writes past its block is a canary byte or the tag.
+//! - A freed block's bytes from the third word on (up to [`FILL_MAX`]) hold [`FREED_FILL`],
+//!   checked, with its tag, when the block is handed out again.
+//!
+//! Invariant (with the `secure` feature):
+//! - S1 the secrets are drawn with the freed mark's key, before any pool exists, and never
+//!   change (as M1).
+//! - S2 every carved block of a live pool holds a valid tag: *free* while it is free (on a
+//!   freelist, a remote list or kept by a heap), with its fill intact; *live* while in use.
+
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// Whether the `secure` feature is on.
+pub const ENABLED: bool = cfg!(feature = "secure");
+
+/// Bytes at the end of every block's capacity for the tag.
+pub const TAG_BYTES: usize = 8;
+/// Canary bytes after the caller's, where the capacity leaves room before the tag.
+const CANARY_BYTES: usize = 8;
+/// Fill of a freed block's bytes from its third word on.
+pub const FREED_FILL: u8 = 0xDF;
+/// Most bytes of a freed block filled (and checked when it is handed out again), from its
+/// third word: a write after free further into a larger block is not seen.
+pub const FILL_MAX: usize = 1024;
+/// First byte of a freed block filled: after the link and the freed mark.
+const FILL_FROM: usize = 16;
+/// Slack recorded in a free block's tag.
+const FREE: u64 = u32::MAX as u64;
+
+/// The secrets of links and tags (S1): 0 until drawn.
+static LINK_KEY: AtomicUsize = AtomicUsize::new(0);
+static TAG_KEY: AtomicUsize = AtomicUsize::new(0);
+
+/// Draws the secrets (called by the freed mark's `draw_key`, S1) from `random`.
+pub(crate) fn draw_secrets(random: impl Fn() -> usize) {
+    // A loser of a race keeps the first secret published: every link and tag uses one (S1).
+    let _ = LINK_KEY.compare_exchange(0, random() | 1, Ordering::Relaxed, Ordering::Relaxed);
+    let _ = TAG_KEY.compare_exchange(0, random() | 1, Ordering::Relaxed, Ordering::Relaxed);
+}
+
+/// A 64-bit mix (a multiply and two shifts) of `x`: every output bit depends on every input
+/// bit.
+#[inline(always)]
+const fn mix(mut x: u64) -> u64 {
+    x ^= x >> 32;
+    x = x.wrapping_mul(0xd6e8_feb8_6659_fd93);
+    x ^= x >> 32;
+    x.wrapping_mul(0xd6e8_feb8_6659_fd93) ^ (x >> 29)
+}
+
+/// The link word's mask at `at`: the secret XOR the address, rotated so that a link and its
+/// neighbours' differ in their high bits.
+#[inline(always)]
+fn link_mask(at: NonNull<u8>) -> usize {
+    LINK_KEY.load(Ordering::Relaxed) ^ at.addr().get().rotate_left(27)
+}
+
+/// The link stored in the first word of the free block `block`: the next block of its list,
+/// or null. Decoded under the `secure` feature; the caller checks where it leads.
+///
+/// # Safety
+/// `block` starts a free block (at least [`crate::ALIGNMENT`] bytes) whose first word is a
+/// link the caller may read.
+#[inline(always)]
+pub unsafe fn read_link(block: NonNull<u8>) -> *mut u8 {
+    // SAFETY: as the caller guarantees.
+    let stored = unsafe { block.cast::<*mut u8>().read() };
+    if ENABLED {
+        ptr::with_exposed_provenance_mut(stored.addr() ^ link_mask(block))
+    } else {
+        stored
+    }
+}
+
+/// Stores `next` as the link of the free block `block` (see [`read_link`]).
+///
+/// # Safety
+/// `block` starts a block (at least [`crate::ALIGNMENT`] bytes) whose first word the caller
+/// may overwrite.
+#[inline(always)]
+pub unsafe fn write_link(block: NonNull<u8>, next: *mut u8) {
+    let stored = if ENABLED {
+        ptr::without_provenance_mut(next.expose_provenance() ^ link_mask(block))
+    } else {
+        next
+    };
+    // SAFETY: as the caller guarantees.
+    unsafe { block.cast::<*mut u8>().write(stored) };
+}
+
+/// The mask of a tag's low half at `block`: the slack is stored XOR this, so that the
+/// tag's every byte looks random and a byte a program writes over it (an off-by-one NUL)
+/// changes it.
+#[inline(always)]
+fn slack_mask(block: NonNull<u8>) -> u64 {
+    let key = TAG_KEY.load(Ordering::Relaxed) as u64;
+    mix(block.addr().get() as u64 ^ key) & u32::MAX as u64
+}
+
+/// The tag of a block at `block` with this slack (see the module's documentation): the
+/// masked slack, and a keyed hash of the address and the slack.
+#[inline(always)]
+fn tag(block: NonNull<u8>, slack: u64) -> u64 {
+    let key = TAG_KEY.load(Ordering::Relaxed) as u64;
+    let check = mix(block.addr().get() as u64 ^ key.rotate_left(17) ^ (slack << 40));
+    (check & !(u32::MAX as u64)) | (slack ^ slack_mask(block))
+}
+
+/// The slack a tag word at `block` records, if the word is a valid tag.
+#[inline(always)]
+fn slack_of(block: NonNull<u8>, word: u64) -> Option<u64> {
+    let slack = (word ^ slack_mask(block)) & u32::MAX as u64;
+    (word == tag(block, slack)).then_some(slack)
+}
+
+/// The tag word of a block of `capacity` bytes: its last word, read and written atomically,
+/// since a free of the next block reads it from any thread ([`has_valid_tag`]).
+///
+/// # Safety
+/// `block` starts `capacity` (at least [`TAG_BYTES`], a multiple of 8) mapped bytes.
+#[inline(always)]
+unsafe fn tag_word<'a>(block: NonNull<u8>, capacity: usize) -> &'a AtomicU64 {
+    // SAFETY: the last word of the block, 8-aligned (blocks and capacities are) (caller).
+    unsafe { AtomicU64::from_ptr(block.as_ptr().add(capacity - TAG_BYTES).cast()) }
+}
+
+/// The canary's bytes for the block at `block`: keyed by its address, none of them zero (so
+/// an off-by-one NUL always changes the first).
+#[inline(always)]
+fn canary(block: NonNull<u8>) -> [u8; CANARY_BYTES] {
+    let key = TAG_KEY.load(Ordering::Relaxed) as u64;
+    mix(block.addr().get() as u64 ^ key.rotate_left(32))
+        .to_le_bytes()
+        .map(|byte| byte.max(1))
+}
+
+/// The range of canary bytes of a block of `capacity` holding `n` bytes.
+#[inline(always)]
+fn canary_range(n: usize, capacity: usize) -> core::ops::Range<usize> {
+    n..(n + CANARY_BYTES).min(capacity - TAG_BYTES)
+}
+
+/// Dresses a block of `capacity` bytes just handed out for `n` bytes: the canary after them
+/// and the live tag (S2).
+///
+/// # Safety
+/// `block` starts `capacity` writable bytes that the caller has just been handed, and `n +`
+/// [`TAG_BYTES`] `<= capacity`.
+#[inline]
+pub unsafe fn dress(block: NonNull<u8>, n: usize, capacity: usize) {
+    let canary = canary(block);
+    // SAFETY: the canary and tag lie inside the block (caller).
+    unsafe {
+        for (i, byte) in canary_range(n, capacity).zip(canary) {
+            block.as_ptr().add(i).write(byte);
+        }
+        let slack = (capacity - TAG_BYTES - n) as u64;
+        tag_word(block, capacity).store(tag(block, slack), Ordering::Relaxed);
+    }
+}
+
+/// What the trailer of a block being freed says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trailer {
+    /// In use, with this many bytes asked for, its canary intact.
+    Live(usize),
+    /// Free already: a double free.
+    Free,
+    /// The tag was overwritten (an overflow reaching the block's last word, or a pointer that
+    /// is not a block's start).
+    TagOverwritten,
+    /// A canary byte after the block's bytes was overwritten: an overflow.
+    CanaryOverwritten,
+}
+
+/// Reads the trailer of a block of `capacity` bytes (see [`Trailer`]).
+///
+/// # Safety
+/// `block` starts `capacity` mapped bytes, a multiple of 8 and at least [`TAG_BYTES`].
+#[inline]
+pub unsafe fn trailer(block: NonNull<u8>, capacity: usize) -> Trailer {
+    // SAFETY: as the caller guarantees.
+    let word = unsafe { tag_word(block, capacity) }.load(Ordering::Relaxed);
+    let Some(slack) = slack_of(block, word) else {
+        return Trailer::TagOverwritten;
+    };
+    if slack == FREE {
+        return Trailer::Free;
+    }
+    let Some(n) = (capacity - TAG_BYTES).checked_sub(slack as usize) else {
+        return Trailer::TagOverwritten;
+    };
+    let canary = canary(block);
+    // SAFETY: the canary bytes lie inside the block (caller).
+    let intact = canary_range(n, capacity)
+        .zip(canary)
+        .all(|(i, byte)| unsafe { block.as_ptr().add(i).read_volatile() } == byte);
+    if intact {
+        Trailer::Live(n)
+    } else {
+        Trailer::CanaryOverwritten
+    }
+}
+
+/// Whether a block of `capacity` bytes holds a valid tag, live or free (S2): for the block
+/// before one being freed, whose tag an underflow of that one would overwrite.
+///
+/// # Safety
+/// `block` starts a carved block of `capacity` bytes of a live pool.
+#[inline]
+pub unsafe fn has_valid_tag(block: NonNull<u8>, capacity: usize) -> bool {
+    // SAFETY: as the caller guarantees.
+    let word = unsafe { tag_word(block, capacity) }.load(Ordering::Relaxed);
+    slack_of(block, word).is_some()
+}
+
+/// The filled range of a freed block of `capacity` bytes.
+#[inline(always)]
+fn fill_range(capacity: usize) -> core::ops::Range<usize> {
+    FILL_FROM
+        ..(capacity - TAG_BYTES)
+            .min(FILL_FROM + FILL_MAX)
+            .max(FILL_FROM)
+}
+
+/// Fills a block of `capacity` bytes being freed and writes its free tag (S2); its link and
+/// freed mark are for whoever takes it next to write.
+///
+/// # Safety
+/// `block` starts `capacity` bytes (a multiple of 8, at least [`TAG_BYTES`] + 16) that the
+/// caller may overwrite.
+#[inline]
+pub unsafe fn retire(block: NonNull<u8>, capacity: usize) {
+    let range = fill_range(capacity);
+    // SAFETY: the fill and the tag lie inside the block (caller).
+    unsafe {
+        block
+            .as_ptr()
+            .add(range.start)
+            .write_bytes(FREED_FILL, range.len());
+        tag_word(block, capacity).store(tag(block, FREE), Ordering::Relaxed);
+    }
+}
+
+/// Whether a free block of `capacity` bytes, about to be handed out, still holds its free tag
+/// and its fill (S2): no write after free reached them.
+///
+/// # Safety
+/// `block` starts a free block of `capacity` bytes that the caller has exclusive use of.
+#[inline]
+pub unsafe fn is_intact_free_block(block: NonNull<u8>, capacity: usize) -> bool {
+    const WORD: u64 = u64::from_ne_bytes([FREED_FILL; 8]);
+    let range = fill_range(capacity);
+    // SAFETY: as the caller guarantees; the fill range is 8-aligned inside the block.
+    unsafe {
+        let words = block.as_ptr().add(range.start).cast::<u64>();
+        tag_word(block, capacity).load(Ordering::Relaxed) == tag(block, FREE)
+            && (0..range.len() / 8).all(|i| words.add(i).read() == WORD)
+    }
+}
+
+/// Most blocks carved at once, in a random order ([`shuffled`]).
+pub(crate) const BATCH: usize = 8;
+
+/// The indices `0..count` (`count <= BATCH`) in an order drawn from the secret and `seed`
+/// (where and when the batch is carved): a program cannot tell which block comes next.
+pub(crate) fn shuffled(count: usize, seed: usize) -> [u8; BATCH] {
+    let mut order = [0u8; BATCH];
+    for (i, slot) in order.iter_mut().enumerate() {
+        *slot = i as u8;
+    }
+    let mut random = mix(seed as u64 ^ TAG_KEY.load(Ordering::Relaxed).rotate_left(13) as u64);
+    let count = count.min(BATCH);
+    // Fisher-Yates, `random` read as digits of falling bases (8! < 2^16).
+    for i in (1..count).rev() {
+        let base = i as u64 + 1;
+        let j = (random % base) as usize;
+        random /= base;
+        order.swap(i, j.min(i));
+    }
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block_of(words: &mut [u64]) -> NonNull<u8> {
+        NonNull::new(words.as_mut_ptr().cast()).unwrap()
+    }
+
+    #[test]
+    fn a_dressed_block_reads_live_with_its_size_and_every_change_is_seen() {
+        draw_secrets(|| 0x1234_5678_9abc_def1);
+        let mut words = [0u64; 8];
+        let block = block_of(&mut words);
+        for n in 0..=56 {
+            // SAFETY: 64 bytes of ours.
+            unsafe {
+                dress(block, n, 64);
+                assert_eq!(trailer(block, 64), Trailer::Live(n));
+                assert!(has_valid_tag(block, 64));
+                // Any byte of the canary or the tag changed: caught.
+                for at in (n..(n + CANARY_BYTES).min(64 - TAG_BYTES)).chain(64 - TAG_BYTES..64) {
+                    let byte = block.as_ptr().add(at);
+                    let old = byte.read();
+                    byte.write(old ^ 0x5a);
+                    assert_ne!(trailer(block, 64), Trailer::Live(n), "n {n}, byte {at}");
+                    byte.write(old);
+                }
+                // An off-by-one NUL: caught.
+                if n < 64 - TAG_BYTES || block.as_ptr().add(n).read() != 0 {
+                    let old = block.as_ptr().add(n).read();
+                    block.as_ptr().add(n).write(0);
+                    assert_ne!(trailer(block, 64), Trailer::Live(n), "n {n}");
+                    block.as_ptr().add(n).write(old);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_retired_block_reads_free_until_written() {
+        draw_secrets(|| 0x1234_5678_9abc_def1);
+        let mut words = [0u64; 16];
+        let block = block_of(&mut words);
+        // SAFETY: 128 bytes of ours.
+        unsafe {
+            retire(block, 128);
+            assert_eq!(trailer(block, 128), Trailer::Free);
+            assert!(is_intact_free_block(block, 128));
+            block.as_ptr().add(70).write(0);
+            assert!(!is_intact_free_block(block, 128));
+        }
+    }
+
+    #[test]
+    fn links_round_trip_and_are_not_stored_in_the_clear() {
+        draw_secrets(|| 0x1234_5678_9abc_def1);
+        let mut words = [0u64; 2];
+        let block = block_of(&mut words);
+        let next = 0x7f00_1234_5670usize as *mut u8;
+        // SAFETY: two words of ours.
+        unsafe {
+            write_link(block, next);
+            assert_eq!(read_link(block).addr(), next.addr());
+            write_link(block, ptr::null_mut());
+            assert!(read_link(block).is_null());
+        }
+        assert!(!ENABLED || words[0] != 0, "null stored as zero");
+    }
+
+    #[test]
+    fn shuffled_is_a_permutation_and_varies_with_the_seed() {
+        let mut orders = std::collections::BTreeSet::new();
+        for seed in 0..64 {
+            for count in 0..=BATCH {
+                let order = shuffled(count, seed);
+                let mut taken: Vec<u8> = order[..count].to_vec();
+                taken.sort_unstable();
+                assert_eq!(taken, (0..count as u8).collect::<Vec<_>>());
+            }
+            orders.insert(shuffled(BATCH, seed * 4096));
+        }
+        assert!(orders.len() > 32, "{} orders of 64 seeds", orders.len());
+    }
+}

@@ -1,0 +1,328 @@
+//! The `secure` cargo feature's calls (`docs/security.md`): every allocation, free, resize
+//! and size query of a [`Session`] goes through here instead of the fast paths when the
+//! feature is on. Without it, [`ENABLED`] is false and none of this runs.
+//!
+//! - Every block is asked of the heap for the caller's `n` bytes (at least 16) plus the tag
+//!   ([`TAG_BYTES`]), so the class leaves room for the trailer; handed out, it gets its canary
+//!   and live tag (`pymalloc_pool::secure`), after the check that the free block it was holds
+//!   its fill and free tag (no write after free).
+//! - A free finds the block from its address, as C's `free` does, whatever the call carried,
+//!   reads its trailer (a double free, an overflow, a tag overwritten), checks the tag of the
+//!   block before it in its pool (an underflow), and a size the caller gave against the one
+//!   recorded, to the byte; then fills the block and writes its free tag.
+//! - A large block's mapping ends in a guard page; its trailer is before it.
+//! - A zero-size request gets an address in a reserved range that no access may touch
+//!   ([`ZeroBlocks`]); freeing it does nothing.
+//! - Every resize moves, so that both blocks are checked.
+
+use core::alloc::Layout;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use pymalloc_arena::Platform;
+use pymalloc_pool::secure::{self as pool_secure, TAG_BYTES, Trailer};
+use pymalloc_pool::{PoolPtr, SizeClass, fatal};
+
+use crate::session::{Found, Route, Session};
+
+/// Whether the `secure` feature is on.
+pub(crate) const ENABLED: bool = pool_secure::ENABLED;
+
+const _: () = assert!(
+    !(ENABLED && cfg!(feature = "debug")),
+    "the `secure` and `debug` features each add a trailer: pick one"
+);
+
+/// Bytes of address space reserved, inaccessible, for zero-size blocks.
+const ZERO_BYTES: usize = 256 << 20;
+/// Most alignment a zero-size block gets from [`ZeroBlocks`]; a larger one gets a block of
+/// its own (with a canary where its bytes would be).
+const ZERO_MAX_ALIGN: usize = 4096;
+
+/// The zero-size blocks: addresses in a reserved range that faults on any read or write,
+/// handed out in turn (distinct until the range wraps, after 16 M requests).
+pub(crate) struct ZeroBlocks {
+    /// Start of the range, 0 until reserved.
+    base: AtomicUsize,
+    /// Bytes handed out so far (wrapping around the range).
+    next: AtomicUsize,
+}
+
+impl ZeroBlocks {
+    pub(crate) const fn new() -> ZeroBlocks {
+        ZeroBlocks {
+            base: AtomicUsize::new(0),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Whether `ptr` is a zero-size block.
+    pub(crate) fn holds(&self, ptr: NonNull<u8>) -> bool {
+        let base = self.base.load(Ordering::Acquire);
+        base != 0 && ptr.addr().get().wrapping_sub(base) < ZERO_BYTES
+    }
+
+    /// A zero-size block aligned to `align` (at most [`ZERO_MAX_ALIGN`]), or null if the
+    /// range cannot be reserved.
+    fn take<P: Platform>(&self, platform: &P, align: usize) -> *mut u8 {
+        let mut base = self.base.load(Ordering::Acquire);
+        if base == 0 {
+            base = self.reserve(platform);
+            if base == 0 {
+                return ptr::null_mut();
+            }
+        }
+        let step = align.max(pymalloc_pool::ALIGNMENT);
+        let at = self.next.fetch_add(step, Ordering::Relaxed) % (ZERO_BYTES - ZERO_MAX_ALIGN);
+        ptr::with_exposed_provenance_mut(base + at.next_multiple_of(step))
+    }
+
+    /// Reserves the range, guarded whole; the start, or 0 if the system refuses. A thread
+    /// that loses a race gives its range back.
+    #[cold]
+    fn reserve<P: Platform>(&self, platform: &P) -> usize {
+        let Some(range) = platform.reserve(ZERO_BYTES, ZERO_MAX_ALIGN) else {
+            return 0;
+        };
+        // SAFETY: the reservation just made, used by nothing.
+        if !unsafe { platform.set_guard(range, ZERO_BYTES, true) } {
+            // SAFETY: as above.
+            unsafe { platform.release(range, ZERO_BYTES) };
+            return 0;
+        }
+        let start = range.as_ptr().expose_provenance();
+        match self
+            .base
+            .compare_exchange(0, start, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => start,
+            Err(theirs) => {
+                // SAFETY: ours, never published.
+                unsafe { platform.release(range, ZERO_BYTES) };
+                theirs
+            }
+        }
+    }
+
+    /// Gives the range back.
+    ///
+    /// # Safety
+    /// No zero-size block is used any more.
+    pub(crate) unsafe fn release<P: Platform>(&mut self, platform: &P) {
+        let base = core::mem::take(self.base.get_mut());
+        if let Some(range) = NonNull::new(ptr::with_exposed_provenance_mut::<u8>(base)) {
+            // SAFETY: the whole reservation, unused (caller).
+            unsafe { platform.release(range, ZERO_BYTES) };
+        }
+    }
+}
+
+const DOUBLE_FREE: &str = "secure: free of a block that is already free (double free)";
+const OVERFLOW: &str = "secure: heap overflow: bytes just past the end of a block were written";
+const TAG_OVERWRITTEN: &str =
+    "secure: heap overflow: a block's trailer was overwritten (or the pointer is no block's start)";
+const UNDERFLOW: &str =
+    "secure: heap underflow: the end of the block before this one was overwritten";
+const WRITTEN_AFTER_FREE: &str =
+    "secure: a freed block was written after it was freed (use after free)";
+const SIZE_MISMATCH: &str = "secure: the size given to free does not match the block's";
+const INVALID: &str = "secure: pointer is no block of this allocator (invalid free)";
+
+/// The layout asked of the heap for `layout` (see the module documentation); `None` if it
+/// overflows.
+fn inner<P: Platform>(layout: Layout, platform: &P) -> Option<Layout> {
+    let size = layout.size().max(16).checked_add(TAG_BYTES)?;
+    let inner = Layout::from_size_align(size, layout.align()).ok()?;
+    if let Route::Pooled(_) = Route::of(inner) {
+        return Some(inner);
+    }
+    // A large block: whole pages, and one more for the guard.
+    let page = platform.page_size();
+    let size = size.checked_next_multiple_of(page)?.checked_add(page)?;
+    Layout::from_size_align(size, layout.align()).ok()
+}
+
+/// A block found from its address.
+#[derive(Clone, Copy)]
+enum Block {
+    /// A pooled block, in `pool`, of `class`.
+    Pooled { pool: PoolPtr, class: SizeClass },
+    /// A large block with a mapping of `len` bytes, its guard page included.
+    Large { len: usize },
+    /// A zero-size block.
+    Zero,
+}
+
+/// A block found from its address and checked, with the bytes its trailer ends (its
+/// capacity).
+#[derive(Clone, Copy)]
+struct Checked {
+    block: Block,
+    capacity: usize,
+    /// The bytes asked for when it was handed out (0 for a zero-size block).
+    size: usize,
+}
+
+impl<P: Platform> Session<'_, P> {
+    /// Allocates a block for `layout` (zero-filled if `zeroed`) under the `secure` feature.
+    pub(crate) fn secure_alloc(&mut self, layout: Layout, zeroed: bool) -> *mut u8 {
+        let shared = &self.ctx.shared;
+        if layout.size() == 0 && layout.align() <= ZERO_MAX_ALIGN {
+            return shared.zero.take(&shared.platform, layout.align());
+        }
+        let Some(inner) = inner(layout, &shared.platform) else {
+            return ptr::null_mut();
+        };
+        let Some((block, reads_zero)) = self.block(inner) else {
+            return ptr::null_mut();
+        };
+        let capacity = match Route::of(inner) {
+            Route::Pooled(class) => {
+                let capacity = class.block_size();
+                // SAFETY: a free block of the class just handed to us; every pooled block
+                // comes off a freelist or a heap's kept blocks, filled (S2).
+                if !unsafe { pool_secure::is_intact_free_block(block, capacity) } {
+                    fatal(WRITTEN_AFTER_FREE);
+                }
+                capacity
+            }
+            Route::Large => {
+                let page = shared.platform.page_size();
+                let Some(len) = shared.large().len_of(block.as_ptr()) else {
+                    fatal("secure: a large block just mapped is not registered");
+                };
+                // SAFETY: the last page of the block's mapping, which the block leaves unused
+                // (`inner` added it).
+                unsafe { shared.platform.set_guard(block.add(len - page), page, true) };
+                len - page
+            }
+        };
+        // SAFETY: a block of `capacity` bytes just handed to us, `layout.size() + TAG_BYTES`
+        // of them at least (`inner`).
+        unsafe {
+            if zeroed && !reads_zero {
+                block.as_ptr().write_bytes(0, layout.size());
+            }
+            pool_secure::dress(block, layout.size(), capacity);
+        }
+        block.as_ptr()
+    }
+
+    /// Finds the block at `ptr` and checks its trailer, and the block before it in its pool:
+    /// any damage is reported and aborts.
+    ///
+    /// # Safety
+    /// `ptr` is, as far as the caller knows, a block in use of this allocator.
+    unsafe fn secure_check(&mut self, ptr: NonNull<u8>) -> Checked {
+        let shared = &self.ctx.shared;
+        if shared.zero.holds(ptr) {
+            return Checked {
+                block: Block::Zero,
+                capacity: 0,
+                size: 0,
+            };
+        }
+        // SAFETY: as the caller guarantees.
+        let (block, capacity) = match unsafe { self.reborrow().find(ptr, INVALID) } {
+            Found::Pooled { pool, class } => (Block::Pooled { pool, class }, class.block_size()),
+            Found::Large { len } => (Block::Large { len }, len - shared.platform.page_size()),
+        };
+        // SAFETY: the block found holds `capacity` mapped bytes before its guard.
+        let size = match unsafe { pool_secure::trailer(ptr, capacity) } {
+            Trailer::Live(size) => size,
+            Trailer::Free => fatal(DOUBLE_FREE),
+            Trailer::TagOverwritten => fatal(TAG_OVERWRITTEN),
+            Trailer::CanaryOverwritten => fatal(OVERFLOW),
+        };
+        if let Block::Pooled { pool, class } = block {
+            if ptr != pool.memory() {
+                // SAFETY: a carved block starts one block before a carved block that is not
+                // its pool's first (P2, P3).
+                let before = unsafe { ptr.sub(class.block_size()) };
+                // SAFETY: as above; a carved block of the live pool.
+                if !unsafe { pool_secure::has_valid_tag(before, capacity) } {
+                    fatal(UNDERFLOW);
+                }
+            }
+        }
+        Checked {
+            block,
+            capacity,
+            size,
+        }
+    }
+
+    /// Frees `ptr` under the `secure` feature; with `expected`, the size and alignment the
+    /// caller says it was allocated with, which must match.
+    ///
+    /// # Safety
+    /// `ptr` is, as far as the caller knows, a block in use of this allocator, not used
+    /// after this call.
+    pub(crate) unsafe fn secure_free(&mut self, ptr: NonNull<u8>, expected: Option<Layout>) {
+        // SAFETY: as the caller guarantees.
+        let checked = unsafe { self.secure_check(ptr) };
+        if let Some(layout) = expected {
+            let size = layout.size();
+            let rounded = size.checked_next_multiple_of(layout.align());
+            if checked.size != size && rounded != Some(checked.size) {
+                fatal(SIZE_MISMATCH);
+            }
+        }
+        let shared = &self.ctx.shared;
+        match checked.block {
+            Block::Zero => {}
+            Block::Pooled { pool, .. } => {
+                // SAFETY: a pooled block in use, checked, given up (caller); then freed as C's
+                // `free` frees it.
+                unsafe {
+                    pool_secure::retire(ptr, checked.capacity);
+                    self.claim.free_in(ptr, pool, self.ctx);
+                }
+            }
+            Block::Large { len } => {
+                let page = shared.platform.page_size();
+                // SAFETY: the block's guard page (made at allocation), back to plain memory
+                // before the mapping goes back; the block is in use and ours (caller).
+                unsafe {
+                    shared.platform.set_guard(ptr.add(len - page), page, false);
+                    shared.free_large(ptr, Some([len, len]));
+                }
+            }
+        }
+    }
+
+    /// Resizes `ptr` under the `secure` feature: always moves (both blocks checked);
+    /// `expected` as for [`Session::secure_free`]. Null if the new block cannot be had (the
+    /// old one is then untouched).
+    ///
+    /// # Safety
+    /// As [`Session::secure_free`].
+    pub(crate) unsafe fn secure_realloc(
+        &mut self,
+        ptr: NonNull<u8>,
+        expected: Option<Layout>,
+        new_layout: Layout,
+    ) -> *mut u8 {
+        // SAFETY: as the caller guarantees.
+        let old = unsafe { self.secure_check(ptr) }.size;
+        let new = self.secure_alloc(new_layout, false);
+        if !new.is_null() {
+            // SAFETY: both blocks live and distinct, each holding the bytes copied; the old
+            // one is then freed (caller).
+            unsafe {
+                ptr::copy_nonoverlapping(ptr.as_ptr(), new, old.min(new_layout.size()));
+                self.secure_free(ptr, expected);
+            }
+        }
+        new
+    }
+
+    /// The bytes asked for when the block at `ptr` was handed out, its trailer checked.
+    ///
+    /// # Safety
+    /// `ptr` is, as far as the caller knows, a block in use of this allocator.
+    pub(crate) unsafe fn secure_usable_size(&mut self, ptr: NonNull<u8>) -> usize {
+        // SAFETY: as the caller guarantees.
+        unsafe { self.secure_check(ptr) }.size
+    }
+}
