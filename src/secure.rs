@@ -142,6 +142,17 @@ fn inner<P: Platform>(layout: Layout, platform: &P) -> Option<Layout> {
     Layout::from_size_align(size, layout.align()).ok()
 }
 
+/// Aborts unless `size`, the bytes a block was asked with, is what the caller says it was
+/// asked with (`expected`), or that rounded up to its alignment (as C++'s aligned `new` asks).
+fn check_size(size: usize, expected: Option<Layout>) {
+    if let Some(layout) = expected {
+        let rounded = layout.size().checked_next_multiple_of(layout.align());
+        if size != layout.size() && rounded != Some(size) {
+            fatal(SIZE_MISMATCH);
+        }
+    }
+}
+
 /// A block found from its address.
 #[derive(Clone, Copy)]
 enum Block {
@@ -261,13 +272,7 @@ impl<P: Platform> Session<'_, P> {
     pub(crate) unsafe fn secure_free(&mut self, ptr: NonNull<u8>, expected: Option<Layout>) {
         // SAFETY: as the caller guarantees.
         let checked = unsafe { self.secure_check(ptr) };
-        if let Some(layout) = expected {
-            let size = layout.size();
-            let rounded = size.checked_next_multiple_of(layout.align());
-            if checked.size != size && rounded != Some(checked.size) {
-                fatal(SIZE_MISMATCH);
-            }
-        }
+        check_size(checked.size, expected);
         let shared = &self.ctx.shared;
         match checked.block {
             Block::Zero => {}
@@ -304,7 +309,15 @@ impl<P: Platform> Session<'_, P> {
         new_layout: Layout,
     ) -> *mut u8 {
         // SAFETY: as the caller guarantees.
-        let old = unsafe { self.secure_check(ptr) }.size;
+        let checked = unsafe { self.secure_check(ptr) };
+        let old = checked.size;
+        if let Block::Large { len } = checked.block {
+            check_size(old, expected);
+            // SAFETY: a large block in use of `len` bytes, checked (caller).
+            if let Some(resized) = unsafe { self.resize_large_guarded(ptr, len, new_layout) } {
+                return resized.as_ptr();
+            }
+        }
         let new = self.secure_alloc(new_layout, false);
         if !new.is_null() {
             // SAFETY: both blocks live and distinct, each holding the bytes copied; the old
@@ -315,6 +328,46 @@ impl<P: Platform> Session<'_, P> {
             }
         }
         new
+    }
+
+    /// Resizes the large block at `ptr`, of a mapping of `len` bytes, to `new_layout` without
+    /// copying where the large blocks can (`Shared::resize_large`): its guard page moves to
+    /// the new end and its trailer is written anew. `None` if the block must move (then it
+    /// is as it was).
+    ///
+    /// # Safety
+    /// `ptr` is a large block in use of a `len`-byte mapping, checked.
+    unsafe fn resize_large_guarded(
+        &mut self,
+        ptr: NonNull<u8>,
+        len: usize,
+        new_layout: Layout,
+    ) -> Option<NonNull<u8>> {
+        let shared = &self.ctx.shared;
+        let inner = inner(new_layout, &shared.platform)?;
+        if Route::of(inner) != Route::Large {
+            return None;
+        }
+        let page = shared.platform.page_size();
+        // SAFETY: the block's guard page, made plain memory while the mapping changes and
+        // guarded again at its end after; the block is ours (caller).
+        unsafe {
+            let guard = |block: NonNull<u8>, len: usize, on: bool| {
+                shared.platform.set_guard(block.add(len - page), page, on)
+            };
+            guard(ptr, len, false);
+            let Some(resized) = shared.resize_large(ptr, len, new_layout.align(), inner.size())
+            else {
+                guard(ptr, len, true);
+                return None;
+            };
+            let Some(new_len) = shared.large().len_of(resized.as_ptr()) else {
+                fatal("secure: a large block just resized is not registered");
+            };
+            guard(resized, new_len, true);
+            pool_secure::dress(resized, new_layout.size(), new_len - page);
+            Some(resized)
+        }
     }
 
     /// The bytes asked for when the block at `ptr` was handed out, its trailer checked.

@@ -244,7 +244,7 @@ fn a_write_after_free_into_the_data_is_caught_when_handed_out_again() {
         // SAFETY: not safe: the attack, a dangling pointer's write into a field.
         unsafe {
             free(p.cast());
-            p.add(64).write(1);
+            p.add(40).write(1);
             let _ = malloc(200);
         }
         survived();
@@ -332,6 +332,28 @@ fn a_large_overflow_faults_on_the_guard_page() {
         let p = malloc(1 << 20).cast::<u8>();
         // SAFETY: not safe: the attack, 1 MiB written past a 1 MiB block.
         unsafe { p.write_bytes(0x41, 2 << 20) };
+        survived();
+    }
+}
+
+#[test]
+fn a_large_block_resized_in_place_keeps_its_bytes_and_its_guard_page() {
+    if attack(
+        "a_large_block_resized_in_place_keeps_its_bytes_and_its_guard_page",
+        Death::Fault,
+    ) {
+        let mut p = malloc(1 << 20).cast::<u8>();
+        // SAFETY: blocks of the sizes written; then the attack, past the last one's end.
+        unsafe {
+            p.write_bytes(7, 1 << 20);
+            for size in [3 << 20, 600 << 10, 2 << 20] {
+                p = realloc(p.cast(), size).cast();
+                let kept = (1 << 20).min(size).min(600 << 10);
+                assert!(std::slice::from_raw_parts(p, kept).iter().all(|&b| b == 7));
+                assert_eq!(malloc_usable_size(p.cast()), size);
+            }
+            p.add(2 << 20).write_bytes(0x41, 1 << 20);
+        }
         survived();
     }
 }

@@ -42,8 +42,9 @@ const CANARY_BYTES: usize = 8;
 /// Fill of a freed block's bytes from its third word on.
 pub const FREED_FILL: u8 = 0xDF;
 /// Most bytes of a freed block filled (and checked when it is handed out again), from its
-/// third word: a write after free further into a larger block is not seen.
-pub const FILL_MAX: usize = 1024;
+/// third word: its first 64 bytes are covered, where an object's header and first fields
+/// lie; a write after free further into a larger block is not seen.
+pub const FILL_MAX: usize = 48;
 /// First byte of a freed block filled: after the link and the freed mark.
 const FILL_FROM: usize = 16;
 /// Slack recorded in a free block's tag.
@@ -60,14 +61,12 @@ pub(crate) fn draw_secrets(random: impl Fn() -> usize) {
     let _ = TAG_KEY.compare_exchange(0, random() | 1, Ordering::Relaxed, Ordering::Relaxed);
 }
 
-/// A 64-bit mix (a multiply and two shifts) of `x`: every output bit depends on every input
-/// bit.
+/// A 64-bit mix of `x`, for the carving order.
 #[inline(always)]
 const fn mix(mut x: u64) -> u64 {
     x ^= x >> 32;
     x = x.wrapping_mul(0xd6e8_feb8_6659_fd93);
-    x ^= x >> 32;
-    x.wrapping_mul(0xd6e8_feb8_6659_fd93) ^ (x >> 29)
+    x ^ (x >> 29)
 }
 
 /// The link word's mask at `at`: the secret XOR the address, rotated so that a link and its
@@ -110,29 +109,32 @@ pub unsafe fn write_link(block: NonNull<u8>, next: *mut u8) {
     unsafe { block.cast::<*mut u8>().write(stored) };
 }
 
-/// The mask of a tag's low half at `block`: the slack is stored XOR this, so that the
-/// tag's every byte looks random and a byte a program writes over it (an off-by-one NUL)
-/// changes it.
+/// The per-block key of the block at `block`: its address and the secret, mixed by one
+/// multiplication. Every tag, mask and canary of the block derives from it.
 #[inline(always)]
-fn slack_mask(block: NonNull<u8>) -> u64 {
-    let key = TAG_KEY.load(Ordering::Relaxed) as u64;
-    mix(block.addr().get() as u64 ^ key) & u32::MAX as u64
+fn block_key(block: NonNull<u8>) -> u64 {
+    (block.addr().get() as u64 ^ TAG_KEY.load(Ordering::Relaxed) as u64)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
-/// The tag of a block at `block` with this slack (see the module's documentation): the
-/// masked slack, and a keyed hash of the address and the slack.
+/// The low half of a tag word.
+const LOW: u64 = u32::MAX as u64;
+
+/// The tag of a block of key `key` with this slack (see the module's documentation): in the
+/// low half the slack XOR the key's high half, so that every byte of the tag looks random
+/// and any byte a program writes over it (an off-by-one NUL) changes it; in the high half a
+/// keyed hash of the slack.
 #[inline(always)]
-fn tag(block: NonNull<u8>, slack: u64) -> u64 {
-    let key = TAG_KEY.load(Ordering::Relaxed) as u64;
-    let check = mix(block.addr().get() as u64 ^ key.rotate_left(17) ^ (slack << 40));
-    (check & !(u32::MAX as u64)) | (slack ^ slack_mask(block))
+fn tag(key: u64, slack: u64) -> u64 {
+    let check = (key ^ slack).wrapping_mul(0xd6e8_feb8_6659_fd93) & !LOW;
+    check | (slack ^ (key >> 32))
 }
 
-/// The slack a tag word at `block` records, if the word is a valid tag.
+/// The slack a tag word of a block of key `key` records, if the word is a valid tag.
 #[inline(always)]
-fn slack_of(block: NonNull<u8>, word: u64) -> Option<u64> {
-    let slack = (word ^ slack_mask(block)) & u32::MAX as u64;
-    (word == tag(block, slack)).then_some(slack)
+fn slack_of(key: u64, word: u64) -> Option<u64> {
+    let slack = (word ^ (key >> 32)) & LOW;
+    (word == tag(key, slack)).then_some(slack)
 }
 
 /// The tag word of a block of `capacity` bytes: its last word, read and written atomically,
@@ -146,20 +148,23 @@ unsafe fn tag_word<'a>(block: NonNull<u8>, capacity: usize) -> &'a AtomicU64 {
     unsafe { AtomicU64::from_ptr(block.as_ptr().add(capacity - TAG_BYTES).cast()) }
 }
 
-/// The canary's bytes for the block at `block`: keyed by its address, none of them zero (so
-/// an off-by-one NUL always changes the first).
+/// The canary of a block of key `key`, as a little-endian word of bytes none of which is
+/// zero (so an off-by-one NUL always changes the first).
 #[inline(always)]
-fn canary(block: NonNull<u8>) -> [u8; CANARY_BYTES] {
-    let key = TAG_KEY.load(Ordering::Relaxed) as u64;
-    mix(block.addr().get() as u64 ^ key.rotate_left(32))
-        .to_le_bytes()
-        .map(|byte| byte.max(1))
+fn canary(key: u64) -> u64 {
+    key.rotate_left(23) | 0x0101_0101_0101_0101
 }
 
-/// The range of canary bytes of a block of `capacity` holding `n` bytes.
+/// The canary's length in a block of `capacity` bytes holding `n`, and the mask of its bytes
+/// in a little-endian word read at `n`.
 #[inline(always)]
-fn canary_range(n: usize, capacity: usize) -> core::ops::Range<usize> {
-    n..(n + CANARY_BYTES).min(capacity - TAG_BYTES)
+fn canary_mask(n: usize, capacity: usize) -> u64 {
+    let len = (capacity - TAG_BYTES - n).min(CANARY_BYTES);
+    if len >= CANARY_BYTES {
+        u64::MAX
+    } else {
+        (1u64 << (8 * len)) - 1
+    }
 }
 
 /// Dresses a block of `capacity` bytes just handed out for `n` bytes: the canary after them
@@ -170,14 +175,17 @@ fn canary_range(n: usize, capacity: usize) -> core::ops::Range<usize> {
 /// [`TAG_BYTES`] `<= capacity`.
 #[inline]
 pub unsafe fn dress(block: NonNull<u8>, n: usize, capacity: usize) {
-    let canary = canary(block);
-    // SAFETY: the canary and tag lie inside the block (caller).
+    let key = block_key(block);
+    // SAFETY: the word at `n` ends by `capacity` (caller); its bytes past the canary's are the
+    // tag's, written next.
     unsafe {
-        for (i, byte) in canary_range(n, capacity).zip(canary) {
-            block.as_ptr().add(i).write(byte);
-        }
+        block
+            .as_ptr()
+            .add(n)
+            .cast::<u64>()
+            .write_unaligned(canary(key));
         let slack = (capacity - TAG_BYTES - n) as u64;
-        tag_word(block, capacity).store(tag(block, slack), Ordering::Relaxed);
+        tag_word(block, capacity).store(tag(key, slack), Ordering::Relaxed);
     }
 }
 
@@ -201,9 +209,10 @@ pub enum Trailer {
 /// `block` starts `capacity` mapped bytes, a multiple of 8 and at least [`TAG_BYTES`].
 #[inline]
 pub unsafe fn trailer(block: NonNull<u8>, capacity: usize) -> Trailer {
+    let key = block_key(block);
     // SAFETY: as the caller guarantees.
     let word = unsafe { tag_word(block, capacity) }.load(Ordering::Relaxed);
-    let Some(slack) = slack_of(block, word) else {
+    let Some(slack) = slack_of(key, word) else {
         return Trailer::TagOverwritten;
     };
     if slack == FREE {
@@ -212,12 +221,10 @@ pub unsafe fn trailer(block: NonNull<u8>, capacity: usize) -> Trailer {
     let Some(n) = (capacity - TAG_BYTES).checked_sub(slack as usize) else {
         return Trailer::TagOverwritten;
     };
-    let canary = canary(block);
-    // SAFETY: the canary bytes lie inside the block (caller).
-    let intact = canary_range(n, capacity)
-        .zip(canary)
-        .all(|(i, byte)| unsafe { block.as_ptr().add(i).read_volatile() } == byte);
-    if intact {
+    // SAFETY: the word at `n` ends by `capacity` (`n <= capacity - TAG_BYTES`), inside the
+    // block; read as the machine holds it.
+    let found = unsafe { block.as_ptr().add(n).cast::<u64>().read_unaligned() };
+    if (found ^ canary(key)) & canary_mask(n, capacity) == 0 {
         Trailer::Live(n)
     } else {
         Trailer::CanaryOverwritten
@@ -231,19 +238,67 @@ pub unsafe fn trailer(block: NonNull<u8>, capacity: usize) -> Trailer {
 /// `block` starts a carved block of `capacity` bytes of a live pool.
 #[inline]
 pub unsafe fn has_valid_tag(block: NonNull<u8>, capacity: usize) -> bool {
-    // SAFETY: as the caller guarantees.
-    let word = unsafe { tag_word(block, capacity) }.load(Ordering::Relaxed);
-    slack_of(block, word).is_some()
+    // SAFETY: the tag word lies inside the block (caller); read as one aligned load, as its
+    // writers store it, and unseen by AddressSanitizer (the block may be free, poisoned).
+    let word = unsafe { read_unseen(tag_word(block, capacity).as_ptr()) };
+    slack_of(block_key(block), word).is_some()
 }
 
-/// The filled range of a freed block of `capacity` bytes.
+/// One aligned load of the word at `at`, which another thread may store atomically
+/// meanwhile, in an `asm` block where the target has one (AddressSanitizer does not see it,
+/// so a free neighbour's poison is no error); an atomic load elsewhere and under Miri.
+///
+/// # Safety
+/// `at` is valid for reading a `u64`, and aligned.
 #[inline(always)]
-fn fill_range(capacity: usize) -> core::ops::Range<usize> {
-    FILL_FROM
-        ..(capacity - TAG_BYTES)
-            .min(FILL_FROM + FILL_MAX)
-            .max(FILL_FROM)
+unsafe fn read_unseen(at: *const u64) -> u64 {
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    {
+        let value: u64;
+        // SAFETY: one aligned load from a valid address (caller), no other effect.
+        unsafe {
+            core::arch::asm!(
+                "mov {value}, qword ptr [{at}]",
+                at = in(reg) at,
+                value = lateout(reg) value,
+                options(nostack, readonly, preserves_flags),
+            )
+        };
+        value
+    }
+    #[cfg(all(target_arch = "aarch64", not(miri)))]
+    {
+        let value: u64;
+        // SAFETY: as above.
+        unsafe {
+            core::arch::asm!(
+                "ldr {value}, [{at}]",
+                at = in(reg) at,
+                value = lateout(reg) value,
+                options(nostack, readonly, preserves_flags),
+            )
+        };
+        value
+    }
+    #[cfg(any(miri, not(any(target_arch = "x86_64", target_arch = "aarch64"))))]
+    // SAFETY: valid and aligned (caller).
+    unsafe {
+        AtomicU64::from_ptr(at.cast_mut()).load(Ordering::Relaxed)
+    }
 }
+
+/// The words of a freed block of `capacity` bytes that hold its fill: from the third word, at
+/// most [`FILL_MAX`] bytes, before the tag.
+#[inline(always)]
+fn fill_words(capacity: usize) -> usize {
+    (capacity - TAG_BYTES)
+        .saturating_sub(FILL_FROM)
+        .min(FILL_MAX)
+        / 8
+}
+
+/// A word of fill.
+const FILL_WORD: u64 = u64::from_ne_bytes([FREED_FILL; 8]);
 
 /// Fills a block of `capacity` bytes being freed and writes its free tag (S2); its link and
 /// freed mark are for whoever takes it next to write.
@@ -253,14 +308,13 @@ fn fill_range(capacity: usize) -> core::ops::Range<usize> {
 /// caller may overwrite.
 #[inline]
 pub unsafe fn retire(block: NonNull<u8>, capacity: usize) {
-    let range = fill_range(capacity);
     // SAFETY: the fill and the tag lie inside the block (caller).
     unsafe {
-        block
-            .as_ptr()
-            .add(range.start)
-            .write_bytes(FREED_FILL, range.len());
-        tag_word(block, capacity).store(tag(block, FREE), Ordering::Relaxed);
+        let words = block.as_ptr().add(FILL_FROM).cast::<u64>();
+        for i in 0..fill_words(capacity) {
+            words.add(i).write(FILL_WORD);
+        }
+        tag_word(block, capacity).store(tag(block_key(block), FREE), Ordering::Relaxed);
     }
 }
 
@@ -271,13 +325,15 @@ pub unsafe fn retire(block: NonNull<u8>, capacity: usize) {
 /// `block` starts a free block of `capacity` bytes that the caller has exclusive use of.
 #[inline]
 pub unsafe fn is_intact_free_block(block: NonNull<u8>, capacity: usize) -> bool {
-    const WORD: u64 = u64::from_ne_bytes([FREED_FILL; 8]);
-    let range = fill_range(capacity);
-    // SAFETY: as the caller guarantees; the fill range is 8-aligned inside the block.
+    // SAFETY: as the caller guarantees; the fill lies 8-aligned inside the block.
     unsafe {
-        let words = block.as_ptr().add(range.start).cast::<u64>();
-        tag_word(block, capacity).load(Ordering::Relaxed) == tag(block, FREE)
-            && (0..range.len() / 8).all(|i| words.add(i).read() == WORD)
+        let words = block.as_ptr().add(FILL_FROM).cast::<u64>();
+        let mut differ = 0;
+        for i in 0..fill_words(capacity) {
+            differ |= words.add(i).read() ^ FILL_WORD;
+        }
+        differ == 0
+            && tag_word(block, capacity).load(Ordering::Relaxed) == tag(block_key(block), FREE)
     }
 }
 
@@ -351,7 +407,7 @@ mod tests {
             retire(block, 128);
             assert_eq!(trailer(block, 128), Trailer::Free);
             assert!(is_intact_free_block(block, 128));
-            block.as_ptr().add(70).write(0);
+            block.as_ptr().add(40).write(0);
             assert!(!is_intact_free_block(block, 128));
         }
     }

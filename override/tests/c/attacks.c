@@ -79,7 +79,7 @@ int main(int argc, char **argv) {
     } else if (!strcmp(attack, "use-after-free-write")) {
         char *p = malloc(200);
         free(p);
-        p[64] = 1;
+        p[40] = 1;
         (void)malloc(200);
     } else if (!strcmp(attack, "double-free-between")) {
         char *a = malloc(40), *b = malloc(40);
