@@ -59,6 +59,7 @@ mod shared;
 mod stats;
 mod thread;
 mod tls;
+mod zero;
 
 use core::alloc::{GlobalAlloc, Layout};
 

@@ -15,6 +15,7 @@ use core::mem::ManuallyDrop;
 use core::ptr::{self, NonNull};
 
 use pymalloc_arena::{ArenaMap, Platform};
+use pymalloc_pool::secure;
 use pymalloc_pool::{
     ALIGNMENT, POOLED_MAX, PoolPtr, SizeClass, blocks_per_pool, fatal, holds_freed_mark,
 };
@@ -23,7 +24,6 @@ use crate::debug;
 use crate::heap::{self, Claim, Context};
 use crate::heaps::Heaps;
 use crate::large::mapping_len;
-use crate::secure;
 
 /// How a layout is served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -21,7 +21,7 @@ use crate::large::LargeBlocks;
 use crate::lock::{SpinGuard, SpinLock};
 use crate::options::{self, Options};
 use crate::report;
-use crate::secure::ZeroBlocks;
+use crate::zero::ZeroBlocks;
 
 /// What all heaps of an allocator over `P` share. See the module documentation.
 pub(crate) struct Shared<P: Platform> {
