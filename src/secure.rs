@@ -20,8 +20,9 @@ use core::ptr::{self, NonNull};
 
 use pymalloc_arena::Platform;
 use pymalloc_pool::secure::{self as pool_secure, TAG_BYTES, Trailer};
-use pymalloc_pool::{PoolPtr, SizeClass, fatal};
+use pymalloc_pool::{ALIGNMENT, POOLED_MAX, PoolPtr, SizeClass, fatal};
 
+use crate::heap;
 use crate::session::{Found, Route, Session};
 use crate::zero::ZERO_MAX_ALIGN;
 
@@ -90,9 +91,54 @@ struct Checked {
     size: usize,
 }
 
+/// The fewest bytes a block is asked of the heap for, before the tag: a free block holds a
+/// link, a freed mark and a tag (S2), so the smallest class used is 32 bytes.
+const MIN_ASK: usize = 16;
+
+/// Hands out the free pooled block `block` of `capacity` bytes for `n` bytes: checks that no
+/// write after free reached it (its fill and free tag, S2), zeroes the caller's bytes if
+/// asked, and dresses it (canary and live tag).
+///
+/// # Safety
+/// `block` is a free block of a pooled class of `capacity` bytes just handed to the caller,
+/// and `n.max(MIN_ASK) + TAG_BYTES <= capacity`.
+#[inline(always)]
+unsafe fn hand_out(block: NonNull<u8>, n: usize, capacity: usize, zeroed: bool) -> *mut u8 {
+    // SAFETY: every pooled block comes off a freelist or a heap's kept blocks, retired (S2),
+    // and holds `capacity` bytes, `n` and the trailer among them (caller).
+    unsafe {
+        if !pool_secure::dress_if_intact(block, capacity, n) {
+            fatal(WRITTEN_AFTER_FREE);
+        }
+        if zeroed {
+            block.as_ptr().write_bytes(0, n);
+        }
+    }
+    block.as_ptr()
+}
+
 impl<P: Platform> Session<'_, P> {
-    /// Allocates a block for `layout` (zero-filled if `zeroed`) under the `secure` feature.
+    /// Allocates a block for `layout` (zero-filled if `zeroed`) under the `secure` feature:
+    /// inline for a pooled block of malloc's alignment, out of line otherwise.
+    #[inline(always)]
     pub(crate) fn secure_alloc(&mut self, layout: Layout, zeroed: bool) -> *mut u8 {
+        let n = layout.size();
+        if layout.align() <= ALIGNMENT && n != 0 && n <= POOLED_MAX - TAG_BYTES {
+            if let Some(class) = SizeClass::for_size(n.max(MIN_ASK) + TAG_BYTES) {
+                return match self.claim.alloc(class, self.ctx) {
+                    // SAFETY: a free block of `class`, which holds `n` and the trailer.
+                    Some((block, _)) => unsafe { hand_out(block, n, class.block_size(), zeroed) },
+                    None => ptr::null_mut(),
+                };
+            }
+        }
+        self.reborrow().secure_alloc_rarely(layout, zeroed)
+    }
+
+    /// [`Session::secure_alloc`] for zero sizes, over-aligned and large blocks.
+    #[cold]
+    #[inline(never)]
+    fn secure_alloc_rarely(mut self, layout: Layout, zeroed: bool) -> *mut u8 {
         let shared = &self.ctx.shared;
         if layout.size() == 0 && layout.align() <= ZERO_MAX_ALIGN {
             return shared.zero.take(&shared.platform, layout.align());
@@ -105,13 +151,9 @@ impl<P: Platform> Session<'_, P> {
         };
         let capacity = match Route::of(inner) {
             Route::Pooled(class) => {
-                let capacity = class.block_size();
-                // SAFETY: a free block of the class just handed to us; every pooled block
-                // comes off a freelist or a heap's kept blocks, filled (S2).
-                if !unsafe { pool_secure::is_intact_free_block(block, capacity) } {
-                    fatal(WRITTEN_AFTER_FREE);
-                }
-                capacity
+                // SAFETY: a free block of the class just handed to us, with room for the
+                // trailer (`inner`).
+                return unsafe { hand_out(block, layout.size(), class.block_size(), zeroed) };
             }
             Route::Large => {
                 let page = shared.platform.page_size();
@@ -185,7 +227,37 @@ impl<P: Platform> Session<'_, P> {
     /// # Safety
     /// `ptr` is, as far as the caller knows, a block in use of this allocator, not used
     /// after this call.
+    #[inline(always)]
     pub(crate) unsafe fn secure_free(&mut self, ptr: NonNull<u8>, expected: Option<Layout>) {
+        // The common case, inline: a pooled block whose trailer and neighbour's tag are
+        // intact and whose size is the one given, if any. Anything else is looked at again,
+        // and reported, out of line.
+        if let Some(pool) = heap::pool_of_block(&self.ctx.shared.map, ptr) {
+            // SAFETY: a carved block of a live pool (`pool_of_block`), of `capacity` bytes.
+            unsafe {
+                let capacity = pool.class().block_size();
+                let n = expected.map(|layout| layout.size());
+                // The block before, unless this is its pool's first: a carved block (P2, P3).
+                let before = (ptr != pool.memory()).then(|| ptr.sub(capacity));
+                if n.is_none_or(|n| n <= capacity - TAG_BYTES)
+                    && pool_secure::retire_if_intact(ptr, capacity, n, before)
+                {
+                    return self.claim.free_in(ptr, pool, self.ctx);
+                }
+            }
+        }
+        // SAFETY: as the caller guarantees.
+        unsafe { self.reborrow().secure_free_rarely(ptr, expected) }
+    }
+
+    /// [`Session::secure_free`] for large and zero-size blocks, and for any block whose
+    /// checks failed inline (which then aborts, saying which).
+    ///
+    /// # Safety
+    /// As [`Session::secure_free`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn secure_free_rarely(mut self, ptr: NonNull<u8>, expected: Option<Layout>) {
         // SAFETY: as the caller guarantees.
         let checked = unsafe { self.secure_check(ptr) };
         check_size(checked.size, expected);
@@ -227,6 +299,21 @@ impl<P: Platform> Session<'_, P> {
         // SAFETY: as the caller guarantees.
         let checked = unsafe { self.secure_check(ptr) };
         let old = checked.size;
+        if let Block::Pooled { class, .. } = checked.block {
+            // Within its class, the block stays: its trailer, checked, is written anew.
+            let new = new_layout.size();
+            let stays = new_layout.align() <= ALIGNMENT
+                && new != 0
+                && new <= POOLED_MAX - TAG_BYTES
+                && SizeClass::for_size(new.max(MIN_ASK) + TAG_BYTES) == Some(class);
+            if stays {
+                check_size(old, expected);
+                // SAFETY: a pooled block in use of `class` (checked), which holds `new` and
+                // the trailer.
+                unsafe { pool_secure::dress(ptr, new, class.block_size()) };
+                return ptr.as_ptr();
+            }
+        }
         if let Block::Large { len } = checked.block {
             check_size(old, expected);
             // SAFETY: a large block in use of `len` bytes, checked (caller).
@@ -265,6 +352,13 @@ impl<P: Platform> Session<'_, P> {
             return None;
         }
         let page = shared.platform.page_size();
+        if crate::large::fits(len, inner.size()) {
+            // The mapping still fits, as the default build would keep it: only the trailer
+            // moves (`inner` left room for it and the guard page, which stays).
+            // SAFETY: a large block in use of `len - page` bytes before its guard (caller).
+            unsafe { pool_secure::dress(ptr, new_layout.size(), len - page) };
+            return Some(ptr);
+        }
         // SAFETY: the block's guard page, made plain memory while the mapping changes and
         // guarded again at its end after; the block is ours (caller).
         unsafe {

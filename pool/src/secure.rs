@@ -300,6 +300,109 @@ fn fill_words(capacity: usize) -> usize {
 /// A word of fill.
 const FILL_WORD: u64 = u64::from_ne_bytes([FREED_FILL; 8]);
 
+/// Fills the `words` words of fill from `at` (at most `FILL_MAX / 8`): plain stores, one a
+/// word, rather than a call to `memset`.
+///
+/// # Safety
+/// `at` is valid for writing `words` aligned words.
+#[inline(always)]
+unsafe fn fill(at: *mut u64, words: usize) {
+    for i in 0..FILL_MAX / 8 {
+        if i < words {
+            // SAFETY: `i < words` (caller).
+            unsafe { at.add(i).write_volatile(FILL_WORD) };
+        }
+    }
+}
+
+/// Whether the `words` words from `at` hold the fill.
+///
+/// # Safety
+/// `at` is valid for reading `words` aligned words.
+#[inline(always)]
+unsafe fn is_filled(at: *const u64, words: usize) -> bool {
+    let mut differ = 0;
+    for i in 0..FILL_MAX / 8 {
+        if i < words {
+            // SAFETY: `i < words` (caller).
+            differ |= unsafe { at.add(i).read() } ^ FILL_WORD;
+        }
+    }
+    differ == 0
+}
+
+/// The free of a pooled block of `capacity` bytes, its checks and its retirement at once
+/// (one computation of the block's key): if the block is in use — for exactly `n` bytes
+/// when `n` is given — with its canary intact, and `before` (the block before it in its
+/// pool, if any) holds a valid tag, retires it ([`retire`]) and returns true; otherwise
+/// changes nothing and returns false, for the caller to find out what is wrong.
+///
+/// # Safety
+/// `block` starts a carved block of `capacity` bytes of a live pool, in use as far as the
+/// caller knows, that the caller may overwrite if it is; `before`, a carved block of the
+/// same size of that pool; `n + TAG_BYTES <= capacity`.
+#[inline(always)]
+pub unsafe fn retire_if_intact(
+    block: NonNull<u8>,
+    capacity: usize,
+    n: Option<usize>,
+    before: Option<NonNull<u8>>,
+) -> bool {
+    let key = block_key(block);
+    // SAFETY: the tag, the word at `n` and the fill lie inside the block (caller); the
+    // block before is carved (caller).
+    unsafe {
+        let tag_word = tag_word(block, capacity);
+        let word = tag_word.load(Ordering::Relaxed);
+        let slack = match n {
+            Some(n) => (capacity - TAG_BYTES - n) as u64,
+            None => match slack_of(key, word) {
+                Some(slack) if slack != FREE && slack as usize <= capacity - TAG_BYTES => slack,
+                _ => return false,
+            },
+        };
+        let n = capacity - TAG_BYTES - slack as usize;
+        let found = block.as_ptr().add(n).cast::<u64>().read_unaligned();
+        let intact = word == tag(key, slack)
+            && (found ^ canary(key)) & canary_mask(n, capacity) == 0
+            && before.is_none_or(|before| has_valid_tag(before, capacity));
+        if intact {
+            fill(block.as_ptr().add(FILL_FROM).cast(), fill_words(capacity));
+            tag_word.store(tag(key, FREE), Ordering::Relaxed);
+        }
+        intact
+    }
+}
+
+/// The hand-out of a free pooled block of `capacity` bytes for `n` bytes, its check and
+/// its dressing at once (one computation of the block's key): if the block still holds its
+/// fill and free tag (S2: no write after free reached it), dresses it ([`dress`]) and
+/// returns true; otherwise returns false.
+///
+/// # Safety
+/// `block` starts a free block of `capacity` bytes just handed to the caller, and `n +`
+/// [`TAG_BYTES`] `<= capacity`.
+#[inline(always)]
+pub unsafe fn dress_if_intact(block: NonNull<u8>, capacity: usize, n: usize) -> bool {
+    let key = block_key(block);
+    // SAFETY: the fill, the canary and the tag lie inside the block (caller).
+    unsafe {
+        let tag_word = tag_word(block, capacity);
+        let intact = tag_word.load(Ordering::Relaxed) == tag(key, FREE)
+            && is_filled(block.as_ptr().add(FILL_FROM).cast(), fill_words(capacity));
+        if intact {
+            block
+                .as_ptr()
+                .add(n)
+                .cast::<u64>()
+                .write_unaligned(canary(key));
+            let slack = (capacity - TAG_BYTES - n) as u64;
+            tag_word.store(tag(key, slack), Ordering::Relaxed);
+        }
+        intact
+    }
+}
+
 /// Fills a block of `capacity` bytes being freed and writes its free tag (S2); its link and
 /// freed mark are for whoever takes it next to write.
 ///
@@ -310,10 +413,7 @@ const FILL_WORD: u64 = u64::from_ne_bytes([FREED_FILL; 8]);
 pub unsafe fn retire(block: NonNull<u8>, capacity: usize) {
     // SAFETY: the fill and the tag lie inside the block (caller).
     unsafe {
-        let words = block.as_ptr().add(FILL_FROM).cast::<u64>();
-        for i in 0..fill_words(capacity) {
-            words.add(i).write(FILL_WORD);
-        }
+        fill(block.as_ptr().add(FILL_FROM).cast(), fill_words(capacity));
         tag_word(block, capacity).store(tag(block_key(block), FREE), Ordering::Relaxed);
     }
 }
@@ -327,12 +427,7 @@ pub unsafe fn retire(block: NonNull<u8>, capacity: usize) {
 pub unsafe fn is_intact_free_block(block: NonNull<u8>, capacity: usize) -> bool {
     // SAFETY: as the caller guarantees; the fill lies 8-aligned inside the block.
     unsafe {
-        let words = block.as_ptr().add(FILL_FROM).cast::<u64>();
-        let mut differ = 0;
-        for i in 0..fill_words(capacity) {
-            differ |= words.add(i).read() ^ FILL_WORD;
-        }
-        differ == 0
+        is_filled(block.as_ptr().add(FILL_FROM).cast(), fill_words(capacity))
             && tag_word(block, capacity).load(Ordering::Relaxed) == tag(block_key(block), FREE)
     }
 }
@@ -417,7 +512,7 @@ mod tests {
         draw_secrets(|| 0x1234_5678_9abc_def1);
         let mut words = [0u64; 2];
         let block = block_of(&mut words);
-        let next = 0x7f00_1234_5670usize as *mut u8;
+        let next = ptr::without_provenance_mut::<u8>(0x7f00_1234_5670);
         // SAFETY: two words of ours.
         unsafe {
             write_link(block, next);
