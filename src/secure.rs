@@ -300,18 +300,23 @@ impl<P: Platform> Session<'_, P> {
         let checked = unsafe { self.secure_check(ptr) };
         let old = checked.size;
         if let Block::Pooled { class, .. } = checked.block {
-            // Within its class, the block stays: its trailer, checked, is written anew.
+            // Within its class, or alone in its pool where the slots after it allow (as the
+            // default build resizes), the block stays: its trailer, checked, is written anew.
             let new = new_layout.size();
-            let stays = new_layout.align() <= ALIGNMENT
-                && new != 0
-                && new <= POOLED_MAX - TAG_BYTES
-                && SizeClass::for_size(new.max(MIN_ASK) + TAG_BYTES) == Some(class);
-            if stays {
+            let to = (new_layout.align() <= ALIGNMENT && new != 0 && new <= POOLED_MAX - TAG_BYTES)
+                .then(|| SizeClass::for_size(new.max(MIN_ASK) + TAG_BYTES))
+                .flatten();
+            if let Some(to) = to {
                 check_size(old, expected);
-                // SAFETY: a pooled block in use of `class` (checked), which holds `new` and
-                // the trailer.
-                unsafe { pool_secure::dress(ptr, new, class.block_size()) };
-                return ptr.as_ptr();
+                // SAFETY: a pooled block in use of `class` at its start (checked); once it is
+                // of `to`, it holds `new` and the trailer.
+                let stays =
+                    to == class || unsafe { self.claim.resize_in_place(ptr, class, to, self.ctx) };
+                if stays {
+                    // SAFETY: as above.
+                    unsafe { pool_secure::dress(ptr, new, to.block_size()) };
+                    return ptr.as_ptr();
+                }
             }
         }
         if let Block::Large { len } = checked.block {

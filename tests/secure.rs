@@ -481,6 +481,44 @@ fn blocks_in_use_keep_their_bytes_and_sizes() {
 }
 
 #[test]
+fn resized_blocks_keep_their_bytes_and_sizes() {
+    let sizes = [
+        40,
+        44,
+        100,
+        5000,
+        40_000,
+        70_000,
+        200_000,
+        300_000,
+        3 << 20,
+        70_000,
+        100,
+        1,
+    ];
+    let mut p = malloc(1).cast::<u8>();
+    let mut old = 1;
+    // SAFETY: a block of `old` bytes, resized; each size written whole.
+    unsafe {
+        p.write(0x5a);
+        for (i, &size) in sizes.iter().enumerate() {
+            p = realloc(p.cast(), size).cast();
+            assert!(!p.is_null());
+            let kept = std::slice::from_raw_parts(p, old.min(size));
+            assert!(
+                kept.iter().all(|&b| b == (i as u8).wrapping_add(0x5a)),
+                "{size}"
+            );
+            assert_eq!(malloc_usable_size(p.cast()), size);
+            p.write_bytes((i as u8 + 1).wrapping_add(0x5a), size);
+            old = size;
+        }
+        free_sized(p.cast(), old);
+    }
+    pymalloc::check().unwrap();
+}
+
+#[test]
 fn fresh_blocks_are_handed_out_in_a_random_order() {
     // Blocks of a class nobody else uses here: consecutive ones from fresh pools.
     let all = blocks(64, 200);
