@@ -282,6 +282,21 @@ impl Large {
         Some(block)
     }
 
+    /// The longest cached range, taken out of the cache whole (its pages stay mapped and
+    /// faulted in), for a request that no cached range holds to grow from by remapping;
+    /// `None` if the cache is empty.
+    pub(crate) fn take_longest(&mut self) -> Option<(NonNull<u8>, usize)> {
+        let (i, entry) = self
+            .occupied()
+            .iter()
+            .copied()
+            .enumerate()
+            .max_by_key(|(_, c)| c.len)?;
+        let range = NonNull::new(entry.ptr)?;
+        self.take_front(i, entry.len);
+        Some((range, entry.len))
+    }
+
     /// Whether [`Large::take_cached`] would find a block for `len` bytes aligned to `align`.
     pub(crate) fn has_cached(&self, len: usize, align: usize) -> bool {
         self.pick(len, align).is_some()
@@ -591,7 +606,7 @@ impl LargeBlocks {
         refused: impl FnOnce(usize),
     ) -> Option<(NonNull<u8>, bool)> {
         let len = mapping_len(layout.size(), platform.page_size())?;
-        {
+        let longest = {
             let mut large = self.lock();
             if !large.make_room(platform) {
                 return None;
@@ -599,7 +614,36 @@ impl LargeBlocks {
             if let Some(cached) = large.take_cached(len, layout.align()) {
                 return Some((cached, false));
             }
-            large.missed(len);
+            // No cached range holds it: the longest grows into it by remapping, so that only
+            // the pages it lacks are fresh (as glibc's heap top grows by what it lacks).
+            let regrow = layout.align() <= platform.page_size()
+                && P::CAPABILITIES.contains(Capabilities::REMAP);
+            let longest = if regrow { large.take_longest() } else { None };
+            large.missed(len - longest.map_or(0, |(_, had)| had));
+            longest
+        };
+        if let Some((range, had)) = longest {
+            // SAFETY: a cached range, now out of the cache: mapped and used by nobody.
+            match unsafe { platform.remap(range, had, len, true) } {
+                Some(block) => {
+                    let mut large = self.lock();
+                    if large.make_room(platform) {
+                        large.register(block, len);
+                        return Some((block, false));
+                    }
+                    drop(large);
+                    // SAFETY: just remapped, never handed out.
+                    unsafe { platform.release(block, len) };
+                    return None;
+                }
+                None => {
+                    // Back into the cache as it was (the system would not move it), and a
+                    // fresh range mapped instead.
+                    let unmap = self.lock().cache_range(range.as_ptr(), had);
+                    // SAFETY: ranges the cache evicted for it, used by nobody (L3).
+                    unsafe { unmap.release(platform) };
+                }
+            }
         }
         let fresh = match platform.reserve(len, layout.align()) {
             Some(fresh) => fresh,
