@@ -518,6 +518,42 @@ fn resized_blocks_keep_their_bytes_and_sizes() {
     pymalloc::check().unwrap();
 }
 
+/// A block's tag is read by frees of the block after it, from any thread, while the block's
+/// owner may be handing it out: the tag must be valid at every moment (S2), never half
+/// written. Two producers make blocks of many sizes (some with no room for a whole canary
+/// before the tag), two consumers free them, as the benchmark's producer-consumer does (where
+/// a canary once written over the tag showed, about one full run in six; a stress test, not
+/// a proof).
+#[test]
+fn neighbours_freed_by_other_threads_while_blocks_are_handed_out_are_no_underflow() {
+    let (send, receive) = std::sync::mpsc::sync_channel::<(usize, usize)>(4096);
+    let receive = std::sync::Mutex::new(receive);
+    std::thread::scope(|s| {
+        for t in 0..2 {
+            let send = send.clone();
+            s.spawn(move || {
+                for i in 0..200_000usize {
+                    let n = 8 + (i * 37 + t * 11) % 2040;
+                    let p = malloc(n).cast::<u8>();
+                    // SAFETY: a block of `n` bytes.
+                    unsafe { p.write_bytes(n as u8, n) };
+                    send.send((p as usize, n)).unwrap();
+                }
+            });
+        }
+        drop(send);
+        for _ in 0..2 {
+            let receive = &receive;
+            s.spawn(move || {
+                while let Ok((p, n)) = { receive.lock().unwrap().recv() } {
+                    // SAFETY: a block of `n` bytes handed over, freed once.
+                    unsafe { free_sized(p as *mut c_void, n) };
+                }
+            });
+        }
+    });
+}
+
 #[test]
 fn fresh_blocks_are_handed_out_in_a_random_order() {
     // Blocks of a class nobody else uses here: consecutive ones from fresh pools.
