@@ -426,7 +426,7 @@ fn main() {
 
     let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
     let mut md = String::from("# Benchmarks\n\n");
-    writeln!(md, "pymalloc beside the system allocator (glibc), mimalloc and jemalloc, each the global allocator of its own worker process, run interleaved; medians of {} runs.\n", opts.runs).unwrap();
+    writeln!(md, "pymalloc beside the system allocator (glibc), mimalloc and jemalloc, each the global allocator of its own worker process, run interleaved; medians of {} runs. pymalloc-secure is pymalloc's hardened build (`--features secure`, [security.md](security.md)).\n", opts.runs).unwrap();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flags = if args.is_empty() {
         String::new()

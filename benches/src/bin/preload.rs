@@ -641,9 +641,10 @@ fn main() {
     writeln!(
         md,
         "Each program run with the C allocator replaced through `LD_PRELOAD` (glibc: nothing \
-         preloaded; jemalloc and mimalloc: Debian's shared libraries), interleaved (each round runs \
-         every program on every allocator), medians of {runs} runs; every allocator gave the \
-         same output.\n"
+         preloaded; pymalloc-secure: pymalloc's hardened build, `--features secure`, \
+         [security.md](security.md); jemalloc and mimalloc: Debian's shared libraries), \
+         interleaved (each round runs every program on every allocator), medians of {runs} \
+         runs; every allocator gave the same output.\n"
     )
     .unwrap();
     let flags = if quick { " -- --quick" } else { "" };
