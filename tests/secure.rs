@@ -10,7 +10,6 @@ mod common;
 
 use std::ffi::c_void;
 use std::os::unix::process::ExitStatusExt;
-use std::process::Command;
 
 use pymalloc::c_abi::{free, free_sized, malloc, malloc_usable_size, realloc};
 
@@ -28,11 +27,7 @@ fn attack(name: &str, death: Death) -> bool {
     if common::in_child() {
         return true;
     }
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
-        .env("TEST_CHILD_OF_PYMALLOC", "1")
-        .output()
-        .unwrap();
+    let out = common::run_in_child(name);
     let stderr = String::from_utf8_lossy(&out.stderr);
     match death {
         Death::Abort(message) => {

@@ -159,7 +159,7 @@ impl FreedMark {
     #[inline(always)]
     pub unsafe fn is_held(self) -> bool {
         // SAFETY: the block's second word is mapped and aligned (caller).
-        unsafe { read_frozen_second_word(self.block.cast::<usize>().as_ptr()) == self.mark }
+        unsafe { read_frozen_word::<1>(self.block.cast::<usize>().as_ptr()) == self.mark }
     }
 
     /// Writes the mark into the block ([`write_freed_mark`]).
@@ -178,25 +178,28 @@ pub fn key_is_drawn() -> bool {
     key() & TOP_BIT != 0
 }
 
-/// The second word from `base` as the machine holds it: the program may have left
-/// uninitialized bytes there (a struct's padding, even in safe code), which a plain read may
-/// not look at. An inline `asm` load (with the offset in the instruction) yields an
-/// initialized value whatever the bytes (and AddressSanitizer does not see it, so a block
-/// freed twice gets our message, not its report). Where the target has none here, or under
-/// Miri, a plain read.
+/// The word `WORD` words from `base` as the machine holds it, by one aligned load: the
+/// program may have left uninitialized bytes there (a struct's padding, even in safe code),
+/// which a plain read may not look at, and another thread may store the word meanwhile
+/// (under `secure`, the tag of the block before the one being freed). An inline `asm` load
+/// (with the offset in the instruction) yields an initialized value whatever the bytes, and
+/// AddressSanitizer does not see it (so a block freed twice gets our message, not its
+/// report, and a free neighbour's poison is no error). Where the target has none here, or
+/// under Miri, an atomic load (the tests under Miri read only initialized words).
 ///
 /// # Safety
-/// `base` is valid for reading two `usize`s, and aligned.
+/// `base` is valid for reading `WORD + 1` `usize`s, and aligned.
 #[inline(always)]
-unsafe fn read_frozen_second_word(base: *const usize) -> usize {
+pub(crate) unsafe fn read_frozen_word<const WORD: usize>(base: *const usize) -> usize {
     #[cfg(all(target_arch = "x86_64", not(miri)))]
     {
         let value: usize;
         // SAFETY: one aligned load from a valid address (caller), no other effect.
         unsafe {
             core::arch::asm!(
-                "mov {value}, qword ptr [{base} + 8]",
+                "mov {value}, qword ptr [{base} + {offset}]",
                 base = in(reg) base,
+                offset = const WORD * size_of::<usize>(),
                 value = lateout(reg) value,
                 options(nostack, readonly, preserves_flags),
             )
@@ -209,8 +212,9 @@ unsafe fn read_frozen_second_word(base: *const usize) -> usize {
         // SAFETY: as above.
         unsafe {
             core::arch::asm!(
-                "ldr {value}, [{base}, #8]",
+                "ldr {value}, [{base}, #{offset}]",
                 base = in(reg) base,
+                offset = const WORD * size_of::<usize>(),
                 value = lateout(reg) value,
                 options(nostack, readonly, preserves_flags),
             )
@@ -218,8 +222,8 @@ unsafe fn read_frozen_second_word(base: *const usize) -> usize {
         value
     }
     #[cfg(any(miri, not(any(target_arch = "x86_64", target_arch = "aarch64"))))]
-    // SAFETY: valid and aligned (caller); the tests under Miri free only initialized blocks.
+    // SAFETY: valid and aligned (caller).
     unsafe {
-        base.add(1).read()
+        AtomicUsize::from_ptr(base.add(WORD).cast_mut()).load(Ordering::Relaxed)
     }
 }

@@ -32,6 +32,13 @@
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use crate::mark::read_frozen_word;
+
+const _: () = assert!(
+    size_of::<usize>() == size_of::<u64>(),
+    "a tag is one machine word, read as one (`read_frozen_word`)"
+);
+
 /// Whether the `secure` feature is on.
 pub const ENABLED: bool = cfg!(feature = "secure");
 
@@ -260,51 +267,8 @@ pub unsafe fn trailer(block: NonNull<u8>, capacity: usize) -> Trailer {
 pub unsafe fn has_valid_tag(block: NonNull<u8>, capacity: usize) -> bool {
     // SAFETY: the tag word lies inside the block (caller); read as one aligned load, as its
     // writers store it, and unseen by AddressSanitizer (the block may be free, poisoned).
-    let word = unsafe { read_unseen(tag_word(block, capacity).as_ptr()) };
+    let word = unsafe { read_frozen_word::<0>(tag_word(block, capacity).as_ptr().cast()) } as u64;
     slack_of(block_key(block), word).is_some()
-}
-
-/// One aligned load of the word at `at`, which another thread may store atomically
-/// meanwhile, in an `asm` block where the target has one (AddressSanitizer does not see it,
-/// so a free neighbour's poison is no error); an atomic load elsewhere and under Miri.
-///
-/// # Safety
-/// `at` is valid for reading a `u64`, and aligned.
-#[inline(always)]
-unsafe fn read_unseen(at: *const u64) -> u64 {
-    #[cfg(all(target_arch = "x86_64", not(miri)))]
-    {
-        let value: u64;
-        // SAFETY: one aligned load from a valid address (caller), no other effect.
-        unsafe {
-            core::arch::asm!(
-                "mov {value}, qword ptr [{at}]",
-                at = in(reg) at,
-                value = lateout(reg) value,
-                options(nostack, readonly, preserves_flags),
-            )
-        };
-        value
-    }
-    #[cfg(all(target_arch = "aarch64", not(miri)))]
-    {
-        let value: u64;
-        // SAFETY: as above.
-        unsafe {
-            core::arch::asm!(
-                "ldr {value}, [{at}]",
-                at = in(reg) at,
-                value = lateout(reg) value,
-                options(nostack, readonly, preserves_flags),
-            )
-        };
-        value
-    }
-    #[cfg(any(miri, not(any(target_arch = "x86_64", target_arch = "aarch64"))))]
-    // SAFETY: valid and aligned (caller).
-    unsafe {
-        AtomicU64::from_ptr(at.cast_mut()).load(Ordering::Relaxed)
-    }
 }
 
 /// The words of a freed block of `capacity` bytes that hold its fill: from the third word, at

@@ -289,14 +289,10 @@ pub fn peak_rss_bytes() -> usize {
 /// message containing `expected` on standard error (under the `secure` feature, which finds
 /// most damage first with checks of its own, a message of those checks will do).
 pub fn expect_abort(test: &str, expected: &str) {
-    if std::env::var_os("TEST_CHILD_OF_PYMALLOC").is_some() {
+    if in_child() {
         return;
     }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env("TEST_CHILD_OF_PYMALLOC", "1")
-        .output()
-        .unwrap();
+    let out = run_in_child(test);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         std::os::unix::process::ExitStatusExt::signal(&out.status),
@@ -313,6 +309,16 @@ pub fn expect_abort(test: &str, expected: &str) {
 
 pub fn in_child() -> bool {
     std::env::var_os("TEST_CHILD_OF_PYMALLOC").is_some()
+}
+
+/// Runs the test named `test` alone in a child process of this test binary, with
+/// `TEST_CHILD_OF_PYMALLOC` set (so [`in_child`] is true there), and returns how it ended.
+pub fn run_in_child(test: &str) -> std::process::Output {
+    std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env("TEST_CHILD_OF_PYMALLOC", "1")
+        .output()
+        .unwrap()
 }
 
 /// Runs the test named `test` again in a child process (where [`in_child`] is true) and
