@@ -13,7 +13,8 @@
 //! - H1 a pool is in its class's list exactly when it has a block to hand out and a block in
 //!   use — or it is a one-slot pool that emptied at the head of the list, which stays there
 //!   (so that one block allocated and freed in a loop never leaves the fast path) until
-//!   another pool is pushed in front of it; full pools are in no list; any other pool whose
+//!   it is unparked (H7); full pools are in no list, and one that takes a block back
+//!   rejoins at the tail; only a list's first pool is pushed at the head; any other pool whose
 //!   last block comes back goes to the heap's few kept empty pools or back to the arenas,
 //!   where any class may take its slots (O(1));
 //! - H2 every pool listed or cached is a pool slot in use in the arenas, owned by this heap;
@@ -1131,8 +1132,8 @@ impl<'a> Claim<'a> {
         // SAFETY: as the caller guarantees.
         unsafe {
             // The common change needs nothing shared: a full pool taking a block back.
-            if freed.was_full && !freed.now_empty && self.relist(pool) {
-                return;
+            if freed.was_full && !freed.now_empty {
+                return self.relist(pool);
             }
             self.reborrow()
                 .pool_changed_state(pool, freed, &mut SharedAccess::new(&ctx.shared))
@@ -1140,24 +1141,23 @@ impl<'a> Claim<'a> {
     }
 
     /// A full pool that took a block back (and is not empty) rejoins its class's list at the
-    /// head, unless an empty pool is listed there, which must make way first (H1, H7): then
-    /// nothing is changed and the result is `false`, for `pool_changed_state` to do it all.
+    /// tail (H1): the pools ahead of it, which have more blocks to hand out, serve the class
+    /// first, while it gathers more of its blocks back. (At the head, as obmalloc relists, a
+    /// pool that took one block back hands it out next and is full again: where a class's
+    /// pools are nearly full, that was a pool leaving and rejoining the list for one in five
+    /// frees of a C program's churn; `docs/notes.md`.) An empty pool parked at the head stays
+    /// there (H7).
     ///
     /// # Safety
     /// `pool` is ours, was full (so in no list) and is not empty.
     #[inline(always)]
-    unsafe fn relist(&mut self, pool: PoolPtr) -> bool {
+    unsafe fn relist(&mut self, pool: PoolPtr) {
         // SAFETY: the pool is ours, so live (caller); listed pools are live (H1).
         unsafe {
             let class = pool.class();
-            let list = self.heap().list(class);
-            if list.first().is_some_and(|head| head.used() == 0) {
-                return false;
-            }
-            list.push_front(pool.into());
+            self.heap().list(class).push_back(pool.into());
             bump(&self.counters.full, class, -1);
         }
-        true
     }
 
     /// A full pool rejoins its class's list; an empty one is parked if it may stay listed
@@ -1180,17 +1180,7 @@ impl<'a> Claim<'a> {
             let class = pool.class();
             if freed.was_full {
                 if !freed.now_empty {
-                    // An empty pool may only be listed at the head: it makes way.
-                    if let Some(head) = self.heap().list(class).first() {
-                        if head.used() == 0 {
-                            self.heap().list(class).remove(head.into());
-                            self.give_up(head, shared);
-                        }
-                    }
-                    if !self.relist(pool) {
-                        fatal("heap: an empty pool still heads its class's list");
-                    }
-                    return;
+                    return self.relist(pool);
                 }
                 bump(&self.counters.full, class, -1);
             } else if self.may_park(pool) {
