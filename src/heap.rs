@@ -51,17 +51,18 @@
 //! - H8 a thread's heap or a local heap (never the fallback heap) keeps the blocks of other
 //!   heaps' pools that its claimant frees, per class, up to [`FOREIGN_BLOCKS`] and
 //!   [`FOREIGN_CLASS_BYTES`] of a class and [`FOREIGN_BYTES`] in all (none of a class whose
-//!   blocks are larger than [`FOREIGN_CLASS_BYTES`]), and hands them out, the last freed
+//!   blocks are larger than [`FOREIGN_CLASS_BYTES`]), each owner's in a chain of its own
+//!   (at most [`KEPT_OWNERS`] a class), and hands them out, the last kept chain's last freed
 //!   first, when it has no usable pool of the class — before it takes the fallback heap's
 //!   blocks or its remote lists back or a new pool. (Handing them out before its own pools'
 //!   blocks was tried: it cost every `malloc` a test and made frees of blocks that circulate
 //!   between two threads read the other thread's pool descriptors, which their owner writes
 //!   on every allocation; `docs/notes.md`.)
 //!   A kept block is free: it holds its freed mark (so a second free of it, from any thread,
-//!   aborts), and its pool's owner in its third word where it has one, and is counted as
-//!   freed remotely (H5), while its pool still counts it in use.
-//!   Past a limit, a class's kept blocks go back to their owners, each owner's in one chain
-//!   with one compare-and-swap; all of them go back when the heap is handed on (its thread
+//!   aborts), and is counted as freed remotely (H5), while its pool still counts it in use.
+//!   Past a class's limit, or a block of one more owner than it has chains for, the class's
+//!   longest chain goes back to its owner whole, with one compare-and-swap and no block
+//!   read; all of them go back when the heap is handed on (its thread
 //!   exits, a local heap is dropped) and when its thread calls `trim`. So a thread keeps at
 //!   most [`FOREIGN_BYTES`] of other threads' blocks, however long it stops allocating.
 //!
@@ -233,55 +234,82 @@ fn foreign_limit(class: SizeClass) -> usize {
     (FOREIGN_CLASS_BYTES / class.block_size()).min(FOREIGN_BLOCKS)
 }
 
-/// The word of a kept block (H8) that records its pool's owner, so that sending blocks back
-/// groups them without reading their pools' descriptors (lines their owners write); blocks
-/// of the 16-byte class have no such word, and their owner is read from their pool.
-const OWNER_WORD: usize = 2;
+/// Owners whose blocks of one class a heap keeps at once (H8), each owner's in a chain of
+/// its own: sending a chain back is one push, with no block read (sorting one mixed stack by
+/// owner read every block again, blocks freed long before; `docs/notes.md`).
+pub const KEPT_OWNERS: usize = 2;
 
-/// Whether blocks of `class` have room for [`OWNER_WORD`].
-#[inline(always)]
-fn records_owner(class: SizeClass) -> bool {
-    // Under `secure`, a kept block's third word holds its fill (S2 in `secure.rs`).
-    !secure::ENABLED && class.block_size() > OWNER_WORD * size_of::<usize>()
-}
-
-/// The owner of a kept block of `class` (H8).
-///
-/// # Safety
-/// `block` is a block of `class` kept by the caller's heap (so in use in a live pool).
-#[inline(always)]
-unsafe fn kept_block_owner(block: NonNull<u8>, class: SizeClass) -> *mut () {
-    // SAFETY: a kept block is ours, with its owner in OWNER_WORD where it has room (H8), and
-    // its pool live (caller).
-    unsafe {
-        if records_owner(class) {
-            block.cast::<*mut ()>().add(OWNER_WORD).read()
-        } else {
-            PoolPtr::containing(block).owner()
-        }
-    }
-}
-
-/// One class's kept blocks (H8): a stack through the blocks' first words.
+/// One owner's kept blocks of a class (H8): a stack through the blocks' first words.
 #[derive(Clone, Copy)]
-struct Kept {
+struct Chain {
     /// The block kept last, handed out first.
     head: *mut u8,
-    /// The block kept first, at the bottom: where a chain of all of them ends.
+    /// The block kept first, at the bottom: where the chain sent back ends.
     tail: *mut u8,
-    /// The owner of every block kept, if they had one when kept (null if several, or none
-    /// kept): then they go back as one chain, without a look at any of them.
+    /// The heap that owns every block's pool; null for an empty chain.
     owner: *mut (),
     count: u32,
 }
 
-impl Kept {
-    const NONE: Kept = Kept {
+impl Chain {
+    const NONE: Chain = Chain {
         head: ptr::null_mut(),
         tail: ptr::null_mut(),
         owner: ptr::null_mut(),
         count: 0,
     };
+}
+
+/// One class's kept blocks (H8): a chain per owner, at most [`KEPT_OWNERS`].
+#[derive(Clone, Copy)]
+struct Kept {
+    chains: [Chain; KEPT_OWNERS],
+    /// The chain a block was kept in last: the one handed out from first.
+    last: usize,
+}
+
+impl Kept {
+    const NONE: Kept = Kept {
+        chains: [Chain::NONE; KEPT_OWNERS],
+        last: 0,
+    };
+
+    /// Blocks kept, all chains together.
+    fn count(&self) -> usize {
+        self.chains.iter().map(|c| c.count as usize).sum()
+    }
+
+    /// The chain holding `owner`'s blocks, else an empty one.
+    fn chain_for(&self, owner: *mut ()) -> Option<usize> {
+        let chains = self.chains.iter();
+        chains
+            .clone()
+            .position(|c| c.owner == owner)
+            .or_else(|| chains.clone().position(|c| c.count == 0))
+    }
+
+    /// The chain with the most blocks.
+    fn longest(&self) -> usize {
+        let chains = self.chains.iter().enumerate();
+        chains.max_by_key(|(_, c)| c.count).map_or(0, |(i, _)| i)
+    }
+
+    /// The chain to hand a block out from: the one kept in last, else any that has one.
+    fn chain_to_hand_out(&self) -> Option<usize> {
+        let has = |i: usize| self.chains.get(i).is_some_and(|c| c.count > 0);
+        if has(self.last) {
+            return Some(self.last);
+        }
+        (0..KEPT_OWNERS).find(|&i| has(i))
+    }
+
+    #[inline(always)]
+    fn chain(&mut self, i: usize) -> &mut Chain {
+        match self.chains.get_mut(i) {
+            Some(chain) => chain,
+            None => fatal("heap: a kept chain out of range (H8)"),
+        }
+    }
 }
 
 /// Blocks of other heaps' pools that the claimant freed, kept to hand out again rather than
@@ -310,11 +338,11 @@ impl Foreign {
         unsafe { self.classes.get_unchecked_mut(class.index()) }
     }
 
-    /// Takes the blocks kept of `class`, leaving none.
-    fn take(&mut self, class: SizeClass) -> Kept {
-        let kept = core::mem::replace(self.class(class), Kept::NONE);
-        self.bytes -= kept.count as usize * class.block_size();
-        kept
+    /// Takes chain `i` of the blocks kept of `class`, leaving it empty.
+    fn take(&mut self, class: SizeClass, i: usize) -> Chain {
+        let chain = core::mem::replace(self.class(class).chain(i), Chain::NONE);
+        self.bytes -= chain.count as usize * class.block_size();
+        chain
     }
 }
 
@@ -536,32 +564,38 @@ impl<'a> Claim<'a> {
             // SAFETY: as the caller guarantees.
             return unsafe { free_remote(owner, self.shard, block, shared) };
         }
-        if self.heap().foreign.class(class).count as usize >= limit {
-            self.flush_foreign_class(class, shared);
+        if self.heap().foreign.class(class).count() >= limit {
+            let longest = self.heap().foreign.class(class).longest();
+            self.flush_chain(class, longest, shared);
         }
         if self.heap().foreign.bytes + class.block_size() > FOREIGN_BYTES {
             self.flush_foreign(shared);
         }
+        let i = match self.heap().foreign.class(class).chain_for(owner.id()) {
+            Some(i) => i,
+            None => {
+                // As many other owners as chains: the longest chain goes back.
+                let longest = self.heap().foreign.class(class).longest();
+                self.flush_chain(class, longest, shared);
+                longest
+            }
+        };
         let foreign = &mut self.heap().foreign;
         foreign.bytes += class.block_size();
         let kept = foreign.class(class);
-        // SAFETY: the block is ours to overwrite, two words at least and a third where
-        // `records_owner` says (caller).
+        kept.last = i;
+        let chain = kept.chain(i);
+        // SAFETY: the block is ours to overwrite, two words at least (caller).
         unsafe {
-            write_link(block, kept.head);
+            write_link(block, chain.head);
             freed.write();
-            if records_owner(class) {
-                block.cast::<*mut ()>().add(OWNER_WORD).write(owner.id());
-            }
         }
-        if kept.count == 0 {
-            kept.tail = block.as_ptr();
-            kept.owner = owner.id();
-        } else if kept.owner != owner.id() {
-            kept.owner = ptr::null_mut();
+        if chain.count == 0 {
+            chain.tail = block.as_ptr();
+            chain.owner = owner.id();
         }
-        kept.head = block.as_ptr();
-        kept.count += 1;
+        chain.head = block.as_ptr();
+        chain.count += 1;
     }
 
     /// A block of `class` from the blocks of other heaps' pools kept here (H8), handed out:
@@ -570,16 +604,17 @@ impl<'a> Claim<'a> {
     fn take_foreign(&mut self, class: SizeClass, map: &ArenaMap) -> Option<NonNull<u8>> {
         let foreign = &mut self.heap().foreign;
         let kept = foreign.class(class);
-        let block = NonNull::new(kept.head)?;
+        let chain = kept.chain(kept.chain_to_hand_out()?);
+        let block = NonNull::new(chain.head)?;
         // SAFETY: a kept block is a block in use of a live pool, linked through its first
         // word (H8), now ours to hand out.
         unsafe {
-            kept.head = checked_link(block, map);
+            chain.head = checked_link(block, map);
             clear_freed_mark(block);
         }
-        kept.count -= 1;
-        if kept.count == 0 {
-            *kept = Kept::NONE;
+        chain.count -= 1;
+        if chain.count == 0 {
+            *chain = Chain::NONE;
         }
         foreign.bytes -= class.block_size();
         bump(&self.counters.freed_remotely, class, -1);
@@ -588,7 +623,7 @@ impl<'a> Claim<'a> {
 
     /// How many blocks of each class the heap keeps of other heaps' pools (H8).
     pub(crate) fn foreign_counts(&mut self) -> [usize; NUM_CLASSES] {
-        self.heap().foreign.classes.map(|kept| kept.count as usize)
+        self.heap().foreign.classes.map(|kept| kept.count())
     }
 
     /// Sends every kept block of other heaps' pools back to its owner (H8): what a heap does
@@ -600,60 +635,29 @@ impl<'a> Claim<'a> {
         }
     }
 
-    /// Sends the kept blocks of `class` back to their owners, each owner's in one chain
-    /// pushed with one compare-and-swap (H8). Call with no lock held.
+    /// Sends the kept blocks of `class` back to their owners, a chain each (H8). Call with no
+    /// lock held.
+    fn flush_foreign_class<P: Platform>(&mut self, class: SizeClass, shared: &Shared<P>) {
+        for i in 0..KEPT_OWNERS {
+            self.flush_chain(class, i, shared);
+        }
+    }
+
+    /// Sends chain `i` of the kept blocks of `class` back to its owner, pushed whole with one
+    /// compare-and-swap, no block read (H8). Call with no lock held.
     #[cold]
     #[inline(never)]
-    fn flush_foreign_class<P: Platform>(&mut self, class: SizeClass, shared: &Shared<P>) {
-        let kept = self.heap().foreign.take(class);
-        let shard = self.shard;
-        let map = &shared.map;
-        let send = |owner: *mut (), first: NonNull<u8>, last: NonNull<u8>| {
-            // SAFETY: owners are heaps, which live as long as the allocator; the chain is of
-            // the owner's blocks, linked and marked (H8), given up here.
-            unsafe {
-                let owner = &*owner.cast::<HeapCell>();
-                if owner.inbox.push_chain(shard, first, last) {
-                    collect(owner, shared);
-                }
-            }
-        };
-        let (Some(head), Some(tail)) = (NonNull::new(kept.head), NonNull::new(kept.tail)) else {
+    fn flush_chain<P: Platform>(&mut self, class: SizeClass, i: usize, shared: &Shared<P>) {
+        let chain = self.heap().foreign.take(class, i);
+        let (Some(first), Some(last)) = (NonNull::new(chain.head), NonNull::new(chain.tail)) else {
             return;
         };
-        if !kept.owner.is_null() {
-            // All of one owner: one chain as it stands.
-            return send(kept.owner, head, tail);
-        }
-        let mut rest = head.as_ptr();
-        // SAFETY: kept blocks are blocks in use of live pools, linked through their first
-        // words and marked, with their owner where `records_owner` says (H8), now ours alone;
-        // their owners do not change (P7).
+        // SAFETY: owners are heaps, which live as long as the allocator; the chain is of the
+        // owner's blocks, linked and marked (H8), given up here.
         unsafe {
-            while let Some(first) = NonNull::new(rest) {
-                // `first`'s owner's blocks in one chain, the others in `rest` for the next round.
-                let owner = kept_block_owner(first, class);
-                let (mut last, mut others, mut others_last) = (first, ptr::null_mut::<u8>(), first);
-                let mut next = checked_link(first, map);
-                while let Some(block) = NonNull::new(next) {
-                    next = checked_link(block, map);
-                    if kept_block_owner(block, class) == owner {
-                        write_link(last, block.as_ptr());
-                        last = block;
-                    } else {
-                        if others.is_null() {
-                            others = block.as_ptr();
-                        } else {
-                            write_link(others_last, block.as_ptr());
-                        }
-                        others_last = block;
-                    }
-                }
-                if !others.is_null() {
-                    write_link(others_last, ptr::null_mut());
-                }
-                rest = others;
-                send(owner, first, last);
+            let owner = &*chain.owner.cast::<HeapCell>();
+            if owner.inbox.push_chain(self.shard, first, last) {
+                collect(owner, shared);
             }
         }
     }
@@ -1359,54 +1363,51 @@ impl<'a> Claim<'a> {
     }
 }
 
-/// Checks H8 for the blocks of other heaps' pools that heap `id` keeps: each class's stack
-/// holds as many blocks as counted, at most the class's limit, each the start of a block
-/// carved in a pool in use of that class that another heap owns, holding its freed mark; the
-/// bytes add up, within [`FOREIGN_BYTES`]; a heap that keeps none has none.
+/// Checks H8 for the blocks of other heaps' pools that heap `id` keeps: each chain holds as
+/// many blocks as counted, ending at its tail, each the start of a block carved in a pool in
+/// use of the class that the chain's owner owns (another heap), holding its freed mark; a
+/// class's chains have distinct owners and hold at most the class's limit; the bytes add
+/// up, within [`FOREIGN_BYTES`]; a heap that keeps none has none.
 fn check_foreign(foreign: &Foreign, id: *mut (), map: &ArenaMap) -> Result<(), &'static str> {
     let mut bytes = 0;
     for (class, kept) in SizeClass::all().zip(&foreign.classes) {
-        let count = kept.count as usize;
+        let count = kept.count();
         if count > foreign_limit(class) || (count > 0 && !foreign.enabled) {
             return Err("heap: more blocks of another heap's pools kept than allowed (H8)");
         }
-        let (mut block, mut last, mut owners) = (kept.head, ptr::null_mut(), None);
-        for _ in 0..count {
-            let Some(b) = NonNull::new(block) else {
-                return Err("heap: fewer blocks of other heaps' pools kept than counted (H8)");
-            };
-            let memory = map.pool_of(b);
-            // SAFETY: a pool in use at `memory` (the map says so) is live; its block `b` is
-            // read only once it is known to start a carved block.
-            unsafe {
-                let pool = memory.map(|m| PoolPtr::at(m));
-                let Some(pool) = pool.filter(|pool| pool.starts_carved_block(b)) else {
-                    return Err("heap: a kept block is no block of a pool in use (H8)");
-                };
-                let owner = pool.owner();
-                if pool.class() != class
-                    || owner == id
-                    || kept_block_owner(b, class) != owner
-                    || !holds_freed_mark(b)
-                {
-                    return Err("heap: a kept block of the wrong class, owner or mark (H8)");
-                }
-                owners = match owners {
-                    None => Some(owner),
-                    Some(o) if o == owner => Some(o),
-                    Some(_) => Some(ptr::null_mut()),
-                };
-                last = b.as_ptr();
-                block = read_link(b);
+        for (i, chain) in kept.chains.iter().enumerate() {
+            let owner = chain.owner;
+            let twice = kept.chains.iter().skip(i + 1).any(|c| c.owner == owner);
+            if (chain.count == 0) != owner.is_null() || (!owner.is_null() && twice) {
+                return Err("heap: a kept chain's owner is missing or twice (H8)");
             }
-        }
-        if !block.is_null() {
-            return Err("heap: more blocks of other heaps' pools kept than counted (H8)");
-        }
-        // One owner recorded must be every block's (none recorded is always safe: the blocks
-        // are then grouped when they go back).
-        if kept.tail != last || (!kept.owner.is_null() && owners != Some(kept.owner)) {
-            return Err("heap: the last kept block or the one owner of a class is wrong (H8)");
+            let (mut block, mut last) = (chain.head, ptr::null_mut());
+            for _ in 0..chain.count {
+                let Some(b) = NonNull::new(block) else {
+                    return Err("heap: fewer blocks of other heaps' pools kept than counted (H8)");
+                };
+                let memory = map.pool_of(b);
+                // SAFETY: a pool in use at `memory` (the map says so) is live; its block `b`
+                // is read only once it is known to start a carved block.
+                unsafe {
+                    let pool = memory.map(|m| PoolPtr::at(m));
+                    let Some(pool) = pool.filter(|pool| pool.starts_carved_block(b)) else {
+                        return Err("heap: a kept block is no block of a pool in use (H8)");
+                    };
+                    if pool.class() != class
+                        || pool.owner() == id
+                        || pool.owner() != owner
+                        || !holds_freed_mark(b)
+                    {
+                        return Err("heap: a kept block of the wrong class, owner or mark (H8)");
+                    }
+                    last = b.as_ptr();
+                    block = read_link(b);
+                }
+            }
+            if !block.is_null() || chain.tail != last {
+                return Err("heap: a kept chain does not end where counted (H8)");
+            }
         }
         bytes += count * class.block_size();
     }

@@ -870,6 +870,70 @@ fn kept_blocks_past_the_limit_go_back_to_their_owners() {
     assert_eq!(a.stats().pools_used + a.stats().pools_full, 0);
 }
 
+/// A heap keeps each owner's blocks of a class in a chain of its own, for at most
+/// `KEPT_OWNERS` owners (heap H8): a block of one owner more sends the longest chain back to
+/// its owner whole, and the heap hands out the last kept chain's blocks first.
+#[test]
+fn a_block_of_one_owner_more_than_kept_chains_sends_the_longest_back() {
+    let a = Allocator::new(TestPlatform::new());
+    let layout = Layout::from_size_align(64, 8).unwrap();
+    let class = SizeClass::for_size(64).unwrap().index();
+    let owners = pymalloc::KEPT_OWNERS + 1;
+    // Owner `i` allocates `i + 1` blocks, and nothing more.
+    let mut heaps: Vec<_> = (0..owners).map(|_| a.local_heap().unwrap()).collect();
+    let blocks: Vec<Vec<*mut u8>> = (heaps.iter_mut().enumerate())
+        .map(|(i, heap)| (0..=i).map(|_| heap.alloc(layout)).collect())
+        .collect();
+    let total: usize = (1..=owners).sum();
+    let mut other = a.local_heap().unwrap();
+    let in_use = || a.stats().classes[class].blocks_in_use;
+    // The first owners' blocks fill the chains, all of them kept.
+    let mut freed = 0;
+    for own in &blocks[..owners - 1] {
+        for &p in own {
+            // SAFETY: a live block of this layout, freed once, by a heap that does not own it.
+            unsafe { other.dealloc(p, layout) };
+            freed += 1;
+            a.check().unwrap();
+            assert_eq!(in_use(), total - freed, "kept blocks are free");
+        }
+    }
+    // One owner more: the longest chain (the last owner's so far) goes back whole, and the
+    // new owner's block takes its place.
+    let last = blocks.last().unwrap();
+    // SAFETY: as above.
+    unsafe { other.dealloc(last[0], layout) };
+    a.check().unwrap();
+    let counts = a.stats().classes[class].blocks_in_use;
+    assert_eq!(counts, total - freed - 1, "still free, kept or sent back");
+    // Handed out again: the new owner's block first (the chain kept in last), then the
+    // chains left, never the blocks sent back.
+    let sent_back = &blocks[owners - 2];
+    let first = other.alloc(layout);
+    assert_eq!(first, last[0], "the last kept chain first");
+    let kept_left: usize = blocks[..owners - 2].iter().map(Vec::len).sum();
+    let again: Vec<*mut u8> = (0..kept_left).map(|_| other.alloc(layout)).collect();
+    for p in &again {
+        assert!(
+            blocks[..owners - 2].iter().any(|own| own.contains(p)),
+            "a kept block, not one sent back"
+        );
+        assert!(!sent_back.contains(p));
+    }
+    // What is live now: those handed out again and the last owner's others.
+    for p in again
+        .into_iter()
+        .chain([first])
+        .chain(last[1..].iter().copied())
+    {
+        // SAFETY: live blocks of this layout, each freed once.
+        unsafe { other.dealloc(p, layout) };
+    }
+    drop((other, heaps));
+    a.check().unwrap();
+    assert_eq!(a.stats().pooled_blocks, 0, "nothing lost");
+}
+
 /// A layout of each of the 32 small classes: 16 to 512 bytes.
 fn one_layout_per_small_class() -> Vec<Layout> {
     (1..=32)
