@@ -37,6 +37,7 @@
 mod asan;
 mod class;
 mod fatal;
+mod frozen;
 mod geometry;
 mod inbox;
 mod list;

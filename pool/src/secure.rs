@@ -32,7 +32,7 @@
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use crate::mark::read_frozen_word;
+use crate::frozen::read_frozen_word;
 
 const _: () = assert!(
     size_of::<usize>() == size_of::<u64>(),
