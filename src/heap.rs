@@ -14,7 +14,7 @@
 //!   use — or it is a one-slot pool that emptied at the head of the list, which stays there
 //!   (so that one block allocated and freed in a loop never leaves the fast path) until
 //!   it is unparked (H7); full pools are in no list, and one that takes a block back
-//!   rejoins at the tail; only a list's first pool is pushed at the head; any other pool whose
+//!   rejoins at the tail (a new pool joins an empty list); any other pool whose
 //!   last block comes back goes to the heap's few kept empty pools or back to the arenas,
 //!   where any class may take its slots (O(1));
 //! - H2 every pool listed or cached is a pool slot in use in the arenas, owned by this heap;
