@@ -15,9 +15,11 @@
 //!   secret decodes to a random address, which the reader rejects (a pool's freelist: not a
 //!   carved block of the same pool; other lists: not a block of this allocator).
 //! - The *tag*, the last word of the block's capacity (its class's size; for a large block,
-//!   its mapping less the guard page), holds the *slack* `capacity - 8 - n` in its low half and
-//!   a 32-bit keyed hash of the block's address and slack in its high half; a free block's
-//!   slack is `FREE`. Any change to the word is caught but with a chance of 2^-32.
+//!   its mapping less the guard page), holds the *slack* `capacity - 8 - n`, masked, and a
+//!   keyed hash of the block's address and slack, 30 bits of it random, placed so that the
+//!   word's first and last bytes are never zero ([`tag`]); a free block's slack is `FREE`.
+//!   Any change to the word is caught but with a chance of 2^-30, and a NUL over its first or
+//!   last byte always.
 //! - The *canary*: up to 8 bytes right after the caller's `n`, keyed by the block's address:
 //!   the first byte a program writes past its block is a canary byte or the tag.
 //! - A freed block's bytes from the third word on (up to [`FILL_MAX`]) hold [`FREED_FILL`],
@@ -124,23 +126,29 @@ fn block_key(block: NonNull<u8>) -> u64 {
         .wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
-/// The low half of a tag word.
+/// The low half of a tag word, before it is rotated into place ([`tag`]).
 const LOW: u64 = u32::MAX as u64;
+/// Bits of a tag's hash always set, one in each of its two bytes that become the stored
+/// word's first and last bytes ([`tag`]), so that neither is ever zero.
+const NEVER_ZERO: u64 = 1 << 48 | 1 << 56;
+/// How far a tag is rotated left when stored: its hash's top byte becomes the word's first.
+const TAG_ROTATION: u32 = 8;
 
-/// The tag of a block of key `key` with this slack (see the module's documentation): in the
-/// low half the slack XOR the key's high half, so that every byte of the tag looks random
-/// and any byte a program writes over it (an off-by-one NUL) changes it; in the high half a
-/// keyed hash of the slack.
+/// The tag of a block of key `key` with this slack (see the module's documentation): the
+/// slack XOR the key's high half, beside a keyed hash of the slack (30 bits of it random,
+/// [`NEVER_ZERO`]), rotated so that the word's first and last bytes are hash bytes that are
+/// never zero. Every byte of the tag looks random, and a NUL written over either end of it
+/// (an off-by-one NUL past the block's bytes, or before the next block's) always changes it.
 #[inline(always)]
 fn tag(key: u64, slack: u64) -> u64 {
-    let check = (key ^ slack).wrapping_mul(0xd6e8_feb8_6659_fd93) & !LOW;
-    check | (slack ^ (key >> 32))
+    let check = (key ^ slack).wrapping_mul(0xd6e8_feb8_6659_fd93) & !LOW | NEVER_ZERO;
+    (check | (slack ^ (key >> 32)) & LOW).rotate_left(TAG_ROTATION)
 }
 
 /// The slack a tag word of a block of key `key` records, if the word is a valid tag.
 #[inline(always)]
 fn slack_of(key: u64, word: u64) -> Option<u64> {
-    let slack = (word ^ (key >> 32)) & LOW;
+    let slack = (word.rotate_right(TAG_ROTATION) ^ (key >> 32)) & LOW;
     (word == tag(key, slack)).then_some(slack)
 }
 
@@ -461,13 +469,38 @@ mod tests {
                     assert_ne!(trailer(block, 64), Trailer::Live(n), "n {n}, byte {at}");
                     byte.write(old);
                 }
-                // An off-by-one NUL: caught.
-                if n < 64 - TAG_BYTES || block.as_ptr().add(n).read() != 0 {
-                    let old = block.as_ptr().add(n).read();
-                    block.as_ptr().add(n).write(0);
-                    assert_ne!(trailer(block, 64), Trailer::Live(n), "n {n}");
-                    block.as_ptr().add(n).write(old);
+                // An off-by-one NUL: caught, into the canary or the tag's first byte.
+                let old = block.as_ptr().add(n).read();
+                block.as_ptr().add(n).write(0);
+                assert_ne!(trailer(block, 64), Trailer::Live(n), "n {n}");
+                block.as_ptr().add(n).write(old);
+            }
+        }
+    }
+
+    #[test]
+    fn a_nul_over_either_end_of_a_tag_is_always_caught() {
+        draw_secrets(|| 0x1234_5678_9abc_def1);
+        let mut words = vec![0u64; 4096];
+        for (i, word) in words.iter_mut().enumerate() {
+            let block = NonNull::from(word).cast::<u8>();
+            let key = block_key(block);
+            for slack in (0..4096).chain([FREE, FREE - 1]) {
+                let bytes = tag(key, slack).to_le_bytes();
+                assert!(bytes[0] != 0 && bytes[7] != 0, "block {i}, slack {slack}");
+                assert_eq!(slack_of(key, tag(key, slack)), Some(slack));
+            }
+            // SAFETY: the word is ours: a block of 8 bytes, all tag.
+            unsafe {
+                dress(block, 0, TAG_BYTES);
+                for at in [0, TAG_BYTES - 1] {
+                    let byte = block.as_ptr().add(at);
+                    let old = byte.read();
+                    byte.write(0);
+                    assert!(!has_valid_tag(block, TAG_BYTES), "block {i}, byte {at}");
+                    byte.write(old);
                 }
+                assert_eq!(trailer(block, TAG_BYTES), Trailer::Live(0));
             }
         }
     }

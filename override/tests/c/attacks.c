@@ -57,7 +57,8 @@ int main(int argc, char **argv) {
         free(p);
     } else if (!strcmp(attack, "underflow-1")) {
         char *p = not_first(40);
-        p[-1] = 'A';
+        p[-1] = 0; /* the last byte of the block before: its tag's, never zero (any other
+                      value is caught but with a chance of 1 in 256: the byte held it) */
         free(p);
     } else if (!strcmp(attack, "underflow-32")) {
         char *p = not_first(100);
