@@ -17,7 +17,7 @@
 //! - The *tag*, the last word of the block's capacity (its class's size; for a large block,
 //!   its mapping less the guard page), holds the *slack* `capacity - 8 - n`, masked, and a
 //!   keyed hash of the block's address and slack, 30 bits of it random, placed so that the
-//!   word's first and last bytes are never zero ([`tag`]); a free block's slack is `FREE`.
+//!   word's first and last bytes are never zero (`tag`); a free block's slack is `FREE`.
 //!   Any change to the word is caught but with a chance of 2^-30, and a NUL over its first or
 //!   last byte always.
 //! - The *canary*: up to 8 bytes right after the caller's `n`, keyed by the block's address:
