@@ -194,15 +194,28 @@ fn canary_mask(n: usize, capacity: usize) -> u64 {
 unsafe fn write_canary(block: NonNull<u8>, key: u64, n: usize, capacity: usize) {
     let canary = canary(key);
     let room = capacity - TAG_BYTES - n;
-    // SAFETY: the bytes written lie between `n` and the tag (caller).
+    // SAFETY: the bytes written lie between `n` and the tag (caller): a store of `w` bytes at
+    // `at` and one ending at `at + room` (where it holds the canary's bytes from `room - w`),
+    // `w <= room`. Two stores that overlap, rather than a loop of one byte a store.
     unsafe {
         let at = block.as_ptr().add(n);
-        if room >= CANARY_BYTES {
-            at.cast::<u64>().write_unaligned(canary);
-        } else {
-            for (i, byte) in canary.to_le_bytes().into_iter().enumerate().take(room) {
-                at.add(i).write(byte);
+        let last = |w: usize| canary >> (8 * (room - w));
+        match room {
+            CANARY_BYTES.. => at.cast::<u64>().write_unaligned(canary),
+            4.. => {
+                at.cast::<u32>().write_unaligned(canary as u32);
+                at.add(room - 4)
+                    .cast::<u32>()
+                    .write_unaligned(last(4) as u32);
             }
+            2.. => {
+                at.cast::<u16>().write_unaligned(canary as u16);
+                at.add(room - 2)
+                    .cast::<u16>()
+                    .write_unaligned(last(2) as u16);
+            }
+            1 => at.write(canary as u8),
+            _ => {}
         }
     }
 }
