@@ -17,8 +17,9 @@
 //! `PYMALLOC_LARGE_CACHE` sets), and to the most bytes of large blocks ever in use at once or
 //! the longest request it missed, whichever is more — whenever the program
 //! shows it cycles through more than the cache holds: a request of half the limit or more
-//! finds no cached range after the cache evicted as much, or a limit's worth of requests
-//! missed after a limit's worth was evicted (see [`Large::missed`]). Under the limit, what it
+//! finds no cached range that holds it after the cache evicted the bytes it lacks, or a
+//! limit's worth of requests missed after a limit's worth was evicted (see
+//! [`Large::missed`]). Under the limit, what it
 //! holds is at most the most bytes of large blocks in use over the last few hundred frees (or
 //! the longest request missed; [`Large::room`]): a program that frees
 //! its large blocks and is done gets most of the memory back as it frees (and all of it from
@@ -302,21 +303,22 @@ impl Large {
         self.pick(len, align).is_some()
     }
 
-    /// Notes that `len` bytes must come from fresh pages, the cache having none for them. If
-    /// that is half the limit or more, and the cache evicted as much since the limit last
-    /// changed, the cache is too small for the blocks the program cycles through (it holds
-    /// two of them at most); so it is if a limit's worth of requests missed while a limit's
-    /// worth was evicted (many blocks churning). Then the limit doubles, though never past
+    /// Notes that `len` bytes of a request of `request` bytes (a block's whole length, or
+    /// what a resize adds) must come from fresh pages, the cache having none for them. If
+    /// the request is half the limit or more, and the cache evicted at least `len` since the
+    /// limit last changed, the cache is too small for the blocks the program cycles through
+    /// (it holds two of them at most); so it is if a limit's worth of requests missed while a
+    /// limit's worth was evicted (many blocks churning). Then the limit doubles, though never past
     /// the most bytes of large blocks in use at once or the longest request missed (nor
     /// `max_cache`): a program cannot reuse more than that. A few
     /// small misses leave it alone: they are the luck of sizes in a cache that holds many
     /// blocks, and more memory buys little there (`docs/design.md`).
-    pub(crate) fn missed(&mut self, len: usize) {
+    pub(crate) fn missed(&mut self, request: usize, len: usize) {
         self.missed_bytes = self.missed_bytes.saturating_add(len);
         self.longest_missed = self.longest_missed.max(len);
-        // `len` is any request's length, up to `isize::MAX`: compared with half the limit,
-        // never doubled.
-        let big_miss = len >= self.cache_limit - self.cache_limit / 2 && self.evicted >= len;
+        // `request` is any request's length, up to `isize::MAX`: compared with half the
+        // limit, never doubled.
+        let big_miss = request >= self.cache_limit - self.cache_limit / 2 && self.evicted >= len;
         // A cache's worth evicted and a cache's worth asked for again: the program cycles
         // through more than the cache holds, however it cuts it into blocks.
         let churn = self.evicted >= self.cache_limit && self.missed_bytes >= self.cache_limit;
@@ -419,23 +421,14 @@ impl Large {
         }
     }
 
-    /// Caches a range of `len` bytes at `ptr` that nobody uses: unless longer than the room
-    /// ([`Large::room`]; then it is unmapped), merged with the cached ranges beside it and
-    /// cached, evicting the oldest for room; of a merged range longer than the room, only the
-    /// front is kept. Returns what must be unmapped.
+    /// Caches a range of `len` bytes at `ptr` that nobody uses: merged with the cached ranges
+    /// beside it and cached, evicting the oldest for room; of a range longer than the room
+    /// ([`Large::room`]), merged or not, only the front is kept, where the next request would
+    /// start and grow, its pages faulted in already. Returns what must be unmapped.
     fn cache_range(&mut self, ptr: *mut u8, len: usize) -> Unmap {
         let mut unmap = Unmap::NONE;
         self.count_free();
         let room = self.room();
-        if len > room {
-            unmap.push(Cached {
-                ptr,
-                len,
-                freed_at: 0,
-            });
-            self.evicted = self.evicted.saturating_add(len);
-            return unmap;
-        }
         self.clock += 1;
         let mut range = Cached {
             ptr,
@@ -457,7 +450,6 @@ impl Large {
             self.take_front(i, c.len);
         }
         if range.len > room {
-            // Keep the front, where the next request would start and grow.
             unmap.push(Cached {
                 ptr: range.ptr.wrapping_add(room),
                 len: range.len - room,
@@ -465,6 +457,9 @@ impl Large {
             });
             self.evicted = self.evicted.saturating_add(range.len - room);
             range.len = room;
+            if room == 0 {
+                return unmap; // a cache of no room (`PYMALLOC_LARGE_CACHE=0`) keeps nothing
+            }
         }
         while self.cached_bytes + range.len > room || self.cached_blocks == CACHE_ENTRIES {
             self.evict_oldest(&mut unmap);
@@ -619,7 +614,7 @@ impl LargeBlocks {
             let regrow = layout.align() <= platform.page_size()
                 && P::CAPABILITIES.contains(Capabilities::REMAP);
             let longest = if regrow { large.take_longest() } else { None };
-            large.missed(len - longest.map_or(0, |(_, had)| had));
+            large.missed(len, len - longest.map_or(0, |(_, had)| had));
             longest
         };
         if let Some((range, had)) = longest {
@@ -736,7 +731,7 @@ impl LargeBlocks {
         if new - old >= old / 2 && large.has_cached(new, align) {
             return None;
         }
-        large.missed(new - old);
+        large.missed(new - old, new - old);
         drop(large);
         if !P::CAPABILITIES.contains(Capabilities::REMAP) {
             return None;
