@@ -756,10 +756,11 @@ impl LargeBlocks {
         unsafe { unmap.release(platform) };
     }
 
-    /// Sets the most bytes the cache may keep ([`Large::set_max_cache`]), unmapping what it
-    /// no longer may keep.
+    /// Sets the most bytes the cache may keep ([`Large::set_max_cache`]), rounded down to
+    /// whole pages, unmapping what it no longer may keep. (Every length the room is made of
+    /// is then whole pages, and so is the front it keeps of a range longer than the room.)
     pub(crate) fn set_max_cache<P: Platform>(&self, platform: &P, max: usize) {
-        let unmap = self.lock().set_max_cache(max);
+        let unmap = self.lock().set_max_cache(max - max % platform.page_size());
         // SAFETY: ranges evicted from the cache, which nobody uses (L3).
         unsafe { unmap.release(platform) };
     }

@@ -90,10 +90,11 @@ fn large_cache_sets_how_much_of_freed_large_blocks_is_kept() {
         3 * mib
     );
     let small = Options {
-        large_cache: 2 * mib,
+        large_cache: 2 * mib + 100,
         ..Options::DEFAULT
     };
-    // A block longer than the limit: its front kept, as much as the limit.
+    // A block longer than the limit (rounded down to whole pages): its front kept, as much
+    // as the limit.
     assert_eq!(free_one(small, 3 * mib).large_cached_bytes, 2 * mib);
     assert_eq!(free_one(small, mib).large_cached_bytes, mib);
     let off = Options {
