@@ -34,8 +34,9 @@
 //!
 //! Invariants:
 //! - L1 a large block of layout (size, align) starts a range of [`mapping_len`]`(size)`
-//!   mapped bytes, or up to a quarter more ([`fits`]: a cached range reused whole, or a
-//!   block resized in place), aligned to `max(align, page)`; large blocks carry no header;
+//!   mapped bytes, or up to a quarter (at most [`MAX_SPARE`]) more ([`fits`]: a cached
+//!   range reused whole, or a block resized in place), aligned to `max(align, page)`; large
+//!   blocks carry no header;
 //! - L2 every large block in use is registered, by its start, with its length; no other
 //!   address is;
 //! - L3 the cache holds at most [`CACHE_ENTRIES`] ranges and `cache_limit` bytes, mapped,
@@ -72,12 +73,18 @@ pub fn mapping_len(size: usize, page: usize) -> Option<usize> {
     size.max(1).checked_next_multiple_of(page)
 }
 
+/// The most bytes a range may have to spare over the block it holds (1 GiB; [`fits`]). It
+/// also keeps the hardened build's record of a block's slack (a 32-bit field of its tag,
+/// `pymalloc_pool::secure`) exact for blocks of any size: the slack is the spare and less
+/// than a page more.
+pub const MAX_SPARE: usize = 1 << 30;
+
 /// Whether a range of `len` bytes may hold a block that needs `needed` (L1): at least that,
-/// and at most a quarter more, so a range is reused for sizes near its own without a system
-/// call, but never wastes much.
+/// and at most a quarter more (and no more than [`MAX_SPARE`]), so a range is reused for
+/// sizes near its own without a system call, but never wastes much.
 #[inline]
 pub fn fits(len: usize, needed: usize) -> bool {
-    len >= needed && len - needed <= needed / 4
+    len >= needed && len - needed <= (needed / 4).min(MAX_SPARE)
 }
 
 /// A cached range; `ptr` null for a vacant entry.
@@ -776,5 +783,25 @@ impl LargeBlocks {
             large.trim().release(platform);
             large.release_in_use(platform);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_range_fits_a_block_it_holds_with_a_quarter_to_spare_and_at_most_a_gib() {
+        const MIB: usize = 1 << 20;
+        assert!(fits(MIB, MIB));
+        assert!(fits(MIB + MIB / 4, MIB));
+        assert!(!fits(MIB + MIB / 4 + 4096, MIB));
+        assert!(!fits(MIB - 4096, MIB));
+        // 16 GiB asked, 20 GiB cached: a quarter, but 4 GiB to spare, more than a secure
+        // block's tag can record as slack.
+        let gib = 1usize << 30;
+        assert!(fits(16 * gib + MAX_SPARE, 16 * gib));
+        assert!(!fits(20 * gib, 16 * gib));
+        const { assert!(MAX_SPARE + (64 << 10) < u32::MAX as usize) };
     }
 }
