@@ -79,6 +79,12 @@ pub fn mapping_len(size: usize, page: usize) -> Option<usize> {
 /// than a page more.
 pub const MAX_SPARE: usize = 1 << 30;
 
+const _: () = assert!(
+    MAX_SPARE + (1 << 30) <= pymalloc_pool::secure::MAX_SLACK,
+    "a secure large block's slack (its spare and less than a page, of up to 1 GiB) must fit \
+     its tag"
+);
+
 /// Whether a range of `len` bytes may hold a block that needs `needed` (L1): at least that,
 /// and at most a quarter more (and no more than [`MAX_SPARE`]), so a range is reused for
 /// sizes near its own without a system call, but never wastes much.
@@ -802,6 +808,5 @@ mod tests {
         let gib = 1usize << 30;
         assert!(fits(16 * gib + MAX_SPARE, 16 * gib));
         assert!(!fits(20 * gib, 16 * gib));
-        const { assert!(MAX_SPARE + (64 << 10) < u32::MAX as usize) };
     }
 }
