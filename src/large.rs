@@ -27,6 +27,10 @@
 //! allocated and freed, many blocks grown and shrunk) keeps what it reuses instead of
 //! faulting it in afresh every time.
 //!
+//! Blocks of a huge page or more may be advised to huge pages, under `PYMALLOC_HUGEPAGES`'s
+//! policy ([`Large::advises`]): mapped from a huge page's start and advised before their first
+//! touch, or advised as they grow past it by remapping.
+//!
 //! [`Large`] is bookkeeping; [`LargeBlocks`] holds it under a lock of its own (no other lock
 //! is taken inside it) and makes the system calls for blocks (reserve, remap, release) with
 //! that lock released. Only the table of blocks in use ([`Registry`]) takes memory under the
@@ -49,7 +53,7 @@
 use core::alloc::Layout;
 use core::ptr::{self, NonNull};
 
-use pymalloc_arena::{Capabilities, Platform};
+use pymalloc_arena::{ARENA_SIZE, AUTO_HUGE_ARENAS, Capabilities, HugePages, Platform};
 use pymalloc_pool::fatal;
 
 use crate::lock::{SpinGuard, SpinLock};
@@ -62,6 +66,13 @@ pub const CACHE_BYTES: usize = 4 << 20;
 /// The most bytes of freed ranges the cache grows to keep (1 GiB): a ceiling only; what it
 /// keeps follows the program's blocks (see the module documentation).
 pub const MAX_CACHE_BYTES: usize = 256 * CACHE_BYTES;
+
+/// A huge page's length: an arena's (`pymalloc_arena`), which is one. A block advised to huge
+/// pages is mapped aligned to it.
+pub const HUGE_PAGE: usize = ARENA_SIZE;
+/// Bytes of large blocks in use from which [`HugePages::Auto`] advises them: the heap at which
+/// it advises arenas.
+pub const AUTO_HUGE_BYTES: usize = AUTO_HUGE_ARENAS * ARENA_SIZE;
 
 /// Frees of large blocks (and shrinks) per window over which the cache remembers how much
 /// was in use ([`Large::room`]): twice the ranges it holds.
@@ -147,6 +158,8 @@ pub(crate) struct Large {
     cached_blocks: usize,
     /// The blocks in use (L2).
     in_use: Registry,
+    /// Whether blocks are advised to huge pages ([`Large::advises`]).
+    huge_pages: HugePages,
 }
 
 // SAFETY: cached ranges are owned exclusively by this value.
@@ -221,7 +234,27 @@ impl Large {
             cached_bytes: 0,
             cached_blocks: 0,
             in_use: Registry::new(),
+            huge_pages: HugePages::Never,
         }
+    }
+
+    /// Sets whether blocks are advised to huge pages.
+    pub(crate) fn set_huge_pages(&mut self, policy: HugePages) {
+        self.huge_pages = policy;
+    }
+
+    /// Whether a block of `len` mapped bytes, `added` of them not yet counted in use (all of a
+    /// new block's, what a resize adds), is to be advised to huge pages: one of
+    /// [`HUGE_PAGE`] or more, under [`HugePages::Always`], or under [`HugePages::Auto`] once
+    /// large blocks in use (with these bytes) come to [`AUTO_HUGE_BYTES`], the heap at which
+    /// arenas are advised.
+    pub(crate) fn advises(&self, len: usize, added: usize) -> bool {
+        len >= HUGE_PAGE
+            && match self.huge_pages {
+                HugePages::Never => false,
+                HugePages::Auto => self.in_use.bytes().saturating_add(added) >= AUTO_HUGE_BYTES,
+                HugePages::Always => true,
+            }
     }
 
     /// Makes sure one more block can be registered; `false` if the table cannot grow.
@@ -614,7 +647,7 @@ impl LargeBlocks {
         refused: impl FnOnce(usize),
     ) -> Option<(NonNull<u8>, bool)> {
         let len = mapping_len(layout.size(), platform.page_size())?;
-        let longest = {
+        let (longest, huge) = {
             let mut large = self.lock();
             if !large.make_room(platform) {
                 return None;
@@ -622,18 +655,23 @@ impl LargeBlocks {
             if let Some(cached) = large.take_cached(len, layout.align()) {
                 return Some((cached, false));
             }
+            let huge = large.advises(len, len);
             // No cached range holds it: the longest grows into it by remapping, so that only
             // the pages it lacks are fresh (as glibc's heap top grows by what it lacks).
             let regrow = layout.align() <= platform.page_size()
                 && P::CAPABILITIES.contains(Capabilities::REMAP);
             let longest = if regrow { large.take_longest() } else { None };
             large.missed(len, len - longest.map_or(0, |(_, had)| had));
-            longest
+            (longest, huge)
         };
         if let Some((range, had)) = longest {
             // SAFETY: a cached range, now out of the cache: mapped and used by nobody.
             match unsafe { platform.remap(range, had, len, true) } {
                 Some(block) => {
+                    if huge {
+                        // SAFETY: the range just remapped, ours alone.
+                        unsafe { platform.advise_huge_pages(block, len) };
+                    }
                     let mut large = self.lock();
                     if large.make_room(platform) {
                         large.register(block, len);
@@ -653,7 +691,13 @@ impl LargeBlocks {
                 }
             }
         }
-        let fresh = match platform.reserve(len, layout.align()) {
+        // A block advised to huge pages starts one, so that all its whole huge pages can be.
+        let align = if huge {
+            layout.align().max(HUGE_PAGE)
+        } else {
+            layout.align()
+        };
+        let fresh = match platform.reserve(len, align) {
             Some(fresh) => fresh,
             None => {
                 // Refused: what the cache holds may be the address space or commit charge
@@ -664,7 +708,7 @@ impl LargeBlocks {
                 } else {
                     // SAFETY: cached mappings are used by nobody.
                     unsafe { unmap.release(platform) };
-                    platform.reserve(len, layout.align())
+                    platform.reserve(len, align)
                 };
                 let Some(fresh) = again else {
                     refused(len);
@@ -673,6 +717,10 @@ impl LargeBlocks {
                 fresh
             }
         };
+        if huge {
+            // SAFETY: just mapped, ours alone; advised before its first touch.
+            unsafe { platform.advise_huge_pages(fresh, len) };
+        }
         let mut large = self.lock();
         if !large.make_room(platform) {
             drop(large);
@@ -745,6 +793,7 @@ impl LargeBlocks {
             return None;
         }
         large.missed(new - old, new - old);
+        let huge = large.advises(new, new - old);
         drop(large);
         if !P::CAPABILITIES.contains(Capabilities::REMAP) {
             return None;
@@ -753,6 +802,10 @@ impl LargeBlocks {
         // may only be resized in place.
         // SAFETY: `block` starts `old` mapped bytes (L1, L2), ours alone (caller).
         let resized = unsafe { platform.remap(block, old, new, align <= page) }?;
+        if huge {
+            // SAFETY: the block just remapped, ours alone (caller); its pages stay as they are.
+            unsafe { platform.advise_huge_pages(resized, new) };
+        }
         self.lock().moved(block, resized, new);
         Some(resized)
     }

@@ -70,7 +70,7 @@ pub use heap::{
     CACHED_POOLS, CACHED_SLOTS, FOREIGN_BLOCKS, FOREIGN_BYTES, FOREIGN_CLASS_BYTES, KEPT_OWNERS,
     PARKED_POOLS, PARKED_TOTAL, REMOTE_SHARDS, SHARED_BYTES,
 };
-pub use large::{CACHE_BYTES, CACHE_ENTRIES, MAX_CACHE_BYTES};
+pub use large::{AUTO_HUGE_BYTES, CACHE_BYTES, CACHE_ENTRIES, HUGE_PAGE, MAX_CACHE_BYTES};
 pub use options::{MAX_OPTION_BYTES, Options, StatsAtExit};
 pub use process::register_hooks;
 pub use pymalloc_arena::{HugePages, OsPlatform, Platform};

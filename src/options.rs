@@ -10,7 +10,7 @@
 //! | `PYMALLOC_EMPTY_ARENAS` | a count | 4 | wholly free 2 MiB arenas kept mapped, at least |
 //! | `PYMALLOC_DIRTY_FLOOR` | bytes | 256M | the most that freed, still-committed pool memory kept for reuse may rise to |
 //! | `PYMALLOC_LARGE_CACHE` | bytes | 1G | the most bytes of freed large blocks kept for reuse (what is kept follows the program: at most its large blocks in use lately) |
-//! | `PYMALLOC_HUGEPAGES` | `never`, `auto`, `always` | `never` | whether 2 MiB arenas are advised to be backed by transparent huge pages: never, once 16 MiB of arenas are mapped, or from the first |
+//! | `PYMALLOC_HUGEPAGES` | `never`, `auto`, `always` | `never` | whether 2 MiB arenas, and large blocks of 2 MiB or more, are advised to be backed by transparent huge pages: never, once 16 MiB of arenas (of large blocks in use) are mapped, or from the first |
 //!
 //! Bytes are a number with an optional `K`, `M` or `G` (powers of 1024, `KiB` and `KB` read
 //! the same). A value that cannot be read, and a `PYMALLOC_*` variable that is not an option,

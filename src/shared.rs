@@ -106,6 +106,7 @@ impl<P: Platform> Shared<P> {
         );
         self.large
             .set_max_cache(&self.platform, options.large_cache);
+        self.large.lock().set_huge_pages(options.huge_pages);
         self.configured.store(true, Ordering::Release);
     }
 

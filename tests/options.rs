@@ -148,3 +148,69 @@ fn huge_pages_sets_which_arenas_are_advised_to_huge_pages() {
     fill_and_free(&a, bytes);
     assert!(a.platform().huge_advised().is_empty());
 }
+
+#[test]
+fn huge_pages_sets_which_large_blocks_are_advised_to_huge_pages() {
+    const MIB: usize = 1 << 20;
+    let layout = |bytes| Layout::from_size_align(bytes, 16).unwrap();
+    let advised = |a: &Allocator<TestPlatform>| -> Vec<(usize, usize)> {
+        let arenas = |&(at, len): &(usize, usize)| len == ARENA_SIZE && at % ARENA_SIZE == 0;
+        // Only large blocks: so few arenas are never advised but under `always`.
+        let ranges = a.platform().huge_advised();
+        ranges.into_iter().filter(|r| !arenas(r)).collect()
+    };
+    // One block of 3 MiB and one of 1 MiB: `always` advises the first alone, mapped from a
+    // huge page's start; `auto` neither, with so little in use.
+    for (huge_pages, expected) in [
+        (HugePages::Never, 0),
+        (HugePages::Auto, 0),
+        (HugePages::Always, 1),
+    ] {
+        let a = with(Options {
+            huge_pages,
+            ..Options::DEFAULT
+        });
+        let big = a.alloc(layout(3 * MIB));
+        let small = a.alloc(layout(MIB));
+        assert!(!big.is_null() && !small.is_null());
+        let ranges = advised(&a);
+        assert_eq!(ranges.len(), expected, "{huge_pages:?}: {ranges:?}");
+        if expected == 1 {
+            assert_eq!(ranges[0], (big.addr(), 3 * MIB));
+            assert_eq!(big.addr() % pymalloc::HUGE_PAGE, 0);
+        }
+        // A block grown past a huge page by remapping is advised as it grows (`always`).
+        // SAFETY: a live block of this layout; its new size is not zero.
+        let grown = unsafe { a.realloc(small, layout(MIB), 4 * MIB) };
+        assert!(!grown.is_null());
+        let ranges = advised(&a);
+        assert_eq!(
+            ranges.iter().any(|&r| r == (grown.addr(), 4 * MIB)),
+            huge_pages == HugePages::Always,
+            "{huge_pages:?}: {ranges:?}"
+        );
+        // SAFETY: live blocks of these layouts.
+        unsafe {
+            a.dealloc(big, layout(3 * MIB));
+            a.dealloc(grown, layout(4 * MIB));
+        }
+        a.check().unwrap();
+    }
+    // `auto` advises blocks once large blocks in use, with the new one, come to
+    // AUTO_HUGE_BYTES: of blocks of 4 MiB, the one that reaches it and those after.
+    let a = with(Options {
+        huge_pages: HugePages::Auto,
+        ..Options::DEFAULT
+    });
+    let count = pymalloc::AUTO_HUGE_BYTES / (4 * MIB) + 1;
+    let blocks: Vec<_> = (0..count).map(|_| a.alloc(layout(4 * MIB))).collect();
+    assert!(blocks.iter().all(|p| !p.is_null()));
+    let ranges = advised(&a);
+    assert_eq!(ranges.len(), 2, "{ranges:?}");
+    assert_eq!(ranges[0], (blocks[count - 2].addr(), 4 * MIB));
+    for p in blocks {
+        // SAFETY: a live block of this layout.
+        unsafe { a.dealloc(p, layout(4 * MIB)) };
+    }
+    a.check().unwrap();
+}

@@ -109,15 +109,17 @@ pub const EMPTY_SHARE: usize = 8;
 pub const AUTO_HUGE_ARENAS: usize = 8;
 
 /// Whether arenas are advised to huge pages (module documentation; `PYMALLOC_HUGEPAGES`).
+/// The `pymalloc` crate applies the same policy to its large blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HugePages {
     /// Never: every arena is backed page by page (the default: on the machine measured, a
     /// huge page's fault, zeroing 2 MiB and compacting memory to find it, cost Python more
     /// system time than the faults it saved; `docs/notes.md`).
     Never,
-    /// Once [`AUTO_HUGE_ARENAS`] are mapped.
+    /// Once [`AUTO_HUGE_ARENAS`] are mapped (large blocks: once as many bytes of them are
+    /// in use).
     Auto,
-    /// Every arena, from the first.
+    /// Every arena, from the first (large blocks: every one of a huge page or more).
     Always,
 }
 
