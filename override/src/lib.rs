@@ -5,7 +5,8 @@
 //! LD_PRELOAD=$PWD/target/release/libpymalloc_override.so some-program
 //! ```
 //!
-//! It exports the C allocation functions, `malloc_trim`, and glibc's `malloc_stats`,
+//! It exports the C allocation functions (also under glibc's `__libc_*` names, and `cfree`),
+//! `malloc_trim`, and glibc's `malloc_stats`,
 //! `mallinfo`, `mallinfo2` and `malloc_info` with pymalloc's figures (their semantics are in
 //! `pymalloc::c_abi`), and `pymalloc_write_stats(fd)`. The `PYMALLOC_*` options in the
 //! environment apply (`pymalloc::Options`): with `PYMALLOC_STATS=1` (or `json`), the
@@ -180,6 +181,71 @@ pub unsafe extern "C" fn free_sized(ptr: *mut c_void, size: usize) {
 pub unsafe extern "C" fn free_aligned_sized(ptr: *mut c_void, align: usize, size: usize) {
     // SAFETY: as the caller guarantees.
     unsafe { c_abi::free_aligned_sized(ptr, align, size) }
+}
+
+// glibc's public `__libc_*` names of its allocation functions, which a program may call
+// directly (an allocation wrapper that forwards to "the real malloc", old binaries that call
+// `cfree`): here they are pymalloc's too, so a block from one is freed by the other instead
+// of being reported as no block of pymalloc's (and glibc's freeing one of pymalloc's).
+
+/// glibc's `__libc_malloc`: [`malloc`].
+#[unsafe(no_mangle)]
+pub extern "C" fn __libc_malloc(size: usize) -> *mut c_void {
+    c_abi::malloc(size)
+}
+
+/// glibc's `__libc_calloc`: [`calloc`].
+#[unsafe(no_mangle)]
+pub extern "C" fn __libc_calloc(count: usize, size: usize) -> *mut c_void {
+    c_abi::calloc(count, size)
+}
+
+/// glibc's `__libc_realloc`: [`realloc`].
+///
+/// # Safety
+/// As [`free`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __libc_realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
+    // SAFETY: as the caller guarantees.
+    unsafe { c_abi::realloc(ptr, size) }
+}
+
+/// glibc's `__libc_free`: [`free`].
+///
+/// # Safety
+/// As [`free`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __libc_free(ptr: *mut c_void) {
+    // SAFETY: as the caller guarantees.
+    unsafe { c_abi::free(ptr) }
+}
+
+/// `cfree`, which glibc keeps for old binaries only: [`free`].
+///
+/// # Safety
+/// As [`free`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cfree(ptr: *mut c_void) {
+    // SAFETY: as the caller guarantees.
+    unsafe { c_abi::free(ptr) }
+}
+
+/// glibc's `__libc_memalign`: [`memalign`].
+#[unsafe(no_mangle)]
+pub extern "C" fn __libc_memalign(align: usize, size: usize) -> *mut c_void {
+    c_abi::memalign(align, size)
+}
+
+/// glibc's `__libc_valloc`: [`valloc`].
+#[unsafe(no_mangle)]
+pub extern "C" fn __libc_valloc(size: usize) -> *mut c_void {
+    c_abi::valloc(size)
+}
+
+/// glibc's `__libc_pvalloc`: [`pvalloc`].
+#[unsafe(no_mangle)]
+pub extern "C" fn __libc_pvalloc(size: usize) -> *mut c_void {
+    c_abi::pvalloc(size)
 }
 
 // C++'s sized and aligned `operator delete` forms, under their Itanium-ABI names. libstdc++'s

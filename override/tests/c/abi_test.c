@@ -1,4 +1,5 @@
-/* The C test of libpymalloc_override.so: every exported function and its edge cases, allocation
+/* The C test of libpymalloc_override.so: every exported function (and glibc's __libc_* names
+ * of them) and its edge cases, allocation
  * before main, the dynamic loader, threads that free each other's blocks, and fork.
  * Built and run under LD_PRELOAD by override/tests/preload.rs.
  *
@@ -65,6 +66,53 @@ static void test_loaded(void) {
     CHECK(strcmp(a.dli_fname, b.dli_fname) == 0);
     CHECK(early && strcmp(early, "allocated before main") == 0);
     free(early);
+}
+
+/* glibc's public __libc_* names of its allocation functions (not in its headers). */
+void *__libc_malloc(size_t);
+void *__libc_calloc(size_t, size_t);
+void *__libc_realloc(void *, size_t);
+void __libc_free(void *);
+void *__libc_memalign(size_t, size_t);
+void *__libc_valloc(size_t);
+void *__libc_pvalloc(size_t);
+
+/* A program that calls glibc's __libc_* names (or the old cfree) gets pymalloc's, so that
+ * blocks pass between them and the plain names. */
+static void test_libc_names(void) {
+    static const char *const names[] = {"__libc_malloc", "__libc_calloc", "__libc_realloc",
+                                        "__libc_free",   "__libc_memalign", "__libc_valloc",
+                                        "__libc_pvalloc", "cfree"};
+    Dl_info ours, theirs;
+    CHECK(dladdr(dlsym(RTLD_DEFAULT, "malloc"), &ours));
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        void *f = dlsym(RTLD_DEFAULT, names[i]);
+        CHECK(f && dladdr(f, &theirs) && strcmp(ours.dli_fname, theirs.dli_fname) == 0);
+    }
+    unsigned char *p = __libc_malloc(100);
+    CHECK(p);
+    fill(p, 100, 7);
+    p = realloc(p, 5000);
+    CHECK(p && filled(p, 100, 7));
+    free(p);
+    p = malloc(300);
+    CHECK(p);
+    fill(p, 300, 9);
+    p = __libc_realloc(p, 40);
+    CHECK(p && filled(p, 40, 9));
+    __libc_free(p);
+    p = __libc_calloc(10, 100);
+    CHECK(p);
+    for (int i = 0; i < 1000; i++) CHECK(p[i] == 0);
+    free(p);
+    void *a = __libc_memalign(256, 100), *v = __libc_valloc(10), *pv = __libc_pvalloc(10);
+    long page = sysconf(_SC_PAGESIZE);
+    CHECK(a && aligned(a, 256) && v && aligned(v, page) && pv && aligned(pv, page));
+    CHECK(malloc_usable_size(pv) >= (size_t)page);
+    free(a);
+    __libc_free(v);
+    void (*old_cfree)(void *) = (void (*)(void *))dlsym(RTLD_DEFAULT, "cfree");
+    old_cfree(pv);
 }
 
 static void test_malloc_free(void) {
@@ -576,6 +624,7 @@ int main(int argc, char **argv) {
     }
     if (argc > 1 && bad_free(argv[1])) return 0;
     test_loaded();
+    test_libc_names();
     test_malloc_free();
     test_calloc();
     test_realloc();
