@@ -5,7 +5,9 @@
 //!
 //! The cache works like an extent allocator's, in miniature. A freed block joins the cached
 //! ranges just before and after it. A request takes a cached range whole if it [`fits`],
-//! else the front of the largest that holds it, leaving the rest cached. A block that
+//! else the front of the largest that holds it, leaving the rest cached — unless every range
+//! that holds it lies right behind a block in use, the block's room to grow: then it takes
+//! the middle of that block's free run, and the two share it ([`Large::pick`]). A block that
 //! shrinks caches its tail; one that grows takes the front of the cached range that starts
 //! where it ends, in place. So a
 //! buffer that is freed and then grown again by doubling, the usual life of a `Vec` that
@@ -46,7 +48,8 @@
 //! - L3 the cache holds at most [`CACHE_ENTRIES`] ranges and `cache_limit` bytes, mapped,
 //!   none of them in use, no two of them touching (a freed block merges with its
 //!   neighbours), in its first `cached_blocks` entries; `cached_bytes` and `cached_blocks`
-//!   count them; `cache_limit` lies between
+//!   count them; a range's `behind`, where not 0, lies below its start (the start of the
+//!   block it was cut behind: a hint, which may be stale); `cache_limit` lies between
 //!   [`CACHE_BYTES`] and `max_cache` ([`MAX_CACHE_BYTES`] unless the user set it, at most
 //!   `isize::MAX`; the lower bound is `max_cache` if that is less).
 
@@ -112,6 +115,10 @@ struct Cached {
     /// When it was freed (merged ranges: the latest), by [`Large::clock`]; the oldest is
     /// evicted first.
     freed_at: u64,
+    /// The start of the block in use that this range lay behind when it was cached, its
+    /// room to grow into in place; 0 if none is known. A hint only: the block may have
+    /// moved or been freed since ([`Large::pick`]).
+    behind: usize,
 }
 
 impl Cached {
@@ -130,6 +137,7 @@ const VACANT: Cached = Cached {
     ptr: ptr::null_mut(),
     len: 0,
     freed_at: 0,
+    behind: 0,
 };
 
 pub(crate) struct Large {
@@ -262,21 +270,41 @@ impl Large {
         self.in_use.make_room(platform)
     }
 
-    /// The entry a block needing `len` bytes aligned to `align` should come from: the
-    /// smallest that [`fits`] it whole, else the largest that holds it, which keeps the most
-    /// room behind the block for it to grow into.
-    fn pick(&self, len: usize, align: usize) -> Option<usize> {
+    /// Where a block needing `len` bytes aligned to `align` should come from: the entry,
+    /// and the offset in it, a multiple of `page`. The smallest entry that [`fits`] it
+    /// whole; else the front of the largest that holds it and lies behind no block in use,
+    /// which keeps the most room behind the new block for it to grow into; else the largest
+    /// that holds it, at the middle of the free run from the start of the block it lies
+    /// behind to its end, so that the two blocks share the room to grow (two buffers grown
+    /// side by side each grow in place in their half; taking the front left the first no
+    /// room, and the two leapfrogged through fresh pages, `docs/notes.md`).
+    fn pick(&self, len: usize, align: usize, page: usize) -> Option<(usize, usize)> {
         let holding = || {
             self.occupied()
                 .iter()
                 .enumerate()
                 .filter(move |(_, c)| c.holds(len, align))
         };
-        holding()
+        if let Some((i, _)) = holding()
             .filter(|(_, c)| fits(c.len, len))
             .min_by_key(|(_, c)| c.len)
-            .or_else(|| holding().max_by_key(|(_, c)| c.len))
-            .map(|(i, _)| i)
+            .or_else(|| {
+                holding()
+                    .filter(|(_, c)| c.behind == 0)
+                    .max_by_key(|(_, c)| c.len)
+            })
+        {
+            return Some((i, 0));
+        }
+        let (i, c) = holding().max_by_key(|(_, c)| c.len)?;
+        // The middle, rounded down to the alignment; the front if there is no room there, or
+        // no entry for the range that would be left after the block.
+        let grain = align.max(page);
+        let middle = c.behind + (c.end() - c.behind) / 2;
+        let offset = middle.saturating_sub(c.ptr.addr()) / grain * grain;
+        let room = offset.checked_add(len).is_some_and(|end| end <= c.len)
+            && self.cached_blocks < CACHE_ENTRIES;
+        Some((i, if room { offset } else { 0 }))
     }
 
     /// The occupied entries: the first `cached_blocks` (L3).
@@ -286,8 +314,8 @@ impl Large {
 
     /// Takes `len` bytes from the front of entry `i` (all of it if they are: the last
     /// occupied entry then takes its place, so that the occupied ones stay first), leaving the
-    /// rest cached.
-    fn take_front(&mut self, i: usize, len: usize) {
+    /// rest cached, behind the block in use that starts at `behind` (0 for none).
+    fn take_front(&mut self, i: usize, len: usize, behind: usize) {
         let last = self.cached_blocks.wrapping_sub(1);
         let Some(run) = self.cache.get_mut(i..=last) else {
             fatal("large: a cache entry out of range");
@@ -306,6 +334,7 @@ impl Large {
             [entry, ..] => {
                 entry.ptr = entry.ptr.wrapping_add(len);
                 entry.len -= len;
+                entry.behind = behind;
                 false
             }
             [] => fatal("large: a cache entry out of range"),
@@ -316,14 +345,50 @@ impl Large {
         self.cached_bytes -= len;
     }
 
-    /// A block needing `len` bytes aligned to `align`, from the cache (see [`Large::pick`]),
-    /// now registered in use, if the cache has one. Call [`Large::make_room`] first.
-    pub(crate) fn take_cached(&mut self, len: usize, align: usize) -> Option<NonNull<u8>> {
-        let i = self.pick(len, align)?;
+    /// A block needing `len` bytes aligned to `align` (a multiple of `page`), from the cache
+    /// (see [`Large::pick`]), now registered in use, if the cache has one. Call
+    /// [`Large::make_room`] first.
+    pub(crate) fn take_cached(
+        &mut self,
+        len: usize,
+        align: usize,
+        page: usize,
+    ) -> Option<NonNull<u8>> {
+        let (i, offset) = self.pick(len, align, page)?;
         let entry = *self.cache.get(i)?;
-        let block = NonNull::new(entry.ptr)?;
-        let take = if fits(entry.len, len) { entry.len } else { len };
-        self.take_front(i, take);
+        let block = NonNull::new(entry.ptr.wrapping_add(offset))?;
+        let take = if offset == 0 && fits(entry.len, len) {
+            entry.len
+        } else {
+            len
+        };
+        if offset == 0 {
+            self.take_front(i, take, block.addr().get());
+        } else {
+            // Split: the entry keeps the run before the block; what lies after it, if
+            // anything, becomes an entry of its own, behind the block (`pick` saw a vacant
+            // one).
+            let after = entry.len - offset - len;
+            match self.cache.get_mut(i) {
+                Some(first) => first.len = offset,
+                None => fatal("large: a split cache entry out of range"),
+            }
+            if after > 0 {
+                match self.cache.get_mut(self.cached_blocks) {
+                    Some(vacant) => {
+                        *vacant = Cached {
+                            ptr: block.as_ptr().wrapping_add(len),
+                            len: after,
+                            freed_at: entry.freed_at,
+                            behind: block.addr().get(),
+                        }
+                    }
+                    None => fatal("large: no vacant cache entry for a split range"),
+                }
+                self.cached_blocks += 1;
+            }
+            self.cached_bytes -= len;
+        }
         self.in_use.insert(block, take);
         self.note_in_use();
         Some(block)
@@ -340,13 +405,13 @@ impl Large {
             .enumerate()
             .max_by_key(|(_, c)| c.len)?;
         let range = NonNull::new(entry.ptr)?;
-        self.take_front(i, entry.len);
+        self.take_front(i, entry.len, 0);
         Some((range, entry.len))
     }
 
     /// Whether [`Large::take_cached`] would find a block for `len` bytes aligned to `align`.
     pub(crate) fn has_cached(&self, len: usize, align: usize) -> bool {
-        self.pick(len, align).is_some()
+        self.occupied().iter().any(|c| c.holds(len, align))
     }
 
     /// Notes that `len` bytes of a request of `request` bytes (a block's whole length, or
@@ -398,7 +463,7 @@ impl Large {
         else {
             return false;
         };
-        self.take_front(i, new - old);
+        self.take_front(i, new - old, block.addr().get());
         self.moved(block, block, new);
         true
     }
@@ -429,7 +494,7 @@ impl Large {
     /// what must be unmapped.
     pub(crate) fn take_back(&mut self, ptr: NonNull<u8>) -> Option<(usize, Unmap)> {
         let len = self.in_use.remove(ptr.as_ptr())?;
-        Some((len, self.cache_range(ptr.as_ptr(), len)))
+        Some((len, self.cache_range(ptr.as_ptr(), len, 0)))
     }
 
     /// Shrinks the block in use at `block` from `old` bytes to `new`, in place: its tail is
@@ -437,7 +502,11 @@ impl Large {
     /// block to grow back into. Returns what must be unmapped.
     pub(crate) fn shrink(&mut self, block: NonNull<u8>, old: usize, new: usize) -> Unmap {
         self.moved(block, block, new);
-        self.cache_range(block.as_ptr().wrapping_add(new), old - new)
+        self.cache_range(
+            block.as_ptr().wrapping_add(new),
+            old - new,
+            block.addr().get(),
+        )
     }
 
     /// Notes the bytes in use after a block was registered, for [`Large::room`].
@@ -471,7 +540,7 @@ impl Large {
     /// beside it and cached, evicting the oldest for room; of a range longer than the room
     /// ([`Large::room`]), merged or not, only the front is kept, where the next request would
     /// start and grow, its pages faulted in already. Returns what must be unmapped.
-    fn cache_range(&mut self, ptr: *mut u8, len: usize) -> Unmap {
+    fn cache_range(&mut self, ptr: *mut u8, len: usize, behind: usize) -> Unmap {
         let mut unmap = Unmap::NONE;
         self.count_free();
         let room = self.room();
@@ -480,6 +549,7 @@ impl Large {
             ptr,
             len,
             freed_at: self.clock,
+            behind,
         };
         // No two cached ranges touch (L3), so at most one ends where the block starts and
         // one starts where it ends. A merged entry leaves the cache, the last one taking its
@@ -488,18 +558,20 @@ impl Large {
         while let Some(&c) = self.occupied().get(i) {
             if c.end() == range.ptr.addr() {
                 range.ptr = c.ptr;
+                range.behind = c.behind;
             } else if c.ptr.addr() != range.end() {
                 i += 1;
                 continue;
             }
             range.len += c.len;
-            self.take_front(i, c.len);
+            self.take_front(i, c.len, 0);
         }
         if range.len > room {
             unmap.push(Cached {
                 ptr: range.ptr.wrapping_add(room),
                 len: range.len - room,
                 freed_at: 0,
+                behind: 0,
             });
             self.evicted = self.evicted.saturating_add(range.len - room);
             range.len = room;
@@ -527,7 +599,7 @@ impl Large {
             .min_by_key(|(_, c)| c.freed_at);
         match oldest {
             Some((i, &entry)) => {
-                self.take_front(i, entry.len);
+                self.take_front(i, entry.len, 0);
                 self.evicted = self.evicted.saturating_add(entry.len);
                 unmap.push(entry);
             }
@@ -596,6 +668,9 @@ impl Large {
         if touching {
             return Err("large: two cached ranges touch or overlap");
         }
+        if cached().any(|c| c.behind >= c.ptr.addr()) {
+            return Err("large: a cached range lies behind a block that does not start before it");
+        }
         self.in_use.check()
     }
 
@@ -652,7 +727,7 @@ impl LargeBlocks {
             if !large.make_room(platform) {
                 return None;
             }
-            if let Some(cached) = large.take_cached(len, layout.align()) {
+            if let Some(cached) = large.take_cached(len, layout.align(), platform.page_size()) {
                 return Some((cached, false));
             }
             let huge = large.advises(len, len);
@@ -685,7 +760,7 @@ impl LargeBlocks {
                 None => {
                     // Back into the cache as it was (the system would not move it), and a
                     // fresh range mapped instead.
-                    let unmap = self.lock().cache_range(range.as_ptr(), had);
+                    let unmap = self.lock().cache_range(range.as_ptr(), had, 0);
                     // SAFETY: ranges the cache evicted for it, used by nobody (L3).
                     unsafe { unmap.release(platform) };
                 }

@@ -83,11 +83,12 @@ fn a_large_block_shrinks_into_the_cache_and_grows_back() {
     a.check().unwrap();
 }
 
-/// The cache splits, merges and evicts ranges: two blocks cut from one cached range; the
-/// first, unable to grow into the second, moves by copy into the rest of the range (growing
-/// by half or more), the second is remapped or copied to fresh pages (the test platform
-/// remaps whole reservations only); the ranges they leave merge back into one, which is
-/// evicted, unmapped, when a newer one needs the room. Contents survive throughout.
+/// The cache splits, merges and evicts ranges: two blocks cut from one cached range, the
+/// first from its front and the second from the middle of the run behind it, so that each
+/// has room to grow in place; the second, grown past its room, moves by copy to fresh pages
+/// (none cached holds it, and the test platform remaps whole reservations only); the ranges
+/// they leave merge back into one, which is evicted, unmapped, when a newer one needs the
+/// room. Contents survive throughout.
 #[test]
 fn the_large_cache_splits_merges_and_evicts_ranges() {
     const MIB: usize = 1 << 20;
@@ -101,21 +102,21 @@ fn the_large_cache_splits_merges_and_evicts_ranges() {
         let q = a.alloc(at(MIB));
         assert_eq!(
             (p, q),
-            (x, x.add(MIB)),
-            "fronts of the largest cached range"
+            (x, x.add(2 * MIB)),
+            "the front of the cached range, and the middle of the run behind p"
         );
         fill(p, MIB, 1);
         fill(q, MIB, 2);
         let p2 = a.realloc(p, at(MIB), 2 * MIB);
-        assert_eq!(p2, x.add(2 * MIB), "copied into the cached rest");
+        assert_eq!(p2, p, "grown in place, up to q");
         assert!(holds(p2, MIB, 1));
         let stats = a.stats();
         assert_eq!(
             (stats.large_cached_blocks, stats.large_cached_bytes),
             (1, MIB),
-            "p's old range is cached: {stats}"
+            "the run behind q is cached: {stats}"
         );
-        let q2 = a.realloc(q, at(MIB), 3 * MIB / 2);
+        let q2 = a.realloc(q, at(MIB), 3 * MIB);
         assert!(
             !q2.is_null() && q2 != q,
             "no room after q, none cached that holds it"
@@ -125,7 +126,7 @@ fn the_large_cache_splits_merges_and_evicts_ranges() {
         assert_eq!(
             (stats.large_cached_blocks, stats.large_cached_bytes),
             (1, 2 * MIB),
-            "q's old range merged with p's: {stats}"
+            "q's old range merged with the run behind it: {stats}"
         );
         a.check().unwrap();
         a.dealloc(p2, at(2 * MIB));
@@ -136,11 +137,11 @@ fn the_large_cache_splits_merges_and_evicts_ranges() {
             "merged back into the whole range: {stats}"
         );
         let live = a.platform().live_bytes();
-        a.dealloc(q2, at(3 * MIB / 2));
+        a.dealloc(q2, at(3 * MIB));
         let stats = a.stats();
         assert_eq!(
             (stats.large_cached_blocks, stats.large_cached_bytes),
-            (1, 3 * MIB / 2),
+            (1, 3 * MIB),
             "the older range evicted for the newer: {stats}"
         );
         assert_eq!(a.platform().live_bytes(), live - 4 * MIB, "and unmapped");
@@ -373,4 +374,65 @@ fn a_loop_of_random_sizes_faults_its_largest_block_in_once() {
         "{faults} page faults after the first 40 rounds; the largest block has {pages} pages"
     );
     a.check().unwrap();
+}
+
+/// Two buffers grown side by side by doubling, to sizes just past powers of two, then freed,
+/// round after round (two `Vec`s filled together): once the cache holds what a round uses,
+/// each buffer grows in place in its own half of one freed range that held both. (Taking each
+/// new block from the front of the largest range put the second right behind the first,
+/// neither could grow in place, and the two leapfrogged through fresh pages.)
+#[test]
+fn two_buffers_grown_side_by_side_in_one_range_each_grow_in_place() {
+    const KIB: usize = 1 << 10;
+    let a = Allocator::new(TestPlatform::new());
+    let at = |size| Layout::from_size_align(size, 16).unwrap();
+    let sizes = [520 * KIB, 1032 * KIB, 2056 * KIB, 4104 * KIB];
+    // One round: the blocks that moved as they grew, and the reservations made.
+    let round = || {
+        let reserves = a.platform().reserve_calls();
+        let mut moved = 0;
+        // SAFETY: live blocks of the layouts given, each the one the previous realloc
+        // returned.
+        unsafe {
+            let mut x = a.alloc(at(sizes[0]));
+            let mut y = a.alloc(at(sizes[0]));
+            fill(x, sizes[0], 1);
+            fill(y, sizes[0], 2);
+            for w in sizes.windows(2) {
+                let (old, new) = (w[0], w[1]);
+                let x2 = a.realloc(x, at(old), new);
+                let y2 = a.realloc(y, at(old), new);
+                moved += usize::from(x2 != x) + usize::from(y2 != y);
+                assert!(holds_prefix(x2, new, old, 1) && holds_prefix(y2, new, old, 2));
+                fill(x2, new, 1);
+                fill(y2, new, 2);
+                (x, y) = (x2, y2);
+                a.check().unwrap();
+            }
+            a.dealloc(x, at(sizes[3]));
+            a.dealloc(y, at(sizes[3]));
+        }
+        (moved, a.platform().reserve_calls() - reserves)
+    };
+    // Rounds until the cache's limit holds a round's blocks.
+    for _ in 0..4 {
+        round();
+    }
+    // Then one range that held both, freed: the cache holds it whole.
+    a.trim();
+    let both = at(2 * sizes[3]);
+    let p = a.alloc(both);
+    // SAFETY: a live block of this layout.
+    unsafe { a.dealloc(p, both) };
+    let stats = a.stats();
+    assert_eq!(
+        (stats.large_cached_blocks, stats.large_cached_bytes),
+        (1, 2 * sizes[3]),
+        "{stats}"
+    );
+    let rounds: Vec<_> = (0..4).map(|_| round()).collect();
+    assert!(
+        rounds.iter().all(|&r| r == (0, 0)),
+        "(blocks moved, reservations) each round: {rounds:?}"
+    );
 }
