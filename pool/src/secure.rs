@@ -308,6 +308,22 @@ fn fill_words(capacity: usize) -> usize {
 /// A word of fill.
 const FILL_WORD: u64 = u64::from_ne_bytes([FREED_FILL; 8]);
 
+/// The words from `at` that [`fill`] and [`is_filled`] touch to cover the first `words` (1 to
+/// `FILL_MAX / 8`): runs of three from either end, which overlap for fewer than six (one
+/// or two words: the first and the last). The same six word accesses, with no branch on
+/// each, whatever the class.
+#[inline(always)]
+fn fill_positions(words: usize) -> [usize; 6] {
+    let last = words - 1;
+    if words > 2 {
+        [0, 1, 2, last - 2, last - 1, last]
+    } else {
+        [0, last, 0, last, 0, last]
+    }
+}
+
+const _: () = assert!(FILL_MAX / 8 == 6, "fill_positions covers six words");
+
 /// Fills the `words` words of fill from `at` (at most `FILL_MAX / 8`): plain stores, one a
 /// word, rather than a call to `memset`.
 ///
@@ -315,11 +331,12 @@ const FILL_WORD: u64 = u64::from_ne_bytes([FREED_FILL; 8]);
 /// `at` is valid for writing `words` aligned words.
 #[inline(always)]
 unsafe fn fill(at: *mut u64, words: usize) {
-    for i in 0..FILL_MAX / 8 {
-        if i < words {
-            // SAFETY: `i < words` (caller).
-            unsafe { at.add(i).write_volatile(FILL_WORD) };
-        }
+    if words == 0 {
+        return;
+    }
+    for i in fill_positions(words) {
+        // SAFETY: `i < words` (`fill_positions`, caller).
+        unsafe { at.add(i).write_volatile(FILL_WORD) };
     }
 }
 
@@ -329,12 +346,13 @@ unsafe fn fill(at: *mut u64, words: usize) {
 /// `at` is valid for reading `words` aligned words.
 #[inline(always)]
 unsafe fn is_filled(at: *const u64, words: usize) -> bool {
+    if words == 0 {
+        return true;
+    }
     let mut differ = 0;
-    for i in 0..FILL_MAX / 8 {
-        if i < words {
-            // SAFETY: `i < words` (caller).
-            differ |= unsafe { at.add(i).read() } ^ FILL_WORD;
-        }
+    for i in fill_positions(words) {
+        // SAFETY: `i < words` (`fill_positions`, caller).
+        differ |= unsafe { at.add(i).read() } ^ FILL_WORD;
     }
     differ == 0
 }
@@ -527,15 +545,31 @@ mod tests {
     #[test]
     fn a_retired_block_reads_free_until_written() {
         draw_secrets(|| 0x1234_5678_9abc_def1);
-        let mut words = [0u64; 16];
-        let block = block_of(&mut words);
-        // SAFETY: 128 bytes of ours.
-        unsafe {
-            retire(block, 128);
-            assert_eq!(trailer(block, 128), Trailer::Free);
-            assert!(is_intact_free_block(block, 128));
-            block.as_ptr().add(40).write(0);
-            assert!(!is_intact_free_block(block, 128));
+        // Every capacity from the smallest class's on, so every count of fill words: a
+        // write into any byte of the fill (and only there, before the tag) is seen, and the
+        // fill writes nothing past it.
+        for capacity in (32..=128).step_by(16) {
+            let fill_end = FILL_FROM + fill_words(capacity) * 8;
+            assert!(fill_end > FILL_FROM && fill_end <= capacity - TAG_BYTES);
+            for at in FILL_FROM..fill_end {
+                let mut words = [0u64; 17];
+                let block = block_of(&mut words);
+                // SAFETY: `capacity` bytes of ours, and a word past them.
+                unsafe {
+                    retire(block, capacity);
+                    assert_eq!(trailer(block, capacity), Trailer::Free);
+                    assert!(is_intact_free_block(block, capacity));
+                    block.as_ptr().add(at).write(0);
+                    assert!(!is_intact_free_block(block, capacity), "{capacity} {at}");
+                }
+                let untouched = |mut range: core::ops::Range<usize>| {
+                    let bytes = words.as_ptr().cast::<u8>();
+                    // SAFETY: bytes of `words`.
+                    range.all(|i| unsafe { *bytes.add(i) } == 0)
+                };
+                assert!(untouched(0..FILL_FROM) && untouched(fill_end..capacity - TAG_BYTES));
+                assert!(untouched(capacity..capacity + 8));
+            }
         }
     }
 
