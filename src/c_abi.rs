@@ -16,7 +16,8 @@
 //!   not a power of two up to one, as glibc does);
 //! - `free`, `realloc` and `malloc_usable_size` find the block from its address (the arena map
 //!   or the table of large blocks); a pointer pymalloc did not hand out is reported on stderr
-//!   and aborts, as glibc's "free(): invalid pointer";
+//!   and aborts, as glibc's "free(): invalid pointer" (and so does `malloc_usable_size` of a
+//!   block already freed, which glibc answers);
 //! - `free_sized` and `free_aligned_sized` (which C++'s sized `operator delete` forms use too)
 //!   free as `free` does, and abort with a message if the size or alignment is not one the
 //!   block could have been allocated with.

@@ -316,6 +316,13 @@ impl<'a, P: Platform> Session<'a, P> {
         const MESSAGE: &str = "malloc_usable_size: pointer is no block of this allocator";
         // SAFETY: as the caller guarantees.
         match unsafe { self.reborrow().find(ptr, MESSAGE) } {
+            // A freed pooled block holds its freed mark, which no block in use does (P9):
+            // asked about after its free, it is a use after free. (A freed large block is no
+            // longer registered, and `find` reports it.)
+            // SAFETY: `ptr` starts a carved block (`find`), two words at least.
+            Found::Pooled { .. } if unsafe { holds_freed_mark(ptr) } => {
+                fatal("malloc_usable_size: the block is free (used after free)")
+            }
             Found::Pooled { class, .. } => class.block_size(),
             Found::Large { len } => len,
         }

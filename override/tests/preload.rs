@@ -318,6 +318,17 @@ fn bad_frees_that_would_hand_out_a_block_twice_abort_with_a_message() {
     }
 }
 
+/// `malloc_usable_size` of a freed block is a use after free, caught by the block's freed
+/// mark.
+#[test]
+fn malloc_usable_size_of_a_freed_block_aborts_with_a_message() {
+    aborts_with(
+        abi_test(),
+        "usable-size-of-freed",
+        "pymalloc: fatal: malloc_usable_size: the block is free (used after free)",
+    );
+}
+
 /// C++'s sized and aligned `operator delete` forms and C23's `free_sized` and
 /// `free_aligned_sized` take pymalloc's sized path for every size, alignment and container
 /// (the program checks it runs on pymalloc), and a size that does not match the block, or a

@@ -467,6 +467,14 @@ static void realloc_of_freed(size_t new_size) {
 }
 
 static int bad_free(const char *mode) {
+    if (strcmp(mode, "usable-size-of-freed") == 0) {
+        /* Asked about after its free (`keep` keeps the pool in use): a use after free. */
+        char *volatile p = malloc(40), *volatile keep = malloc(40);
+        free(p);
+        sink = (void *)malloc_usable_size(p);
+        (void)keep;
+        return 1;
+    }
     if (strcmp(mode, "free-after-realloc-moved") == 0) {
         /* realloc freed the old block when it moved it; free(old) frees it again. */
         /* `stay` keeps the pool in use, and `keep`, freed after, heads its freelist. */
