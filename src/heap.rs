@@ -223,9 +223,11 @@ const FREED_NOT_HANDED_OUT: &str =
 pub const FOREIGN_BLOCKS: usize = 64;
 /// Most bytes of one class a heap keeps of other heaps' pools (H8): fewer blocks of larger
 /// classes, and none of classes above it, which go back to their owners at once.
-pub const FOREIGN_CLASS_BYTES: usize = 16 * 1024;
-/// Most bytes a heap keeps of other heaps' pools, all classes together (H8).
-pub const FOREIGN_BYTES: usize = 256 * 1024;
+pub const FOREIGN_CLASS_BYTES: usize = 4 * 1024;
+/// Most bytes a heap keeps of other heaps' pools, all classes together (H8). (A thread that
+/// only frees others' blocks never hands them out: 256 KiB, and 16 KiB a class, held
+/// producer-consumer's blocks to no use, 7% of its peak RSS; `docs/notes.md`.)
+pub const FOREIGN_BYTES: usize = 64 * 1024;
 
 /// How many blocks of `class` a heap keeps of other heaps' pools (H8); 0 for a class that
 /// goes back to its owners at once.
