@@ -345,6 +345,35 @@ impl Large {
         self.cached_bytes -= len;
     }
 
+    /// Takes `len` bytes at `offset` (more than 0) into entry `i`: the entry keeps the run
+    /// before them, and what lies after them, if anything, becomes an entry of its own,
+    /// behind the block they now are. The caller has seen a vacant entry for it.
+    fn take_middle(&mut self, i: usize, offset: usize, len: usize) {
+        let entry = match self.cache.get_mut(i) {
+            Some(entry) => entry,
+            None => fatal("large: a split cache entry out of range"),
+        };
+        let block = entry.ptr.wrapping_add(offset);
+        let after = entry.len - offset - len;
+        let freed_at = entry.freed_at;
+        entry.len = offset;
+        if after > 0 {
+            match self.cache.get_mut(self.cached_blocks) {
+                Some(vacant) => {
+                    *vacant = Cached {
+                        ptr: block.wrapping_add(len),
+                        len: after,
+                        freed_at,
+                        behind: block.addr(),
+                    }
+                }
+                None => fatal("large: no vacant cache entry for a split range"),
+            }
+            self.cached_blocks += 1;
+        }
+        self.cached_bytes -= len;
+    }
+
     /// A block needing `len` bytes aligned to `align` (a multiple of `page`), from the cache
     /// (see [`Large::pick`]), now registered in use, if the cache has one. Call
     /// [`Large::make_room`] first.
@@ -357,38 +386,14 @@ impl Large {
         let (i, offset) = self.pick(len, align, page)?;
         let entry = *self.cache.get(i)?;
         let block = NonNull::new(entry.ptr.wrapping_add(offset))?;
-        let take = if offset == 0 && fits(entry.len, len) {
-            entry.len
-        } else {
+        let take = if offset > 0 {
+            self.take_middle(i, offset, len);
             len
-        };
-        if offset == 0 {
-            self.take_front(i, take, block.addr().get());
         } else {
-            // Split: the entry keeps the run before the block; what lies after it, if
-            // anything, becomes an entry of its own, behind the block (`pick` saw a vacant
-            // one).
-            let after = entry.len - offset - len;
-            match self.cache.get_mut(i) {
-                Some(first) => first.len = offset,
-                None => fatal("large: a split cache entry out of range"),
-            }
-            if after > 0 {
-                match self.cache.get_mut(self.cached_blocks) {
-                    Some(vacant) => {
-                        *vacant = Cached {
-                            ptr: block.as_ptr().wrapping_add(len),
-                            len: after,
-                            freed_at: entry.freed_at,
-                            behind: block.addr().get(),
-                        }
-                    }
-                    None => fatal("large: no vacant cache entry for a split range"),
-                }
-                self.cached_blocks += 1;
-            }
-            self.cached_bytes -= len;
-        }
+            let take = if fits(entry.len, len) { entry.len } else { len };
+            self.take_front(i, take, block.addr().get());
+            take
+        };
         self.in_use.insert(block, take);
         self.note_in_use();
         Some(block)
