@@ -23,7 +23,7 @@
 //! limit's worth of requests missed after a limit's worth was evicted (see
 //! [`Large::missed`]). Under the limit, what it
 //! holds is at most the most bytes of large blocks in use over the last few hundred frees (or
-//! the longest request missed; [`Large::room`]): a program that frees
+//! the longest request missed, or [`CACHE_BYTES`]; [`Large::room`]): a program that frees
 //! its large blocks and is done gets most of the memory back as it frees (and all of it from
 //! `trim`), while one whose blocks churn (buffers regrown, a loop of one size, a batch
 //! allocated and freed, many blocks grown and shrunk) keeps what it reuses instead of
@@ -64,11 +64,14 @@ use crate::registry::Registry;
 
 /// Freed ranges kept for reuse.
 pub const CACHE_ENTRIES: usize = 64;
-/// Bytes of freed ranges kept for reuse, at first.
-pub const CACHE_BYTES: usize = 4 << 20;
+/// Bytes of freed ranges kept for reuse, at first, and at least while the program has had
+/// fewer in use lately ([`Large::room`]): enough that a program churning a few MiB of large
+/// blocks of random sizes, touched sparsely, reuses their pages instead of faulting fresh ones
+/// (`docs/design.md`, *The cache follows the program*).
+pub const CACHE_BYTES: usize = 16 << 20;
 /// The most bytes of freed ranges the cache grows to keep (1 GiB): a ceiling only; what it
 /// keeps follows the program's blocks (see the module documentation).
-pub const MAX_CACHE_BYTES: usize = 256 * CACHE_BYTES;
+pub const MAX_CACHE_BYTES: usize = 1 << 30;
 
 /// A huge page's length: an arena's (`pymalloc_arena`), which is one. A block advised to huge
 /// pages is mapped aligned to it.
@@ -521,7 +524,8 @@ impl Large {
 
     /// The bytes the cache may hold now: its limit, or less while the program has had less
     /// in use lately — the most bytes of large blocks in use over the last [`WINDOW`] to
-    /// 2 × `WINDOW` frees, or the longest request it missed, whichever is more — so that a program that frees its large blocks and is done with them gets the
+    /// 2 × `WINDOW` frees, the longest request it missed, or [`CACHE_BYTES`], whichever is
+    /// more — so that a program that frees its large blocks and is done with them gets the
     /// memory back as it frees, while one whose blocks churn, or that allocates a batch and
     /// frees it, keeps what it cycles through.
     fn room(&self) -> usize {

@@ -9,7 +9,7 @@
 //! | `PYMALLOC_VERBOSE` | `0`, `1` | `0` | the options in effect at first use, and a warning each time the system refuses memory, so that a request gets null (the first 16 times) |
 //! | `PYMALLOC_EMPTY_ARENAS` | a count | 4 | wholly free 2 MiB arenas kept mapped, at least |
 //! | `PYMALLOC_DIRTY_FLOOR` | bytes | 256M | the most that freed, still-committed pool memory kept for reuse may rise to |
-//! | `PYMALLOC_LARGE_CACHE` | bytes | 1G | the most bytes of freed large blocks kept for reuse (what is kept follows the program: at most its large blocks in use lately) |
+//! | `PYMALLOC_LARGE_CACHE` | bytes | 1G | the most bytes of freed large blocks kept for reuse (what is kept follows the program: at most its large blocks in use lately, or 16 MiB) |
 //! | `PYMALLOC_HUGEPAGES` | `never`, `auto`, `always` | `never` | whether 2 MiB arenas, and large blocks of 2 MiB or more, are advised to be backed by transparent huge pages: never, once 16 MiB of arenas (of large blocks in use) are mapped, or from the first |
 //!
 //! Bytes are a number with an optional `K`, `M` or `G` (powers of 1024, `KiB` and `KB` read

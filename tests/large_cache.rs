@@ -14,6 +14,10 @@ use common::{fill, holds, holds_prefix};
 use pymalloc::Allocator;
 use pymalloc_arena::TestPlatform;
 
+/// The sizes the tests of the cache's limit are cut in: a quarter of the limit it starts
+/// with (16 MiB; a unit of 4 MiB), so that they hold whatever that is.
+const UNIT_OF_CACHE: usize = pymalloc::CACHE_BYTES / 4;
+
 /// A large block freed and then grown again from small, as a `Vec` is, reuses its pages:
 /// the next large request takes the front of the cached range, and each doubling takes the
 /// cached pages right after it, in place, with no system call.
@@ -91,74 +95,74 @@ fn a_large_block_shrinks_into_the_cache_and_grows_back() {
 /// room. Contents survive throughout.
 #[test]
 fn the_large_cache_splits_merges_and_evicts_ranges() {
-    const MIB: usize = 1 << 20;
+    const UNIT: usize = UNIT_OF_CACHE;
     let a = Allocator::new(TestPlatform::new());
     let at = |size| Layout::from_size_align(size, 16).unwrap();
-    let x = a.alloc(at(4 * MIB));
+    let x = a.alloc(at(4 * UNIT));
     // SAFETY: live blocks of the layouts given, each the one the previous realloc returned.
     unsafe {
-        a.dealloc(x, at(4 * MIB));
-        let p = a.alloc(at(MIB));
-        let q = a.alloc(at(MIB));
+        a.dealloc(x, at(4 * UNIT));
+        let p = a.alloc(at(UNIT));
+        let q = a.alloc(at(UNIT));
         assert_eq!(
             (p, q),
-            (x, x.add(2 * MIB)),
+            (x, x.add(2 * UNIT)),
             "the front of the cached range, and the middle of the run behind p"
         );
-        fill(p, MIB, 1);
-        fill(q, MIB, 2);
-        let p2 = a.realloc(p, at(MIB), 2 * MIB);
+        fill(p, UNIT, 1);
+        fill(q, UNIT, 2);
+        let p2 = a.realloc(p, at(UNIT), 2 * UNIT);
         assert_eq!(p2, p, "grown in place, up to q");
-        assert!(holds(p2, MIB, 1));
+        assert!(holds(p2, UNIT, 1));
         let stats = a.stats();
         assert_eq!(
             (stats.large_cached_blocks, stats.large_cached_bytes),
-            (1, MIB),
+            (1, UNIT),
             "the run behind q is cached: {stats}"
         );
-        let q2 = a.realloc(q, at(MIB), 3 * MIB);
+        let q2 = a.realloc(q, at(UNIT), 3 * UNIT);
         assert!(
             !q2.is_null() && q2 != q,
             "no room after q, none cached that holds it"
         );
-        assert!(holds(q2, MIB, 2));
+        assert!(holds(q2, UNIT, 2));
         let stats = a.stats();
         assert_eq!(
             (stats.large_cached_blocks, stats.large_cached_bytes),
-            (1, 2 * MIB),
+            (1, 2 * UNIT),
             "q's old range merged with the run behind it: {stats}"
         );
         a.check().unwrap();
-        a.dealloc(p2, at(2 * MIB));
+        a.dealloc(p2, at(2 * UNIT));
         let stats = a.stats();
         assert_eq!(
             (stats.large_cached_blocks, stats.large_cached_bytes),
-            (1, 4 * MIB),
+            (1, 4 * UNIT),
             "merged back into the whole range: {stats}"
         );
         let live = a.platform().live_bytes();
-        a.dealloc(q2, at(3 * MIB));
+        a.dealloc(q2, at(3 * UNIT));
         let stats = a.stats();
         assert_eq!(
             (stats.large_cached_blocks, stats.large_cached_bytes),
-            (1, 3 * MIB),
+            (1, 3 * UNIT),
             "the older range evicted for the newer: {stats}"
         );
-        assert_eq!(a.platform().live_bytes(), live - 4 * MIB, "and unmapped");
+        assert_eq!(a.platform().live_bytes(), live - 4 * UNIT, "and unmapped");
     }
     a.check().unwrap();
 }
 
 /// The large cache's limit grows only for a program that cycles through more than it keeps,
-/// and only to what the program had in use: six 1 MiB blocks allocated and freed together
-/// (6 MiB, more than the 4 MiB it starts with) miss a cache's worth after a cache's worth
-/// was evicted, and the limit grows to the 6 MiB they took, no more, after which all six are
-/// kept; two 4 MiB blocks, more than that, have one evicted, allocating them again misses it
-/// and doubles the limit to the 8 MiB they take, and from then on the cycle is served from
-/// the cache with no system call.
+/// and only to what the program had in use: six blocks of a unit allocated and freed
+/// together (6 units, more than the 4 it starts with) miss a cache's worth after a cache's
+/// worth was evicted, and the limit grows to the 6 units they took, no more, after which all
+/// six are kept; two blocks of 4 units, more than that, have one evicted, allocating them
+/// again misses it and doubles the limit to the 8 units they take, and from then on the
+/// cycle is served from the cache with no system call.
 #[test]
 fn the_large_cache_grows_for_blocks_that_cycle_through_more_than_it_keeps() {
-    const MIB: usize = 1 << 20;
+    const UNIT: usize = UNIT_OF_CACHE;
     let a = Allocator::new(TestPlatform::new());
     let cycle_of = |n, size| {
         let layout = Layout::from_size_align(size, 16).unwrap();
@@ -178,31 +182,31 @@ fn the_large_cache_grows_for_blocks_that_cycle_through_more_than_it_keeps() {
         a.stats()
     };
     let limits: Vec<_> = (0..3)
-        .map(|_| cycle_of(6, MIB).large_cached_limit)
+        .map(|_| cycle_of(6, UNIT).large_cached_limit)
         .collect();
     assert_eq!(
         limits,
-        [pymalloc::CACHE_BYTES, pymalloc::CACHE_BYTES, 6 * MIB],
+        [pymalloc::CACHE_BYTES, pymalloc::CACHE_BYTES, 6 * UNIT],
         "grown once a cache's worth missed after a cache's worth evicted, to what was in use"
     );
-    let stats = cycle_of(6, MIB);
+    let stats = cycle_of(6, UNIT);
     assert_eq!(
         (stats.large_cached_limit, stats.large_cached_bytes),
-        (6 * MIB, 6 * MIB),
+        (6 * UNIT, 6 * UNIT),
         "all six kept, the limit no higher: {stats}"
     );
     a.trim();
-    let cycle = || cycle_of(2, 4 * MIB);
+    let cycle = || cycle_of(2, 4 * UNIT);
     let stats = cycle();
-    assert_eq!(stats.large_cached_limit, 6 * MIB, "{stats}");
-    assert_eq!(stats.large_cached_bytes, 4 * MIB, "one evicted: {stats}");
+    assert_eq!(stats.large_cached_limit, 6 * UNIT, "{stats}");
+    assert_eq!(stats.large_cached_bytes, 4 * UNIT, "one evicted: {stats}");
     let stats = cycle();
     assert_eq!(
         stats.large_cached_limit,
         2 * pymalloc::CACHE_BYTES,
         "{stats}"
     );
-    assert_eq!(stats.large_cached_bytes, 8 * MIB, "both kept: {stats}");
+    assert_eq!(stats.large_cached_bytes, 8 * UNIT, "both kept: {stats}");
     let reserves = a.platform().reserve_calls();
     let stats = cycle();
     assert_eq!(
@@ -233,9 +237,9 @@ fn the_large_cache_grows_for_blocks_that_cycle_through_more_than_it_keeps() {
 /// mmap threshold rises to the largest block freed.
 #[test]
 fn the_large_cache_grows_to_hold_a_block_freed_and_allocated_again() {
-    const MIB: usize = 1 << 20;
+    const UNIT: usize = UNIT_OF_CACHE;
     let a = Allocator::new(TestPlatform::new());
-    let layout = Layout::from_size_align(6 * MIB, 16).unwrap();
+    let layout = Layout::from_size_align(6 * UNIT, 16).unwrap();
     let round = || {
         let p = a.alloc(layout);
         assert!(!p.is_null());
@@ -250,8 +254,8 @@ fn the_large_cache_grows_to_hold_a_block_freed_and_allocated_again() {
         "the front kept: {stats}"
     );
     let stats = round();
-    assert_eq!(stats.large_cached_limit, 6 * MIB, "{stats}");
-    assert_eq!(stats.large_cached_bytes, 6 * MIB, "{stats}");
+    assert_eq!(stats.large_cached_limit, 6 * UNIT, "{stats}");
+    assert_eq!(stats.large_cached_bytes, 6 * UNIT, "{stats}");
     let reserves = a.platform().reserve_calls();
     round();
     assert_eq!(
@@ -266,8 +270,7 @@ fn the_large_cache_grows_to_hold_a_block_freed_and_allocated_again() {
 /// limit grows to it, then never again, up to sizes far beyond where the limit starts.
 #[test]
 fn a_loop_of_one_size_stops_calling_the_system() {
-    const MIB: usize = 1 << 20;
-    for size in [8 * MIB, 20 * MIB, 100 * MIB] {
+    for size in [2, 5, 25].map(|n| n * pymalloc::CACHE_BYTES) {
         let a = Allocator::new(TestPlatform::new());
         let layout = Layout::from_size_align(size, 16).unwrap();
         let mut reserves = Vec::new();
@@ -281,7 +284,8 @@ fn a_loop_of_one_size_stops_calling_the_system() {
             }
             reserves.push(a.platform().reserve_calls());
         }
-        // The limit doubles from 4 MiB to the size: log2(size / 4 MiB) rounds, then none.
+        // The limit doubles from where it starts to the size: log2(size / start) rounds, then
+        // none.
         let growth = (size / pymalloc::CACHE_BYTES).ilog2() as usize + 2;
         assert!(
             reserves.windows(2).skip(growth).all(|w| w[0] == w[1]),
@@ -291,14 +295,14 @@ fn a_loop_of_one_size_stops_calling_the_system() {
     }
 }
 
-/// What the cache keeps follows what the program has in use lately: a hundred 1 MiB blocks
-/// that churn are kept; once the program frees them and goes on with a few small large
+/// What the cache keeps follows what the program has in use lately: a hundred blocks of a
+/// unit that churn are kept; once the program frees them and goes on with a few small large
 /// blocks, the cache gives the rest back as it frees, and `trim` gives back all.
 #[test]
 fn the_cache_gives_back_what_the_program_no_longer_uses() {
-    const MIB: usize = 1 << 20;
+    const UNIT: usize = UNIT_OF_CACHE;
     let a = Allocator::new(TestPlatform::new());
-    let big = Layout::from_size_align(MIB, 16).unwrap();
+    let big = Layout::from_size_align(UNIT, 16).unwrap();
     for _ in 0..8 {
         let blocks: Vec<_> = (0..100).map(|_| a.alloc(big)).collect();
         for p in blocks {
@@ -309,7 +313,7 @@ fn the_cache_gives_back_what_the_program_no_longer_uses() {
     }
     let churning = a.stats();
     assert!(
-        churning.large_cached_bytes >= 60 * MIB,
+        churning.large_cached_bytes >= 60 * UNIT,
         "the churning blocks are kept: {churning}"
     );
     let small = Layout::from_size_align(300 << 10, 16).unwrap();
@@ -321,7 +325,7 @@ fn the_cache_gives_back_what_the_program_no_longer_uses() {
     }
     let after = a.stats();
     assert!(
-        after.large_cached_bytes <= 4 * MIB,
+        after.large_cached_bytes <= 4 * UNIT,
         "given back as the program moved on: {after}"
     );
     a.trim();
