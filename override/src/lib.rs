@@ -11,7 +11,9 @@
 //! `pymalloc::c_abi`), and `pymalloc_write_stats(fd)`. The `PYMALLOC_*` options in the
 //! environment apply (`pymalloc::Options`): with `PYMALLOC_STATS=1` (or `json`), the
 //! statistics go to stderr when the program exits. Rust code inside the library allocates
-//! through pymalloc directly.
+//! through pymalloc directly. pymalloc's own `.init_array` entry (`pymalloc::register_hooks`)
+//! registers its `fork` handlers, and the statistics at exit, when the library is loaded,
+//! before the program's constructors.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 #![cfg(target_os = "linux")]
@@ -148,20 +150,6 @@ pub unsafe extern "C" fn malloc_info(options: c_int, file: *mut libc::FILE) -> c
     // SAFETY: as the caller guarantees.
     unsafe { c_abi::malloc_info(options, file) }
 }
-
-/// Runs when the library is loaded, before the program's own constructors: registers
-/// pymalloc's `fork` handlers before the program can register any (which a program that
-/// allocates in its own handlers needs), and the statistics at exit if `PYMALLOC_STATS`
-/// asks for them (see `pymalloc::register_hooks`).
-extern "C" fn at_load() {
-    pymalloc::register_hooks();
-}
-
-/// An `.init_array` entry runs when the library is loaded; for a preloaded library, before
-/// the program starts.
-#[used]
-#[unsafe(link_section = ".init_array")]
-static AT_LOAD: extern "C" fn() = at_load;
 
 /// C23's `free_sized(3)`: a size that does not match the block is reported and aborts.
 ///
