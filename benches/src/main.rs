@@ -131,19 +131,32 @@ fn table(medians: &Medians, workloads: &[&'static str]) -> String {
         .unwrap();
         writeln!(t, "| workload | {} |", ALLOCATORS.join(" | ")).unwrap();
         writeln!(t, "|---|{}", "---:|".repeat(ALLOCATORS.len())).unwrap();
+        // A median of 0 is below the measure's resolution (system time comes in clock ticks):
+        // no ratio is taken to it, and a workload where any allocator measured 0 is left out of
+        // the geometric mean, which would otherwise follow the resolution, not the allocators.
         let mut logs = [0f64; ALLOCATORS.len()];
+        let mut counted = 0usize;
         for w in workloads {
-            let base = medians[&(*w, ALLOCATORS[0])][m].max(1) as f64;
+            let value = |a: &str| medians[&(*w, a)][m];
+            let base = value(ALLOCATORS[0]);
+            let measured = ALLOCATORS.iter().all(|a| value(a) > 0);
+            if measured {
+                counted += 1;
+            }
             let cells: Vec<String> = ALLOCATORS
                 .iter()
                 .enumerate()
                 .map(|(i, a)| {
-                    let v = medians[&(*w, *a)][m];
-                    logs[i] += (v.max(1) as f64 / base).ln();
+                    let v = value(a);
+                    if measured {
+                        logs[i] += (v as f64 / base as f64).ln();
+                    }
                     if i == 0 {
                         shown(m, v)
+                    } else if base == 0 {
+                        format!("{} (—)", shown(m, v))
                     } else {
-                        format!("{} ({:.2}×)", shown(m, v), v.max(1) as f64 / base)
+                        format!("{} ({:.2}×)", shown(m, v), v as f64 / base as f64)
                     }
                 })
                 .collect();
@@ -151,9 +164,22 @@ fn table(medians: &Medians, workloads: &[&'static str]) -> String {
         }
         let geo: Vec<String> = logs
             .iter()
-            .map(|l| format!("{:.2}×", (l / workloads.len() as f64).exp()))
+            .map(|l| match counted {
+                0 => "—".to_string(),
+                n => format!("{:.2}×", (l / n as f64).exp()),
+            })
             .collect();
-        writeln!(t, "| *geometric mean of ratios* | {} |", geo.join(" | ")).unwrap();
+        let over = if counted < workloads.len() {
+            format!(" (the {counted} workloads measured above 0 on every allocator)")
+        } else {
+            String::new()
+        };
+        writeln!(
+            t,
+            "| *geometric mean of ratios*{over} | {} |",
+            geo.join(" | ")
+        )
+        .unwrap();
     }
     t
 }

@@ -597,15 +597,19 @@ fn main() {
         table.push('\n');
         for (p, program) in programs.iter().enumerate() {
             let value = |a: usize| median(samples[&(p, a)].iter().map(pick).collect()) as f64;
-            let base = value(0).max(1.0);
+            let base = value(0);
             write!(table, "| {} |", program.name).unwrap();
             for a in 0..peers.len() {
                 let v = value(a);
                 let shown = v / scale;
                 if a == 0 {
                     write!(table, " {shown:.1} |").unwrap();
+                } else if base == 0.0 {
+                    // Below the measure's resolution (system time comes in clock ticks): no
+                    // ratio to it.
+                    write!(table, " {shown:.1} (—) |").unwrap();
                 } else {
-                    write!(table, " {shown:.1} ({:.2}×) |", v.max(1.0) / base).unwrap();
+                    write!(table, " {shown:.1} ({:.2}×) |", v / base).unwrap();
                 }
             }
             table.push('\n');
