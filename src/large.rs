@@ -65,9 +65,9 @@ use crate::registry::Registry;
 /// Freed ranges kept for reuse.
 pub const CACHE_ENTRIES: usize = 64;
 /// Bytes of freed ranges kept for reuse, at first, and at least while the program has had
-/// fewer in use lately ([`Large::room`]): enough that a program churning a few MiB of large
-/// blocks of random sizes, touched sparsely, reuses their pages instead of faulting fresh ones
-/// (`docs/design.md`, *The cache follows the program*).
+/// fewer in use lately (see the module documentation): enough that a program churning a few
+/// MiB of large blocks of random sizes, touched sparsely, reuses their pages instead of
+/// faulting fresh ones (`docs/design.md`, *The cache follows the program*).
 pub const CACHE_BYTES: usize = 16 << 20;
 /// The most bytes of freed ranges the cache grows to keep (1 GiB): a ceiling only; what it
 /// keeps follows the program's blocks (see the module documentation).
