@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! block in use: | caller's n bytes | canary (up to 8) | ... | tag: check, slack |
-//! free block:   | link | freed mark | fill 0xDF ... (at most FILL_MAX) | tag: check, FREE |
+//! free block:   | link | freed mark | fill 0xDD ... (at most FILL_MAX) | tag: check, FREE |
 //!                                                                     ^ capacity - 8
 //! ```
 //!
@@ -48,8 +48,10 @@ pub const ENABLED: bool = cfg!(feature = "secure");
 pub const TAG_BYTES: usize = 8;
 /// Canary bytes after the caller's, where the capacity leaves room before the tag.
 const CANARY_BYTES: usize = 8;
-/// Fill of a freed block's bytes from its third word on.
-pub const FREED_FILL: u8 = 0xDF;
+/// Fill of a freed block's bytes from its third word on: CPython's and the `debug` feature's
+/// dead byte, so that a freed object read through a dangling pointer looks freed to them (a
+/// word of it is also a non-canonical address on x86-64, which faults if followed).
+pub const FREED_FILL: u8 = 0xDD;
 /// Most bytes of a freed block filled (and checked when it is handed out again), from its
 /// third word: its first 64 bytes are covered, where an object's header and first fields
 /// lie; a write after free further into a larger block is not seen.
