@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use pymalloc_bench::report::{median, provenance};
+use pymalloc_bench::report::{median, provenance, ratio};
 use pymalloc_bench::{ALLOCATORS, Sample, THREADS_VAR, WORKLOADS, churn_ops};
 
 struct Options {
@@ -153,10 +153,8 @@ fn table(medians: &Medians, workloads: &[&'static str]) -> String {
                     }
                     if i == 0 {
                         shown(m, v)
-                    } else if base == 0 {
-                        format!("{} (—)", shown(m, v))
                     } else {
-                        format!("{} ({:.2}×)", shown(m, v), v as f64 / base as f64)
+                        format!("{} ({})", shown(m, v), ratio(v as f64, base as f64))
                     }
                 })
                 .collect();

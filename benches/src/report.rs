@@ -1,5 +1,5 @@
-//! What both benchmark runners (`main.rs`, `bin/preload.rs`) say about a run: medians, the
-//! machine, the date and the commit.
+//! What both benchmark runners (`main.rs`, `bin/preload.rs`) say about a run: medians,
+//! ratios to the baseline, the machine, the date and the commit.
 
 use std::process::Command;
 
@@ -7,6 +7,17 @@ use std::process::Command;
 pub fn median(mut v: Vec<u64>) -> u64 {
     v.sort_unstable();
     v[v.len() / 2]
+}
+
+/// A value's ratio to the baseline's, as the tables show it: `—` where the baseline's median
+/// is 0, below the measure's resolution (system time comes in clock ticks), to which no
+/// ratio means anything.
+pub fn ratio(value: f64, base: f64) -> String {
+    if base == 0.0 {
+        "—".to_string()
+    } else {
+        format!("{:.2}×", value / base)
+    }
 }
 
 /// A command's standard output, trimmed; empty if it cannot run.

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use pymalloc_bench::report::{median, provenance};
+use pymalloc_bench::report::{median, provenance, ratio};
 
 /// One program to run: its command line and environment.
 struct Program {
@@ -604,12 +604,8 @@ fn main() {
                 let shown = v / scale;
                 if a == 0 {
                     write!(table, " {shown:.1} |").unwrap();
-                } else if base == 0.0 {
-                    // Below the measure's resolution (system time comes in clock ticks): no
-                    // ratio to it.
-                    write!(table, " {shown:.1} (—) |").unwrap();
                 } else {
-                    write!(table, " {shown:.1} ({:.2}×) |", v / base).unwrap();
+                    write!(table, " {shown:.1} ({}) |", ratio(v, base)).unwrap();
                 }
             }
             table.push('\n');
