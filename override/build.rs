@@ -1,33 +1,13 @@
-//! Links GCC's unwinder (`libgcc_eh.a`) into `libpymalloc_override.so` statically where the
-//! C compiler has it (Linux, glibc), so that the library no longer needs `libgcc_s.so.1`:
-//! every process it is preloaded into would otherwise open, map and relocate that library too,
-//! which was about half of the library's start-up cost (see `docs/preload.md`). Rust's
-//! standard library refers to the unwinder (panics, backtraces); pymalloc never unwinds, and
-//! the symbols stay inside the library (a cdylib exports only its `#[no_mangle]` functions).
-//! Where the archive is not found, nothing changes: the library links `libgcc_s` as before.
-
-use std::path::PathBuf;
-use std::process::Command;
+//! Whether the standard library is linked into this build of the library anyway — by
+//! `pymalloc-arena`'s `test-platform` feature, which tests in the same cargo invocation enable
+//! (`arena/build.rs`) — and so provides the panic handler: `cfg(std_linked)`. The library
+//! built on its own (`cargo build --release -p pymalloc-override`) is `no_std`.
 
 fn main() {
-    println!("cargo:rerun-if-changed=build.rs");
-    let gnu_linux = std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux")
-        && std::env::var("CARGO_CFG_TARGET_ENV").as_deref() == Ok("gnu");
-    if !gnu_linux {
-        return;
+    println!("cargo::rustc-check-cfg=cfg(std_linked)");
+    if std::env::var("DEP_PYMALLOC_ARENA_STD").is_ok_and(|v| v == "1") {
+        println!("cargo::rustc-cfg=std_linked");
     }
-    let compiler = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let Ok(out) = Command::new(compiler)
-        .arg("-print-file-name=libgcc_eh.a")
-        .output()
-    else {
-        return;
-    };
-    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    // A compiler that lacks the file prints its bare name back.
-    let (Some(dir), true) = (path.parent(), path.is_absolute() && path.exists()) else {
-        return;
-    };
-    println!("cargo:rustc-link-search=native={}", dir.display());
-    println!("cargo:rustc-link-lib=static:+verbatim=libgcc_eh.a");
+    println!("cargo::rerun-if-changed=build.rs");
+    println!("cargo::rerun-if-env-changed=DEP_PYMALLOC_ARENA_STD");
 }

@@ -27,6 +27,8 @@
 //!
 //! The crates underneath: `pymalloc-pool` (size classes, pools), `pymalloc-arena` (platform
 //! layer, arenas), `pymalloc-radix` (the address → arena map).
+// Only `core` (and `libc`): see `tls.rs` for where `std` is linked all the same.
+#![cfg_attr(not(test), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 // An allocator must never unwind: its non-test code neither indexes nor unwraps unchecked.
@@ -39,6 +41,18 @@
         clippy::panic
     )
 )]
+
+#[cfg(all(
+    not(test),
+    any(
+        miri,
+        not(all(
+            target_os = "linux",
+            any(target_arch = "x86_64", target_arch = "aarch64")
+        ))
+    )
+))]
+extern crate std;
 
 mod allocator;
 #[cfg(target_os = "linux")]
@@ -74,6 +88,7 @@ pub use large::{AUTO_HUGE_BYTES, CACHE_BYTES, CACHE_ENTRIES, HUGE_PAGE, MAX_CACH
 pub use options::{MAX_OPTION_BYTES, Options, StatsAtExit};
 pub use process::register_hooks;
 pub use pymalloc_arena::{HugePages, OsPlatform, Platform};
+pub use report::report_panic;
 pub use session::LocalHeap;
 pub use stats::{ClassStats, Stats};
 

@@ -80,6 +80,20 @@ pub(crate) unsafe fn to_file(file: *mut libc::FILE, args: fmt::Arguments<'_>) {
     out.finish();
 }
 
+/// Writes `pymalloc: fatal: ` and the panic's message and place on a line of stderr, without
+/// allocating, and aborts: the panic handler of a program or library built without the
+/// standard library around pymalloc (`libpymalloc_override.so`). pymalloc's own code never
+/// panics; this is for whatever else shares the library.
+#[cold]
+pub fn report_panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    to_fd(
+        libc::STDERR_FILENO,
+        format_args!("pymalloc: fatal: {info}\n"),
+    );
+    // SAFETY: abort has no preconditions and never returns.
+    unsafe { libc::abort() }
+}
+
 /// Writes `pymalloc: warning: ` and `args` on a line of stderr, without allocating.
 pub(crate) fn warn(args: fmt::Arguments<'_>) {
     to_fd(

@@ -14,6 +14,13 @@
 //! through pymalloc directly. pymalloc's own `.init_array` entry (`pymalloc::register_hooks`)
 //! registers its `fork` handlers, and the statistics at exit, when the library is loaded,
 //! before the program's constructors.
+//!
+//! The library is built without the standard library (`#![no_std]`; the workspace's release
+//! and dev profiles abort on panic, which a `no_std` library needs): it imports about half
+//! the symbols from the C library that `std` would, and each is a lookup the dynamic loader
+//! makes in every process started under `LD_PRELOAD` (`docs/design.md`, *Start-up*). A
+//! panic, which the allocator's code never raises, writes its message and aborts.
+#![cfg_attr(not(any(test, std_linked)), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 #![cfg(target_os = "linux")]
@@ -24,6 +31,44 @@ use pymalloc::{PyMalloc, c_abi};
 
 #[global_allocator]
 static GLOBAL: PyMalloc = PyMalloc;
+
+// Without `std`, nothing else asks the linker for the C library (the `libc` crate only
+// declares its functions), whose `libc.so` also brings `libc_nonshared.a`'s `atexit`.
+#[link(name = "c")]
+unsafe extern "C" {}
+
+// Without LTO (the dev and test profiles), `core`'s precompiled code, built to unwind, names
+// a personality routine in its unwinding tables; the standard library would define it. Panics
+// here abort, so it is never called: a hidden symbol (not exported, so it cannot stand in for
+// another library's) that traps, to resolve the name.
+#[cfg(not(any(test, std_linked)))]
+macro_rules! trapping_personality {
+    ($trap:literal) => {
+        core::arch::global_asm!(
+            ".pushsection .text.rust_eh_personality,\"ax\",%progbits",
+            ".globl rust_eh_personality",
+            ".hidden rust_eh_personality",
+            ".type rust_eh_personality,%function",
+            "rust_eh_personality:",
+            $trap,
+            ".size rust_eh_personality, . - rust_eh_personality",
+            ".popsection",
+        );
+    };
+}
+#[cfg(all(not(any(test, std_linked)), target_arch = "x86_64"))]
+trapping_personality!("ud2");
+#[cfg(all(not(any(test, std_linked)), target_arch = "aarch64"))]
+trapping_personality!("udf #0");
+
+/// What a panic does without the standard library: the message, without allocating, and
+/// `abort()`. (Where the standard library is linked all the same, in tests and builds with
+/// tests (`build.rs`), it is `std`'s.)
+#[cfg(not(any(test, std_linked)))]
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    pymalloc::report_panic(info)
+}
 
 /// `malloc(3)`.
 #[unsafe(no_mangle)]
