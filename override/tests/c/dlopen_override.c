@@ -1,7 +1,10 @@
 /* Loads libpymalloc_override.so with dlopen, after start-up, rather than through LD_PRELOAD:
  * its thread-local slot is initial-exec TLS, which a library loaded late takes from the
  * static TLS surplus glibc keeps for that. Its functions, found with dlsym, allocate and free
- * in the main thread and in four threads started before and after the load.
+ * in the main thread and in four threads started before and after the load. Then the program
+ * closes the library while a thread that allocated through it still runs: the library stays
+ * loaded (it is linked `-z nodelete`), so that thread's exit, which runs the library's
+ * `pthread` key destructor to hand its heap on, finds the code still there.
  *
  *   dlopen_override LIBRARY
  */
@@ -17,6 +20,7 @@ typedef void (*free_fn)(void *);
 static malloc_fn their_malloc;
 static free_fn their_free;
 static pthread_barrier_t loaded;
+static pthread_barrier_t worked, closed;
 
 static void *work(void *early) {
     if (early) pthread_barrier_wait(&loaded);
@@ -27,6 +31,15 @@ static void *work(void *early) {
         their_free(p);
     }
     return NULL;
+}
+
+/* Allocates through the library, then waits for it to be closed before it exits. */
+static void *linger(void *unused) {
+    (void)unused;
+    void *r = work(NULL);
+    pthread_barrier_wait(&worked);
+    pthread_barrier_wait(&closed);
+    return r;
 }
 
 int main(int argc, char **argv) {
@@ -53,6 +66,21 @@ int main(int argc, char **argv) {
         failed |= r != NULL;
     }
     if (failed) return 1;
+
+    pthread_t lingering;
+    pthread_barrier_init(&worked, NULL, 2);
+    pthread_barrier_init(&closed, NULL, 2);
+    pthread_create(&lingering, NULL, linger, NULL);
+    pthread_barrier_wait(&worked);
+    if (dlclose(lib) != 0) return 1;
+    if (!dlopen(argv[1], RTLD_NOW | RTLD_NOLOAD)) {
+        fprintf(stderr, "the library was unloaded by dlclose\n");
+        return 1;
+    }
+    pthread_barrier_wait(&closed);
+    void *r;
+    pthread_join(lingering, &r);
+    if (r != NULL) return 1;
     puts("ok");
     return 0;
 }
