@@ -199,7 +199,8 @@ struct AllocatesOnDrop(u8);
 
 impl Drop for AllocatesOnDrop {
     fn drop(&mut self) {
-        // Runs during thread exit, before or after the heap's own exit hook.
+        // Runs during thread exit, before the heap's own exit hook (a `pthread` key's
+        // destructor, which glibc runs after every `thread_local` destructor).
         let v: Vec<u64> = (0..1000).map(|i| i * self.0 as u64).collect();
         let s = format!("{}", v.iter().sum::<u64>());
         assert!(!s.is_empty());
@@ -215,21 +216,35 @@ thread_local! {
 }
 
 /// Thread-local destructors that allocate, registered both before the thread's heap is
-/// bound (they run after its exit hook released the heap) and after.
+/// bound and after (both run before its exit hook releases the heap); and a `pthread` key's
+/// destructor that allocates, created after the allocator's own key, so that it runs after
+/// the exit hook (the thread then uses the fallback heap).
 #[test]
 fn allocation_in_thread_local_destructors() {
+    extern "C" fn allocates_late(value: *mut libc::c_void) {
+        let v: Vec<u64> = (0..1000).map(|i| i * value as u64).collect();
+        KEPT.lock().unwrap().push(v.into_boxed_slice());
+    }
+    // The allocator's key exists already: this test binary's threads have allocated.
+    drop(vec![0u8; 10]);
+    let mut late: libc::pthread_key_t = 0;
+    // SAFETY: a new key, with a destructor that neither unwinds nor frees its value.
+    let created = unsafe { libc::pthread_key_create(&mut late, Some(allocates_late)) };
+    assert_eq!(created, 0);
     for _ in 0..200 {
-        std::thread::spawn(|| {
+        std::thread::spawn(move || {
             BEFORE.with(|_| {});
             let v = vec![1u8; 100];
             AFTER.with(|_| {});
+            // SAFETY: a live key; the value is only a number (not null, so that it runs).
+            unsafe { libc::pthread_setspecific(late, 3 as *const libc::c_void) };
             drop(v);
         })
         .join()
         .unwrap();
     }
     let kept = std::mem::take(&mut *KEPT.lock().unwrap());
-    assert_eq!(kept.len(), 400);
+    assert_eq!(kept.len(), 600);
     assert!(kept.iter().all(|v| v.len() == 1000));
     drop(kept);
     pymalloc::check().unwrap();
