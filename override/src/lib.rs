@@ -33,8 +33,12 @@ use pymalloc::{PyMalloc, c_abi};
 static GLOBAL: PyMalloc = PyMalloc;
 
 // Without `std`, nothing else asks the linker for the C library (the `libc` crate only
-// declares its functions), whose `libc.so` also brings `libc_nonshared.a`'s `atexit`.
+// declares its functions), whose `libc.so` also brings `libc_nonshared.a`'s `atexit`; nor
+// for `libpthread`, where glibc before 2.34 keeps `pthread_key_create` and its kin (from
+// 2.34 on it is empty, and the linker, told `--as-needed`, records no need of it).
 #[link(name = "c")]
+unsafe extern "C" {}
+#[link(name = "pthread")]
 unsafe extern "C" {}
 
 // Without LTO (the dev and test profiles), `core`'s precompiled code, built to unwind, names
