@@ -490,6 +490,25 @@ fn instructions(peers: &[Peer], dir: &Path) -> Option<String> {
     Some(table)
 }
 
+/// Instructions an empty program executes from its start to its exit with `lib` preloaded
+/// (or nothing), counted by callgrind: the dynamic loader's work for the library, without
+/// the noise of timing a process start on a shared machine. `None` without valgrind.
+fn instructions_to_start(empty: &str, lib: Option<&Path>) -> Option<u64> {
+    let mut cmd = Command::new("valgrind");
+    cmd.args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+        .arg(empty)
+        .stdout(Stdio::null());
+    match lib {
+        Some(lib) => cmd.env("LD_PRELOAD", lib),
+        None => cmd.env_remove("LD_PRELOAD"),
+    };
+    let out = cmd.output().ok()?;
+    // A line like `==4242== Collected : 155393`.
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .find_map(|line| line.split_once("Collected :")?.1.trim().parse().ok())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -622,17 +641,32 @@ fn main() {
         let glibc = per_start(&samples[&(p, 0)]);
         write!(
             table,
-            "\n**start-up** (µs per process, from `startup`; more than glibc's; the empty \
-             library is the floor: what preloading any library costs)\n\n| | µs | more |\n|---|---:|---:|\n"
+            "\n**start-up** (µs per process, from `startup`, and the instructions an empty \
+             program executes from start to exit under callgrind; each beside glibc's; the \
+             empty library is the floor: what preloading any library costs)\n\n\
+             | | µs | more | instructions | more |\n|---|---:|---:|---:|---:|\n"
         )
         .unwrap();
+        let empty = &programs[p].argv[2];
+        let glibc_instructions = instructions_to_start(empty, None);
         let rows = peers
             .iter()
             .enumerate()
-            .map(|(a, peer)| (peer.name, per_start(&samples[&(p, a)])))
-            .chain([(floor.name, per_start(&floor_samples))]);
-        for (name, us) in rows {
-            writeln!(table, "| {name} | {us:.0} | {:+.0} |", us - glibc).unwrap();
+            .map(|(a, peer)| (peer, per_start(&samples[&(p, a)])))
+            .chain([(&floor, per_start(&floor_samples))]);
+        for (peer, us) in rows {
+            let counted = instructions_to_start(empty, peer.lib.as_deref());
+            let (instructions, more) = match (counted, glibc_instructions) {
+                (Some(n), Some(base)) => (n.to_string(), format!("{:+}", n as i64 - base as i64)),
+                _ => ("—".into(), "—".into()),
+            };
+            writeln!(
+                table,
+                "| {} | {us:.0} | {:+.0} | {instructions} | {more} |",
+                peer.name,
+                us - glibc
+            )
+            .unwrap();
         }
     }
     println!("{table}");
