@@ -54,7 +54,7 @@ extern "C" fn exit_hook(_value: *mut c_void) {
 }
 
 /// The exit hook's key, created on first use; `None` if the process has no key left.
-pub(crate) fn exit_key() -> Option<libc::pthread_key_t> {
+fn exit_key() -> Option<libc::pthread_key_t> {
     let key = EXIT_KEY.load(Ordering::Acquire);
     if key != NO_KEY {
         return libc::pthread_key_t::try_from(key).ok();
