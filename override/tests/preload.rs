@@ -411,6 +411,48 @@ fn no_allocator_path_calls_tls_get_addr() {
     assert!(calls.iter().any(|(_, callee)| callee == "mmap"));
 }
 
+/// What loading the library costs a process is mostly the dynamic loader's work for what it
+/// needs (`docs/design.md`, *The override library without the standard library*): it needs
+/// the C library alone — no `libgcc_s` for an unwinder, no `libpthread` — and imports none
+/// of the standard library's panic, backtrace or thread-local machinery. Skipped where
+/// `objdump` is missing.
+#[test]
+fn the_library_needs_only_the_c_library() {
+    let Ok(out) = Command::new("objdump").arg("-p").arg(library()).output() else {
+        eprintln!("objdump not found: skipped");
+        return;
+    };
+    let headers = text(&out.stdout);
+    let needed: Vec<&str> = headers
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("NEEDED"))
+        .map(str::trim)
+        .collect();
+    assert_eq!(needed, ["libc.so.6"], "{headers}");
+    let Ok(out) = Command::new("objdump").arg("-T").arg(library()).output() else {
+        return;
+    };
+    let symbols = text(&out.stdout);
+    let imported: Vec<&str> = symbols
+        .lines()
+        .filter(|line| line.contains("*UND*"))
+        .filter_map(|line| line.split_whitespace().last())
+        .collect();
+    assert!(imported.contains(&"mmap"), "{symbols}");
+    for std_only in [
+        "__tls_get_addr",
+        "__cxa_thread_atexit_impl",
+        "dl_iterate_phdr",
+        "_Unwind_Resume",
+        "pthread_mutex_lock",
+    ] {
+        assert!(
+            !imported.contains(&std_only),
+            "{std_only} imported:\n{symbols}"
+        );
+    }
+}
+
 /// The allocator never unwinds, and has no panic in it to unwind from: nothing in the
 /// library's disassembly calls one of Rust's panicking functions (a bounds check, a division
 /// by zero, an `unwrap`, a `panic!`), so even its panic handler is left out of the link.
