@@ -4,23 +4,24 @@
 //!
 //! Rust's `thread_local!` in a shared library (`libpymalloc_override.so`) uses the
 //! general-dynamic TLS model: every access calls `__tls_get_addr`, about 11 instructions and a
-//! call, on every `malloc` and `free`. On Linux for x86-64 and aarch64 the slot is instead a
-//! TLS symbol defined here in assembly (one a word) and read with the *initial-exec* model: the symbol's
-//! offset from the thread pointer is in a GOT entry that the dynamic loader fills in once, so
-//! a read is two loads (x86-64: `mov off, [rip + sym@GOTTPOFF]; mov val, fs:[off]`). In an
-//! executable the linker relaxes the GOT load to a constant.
+//! call, on every `malloc` and `free`. On Linux for x86-64 and aarch64 each word is instead
+//! a TLS symbol defined here in assembly and read with the *initial-exec* model: the
+//! symbol's offset from the thread pointer is in a GOT entry that the dynamic loader fills in
+//! once, so a read is two loads (x86-64: `mov off, [rip + sym@GOTTPOFF]; mov val,
+//! fs:[off]`). In an executable the linker relaxes the GOT load to a constant.
 //!
 //! What that asks of the loader: an initial-exec symbol must live in the *static* TLS block,
 //! laid out when a thread starts. A library loaded at start-up (`LD_PRELOAD`, or linked) is
-//! always placed there; one loaded later with `dlopen` takes its 8 bytes from the surplus
-//! glibc reserves for such libraries (`glibc.rtld.optional_static_tls`, 512 bytes by
-//! default), and `dlopen` fails with "cannot allocate memory in static TLS block" only when
-//! that surplus is used up. The linker marks the library `DF_STATIC_TLS` (`readelf -d`
-//! shows `STATIC_TLS` among the flags). The 16 bytes come out of that surplus too.
+//! always placed there; one loaded later with `dlopen` takes its 16 bytes (the two words)
+//! from the surplus glibc reserves for such libraries (`glibc.rtld.optional_static_tls`, 512
+//! bytes by default), and `dlopen` fails with "cannot allocate memory in static TLS block"
+//! only when that surplus is used up. The linker marks the library `DF_STATIC_TLS`
+//! (`readelf -d` shows `STATIC_TLS` among the flags).
 //!
 //! Elsewhere (other targets, Miri) each word is an ordinary `thread_local!`, and the crate
 //! links `std` for it; on Linux for x86-64 and aarch64 the crate needs only `core`, so that
-//! `libpymalloc_override.so` carries no standard library (`docs/design.md`, *Start-up*).
+//! `libpymalloc_override.so` carries no standard library (`docs/design.md`, *The override
+//! library without the standard library*).
 //!
 //! Invariant T1: a thread's heap slot is null until the thread binds a heap, then that heap
 //! until the thread's exit hook clears it; only the thread itself reads or writes either

@@ -18,8 +18,9 @@
 //! The library is built without the standard library (`#![no_std]`; the workspace's release
 //! and dev profiles abort on panic, which a `no_std` library needs): it imports about half
 //! the symbols from the C library that `std` would, and each is a lookup the dynamic loader
-//! makes in every process started under `LD_PRELOAD` (`docs/design.md`, *Start-up*). A
-//! panic, which the allocator's code never raises, writes its message and aborts.
+//! makes in every process started under `LD_PRELOAD` (`docs/design.md`, *The override
+//! library without the standard library*). A panic, which the allocator's code never raises,
+//! writes its message and aborts.
 #![cfg_attr(not(any(test, std_linked)), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
