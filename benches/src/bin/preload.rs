@@ -648,14 +648,16 @@ fn main() {
         )
         .unwrap();
         let empty = &programs[p].argv[2];
-        let glibc_instructions = instructions_to_start(empty, None);
-        let rows = peers
+        let rows: Vec<_> = peers
             .iter()
             .enumerate()
             .map(|(a, peer)| (peer, per_start(&samples[&(p, a)])))
-            .chain([(&floor, per_start(&floor_samples))]);
-        for (peer, us) in rows {
-            let counted = instructions_to_start(empty, peer.lib.as_deref());
+            .chain([(&floor, per_start(&floor_samples))])
+            .map(|(peer, us)| (peer, us, instructions_to_start(empty, peer.lib.as_deref())))
+            .collect();
+        // The first peer is glibc, with nothing preloaded.
+        let glibc_instructions = rows.first().and_then(|&(_, _, counted)| counted);
+        for (peer, us, counted) in rows {
             let (instructions, more) = match (counted, glibc_instructions) {
                 (Some(n), Some(base)) => (n.to_string(), format!("{:+}", n as i64 - base as i64)),
                 _ => ("—".into(), "—".into()),
