@@ -11,7 +11,7 @@
 //!
 //! ```text
 //! arena: | slots 0-1: header | lines of slots | hot records | slot 2 | slot 3 | …
-//! line:  | descriptor (30 bytes) ... | first-slot entry |
+//! line:  | descriptor (42 bytes) ... | first-slot entry |
 //! hot:   | freelist, links, count ...                    |
 //! pool:  | block 0 | block 1 | ... | never used ... |
 //!        ^ a slot's start          ^ bump       ^ limit
@@ -50,10 +50,11 @@
 //!   (or by the remote free that sent it back, `remote.rs`); every block handed out has that
 //!   word cleared. So a free of a block that holds its mark is a double free; the freelist
 //!   walk ([`PoolPtr::on_freelist`]) only says where the block is, for the message.
-//! - P10 `bump` only grows while a block of the pool is in use; it is atomic, so that any
-//!   thread may test whether a pointer starts a block handed out
-//!   ([`PoolPtr::starts_carved_block`]): a pointer past the blocks carved, or inside a block,
-//!   is none.
+//! - P10 `bump` only grows while a block of the pool is in use; `carved`, the blocks below
+//!   it, is `bump / size`, stored beside it so that a free tests a pointer with one
+//!   comparison ([`carved_block_at`]). Both are atomic, so that any thread may test whether a
+//!   pointer starts a block handed out ([`PoolPtr::starts_carved_block`]): a pointer past
+//!   the blocks carved, or inside a block, is none.
 //!
 //! And of every arena (checked by the arena manager, [`slot_zero_line_is_clear`]):
 //! - P11 the line of slot 0, which starts no pool, is never written and reads zero: as a
@@ -140,11 +141,17 @@ pub struct Pool {
     /// The heap that owns the pool, opaque to this crate (invariant P7).
     owner: AtomicPtr<()>,
     /// `ceil(2^RECIPROCAL_SHIFT / size)`: whether an offset in the pool is a multiple of the
-    /// block size is a multiplication ([`is_block_offset`]).
+    /// block size is a multiplication ([`carved_block_at`]).
     reciprocal: u64,
+    /// The pool's offset in its arena times `reciprocal` ([`Grid::of`]), so that
+    /// [`carved_block_at`] starts from an address's offset in the arena.
+    origin: u64,
     /// Offset of the first never-used block (P10). Written only by whoever has the pool,
-    /// with a load and a store, and read by any thread that frees a pointer into the pool.
+    /// with a load and a store.
     bump: AtomicU32,
+    /// Blocks below `bump` (P10), written with it; read by any thread that frees a pointer
+    /// into the pool.
+    carved: AtomicU32,
     /// Block size of `class`, kept here so the fast path need not look it up.
     size: u32,
     /// Bytes of the pool: `class.pool_bytes()`.
@@ -201,6 +208,24 @@ unsafe fn add_used(p: *mut Pool) {
     used.store(used.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
 }
 
+/// Moves the bump offset of the pool `p` on by `blocks` blocks, and the count of blocks
+/// carved with it (P10): a load and a store each, as only whoever has the pool writes them.
+///
+/// # Safety
+/// `p` is a live pool the caller has exclusive access to, with room for `blocks` more blocks.
+#[inline(always)]
+unsafe fn advance_bump(p: *mut Pool, blocks: u32) {
+    // SAFETY: the pool is live and ours (caller).
+    unsafe {
+        let (bump, carved) = (&(*p).bump, &(*p).carved);
+        bump.store(
+            bump.load(Ordering::Relaxed) + blocks * (*p).size,
+            Ordering::Relaxed,
+        );
+        carved.store(carved.load(Ordering::Relaxed) + blocks, Ordering::Relaxed);
+    }
+}
+
 /// See [`Pool::reciprocal`].
 const RECIPROCAL_SHIFT: u32 = 40;
 
@@ -218,9 +243,10 @@ pub(crate) const fn reciprocal(size: usize) -> u64 {
     (1u64 << RECIPROCAL_SHIFT).div_ceil(size as u64)
 }
 
-/// Below this, the low [`RECIPROCAL_SHIFT`] bits of `offset * reciprocal` say that `offset`
-/// is a multiple of the block size ([`is_block_offset`]).
-const ON_GRID: u64 = 1 << 20;
+/// Below `2^GRID_SHIFT`, the low [`RECIPROCAL_SHIFT`] bits of `offset * reciprocal` say that
+/// `offset` is a multiple of the block size ([`block_index`]).
+const GRID_SHIFT: u32 = 20;
+const ON_GRID: u64 = 1 << GRID_SHIFT;
 
 // For `offset = j * size + r` (`r < size`) inside a pool of `limit` bytes, with `reciprocal =
 // R = (2^s + e) / size` (`e < size`), `offset * R = j * 2^s + j * e + r * R`. Its low `s` bits
@@ -234,24 +260,58 @@ const _: () = assert!(
             <= (1u64 << RECIPROCAL_SHIFT) / POOLED_MAX as u64
 );
 
-/// Whether `offset`, inside a pool whose blocks have the size `reciprocal` was made from, is
-/// a block's start: one multiplication, no division.
+/// For `q = offset * R`, the product of an `offset` below the widest pool and the
+/// reciprocal `R` of a block size: the index of the block that starts at `offset` if it is
+/// on the block grid, and a number of at least `2^(64 - s)` (more than any pool's blocks:
+/// `j < 2^(64 - s)`) if it is not. Of `q = j * 2^s + low` (see above), dropping the low
+/// `GRID_SHIFT` bits and rotating the rest by `s - GRID_SHIFT` brings `j` to the bottom and
+/// the bits of `low` that must be zero on the grid to the top.
 #[inline(always)]
-pub(crate) fn is_block_offset(offset: usize, reciprocal: u64) -> bool {
-    (offset as u64).wrapping_mul(reciprocal) & ((1 << RECIPROCAL_SHIFT) - 1) < ON_GRID
+fn block_index(q: u64) -> u64 {
+    (q >> GRID_SHIFT).rotate_right(RECIPROCAL_SHIFT - GRID_SHIFT)
 }
 
-/// Whether `offset` into the pool `p` starts a block carved so far: below the bump offset
-/// (P10), on the block grid (P2).
+/// A pool's block grid, as its descriptor keeps it: the reciprocal of the block size and
+/// the pool's origin (see [`Pool::origin`]).
+struct Grid {
+    reciprocal: u64,
+    origin: u64,
+}
+
+impl Grid {
+    /// The grid of blocks of `size` bytes from `memory`, a slot's start.
+    fn of(memory: NonNull<u8>, size: usize) -> Grid {
+        let reciprocal = reciprocal(size);
+        // Below 2^21 times below 2^37: no overflow.
+        let origin = (memory.addr().get() & (ARENA_SIZE - 1)) as u64 * reciprocal;
+        Grid { reciprocal, origin }
+    }
+}
+
+/// Whether the address at `arena_offset` in its arena starts a block carved so far of the
+/// pool `p`, from whose start it lies less than the widest pool (`MAX_SPAN_SLOTS` slots)
+/// further on: on the block grid (P2), below the bump offset (P10) — one comparison of
+/// [`block_index`] with the blocks carved, the product taken from the arena's start less
+/// the pool's origin.
 ///
 /// # Safety
-/// `p` is a live pool. The reciprocal is fixed while a block of the pool is in use, and the
-/// bump offset atomic, so for a pool the caller holds no block of the answer is a hint.
+/// `p` is a live pool. The grid is fixed while a block of the pool is in use, and the count
+/// of blocks carved atomic, so for a pool the caller holds no block of the answer is a hint.
 #[inline(always)]
-unsafe fn carved_block_at(p: *const Pool, offset: usize) -> bool {
+unsafe fn carved_block_at(p: *const Pool, arena_offset: usize) -> bool {
     // SAFETY: the pool is live (caller).
-    let (bump, reciprocal) = unsafe { ((*p).bump.load(Ordering::Relaxed), (*p).reciprocal) };
-    offset < bump as usize && is_block_offset(offset, reciprocal)
+    let (carved, reciprocal, origin) = unsafe {
+        (
+            (*p).carved.load(Ordering::Relaxed),
+            (*p).reciprocal,
+            (*p).origin,
+        )
+    };
+    // `(arena_offset - start) * R`, as `start * R` is the origin.
+    let q = (arena_offset as u64)
+        .wrapping_mul(reciprocal)
+        .wrapping_sub(origin);
+    block_index(q) < u64::from(carved)
 }
 
 /// What a free did to its pool's state.
@@ -300,6 +360,7 @@ impl PoolPtr {
         // Before the pool's first block exists, so before any mark is written (M1).
         mark::draw_key();
         let pool = descriptor_of(memory);
+        let grid = Grid::of(memory, class.block_size());
         // SAFETY: the caller guarantees the descriptor is writable and ours.
         unsafe {
             hot(pool.as_ptr()).write(Hot {
@@ -309,12 +370,14 @@ impl PoolPtr {
             });
             pool.write(Pool {
                 bump: AtomicU32::new(0),
+                carved: AtomicU32::new(0),
                 size: class.block_size() as u32,
                 limit: limit as u32,
                 class: AtomicU8::new(class.index() as u8),
                 fresh,
                 owner: AtomicPtr::new(owner),
-                reciprocal: reciprocal(class.block_size()),
+                reciprocal: grid.reciprocal,
+                origin: grid.origin,
             });
         }
         asan::poison(memory.as_ptr(), limit);
@@ -352,8 +415,9 @@ impl PoolPtr {
             (*hot(p)).free = ptr::null_mut();
             (*hot(p)).links = Links::UNLINKED;
             (*p).bump.store(0, Ordering::Relaxed);
+            (*p).carved.store(0, Ordering::Relaxed);
             (*p).size = class.block_size() as u32;
-            (*p).reciprocal = reciprocal(class.block_size());
+            self.set_grid(class);
             (*p).class.store(class.index() as u8, Ordering::Relaxed);
             (*p).fresh = false;
             asan::poison(self.memory().as_ptr(), (*p).limit as usize);
@@ -384,8 +448,9 @@ impl PoolPtr {
             let (old_limit, limit) = ((*p).limit as usize, class.pool_bytes());
             (*p).size = class.block_size() as u32;
             (*p).bump.store((*p).size, Ordering::Relaxed);
+            (*p).carved.store(1, Ordering::Relaxed);
             (*p).limit = limit as u32;
-            (*p).reciprocal = reciprocal(class.block_size());
+            self.set_grid(class);
             (*p).class.store(class.index() as u8, Ordering::Relaxed);
             (*p).fresh = false;
             // The block is usable whole; the tail, never carved, is not; slots given back
@@ -393,6 +458,21 @@ impl PoolPtr {
             let memory = self.memory().as_ptr();
             asan::unpoison(memory, old_limit.max(limit));
             asan::poison(memory.add(class.block_size()), limit - class.block_size());
+        }
+    }
+
+    /// Writes the grid of blocks of `class` into the descriptor.
+    ///
+    /// # Safety
+    /// `self` is a live pool, exclusively the caller's, with no block in use or (when it is
+    /// reclassed) one at its start, which every grid has.
+    unsafe fn set_grid(self, class: SizeClass) {
+        let grid = Grid::of(self.memory(), class.block_size());
+        let p = self.0.as_ptr();
+        // SAFETY: as the caller guarantees.
+        unsafe {
+            (*p).reciprocal = grid.reciprocal;
+            (*p).origin = grid.origin;
         }
     }
 
@@ -445,16 +525,17 @@ impl PoolPtr {
         // SAFETY: the arena is mapped (caller); see `containing` on the ordering.
         let first = unsafe { first_slot_entry(address).as_ref().load(Ordering::Relaxed) };
         // An entry of 0 (a free slot, or the header slot) leads to the line of slot 0, which
-        // reads zero (P11): its bump offset of 0 makes every offset uncarved, so no test of
-        // the entry is needed.
+        // reads zero (P11): its count of blocks carved of 0 makes every offset uncarved, so
+        // no test of the entry is needed.
         let p = descriptor_at(address, first as usize);
-        // The pool's memory starts `first` slots into the arena (P1).
-        let offset =
-            (address.addr().get() & (ARENA_SIZE - 1)).wrapping_sub(first as usize * POOL_SIZE);
+        // The pool's memory starts `first` slots into the arena (P1), and the address's slot
+        // is one of the pool's, so it lies less than the widest pool further on
+        // (`carved_block_at`).
+        let arena_offset = address.addr().get() & (ARENA_SIZE - 1);
         // SAFETY: a nonzero entry names the first slot of a pool in use, whose descriptor is
         // live, and an entry of 0 the zero line of slot 0 (P11); a racing change for an
         // address the caller does not hold only makes this a hint.
-        unsafe { carved_block_at(p.as_ptr(), offset) }.then_some(PoolPtr(p))
+        unsafe { carved_block_at(p.as_ptr(), arena_offset) }.then_some(PoolPtr(p))
     }
 
     /// The pool that starts at `memory`.
@@ -636,8 +717,7 @@ impl PoolPtr {
                 .min(secure::BATCH);
             let memory = self.memory();
             let order = secure::shuffled(count, memory.addr().get() ^ bump);
-            (*p).bump
-                .store((bump + count * size) as u32, Ordering::Relaxed);
+            advance_bump(p, count as u32);
             let mut head = (*hot(p)).free;
             for &i in order.iter().take(count) {
                 let block = memory.add(bump + i as usize * size);
@@ -663,7 +743,7 @@ impl PoolPtr {
         // SAFETY: the pool is live and ours; the block lies inside it (caller).
         unsafe {
             // Published with the block: whoever is handed it sees it carved (P10).
-            (*p).bump.store(bump + (*p).size, Ordering::Relaxed);
+            advance_bump(p, 1);
             add_used(p);
             let block = self.memory().add(bump as usize);
             asan::unpoison(block.as_ptr(), (*p).size as usize);
@@ -782,8 +862,12 @@ impl PoolPtr {
     #[inline(always)]
     pub unsafe fn starts_carved_block(self, ptr: NonNull<u8>) -> bool {
         let offset = ptr.addr().get().wrapping_sub(self.memory().addr().get());
-        // SAFETY: the pool is live (caller).
-        unsafe { carved_block_at(self.0.as_ptr(), offset) }
+        let p = self.0.as_ptr();
+        // SAFETY: the pool is live (caller); `carved_block_at` takes addresses inside the pool
+        // (one before its start wraps to a huge offset).
+        unsafe {
+            offset < (*p).limit as usize && carved_block_at(p, ptr.addr().get() & (ARENA_SIZE - 1))
+        }
     }
 
     /// The pool's size class.
@@ -817,24 +901,27 @@ impl PoolPtr {
             return Err("pool: a pool exists and the freed mark's key is not drawn (M1)");
         }
         // SAFETY: the pool is live and ours (caller).
-        let (class, size, limit, bump, used, mut free, reciprocal) = unsafe {
+        let (class, size, limit, bump, carved, used, mut free, (reciprocal, origin)) = unsafe {
             let p = self.0.as_ptr();
             let (size, limit) = ((*p).size as usize, (*p).limit as usize);
             let bump = (*p).bump.load(Ordering::Relaxed) as usize;
-            let reciprocal = (*p).reciprocal;
+            let carved = (*p).carved.load(Ordering::Relaxed) as usize;
+            let grid = ((*p).reciprocal, (*p).origin);
             (
                 self.class(),
                 size,
                 limit,
                 bump,
+                carved,
                 self.used(),
                 (*hot(p)).free,
-                reciprocal,
+                grid,
             )
         };
+        let grid = Grid::of(self.memory(), size);
         if size != class.block_size()
             || limit != class.pool_bytes()
-            || reciprocal != self::reciprocal(size)
+            || (reciprocal, origin) != (grid.reciprocal, grid.origin)
         {
             return Err("pool: block or pool size does not match its class");
         }
@@ -857,7 +944,9 @@ impl PoolPtr {
         if bump > limit || bump % size != 0 {
             return Err("pool: bump offset off the block grid");
         }
-        let carved = bump / size;
+        if carved * size != bump {
+            return Err("pool: the count of blocks carved is not the bump offset's (P10)");
+        }
         let mut listed = 0;
         while !free.is_null() {
             let offset = free.addr().wrapping_sub(base);
@@ -951,5 +1040,84 @@ impl From<PoolPtr> for NonNull<Pool> {
     #[inline(always)]
     fn from(pool: PoolPtr) -> NonNull<Pool> {
         pool.0
+    }
+}
+
+#[cfg(test)]
+mod grid_tests {
+    use super::*;
+
+    /// Whether `offset` is on the grid of blocks whose size `reciprocal` was made from.
+    fn is_block_offset(offset: usize, reciprocal: u64) -> bool {
+        block_index((offset as u64).wrapping_mul(reciprocal)) < 1 << (u64::BITS - RECIPROCAL_SHIFT)
+    }
+
+    #[test]
+    fn is_block_offset_holds_exactly_for_the_multiples_of_every_class() {
+        for class in SizeClass::all() {
+            let size = class.block_size();
+            let r = reciprocal(size);
+            let step = if cfg!(miri) { 997 } else { 1 };
+            for offset in (0..class.pool_bytes()).step_by(step) {
+                assert_eq!(
+                    is_block_offset(offset, r),
+                    offset % size == 0,
+                    "size {size} {offset}"
+                );
+            }
+            for k in 0..blocks_per_pool(class) {
+                assert!(is_block_offset(k * size, r));
+                assert!(!is_block_offset(k * size + 1, r));
+                assert!(!is_block_offset(k * size + size - 1, r));
+            }
+        }
+    }
+
+    /// `carved_block_at` against its definition — on the grid and below the blocks carved —
+    /// for every class, pools starting at several slots (so several origins), every offset
+    /// up to the widest pool past the pool's start, and several counts carved.
+    #[test]
+    fn carved_block_at_is_a_carved_block_start_for_every_class_origin_and_offset() {
+        // Under Miri, a sample: every fifth class, offsets 997 bytes apart.
+        let (step, every) = if cfg!(miri) { (997, 5) } else { (1, 1) };
+        for class in SizeClass::all().step_by(every) {
+            let size = class.block_size();
+            let blocks = blocks_per_pool(class);
+            for slot in [2, 3, 77, ARENA_SIZE / POOL_SIZE - class.span_slots()] {
+                let start = slot * POOL_SIZE;
+                let memory = NonNull::new(ptr::without_provenance_mut(start)).unwrap();
+                let grid = Grid::of(memory, size);
+                for carved in [0, 1, blocks / 2, blocks] {
+                    let pool = Pool {
+                        owner: AtomicPtr::new(ptr::null_mut()),
+                        reciprocal: grid.reciprocal,
+                        origin: grid.origin,
+                        bump: AtomicU32::new((carved * size) as u32),
+                        carved: AtomicU32::new(carved as u32),
+                        size: size as u32,
+                        limit: class.pool_bytes() as u32,
+                        class: AtomicU8::new(class.index() as u8),
+                        fresh: false,
+                    };
+                    for offset in (0..MAX_SPAN_SLOTS * POOL_SIZE).step_by(step) {
+                        let expected = offset % size == 0 && offset / size < carved;
+                        // SAFETY: a descriptor on the stack, live for the call.
+                        let found = unsafe { carved_block_at(&pool, start + offset) };
+                        assert_eq!(found, expected, "size {size} slot {slot} +{offset}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The zero line of slot 0 (P11) finds no block anywhere.
+    #[test]
+    fn the_zero_line_finds_no_block() {
+        // SAFETY: an all-zero descriptor is a valid value of every field.
+        let zero: Pool = unsafe { core::mem::zeroed() };
+        for offset in (0..ARENA_SIZE).step_by(if cfg!(miri) { 65_521 } else { 16 }) {
+            // SAFETY: a descriptor on the stack, live for the call.
+            assert!(!unsafe { carved_block_at(&zero, offset) });
+        }
     }
 }

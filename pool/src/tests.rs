@@ -5,7 +5,6 @@ use std::ptr::NonNull;
 use quickcheck::{QuickCheck, TestResult};
 
 use super::*;
-use crate::pool::{is_block_offset, reciprocal};
 
 /// A zeroed arena owned by the test, with one pool of a class entered in its first-slot entries:
 /// `.0` is the pool's memory, from slot [`FIRST`] on (not aligned to a span's size: spans
@@ -133,27 +132,6 @@ fn state_transitions_follow_obmalloc() {
         }
         assert_eq!(pool.used(), 0);
         assert_eq!(pool.check(), Ok(()));
-    }
-}
-
-#[test]
-fn is_block_offset_holds_exactly_for_the_multiples_of_every_class() {
-    for class in SizeClass::all() {
-        let size = class.block_size();
-        let r = reciprocal(size);
-        let step = if cfg!(miri) { 997 } else { 1 };
-        for offset in (0..class.pool_bytes()).step_by(step) {
-            assert_eq!(
-                is_block_offset(offset, r),
-                offset % size == 0,
-                "size {size} {offset}"
-            );
-        }
-        for k in 0..blocks_per_pool(class) {
-            assert!(is_block_offset(k * size, r));
-            assert!(!is_block_offset(k * size + 1, r));
-            assert!(!is_block_offset(k * size + size - 1, r));
-        }
     }
 }
 
