@@ -55,9 +55,10 @@
 //!   (at most [`KEPT_OWNERS`] a class), and hands them out, the last kept chain's last freed
 //!   first, when it has no usable pool of the class — before it takes the fallback heap's
 //!   blocks or its remote lists back or a new pool. (Handing them out before its own pools'
-//!   blocks was tried: it cost every `malloc` a test and made frees of blocks that circulate
-//!   between two threads read the other thread's pool descriptors, which their owner writes
-//!   on every allocation; `docs/notes.md`.)
+//!   blocks was tried, twice: with a test on every allocation, and with a per-class front
+//!   for the fast paths that costs them nothing. Either way a kept block handed out here is
+//!   still the other heap's, so its next free here is remote again and it never goes home:
+//!   C churn on two threads executed 16% more instructions; `docs/notes.md`.)
 //!   A kept block is free: it holds its freed mark (so a second free of it, from any thread,
 //!   aborts), and is counted as freed remotely (H5), while its pool still counts it in use.
 //!   Past a class's limit, or a block of one more owner than it has chains for, the class's
