@@ -638,12 +638,24 @@ fn main() {
         let starts: f64 = STARTS.parse().unwrap();
         let per_start =
             |s: &[Sample]| median(s.iter().map(|s| s.time_ns).collect()) as f64 / starts / 1e3;
-        let glibc = per_start(&samples[&(p, 0)]);
+        // What a start costs more than glibc's: the median of each round's difference, the
+        // two measured seconds apart, so that the machine's drift between rounds cancels.
+        let glibc_samples = &samples[&(p, 0)];
+        let more_per_start = |s: &[Sample]| {
+            let mut d: Vec<i64> = s
+                .iter()
+                .zip(glibc_samples)
+                .map(|(x, g)| x.time_ns as i64 - g.time_ns as i64)
+                .collect();
+            d.sort_unstable();
+            d.get(d.len() / 2).copied().unwrap_or(0) as f64 / starts / 1e3
+        };
         write!(
             table,
             "\n**start-up** (µs per process, from `startup`, and the instructions an empty \
-             program executes from start to exit under callgrind; each beside glibc's; the \
-             empty library is the floor: what preloading any library costs)\n\n\
+             program executes from start to exit under callgrind; each beside glibc's, *more* \
+             the median of the rounds' differences; the empty library is the floor: what \
+             preloading any library costs)\n\n\
              | | µs | more | instructions | more |\n|---|---:|---:|---:|---:|\n"
         )
         .unwrap();
@@ -651,22 +663,24 @@ fn main() {
         let rows: Vec<_> = peers
             .iter()
             .enumerate()
-            .map(|(a, peer)| (peer, per_start(&samples[&(p, a)])))
-            .chain([(&floor, per_start(&floor_samples))])
-            .map(|(peer, us)| (peer, us, instructions_to_start(empty, peer.lib.as_deref())))
+            .map(|(a, peer)| (peer, &samples[&(p, a)][..]))
+            .chain([(&floor, &floor_samples[..])])
+            .map(|(peer, s)| {
+                let counted = instructions_to_start(empty, peer.lib.as_deref());
+                (peer, per_start(s), more_per_start(s), counted)
+            })
             .collect();
         // The first peer is glibc, with nothing preloaded.
-        let glibc_instructions = rows.first().and_then(|&(_, _, counted)| counted);
-        for (peer, us, counted) in rows {
+        let glibc_instructions = rows.first().and_then(|&(_, _, _, counted)| counted);
+        for (peer, us, more_us, counted) in rows {
             let (instructions, more) = match (counted, glibc_instructions) {
                 (Some(n), Some(base)) => (n.to_string(), format!("{:+}", n as i64 - base as i64)),
                 _ => ("—".into(), "—".into()),
             };
             writeln!(
                 table,
-                "| {} | {us:.0} | {:+.0} | {instructions} | {more} |",
+                "| {} | {us:.0} | {more_us:+.0} | {instructions} | {more} |",
                 peer.name,
-                us - glibc
             )
             .unwrap();
         }
