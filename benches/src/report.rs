@@ -4,7 +4,7 @@
 use std::process::Command;
 
 /// The median (the upper one of an even count).
-pub fn median(mut v: Vec<u64>) -> u64 {
+pub fn median<T: Ord + Copy>(mut v: Vec<T>) -> T {
     v.sort_unstable();
     v[v.len() / 2]
 }

@@ -642,13 +642,14 @@ fn main() {
         // two measured seconds apart, so that the machine's drift between rounds cancels.
         let glibc_samples = &samples[&(p, 0)];
         let more_per_start = |s: &[Sample]| {
-            let mut d: Vec<i64> = s
-                .iter()
-                .zip(glibc_samples)
-                .map(|(x, g)| x.time_ns as i64 - g.time_ns as i64)
-                .collect();
-            d.sort_unstable();
-            d.get(d.len() / 2).copied().unwrap_or(0) as f64 / starts / 1e3
+            let differences = s.iter().zip(glibc_samples);
+            median(
+                differences
+                    .map(|(x, g)| x.time_ns as i64 - g.time_ns as i64)
+                    .collect(),
+            ) as f64
+                / starts
+                / 1e3
         };
         write!(
             table,
