@@ -82,9 +82,22 @@ fn allocate_or_enomem(size: usize, align: usize) -> *mut c_void {
     enomem_if_null(alloc_aligned(size, align))
 }
 
-/// C's `malloc`.
+/// C's `malloc`. The fast path, a block from the first pool of the size's class in the
+/// thread's heap ([`Session::malloc_fast`]), makes no call; everything else is
+/// [`malloc_rarely`], reached by a tail call, so that `malloc` needs no stack frame.
 #[inline]
 pub fn malloc(size: usize) -> *mut c_void {
+    if let Some(mut s) = thread::session() {
+        if let Some(block) = s.malloc_fast(size) {
+            return block.as_ptr().cast();
+        }
+    }
+    malloc_rarely(size)
+}
+
+/// C's `malloc` past its fast path: the whole of [`Session::malloc`], and `errno`.
+#[inline(never)]
+fn malloc_rarely(size: usize) -> *mut c_void {
     enomem_if_null(with_session!(|s| s.malloc(size)).cast())
 }
 

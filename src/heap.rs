@@ -545,23 +545,34 @@ impl<'a> Claim<'a> {
         heap.foreign.enabled = true;
     }
 
-    /// Keeps `block`, of another heap's pool, freed here, to hand out again (H8); past the
+    /// Frees `block`, of another heap's pool: kept here to hand out again (H8); past the
     /// limits, the class's kept blocks go back to their owners first. A class above
-    /// [`FOREIGN_CLASS_BYTES`], or a heap that keeps none, sends the block back at once.
+    /// [`FOREIGN_CLASS_BYTES`], or a heap that keeps none, sends the block back at once. A
+    /// block that holds its freed mark is free already (P9): reported, and the process
+    /// aborts.
     ///
     /// # Safety
-    /// The block is a block in use of a live pool of `class` owned by `owner`, another heap
-    /// (not the fallback heap), and does not hold its freed mark; not used after this call.
+    /// `block` starts a carved block of `pool`, a live pool owned by `owner`, another heap
+    /// (not the fallback heap), in use unless this is a double free; not used after this
+    /// call.
     #[cold]
     #[inline(never)]
     unsafe fn keep_foreign<P: Platform>(
-        &mut self,
-        freed: FreedMark,
-        class: SizeClass,
+        mut self,
+        block: NonNull<u8>,
+        pool: PoolPtr,
         owner: &HeapCell,
         shared: &Shared<P>,
     ) {
-        let block = freed.block();
+        let freed = FreedMark::of(block);
+        // SAFETY: a carved block of a live pool (caller), so two words at least.
+        if unsafe { freed.is_held() } {
+            // Free already (P9): kept by some heap, or on its way back, or back.
+            fatal(ALREADY_FREE);
+        }
+        // SAFETY: the pool is live (caller).
+        let class = unsafe { pool.class() };
+        bump(&self.counters.freed_remotely, class, 1);
         let limit = foreign_limit(class);
         if !self.heap().foreign.enabled || limit == 0 {
             // SAFETY: as the caller guarantees.
@@ -873,6 +884,54 @@ impl<'a> Claim<'a> {
         pool: PoolPtr,
         ctx: &Context<P>,
     ) {
+        // The common free, which makes no call but the tail call of a pool that has emptied:
+        // a block of a pool this heap owns, not free already (P9), into a pool that was not
+        // full (`PoolPtr::free_unless_was_full`). A block of another thread's heap is kept
+        // here (H8), out of line.
+        // SAFETY: the block is in use, so its pool is live (caller); its owner does not
+        // change while a block is in use (P7), so a pool this heap owns is ours to change;
+        // heaps live as long as their allocator, and pools record theirs (P7).
+        unsafe {
+            let owner = pool.owner();
+            if owner == self.id() {
+                let freed = FreedMark::of(block);
+                if !freed.is_held() {
+                    if let Some(now_empty) = pool.free_unless_was_full(freed) {
+                        if now_empty && !self.keeps_empty(pool) {
+                            let freed = Freed {
+                                was_full: false,
+                                now_empty,
+                            };
+                            self.reborrow()
+                                .pool_changed_state_unlocked(pool, freed, ctx);
+                        }
+                        return;
+                    }
+                }
+            } else if owner != ctx.fallback.id() {
+                let owner = &*owner.cast::<HeapCell>();
+                return self
+                    .reborrow()
+                    .keep_foreign(block, pool, owner, &ctx.shared);
+            }
+        }
+        // Everything else, by a tail call, so that the caller needs no stack frame.
+        // SAFETY: as the caller guarantees, and nothing has changed.
+        unsafe { self.reborrow().free_in_rarely(block, pool, ctx) }
+    }
+
+    /// [`Claim::free_in`] past its fast path: the whole of a free (a block of another heap,
+    /// a pool that changes state, a double free).
+    ///
+    /// # Safety
+    /// As [`Claim::free_in`].
+    #[inline(never)]
+    unsafe fn free_in_rarely<P: Platform>(
+        mut self,
+        block: NonNull<u8>,
+        pool: PoolPtr,
+        ctx: &Context<P>,
+    ) {
         // SAFETY: the block is in use, so its pool is live (caller); its owner does not
         // change while a block is in use (P7).
         let owner = unsafe { pool.owner() };
@@ -883,18 +942,9 @@ impl<'a> Claim<'a> {
             // SAFETY: as the caller guarantees, and the fallback heap owns the pool.
             unsafe { free_shared(block, pool, ctx) }
         } else {
-            // SAFETY: as above, for the class; heaps live as long as their allocator, and
+            // SAFETY: as the caller guarantees; heaps live as long as their allocator, and
             // pools record theirs (P7).
-            unsafe {
-                let freed = FreedMark::of(block);
-                if freed.is_held() {
-                    // Free already (P9): kept by some heap, or on its way back, or back.
-                    fatal(ALREADY_FREE);
-                }
-                let class = pool.class();
-                bump(&self.counters.freed_remotely, class, 1);
-                self.keep_foreign(freed, class, &*owner.cast::<HeapCell>(), &ctx.shared)
-            }
+            unsafe { self.keep_foreign(block, pool, &*owner.cast::<HeapCell>(), &ctx.shared) }
         }
     }
 

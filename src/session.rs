@@ -190,6 +190,19 @@ impl<'a, P: Platform> Session<'a, P> {
         }
     }
 
+    /// The fast path of [`Session::malloc`] alone: a block from the first pool of the size's
+    /// class, if that pool has one to spare (`Claim::alloc_fast`); `None`, with nothing
+    /// changed, for everything else (and always in the `debug` and `secure` builds), which
+    /// [`Session::malloc`] then serves.
+    #[inline(always)]
+    pub(crate) fn malloc_fast(&mut self, size: usize) -> Option<NonNull<u8>> {
+        if cfg!(feature = "debug") || secure::ENABLED {
+            return None;
+        }
+        let class = SizeClass::for_size(size)?;
+        self.claim.alloc_fast(class).map(|(block, _)| block)
+    }
+
     /// [`Session::alloc`] past its fast path, out of line.
     #[inline(never)]
     fn alloc_rarely(mut self, layout: Layout) -> *mut u8 {

@@ -184,17 +184,27 @@ impl SizeClass {
     /// or `None` above [`POOLED_MAX`]. No loop, no table: a shift, or a log and two shifts.
     #[inline(always)]
     pub const fn for_size(size: usize) -> Option<SizeClass> {
-        if size <= SMALL_MAX {
-            Some(SizeClass((size.saturating_sub(1) / ALIGNMENT) as u8))
-        } else if size <= POOLED_MAX {
-            let x = size - 1;
+        // From the last byte's offset, so that one comparison tells a small size (a zero
+        // size wraps around and is the last case tested) and the original size stays
+        // unchanged for a caller that still needs it.
+        let x = size.wrapping_sub(1);
+        let index = if x < SMALL_MAX {
+            x / ALIGNMENT
+        } else if x < POOLED_MAX {
             let log = x.ilog2();
             let step = (x >> (log - MEDIUM_PER_DOUBLING.ilog2())) & (MEDIUM_PER_DOUBLING - 1);
-            let index = SMALL_CLASSES + (log - SMALL_MAX_LOG) as usize * MEDIUM_PER_DOUBLING + step;
-            Some(SizeClass(index as u8))
+            SMALL_CLASSES + (log - SMALL_MAX_LOG) as usize * MEDIUM_PER_DOUBLING + step
+        } else if size == 0 {
+            0
         } else {
-            None
-        }
+            return None;
+        };
+        // SAFETY: at most `NUM_CLASSES - 1` for a size up to `POOLED_MAX` (the assertion at
+        // `POOLED_MAX`; `every_block_size_maps_to_its_own_class`). Told to the compiler so
+        // that the index, narrowed to a byte here and widened again by `index`, needs no
+        // zero-extension.
+        unsafe { core::hint::assert_unchecked(index < NUM_CLASSES) };
+        Some(SizeClass(index as u8))
     }
 
     /// The class of a request of `size` bytes aligned to `align` (a power of two): every

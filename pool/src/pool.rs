@@ -823,6 +823,37 @@ impl PoolPtr {
         }
     }
 
+    /// The common free, for callers that inline it: unless the block is the freelist's head,
+    /// the pool has no block in use, or the pool was full, pushes the block exactly as
+    /// [`PoolPtr::free`] does and returns whether the pool is now empty (a change of state
+    /// the caller deals with). `None`, with nothing changed, otherwise: for
+    /// [`PoolPtr::free`], which reports the first two and returns the third's change of state
+    /// (the mirror of [`PoolPtr::alloc_unless_last_free`]).
+    ///
+    /// # Safety
+    /// As [`PoolPtr::free`].
+    #[inline(always)]
+    pub unsafe fn free_unless_was_full(self, freed: FreedMark) -> Option<bool> {
+        let block = freed.block();
+        let p = self.0.as_ptr();
+        // SAFETY: the pool is live and ours; `block` is one of its blocks in use (caller), so
+        // its first word is ours to overwrite with the freelist link.
+        unsafe {
+            let used = (*hot(p)).used.load(Ordering::Relaxed);
+            let head = (*hot(p)).free;
+            if used == 0 || block.as_ptr() == head || (head.is_null() && self.carved_out()) {
+                return None;
+            }
+            write_link(block, head);
+            freed.write();
+            asan::poison(block.as_ptr(), (*p).size as usize);
+            (*hot(p)).free = block.as_ptr();
+            // A store of what was loaded above, less one (P8).
+            (*hot(p)).used.store(used - 1, Ordering::Relaxed);
+            Some(used == 1)
+        }
+    }
+
     /// Whether `block`, the start of a block of this pool, is on its freelist: once
     /// [`holds_freed_mark`] says the block is free (P9), where it is, for the message. Bounded
     /// by the blocks carved, whatever the freelist holds.

@@ -309,8 +309,31 @@ fn pool_matches_a_model() {
                     let b = live.swap_remove(pick as usize % live.len());
                     offsets.remove(&b.addr().get());
                     let expected_empty = live.is_empty();
-                    if pool.free(FreedMark::of(b)).now_empty != expected_empty {
-                        return TestResult::error("Empty reported wrongly");
+                    let was_full = pool.is_full();
+                    // Odd picks free through the fast path first, which must take every free
+                    // but one into a full pool, and leave that one to `free` untouched.
+                    let fast = if pick % 2 == 1 {
+                        pool.free_unless_was_full(FreedMark::of(b))
+                    } else {
+                        None
+                    };
+                    match fast {
+                        Some(_) if was_full => {
+                            return TestResult::error("fast free into a full pool");
+                        }
+                        Some(now_empty) if now_empty != expected_empty => {
+                            return TestResult::error("Empty reported wrongly (fast path)");
+                        }
+                        Some(_) => {}
+                        None if pick % 2 == 1 && !was_full => {
+                            return TestResult::error("fast free refused a pool that was not full");
+                        }
+                        None => {
+                            let freed = pool.free(FreedMark::of(b));
+                            if freed.now_empty != expected_empty || freed.was_full != was_full {
+                                return TestResult::error("Empty or full reported wrongly");
+                            }
+                        }
                     }
                 }
                 if pool.used() != live.len() || pool.is_full() != (live.len() == capacity) {
