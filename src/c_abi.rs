@@ -83,8 +83,8 @@ fn allocate_or_enomem(size: usize, align: usize) -> *mut c_void {
 }
 
 /// C's `malloc`. The fast path, a block from the first pool of the size's class in the
-/// thread's heap ([`Session::malloc_fast`]), makes no call; everything else is
-/// [`malloc_rarely`], reached by a tail call, so that `malloc` needs no stack frame.
+/// thread's heap, makes no call; everything else is served out of line, reached by a tail
+/// call, so that `malloc` needs no stack frame.
 #[inline]
 pub fn malloc(size: usize) -> *mut c_void {
     if let Some(mut s) = thread::session() {
