@@ -138,6 +138,36 @@ fn build_empty_library(dir: &Path) -> PathBuf {
     lib
 }
 
+/// Each peer's start-up from `benches/c/startups.c`: `steps` starts of `empty` under every
+/// peer in turn, and for each the median start and the median of its differences to the
+/// first peer's (glibc's), in nanoseconds.
+fn starts_in_turn(dir: &Path, empty: &str, peers: &[&Peer], steps: usize) -> Vec<(u64, i64)> {
+    let startups = build_c(dir, "startups");
+    let libs = peers.iter().map(|peer| match &peer.lib {
+        Some(lib) => lib.as_os_str().to_owned(),
+        None => "-".into(),
+    });
+    let out = Command::new(&startups)
+        .arg(steps.to_string())
+        .arg(empty)
+        .args(libs)
+        .env_remove("LD_PRELOAD")
+        .output()
+        .expect("run startups");
+    assert!(out.status.success(), "startups failed");
+    let lines: Vec<(u64, i64)> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let mut fields = line.split(' ').map(|f| f.parse::<i64>().unwrap());
+            let start = fields.next().unwrap();
+            (start as u64, fields.next().unwrap())
+        })
+        .collect();
+    assert_eq!(lines.len(), peers.len(), "startups: a line a library");
+    lines
+}
+
 /// Compiles `benches/c/<name>.cpp` with the system's C++ compiler.
 fn build_cpp(dir: &Path, name: &str) -> PathBuf {
     let exe = dir.join(name);
@@ -241,6 +271,10 @@ print(acc)
 
 /// Processes the `startup` program starts.
 const STARTS: &str = "1000";
+
+/// Starts of the empty program under each library for the start-up table (`startups.c`).
+const STARTUP_STEPS: usize = 3000;
+const STARTUP_STEPS_QUICK: usize = 500;
 
 fn programs(dir: &Path, quick: bool) -> Vec<Program> {
     let churn = build_c(dir, "churn").display().to_string();
@@ -561,13 +595,12 @@ fn main() {
         .collect();
     let total = programs.len() * runs * peers.len();
     let mut samples: BTreeMap<(usize, usize), Vec<Sample>> = BTreeMap::new();
-    // The start-up program also runs with an empty library preloaded, in the same rounds: what
+    // The start-up table also starts the empty program with an empty library preloaded: what
     // preloading any library costs, under every allocator's start-up.
     let floor = Peer {
         name: "an empty library",
         lib: Some(build_empty_library(&dir)),
     };
-    let mut floor_samples: Vec<Sample> = Vec::new();
     let mut k = 0;
     // Every round runs every program on every allocator, so that the rows compared with each
     // other (Python on malloc against Python on its own allocator) are interleaved too.
@@ -583,9 +616,6 @@ fn main() {
                     .entry((p, a))
                     .or_default()
                     .push(measure(program, peer, &peak_rss, &dir));
-            }
-            if program.name == "startup" {
-                floor_samples.push(measure(program, &floor, &peak_rss, &dir));
             }
         }
     }
@@ -635,40 +665,31 @@ fn main() {
     }
     let startup = programs.iter().position(|p| p.name == "startup");
     if let Some(p) = startup {
-        let starts: f64 = STARTS.parse().unwrap();
-        let per_start =
-            |s: &[Sample]| median(s.iter().map(|s| s.time_ns).collect()) as f64 / starts / 1e3;
-        // What a start costs more than glibc's: the median of each round's difference, the
-        // two measured seconds apart, so that the machine's drift between rounds cancels.
-        let glibc_samples = &samples[&(p, 0)];
-        let more_per_start = |s: &[Sample]| {
-            let differences = s.iter().zip(glibc_samples);
-            median(
-                differences
-                    .map(|(x, g)| x.time_ns as i64 - g.time_ns as i64)
-                    .collect(),
-            ) as f64
-                / starts
-                / 1e3
+        let steps = if quick {
+            STARTUP_STEPS_QUICK
+        } else {
+            STARTUP_STEPS
         };
         write!(
             table,
-            "\n**start-up** (µs per process, from `startup`, and the instructions an empty \
-             program executes from start to exit under callgrind; each beside glibc's, *more* \
-             the median of the rounds' differences; the empty library is the floor: what \
+            "\n**start-up** (µs per process and what it costs more than glibc's, from {steps} \
+             starts of an empty program under each library in turn, one after another: the \
+             median start, and the median of each step's difference to glibc's start, a \
+             millisecond apart; and the instructions the empty program executes from start to \
+             exit under callgrind, beside glibc's. The empty library is the floor: what \
              preloading any library costs)\n\n\
              | | µs | more | instructions | more |\n|---|---:|---:|---:|---:|\n"
         )
         .unwrap();
         let empty = &programs[p].argv[2];
-        let rows: Vec<_> = peers
+        let with_floor: Vec<&Peer> = peers.iter().chain([&floor]).collect();
+        let alternated = starts_in_turn(&dir, empty, &with_floor, steps);
+        let rows: Vec<_> = with_floor
             .iter()
-            .enumerate()
-            .map(|(a, peer)| (peer, &samples[&(p, a)][..]))
-            .chain([(&floor, &floor_samples[..])])
-            .map(|(peer, s)| {
+            .zip(alternated)
+            .map(|(peer, (start_ns, more_ns))| {
                 let counted = instructions_to_start(empty, peer.lib.as_deref());
-                (peer, per_start(s), more_per_start(s), counted)
+                (peer, start_ns as f64 / 1e3, more_ns as f64 / 1e3, counted)
             })
             .collect();
         // The first peer is glibc, with nothing preloaded.
