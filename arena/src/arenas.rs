@@ -58,8 +58,9 @@
 //!   that of the advised arenas'); an arena is in the empty list exactly when every slot is
 //!   free, `empty` counts them, and is at most [`Arenas::empty_limit`];
 //! - A4 the [`ArenaMap`] maps every arena's granule to its header, and nothing else;
-//! - A5 the first-slot entry of a slot `i` in a pool is the index of the pool's first
-//!   slot, and 0 for a free slot (slot 0, the header's, starts no pool);
+//! - A5 the first-slot entry of a slot `i` in a pool names the pool's first slot
+//!   (`first_slot_of` reads it as that slot's index), and 0 for a free slot (slot 0, the
+//!   header's, starts no pool);
 //! - A6 an arena is marked advised to huge pages (`huge`) once the platform took the advice,
 //!   and stays so until it is unmapped; the policy advises each arena when it is due (every
 //!   one under [`HugePages::Always`], every one once [`AUTO_HUGE_ARENAS`] are mapped under

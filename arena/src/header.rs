@@ -4,11 +4,9 @@
 //! (`arenas.rs`) keeps the invariants; the map (`map.rs`) only reads the entries.
 
 use core::ptr::NonNull;
-use core::sync::atomic::Ordering;
 
 use pymalloc_pool::{
-    ARENA_SIZE, Chain, DESCRIPTORS, Links, POOL_SIZE, SLOTS, first_slot_entry,
-    set_first_slot_entries,
+    ARENA_SIZE, Chain, DESCRIPTORS, Links, POOL_SIZE, SLOTS, first_slot_of, set_first_slot_entries,
 };
 
 use crate::slots::SlotBits;
@@ -134,5 +132,5 @@ pub(crate) unsafe fn set_pool_head(h: NonNull<Header>, start: u32, len: u32, hea
 #[inline]
 pub(crate) unsafe fn pool_head(h: NonNull<Header>, i: u32) -> u8 {
     // SAFETY: as `set_pool_head`.
-    unsafe { first_slot_entry(slot(h, i)).as_ref() }.load(Ordering::Relaxed)
+    unsafe { first_slot_of(slot(h, i)) }
 }

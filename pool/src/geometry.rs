@@ -9,7 +9,7 @@
 //! ```
 
 use core::ptr::NonNull;
-use core::sync::atomic::AtomicU8;
+use core::sync::atomic::{AtomicU32, Ordering};
 
 /// Bytes in one slot — the unit arenas hand out, and the size of a single-slot pool. A power
 /// of two, like every pool's size.
@@ -37,10 +37,12 @@ pub(crate) const HOT_RECORDS: usize = DESCRIPTORS + SLOTS * DESCRIPTOR_BYTES;
 pub const HEADER_BYTES: usize = HOT_RECORDS + SLOTS * DESCRIPTOR_BYTES;
 /// Bytes from a slot's line to its hot record.
 pub(crate) const HOT_OFFSET: usize = HOT_RECORDS - DESCRIPTORS;
-/// Offset in a slot's line of its first-slot entry: the index of the first slot of the pool
-/// that holds the slot, or 0 for a slot in no pool (slot 0 is the arena's own). Past the
-/// descriptor, which never writes it.
-pub(crate) const FIRST_SLOT_ENTRY: usize = DESCRIPTOR_BYTES - 1;
+/// Offset in a slot's line of its first-slot entry, a 32-bit word: the offset from slot 0's
+/// line to the line of the first slot of the pool that holds the slot (that slot's index
+/// times [`DESCRIPTOR_BYTES`]), or 0 for a slot in no pool (slot 0 is the arena's own). An
+/// offset rather than an index, so that the pool's descriptor is one addition away; a whole
+/// word, so that loading it needs no widening. Past the descriptor, which never writes it.
+pub(crate) const FIRST_SLOT_ENTRY: usize = DESCRIPTOR_BYTES - size_of::<u32>();
 
 const _: () = assert!(POOL_SIZE.is_power_of_two() && ARENA_SIZE % POOL_SIZE == 0);
 const _: () = assert!(
@@ -51,10 +53,7 @@ const _: () = assert!(
     HEADER_BYTES <= HEADER_SLOTS * POOL_SIZE,
     "the hot records fit in the header slots"
 );
-const _: () = assert!(
-    SLOTS <= u8::MAX as usize + 1,
-    "a first-slot entry is one byte"
-);
+const _: () = assert!(SLOTS <= u8::MAX as usize + 1, "a slot's index is one byte");
 
 /// The index, within its arena, of the slot that holds the address `addr`.
 #[inline(always)]
@@ -75,8 +74,27 @@ pub(crate) fn line_of(address: NonNull<u8>, slot: usize) -> NonNull<u8> {
 /// The first-slot entry (pool invariant P1) of the slot that holds `address`, an address
 /// inside an arena (with the arena's provenance).
 #[inline(always)]
-pub fn first_slot_entry(address: NonNull<u8>) -> NonNull<AtomicU8> {
+pub(crate) fn first_slot_entry(address: NonNull<u8>) -> NonNull<AtomicU32> {
     let line = line_of(address, slot_index(address.addr().get()));
-    // SAFETY: inside the line, so inside the arena's header slot, not null.
+    // SAFETY: inside the line, so inside the arena's header slot, not null; the entry's
+    // offset is a multiple of 4 in a 64-byte line, so aligned.
     unsafe { line.add(FIRST_SLOT_ENTRY).cast() }
+}
+
+/// The index of the first slot of the pool that holds the slot of `address` (its first-slot
+/// entry, pool invariant P1), or 0 for a slot in no pool.
+///
+/// # Safety
+/// `address` lies in a mapped arena (with its provenance).
+#[inline]
+pub unsafe fn first_slot_of(address: NonNull<u8>) -> u8 {
+    // SAFETY: the entry lies in the arena's header slot, mapped (caller).
+    let offset = unsafe { first_slot_entry(address).as_ref() }.load(Ordering::Relaxed);
+    (offset as usize / DESCRIPTOR_BYTES) as u8
+}
+
+/// The first-slot entry that names slot `first`.
+#[inline]
+pub(crate) const fn entry_naming(first: u8) -> u32 {
+    first as u32 * DESCRIPTOR_BYTES as u32
 }

@@ -54,7 +54,7 @@ pub use class::{
 pub use fatal::{ensure, fatal, write_fd};
 pub use geometry::{
     ARENA_SHIFT, ARENA_SIZE, DESCRIPTORS, HEADER_BYTES, HEADER_SLOTS, POOL_SIZE, SLOTS,
-    first_slot_entry, slot_index,
+    first_slot_of, slot_index,
 };
 pub use inbox::Inbox;
 pub use list::{Chain, Links, List};

@@ -4,8 +4,8 @@
 //! first [`HEADER_SLOTS`](crate::HEADER_SLOTS) slots hold no pool. From [`DESCRIPTORS`] on
 //! they hold one 64-byte line per slot: the *descriptor* of the pool that starts there, if
 //! one does — what every free of one of its blocks reads, from any thread — and in its last
-//! byte the slot's *first-slot entry*, the index of the first slot of the pool that holds
-//! the slot. [`HOT_OFFSET`] further on, each slot has a line of its own for its pool's *hot
+//! four bytes the slot's *first-slot entry*, which names the first slot of the pool that
+//! holds the slot (by the offset of that slot's line). [`HOT_OFFSET`] further on, each slot has a line of its own for its pool's *hot
 //! record*: the freelist, the count of blocks in use and the list links, which the pool's
 //! holder writes on every allocation and free.
 //!
@@ -25,7 +25,7 @@
 //! it; the first-slot entries are how the pool of a block is found from the block's address
 //! alone. For a pool of one slot the entry shares the descriptor's cache line, so a free
 //! touches one line of metadata. The arena manager writes the entries when it hands out and
-//! takes back slots; this crate only reads them, and never writes that byte of a line.
+//! takes back slots; this crate only reads them, and never writes that word of a line.
 //!
 //! Invariants of a live pool (checked by [`PoolPtr::check`]):
 //! - P1 the pool's memory starts at a slot of an arena aligned to [`ARENA_SIZE`], its
@@ -76,7 +76,7 @@ use crate::class::{ALIGNMENT, MAX_SPAN_SLOTS, POOLED_MAX, SizeClass};
 use crate::fatal::{ensure, fatal};
 use crate::geometry::{
     ARENA_SIZE, DESCRIPTOR_BYTES, DESCRIPTORS, FIRST_SLOT_ENTRY, HOT_OFFSET, POOL_SIZE,
-    first_slot_entry, line_of, slot_index,
+    entry_naming, first_slot_entry, first_slot_of, line_of, slot_index,
 };
 use crate::list::{Chain, Links, List};
 use crate::mark::{self, FreedMark, clear_freed_mark, holds_freed_mark};
@@ -100,7 +100,7 @@ pub const fn blocks_per_pool(class: SizeClass) -> usize {
 pub unsafe fn slot_zero_line_is_clear(arena: NonNull<u8>) -> bool {
     let line = descriptor_at(arena, 0).cast::<u64>();
     // SAFETY: the line lies in the arena's header slot, mapped (caller); read as words,
-    // atomically where others may write (the entry byte is only ever 0 for slot 0).
+    // atomically where others may write (slot 0's entry word is only ever 0).
     (0..DESCRIPTOR_BYTES / 8).all(|i| unsafe { line.add(i).read_volatile() } == 0)
 }
 
@@ -113,6 +113,7 @@ pub unsafe fn slot_zero_line_is_clear(arena: NonNull<u8>) -> bool {
 #[inline]
 pub unsafe fn set_first_slot_entries(first: NonNull<u8>, slots: usize, head: u8) {
     let entry = first_slot_entry(first);
+    let head = entry_naming(head);
     for i in 0..slots {
         // SAFETY: the entries of consecutive slots lie one line apart in the arena's header
         // slot, which holds the entries of all its slots (caller). Relaxed suffices: a reader
@@ -126,6 +127,24 @@ pub unsafe fn set_first_slot_entries(first: NonNull<u8>, slots: usize, head: u8)
 #[inline(always)]
 fn descriptor_at(address: NonNull<u8>, slot: usize) -> NonNull<Pool> {
     line_of(address, slot).cast()
+}
+
+/// The descriptor that the first-slot entry of the slot holding `address` names (P1): for
+/// a slot in no pool, the line of slot 0 (P11). Relaxed suffices: the entry was written
+/// before the pool was handed out, which happened before any caller that holds one of its
+/// blocks got it; any other caller gets a hint (the entry is atomic).
+///
+/// # Safety
+/// `address` lies in a mapped arena (with its provenance).
+#[inline(always)]
+unsafe fn named_descriptor(address: NonNull<u8>) -> NonNull<Pool> {
+    // SAFETY: the entry lies in the arena's header slot, mapped (caller).
+    let offset = unsafe { first_slot_entry(address).as_ref() }.load(Ordering::Relaxed);
+    let line = address
+        .as_ptr()
+        .map_addr(|a| (a & !(ARENA_SIZE - 1)) + DESCRIPTORS + offset as usize);
+    // SAFETY: an address inside an arena, at least `DESCRIPTORS` above its nonzero start.
+    unsafe { NonNull::new_unchecked(line) }.cast()
 }
 
 /// The descriptor of the pool whose memory starts at `memory`, a slot of an arena (P1).
@@ -493,10 +512,8 @@ impl PoolPtr {
     /// `block` lies in a live pool, from which the caller holds a block in use.
     #[inline(always)]
     pub unsafe fn containing(block: NonNull<u8>) -> PoolPtr {
-        // SAFETY: the block's arena is mapped (caller). Relaxed suffices: the entry was written
-        // before the pool was handed out, which happened before the caller got its block.
-        let first = unsafe { first_slot_entry(block).as_ref().load(Ordering::Relaxed) };
-        PoolPtr(descriptor_at(block, first as usize))
+        // SAFETY: the block's arena is mapped (caller).
+        PoolPtr(unsafe { named_descriptor(block) })
     }
 
     /// The pool in use that holds `address`, through its slot's first-slot entry (P1); `None`
@@ -508,9 +525,9 @@ impl PoolPtr {
     /// `address` lies in a mapped arena.
     #[inline(always)]
     pub unsafe fn holding(address: NonNull<u8>) -> Option<PoolPtr> {
-        // SAFETY: the arena is mapped (caller); see `containing` on the ordering.
-        let first = unsafe { first_slot_entry(address).as_ref().load(Ordering::Relaxed) };
-        (first != 0).then(|| PoolPtr(descriptor_at(address, first as usize)))
+        // SAFETY: the arena is mapped (caller).
+        let p = unsafe { named_descriptor(address) };
+        (p != descriptor_at(address, 0)).then_some(PoolPtr(p))
     }
 
     /// The pool in use of which `address` starts a block carved so far: [`PoolPtr::holding`]
@@ -522,12 +539,11 @@ impl PoolPtr {
     /// `address` lies in a mapped arena.
     #[inline(always)]
     pub unsafe fn of_block(address: NonNull<u8>) -> Option<PoolPtr> {
-        // SAFETY: the arena is mapped (caller); see `containing` on the ordering.
-        let first = unsafe { first_slot_entry(address).as_ref().load(Ordering::Relaxed) };
         // An entry of 0 (a free slot, or the header slot) leads to the line of slot 0, which
         // reads zero (P11): its count of blocks carved of 0 makes every offset uncarved, so
         // no test of the entry is needed.
-        let p = descriptor_at(address, first as usize);
+        // SAFETY: the arena is mapped (caller).
+        let p = unsafe { named_descriptor(address) };
         // The pool's memory starts `first` slots into the arena (P1), and the address's slot
         // is one of the pool's, so it lies less than the widest pool further on
         // (`carved_block_at`).
@@ -959,13 +975,9 @@ impl PoolPtr {
         let base = self.memory().addr().get();
         let first = slot_index(base);
         for i in 0..limit.div_ceil(POOL_SIZE) {
-            // SAFETY: the pool's slots lie in its arena (P1), whose table is mapped.
-            let entry = unsafe {
-                first_slot_entry(self.memory().add(i * POOL_SIZE))
-                    .as_ref()
-                    .load(Ordering::Relaxed)
-            };
-            if entry as usize != first {
+            // SAFETY: the pool's slots lie in its arena (P1), whose header is mapped.
+            let named = unsafe { first_slot_of(self.memory().add(i * POOL_SIZE)) };
+            if named as usize != first {
                 return Err("pool: a slot of the pool does not name the pool's first slot");
             }
         }
