@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! arena: | slots 0-1: header | lines of slots 0..SLOTS | hot records | slot 2 | slot 3 | …
-//! line:  | descriptor (42 bytes) ... | first-slot entry |   (64 bytes, one a slot)
+//! line:  | descriptor (50 bytes) ... | first-slot entry |   (64 bytes, one a slot)
 //! hot:   | freelist, links, count ...                    |   (64 bytes, one a slot)
 //! ```
 

@@ -11,7 +11,7 @@
 //!
 //! ```text
 //! arena: | slots 0-1: header | lines of slots | hot records | slot 2 | slot 3 | …
-//! line:  | descriptor (42 bytes) ... | first-slot entry |
+//! line:  | descriptor (50 bytes) ... | first-slot entry |
 //! hot:   | freelist, links, count ...                    |
 //! pool:  | block 0 | block 1 | ... | never used ... |
 //!        ^ a slot's start          ^ bump       ^ limit
@@ -29,9 +29,9 @@
 //!
 //! Invariants of a live pool (checked by [`PoolPtr::check`]):
 //! - P1 the pool's memory starts at a slot of an arena aligned to [`ARENA_SIZE`], its
-//!   descriptor is the one of its first slot, and the first-slot entries of all its slots
-//!   name that slot, so the descriptor of any block is found from the block's
-//!   address alone ([`PoolPtr::containing`]).
+//!   descriptor is the one of its first slot (and keeps the memory's address, for carving),
+//!   and the first-slot entries of all its slots name that slot, so the descriptor of any
+//!   block is found from the block's address alone ([`PoolPtr::containing`]).
 //! - P2 every block starts at `k * size` from the pool's start and ends by `limit`, the pool's
 //!   size.
 //! - P3 blocks below `bump` are either in use or on the freelist, never both; blocks at or
@@ -165,6 +165,9 @@ pub struct Pool {
     /// The pool's offset in its arena times `reciprocal` ([`Grid::of`]), so that
     /// [`carved_block_at`] starts from an address's offset in the arena.
     origin: u64,
+    /// Where the pool's first block starts, [`PoolPtr::memory`] (P1): a function of where
+    /// the descriptor lies, stored so that carving a block is one addition.
+    memory: *mut u8,
     /// Offset of the first never-used block (P10). Written only by whoever has the pool,
     /// with a load and a store.
     bump: AtomicU32,
@@ -397,6 +400,7 @@ impl PoolPtr {
                 owner: AtomicPtr::new(owner),
                 reciprocal: grid.reciprocal,
                 origin: grid.origin,
+                memory: memory.as_ptr(),
             });
         }
         asan::poison(memory.as_ptr(), limit);
@@ -761,7 +765,7 @@ impl PoolPtr {
             // Published with the block: whoever is handed it sees it carved (P10).
             advance_bump(p, 1);
             add_used(p);
-            let block = self.memory().add(bump as usize);
+            let block = NonNull::new_unchecked((*p).memory.add(bump as usize));
             asan::unpoison(block.as_ptr(), (*p).size as usize);
             // Fresh memory reads zero already; other memory may hold a stale mark from a pool
             // of another class that had a block here.
@@ -984,6 +988,10 @@ impl PoolPtr {
         if base % POOL_SIZE != 0 || descriptor_of(self.memory()) != self.0 {
             return Err("pool: not at a slot, or not at its first slot's descriptor");
         }
+        // SAFETY: the pool is live (caller).
+        if unsafe { (*self.0.as_ptr()).memory } != self.memory().as_ptr() {
+            return Err("pool: the memory its descriptor keeps is not the pool's");
+        }
         if bump > limit || bump % size != 0 {
             return Err("pool: bump offset off the block grid");
         }
@@ -1090,6 +1098,30 @@ impl From<PoolPtr> for NonNull<Pool> {
 mod grid_tests {
     use super::*;
 
+    // With `crate::tests`, whose test arenas are the default build's.
+    #[cfg(not(feature = "secure"))]
+    #[test]
+    fn check_catches_a_descriptor_that_keeps_another_pools_memory() {
+        let class = SizeClass::for_size(64).unwrap();
+        let slot = crate::tests::Mem::new(class);
+        // SAFETY: the memory is ours; the descriptor is written back before the pool is
+        // used again.
+        unsafe {
+            let pool = PoolPtr::init(slot.0, class, true, ptr::null_mut());
+            let (block, _) = pool.alloc().unwrap();
+            assert_eq!(
+                block, slot.0,
+                "the first block is carved at the pool's start"
+            );
+            assert_eq!(pool.check(), Ok(()));
+            let p = pool.0.as_ptr();
+            (*p).memory = (*p).memory.wrapping_add(POOL_SIZE);
+            assert!(pool.check().is_err());
+            (*p).memory = slot.0.as_ptr();
+            assert_eq!(pool.check(), Ok(()));
+        }
+    }
+
     /// Whether `offset` is on the grid of blocks whose size `reciprocal` was made from.
     fn is_block_offset(offset: usize, reciprocal: u64) -> bool {
         block_index((offset as u64).wrapping_mul(reciprocal)) < 1 << (u64::BITS - RECIPROCAL_SHIFT)
@@ -1135,6 +1167,7 @@ mod grid_tests {
                         owner: AtomicPtr::new(ptr::null_mut()),
                         reciprocal: grid.reciprocal,
                         origin: grid.origin,
+                        memory: memory.as_ptr(),
                         bump: AtomicU32::new((carved * size) as u32),
                         carved: AtomicU32::new(carved as u32),
                         size: size as u32,

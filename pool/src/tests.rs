@@ -9,7 +9,7 @@ use super::*;
 /// A zeroed arena owned by the test, with one pool of a class entered in its first-slot entries:
 /// `.0` is the pool's memory, from slot [`FIRST`] on (not aligned to a span's size: spans
 /// start at any slot).
-struct Mem(NonNull<u8>, NonNull<u8>);
+pub(crate) struct Mem(pub(crate) NonNull<u8>, NonNull<u8>);
 
 const ARENA: Layout = match Layout::from_size_align(ARENA_SIZE, ARENA_SIZE) {
     Ok(layout) => layout,
@@ -17,7 +17,7 @@ const ARENA: Layout = match Layout::from_size_align(ARENA_SIZE, ARENA_SIZE) {
 };
 
 impl Mem {
-    fn new(class: SizeClass) -> Mem {
+    pub(crate) fn new(class: SizeClass) -> Mem {
         // SAFETY: the layout has a non-zero size.
         let arena = NonNull::new(unsafe { alloc_zeroed(ARENA) }).expect("test memory");
         // SAFETY: the widest pool fits past slot FIRST, inside the arena.
