@@ -5,9 +5,9 @@
 //! they hold one 64-byte line per slot: the *descriptor* of the pool that starts there, if
 //! one does — what every free of one of its blocks reads, from any thread — and in its last
 //! four bytes the slot's *first-slot entry*, which names the first slot of the pool that
-//! holds the slot (by the offset of that slot's line). [`HOT_OFFSET`] further on, each slot has a line of its own for its pool's *hot
-//! record*: the freelist, the count of blocks in use and the list links, which the pool's
-//! holder writes on every allocation and free.
+//! holds the slot (by the offset of that slot's line). [`HOT_OFFSET`] further on, each slot
+//! has a line of its own for its pool's *hot record*: the freelist, the count of blocks in
+//! use and the list links, which the pool's holder writes on every allocation and free.
 //!
 //! ```text
 //! arena: | slots 0-1: header | lines of slots | hot records | slot 2 | slot 3 | …
@@ -548,7 +548,7 @@ impl PoolPtr {
         // no test of the entry is needed.
         // SAFETY: the arena is mapped (caller).
         let p = unsafe { named_descriptor(address) };
-        // The pool's memory starts `first` slots into the arena (P1), and the address's slot
+        // The pool's memory starts at the slot the entry names (P1), and the address's slot
         // is one of the pool's, so it lies less than the widest pool further on
         // (`carved_block_at`).
         let arena_offset = address.addr().get() & (ARENA_SIZE - 1);
