@@ -95,10 +95,11 @@ pub fn malloc(size: usize) -> *mut c_void {
     malloc_rarely(size)
 }
 
-/// C's `malloc` past its fast path: the whole of [`Session::malloc`], and `errno`.
+/// C's `malloc` past its fast path ([`Session::malloc_past_fast`], which also serves a
+/// thread that has no heap yet), and `errno`.
 #[inline(never)]
 fn malloc_rarely(size: usize) -> *mut c_void {
-    enomem_if_null(with_session!(|s| s.malloc(size)).cast())
+    enomem_if_null(with_session!(|s| s.malloc_past_fast(size)).cast())
 }
 
 /// C's `calloc`: zero-filled; NULL with `ENOMEM` if `count * size` overflows.

@@ -167,6 +167,28 @@ impl<'a, P: Platform> Session<'a, P> {
     /// blocks.
     #[inline(always)]
     pub(crate) fn malloc(&mut self, size: usize) -> *mut u8 {
+        match self.malloc_fast(size) {
+            Some(block) => block.as_ptr(),
+            None => self.malloc_past_fast(size),
+        }
+    }
+
+    /// The fast path of [`Session::malloc`] alone: a block from the first pool of the size's
+    /// class, if that pool has one to spare (`Claim::alloc_fast`); `None`, with nothing
+    /// changed, for everything else (and always in the `debug` and `secure` builds).
+    #[inline(always)]
+    pub(crate) fn malloc_fast(&mut self, size: usize) -> Option<NonNull<u8>> {
+        if cfg!(feature = "debug") || secure::ENABLED {
+            return None;
+        }
+        let class = SizeClass::for_size(size)?;
+        self.claim.alloc_fast(class).map(|(block, _)| block)
+    }
+
+    /// The rest of [`Session::malloc`], for a request its fast path did not serve (or did not
+    /// try: it serves any request whole).
+    #[inline(always)]
+    pub(crate) fn malloc_past_fast(&mut self, size: usize) -> *mut u8 {
         if cfg!(feature = "debug") || secure::ENABLED {
             return match Layout::from_size_align(size, ALIGNMENT) {
                 Ok(layout) if secure::ENABLED => self.secure_alloc(layout, false),
@@ -175,9 +197,6 @@ impl<'a, P: Platform> Session<'a, P> {
             };
         }
         if let Some(class) = SizeClass::for_size(size) {
-            if let Some((block, _)) = self.claim.alloc_fast(class) {
-                return block.as_ptr();
-            }
             return self
                 .claim
                 .reborrow()
@@ -188,19 +207,6 @@ impl<'a, P: Platform> Session<'a, P> {
             Ok(layout) => self.reborrow().alloc_rarely(layout),
             Err(_) => ptr::null_mut(),
         }
-    }
-
-    /// The fast path of [`Session::malloc`] alone: a block from the first pool of the size's
-    /// class, if that pool has one to spare (`Claim::alloc_fast`); `None`, with nothing
-    /// changed, for everything else (and always in the `debug` and `secure` builds), which
-    /// [`Session::malloc`] then serves.
-    #[inline(always)]
-    pub(crate) fn malloc_fast(&mut self, size: usize) -> Option<NonNull<u8>> {
-        if cfg!(feature = "debug") || secure::ENABLED {
-            return None;
-        }
-        let class = SizeClass::for_size(size)?;
-        self.claim.alloc_fast(class).map(|(block, _)| block)
     }
 
     /// [`Session::alloc`] past its fast path, out of line.
