@@ -807,8 +807,8 @@ impl PoolPtr {
     pub unsafe fn free(self, freed: FreedMark) -> Freed {
         let block = freed.block();
         let p = self.0.as_ptr();
-        // SAFETY: the pool is live and ours; `block` is one of its blocks in use (caller), so
-        // its first word is ours to overwrite with the freelist link.
+        // SAFETY: the pool is live and ours, `block` one of its blocks in use (caller); pushed
+        // only with a block in use counted (ensured).
         unsafe {
             crate::debug_ensure!(
                 self.starts_carved_block(block),
@@ -826,12 +826,7 @@ impl PoolPtr {
                 block.as_ptr() != head,
                 "free of the block this pool freed last (double free)",
             );
-            write_link(block, head);
-            freed.write();
-            asan::poison(block.as_ptr(), (*p).size as usize);
-            (*hot(p)).free = block.as_ptr();
-            // A store of what was loaded above, less one (P8).
-            (*hot(p)).used.store(used - 1, Ordering::Relaxed);
+            self.push_freed(freed, head, used);
             // Full before (P5): no free block, and none left to carve — which this free did
             // not change. Tested last, and only for an empty freelist, so that the common
             // free computes nothing for it.
@@ -856,21 +851,38 @@ impl PoolPtr {
     pub unsafe fn free_unless_was_full(self, freed: FreedMark) -> Option<bool> {
         let block = freed.block();
         let p = self.0.as_ptr();
-        // SAFETY: the pool is live and ours; `block` is one of its blocks in use (caller), so
-        // its first word is ours to overwrite with the freelist link.
+        // SAFETY: the pool is live and ours, `block` one of its blocks in use (caller); pushed
+        // only with a block in use counted.
         unsafe {
             let used = (*hot(p)).used.load(Ordering::Relaxed);
             let head = (*hot(p)).free;
             if used == 0 || block.as_ptr() == head || (head.is_null() && self.carved_out()) {
                 return None;
             }
+            self.push_freed(freed, head, used);
+            Some(used == 1)
+        }
+    }
+
+    /// Puts `freed`'s block at the head of the freelist, marked (P9), with `head` the
+    /// freelist's head and `used` the count of blocks in use as the caller has just read them:
+    /// the push that [`PoolPtr::free`] and [`PoolPtr::free_unless_was_full`] share.
+    ///
+    /// # Safety
+    /// As [`PoolPtr::free`], and `used` is at least 1.
+    #[inline(always)]
+    unsafe fn push_freed(self, freed: FreedMark, head: *mut u8, used: u16) {
+        let block = freed.block();
+        let p = self.0.as_ptr();
+        // SAFETY: the pool is live and ours; `block` is one of its blocks in use (caller), so
+        // its first word is ours to overwrite with the freelist link.
+        unsafe {
             write_link(block, head);
             freed.write();
             asan::poison(block.as_ptr(), (*p).size as usize);
             (*hot(p)).free = block.as_ptr();
             // A store of what was loaded above, less one (P8).
             (*hot(p)).used.store(used - 1, Ordering::Relaxed);
-            Some(used == 1)
         }
     }
 
