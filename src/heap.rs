@@ -831,7 +831,7 @@ impl<'a> Claim<'a> {
         // use is full, in no list (H1), so nothing else refers to it while it changes class.
         unsafe {
             let pool = PoolPtr::containing(block);
-            if pool.owner() != self.id() || pool.memory() != block {
+            if pool.owner() != self.id() || pool.first_block() != block {
                 return false;
             }
             let mut shared = SharedAccess::new(&ctx.shared);

@@ -204,7 +204,7 @@ impl<P: Platform> Session<'_, P> {
             Trailer::CanaryOverwritten => fatal(OVERFLOW),
         };
         if let Block::Pooled { pool, class } = block {
-            if ptr != pool.memory() {
+            if ptr != pool.first_block() {
                 // SAFETY: a carved block starts one block before a carved block that is not
                 // its pool's first (P2, P3).
                 let before = unsafe { ptr.sub(class.block_size()) };
@@ -238,7 +238,7 @@ impl<P: Platform> Session<'_, P> {
                 let capacity = pool.class().block_size();
                 let n = expected.map(|layout| layout.size());
                 // The block before, unless this is its pool's first: a carved block (P2, P3).
-                let before = (ptr != pool.memory()).then(|| ptr.sub(capacity));
+                let before = (ptr != pool.first_block()).then(|| ptr.sub(capacity));
                 if n.is_none_or(|n| n <= capacity - TAG_BYTES)
                     && pool_secure::retire_if_intact(ptr, capacity, n, before)
                 {

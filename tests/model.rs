@@ -129,28 +129,46 @@ fn class_of_size(size: usize) -> Option<usize> {
     }
 }
 
-/// The block size of class `c`, as the spec gives it.
+/// The block size of class `c`, as the spec gives it: after the 32 small and 72 medium
+/// classes, 16 aligned small classes in steps of 32 bytes.
 fn block_size_of(c: usize) -> usize {
     if c < 32 {
         16 * (c + 1)
-    } else {
+    } else if c < 104 {
         let log = 9 + (c - 32) / 8;
         (1 << log) + ((c - 32) % 8 + 1) * (1 << (log - 3))
+    } else {
+        32 * (c - 103)
     }
 }
 
-/// The class the spec gives a layout: the smallest at or above its size's whose every block
-/// starts at a multiple of the alignment (its size is a multiple of it, or its pool holds one
-/// block, at a 16 KiB slot); `None` for a large block (too big, or aligned to more than 16 KiB).
+/// Where the first block of class `c` starts in its pool, as the spec gives it: 48 bytes in
+/// for a small class (obmalloc's layout), at the start for the others.
+fn first_block_of(c: usize) -> usize {
+    if c < 32 { 48 } else { 0 }
+}
+
+/// The class the spec gives a layout: its size's if aligned to 16 or less; else, of the
+/// classes whose every block starts at a multiple of the alignment (the first block does, at
+/// a 16 KiB slot or 48 bytes past one, and its size is a multiple of it or its pool holds one
+/// block), the one with the smallest blocks at least as large as the size's class's;
+/// `None` for a large block (too big, or aligned to more than 16 KiB).
 fn class_of(layout: Layout) -> Option<usize> {
-    let first = class_of_size(layout.size())?;
+    let sized = class_of_size(layout.size())?;
     if layout.align() > 16 << 10 {
         return None;
     }
-    (first..NUM_CLASSES).find(|&c| {
-        let one_block = pymalloc_pool::blocks_per_pool(SizeClass::from_index(c).unwrap()) == 1;
-        block_size_of(c) % layout.align() == 0 || one_block
-    })
+    if layout.align() <= 16 {
+        return Some(sized);
+    }
+    (0..NUM_CLASSES)
+        .filter(|&c| {
+            let one_block = pymalloc_pool::blocks_per_pool(SizeClass::from_index(c).unwrap()) == 1;
+            first_block_of(c) % layout.align() == 0
+                && (block_size_of(c) % layout.align() == 0 || one_block)
+                && block_size_of(c) >= block_size_of(sized)
+        })
+        .min_by_key(|&c| block_size_of(c))
 }
 
 /// What the model says the stats must show: blocks per class, large blocks and bytes.

@@ -83,7 +83,7 @@ fn neighbours(size: usize, capacity: usize) -> (*mut u8, *mut u8) {
 fn not_first(size: usize) -> *mut u8 {
     let all = blocks(16, size);
     *all.iter()
-        .find(|&&p| p as usize % pymalloc_pool::POOL_SIZE != 0)
+        .find(|&&p| p as usize % pymalloc_pool::POOL_SIZE > pymalloc_pool::SMALL_FIRST_BLOCK)
         .unwrap()
 }
 

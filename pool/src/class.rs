@@ -13,11 +13,24 @@
 //! the pool, or else the count of those that wastes the least. A span may start at any slot
 //! of an arena.
 //!
+//! - *Where blocks start*: a small class's first block lies [`SMALL_FIRST_BLOCK`] = 48 bytes
+//!   into its pool, where CPython's obmalloc puts it (behind its 48-byte pool header), so
+//!   that a block starts 16 bytes before a cache line. CPython's container objects (dicts,
+//!   lists, tuples, instances) carry their 16-byte garbage-collector links in front of the
+//!   object, and the objects of its commonest class (64 bytes) then start a line each; its
+//!   collector and its sorts ran about a fifth faster so (`docs/notes.md`). Medium pools
+//!   start their blocks at the pool's start.
+//! - *Aligned small classes*: a block 48 bytes into a pool is aligned to 16 only, so requests
+//!   aligned to more have classes of their own, [`ALIGNED_SMALL_CLASSES`] of them, one per
+//!   multiple of 32 up to [`SMALL_MAX`], whose blocks start at the pool's start. No size maps
+//!   to them; only [`SizeClass::for_layout`] does. Their indices follow the medium classes'.
+//!
 //! A request aligned to more than [`ALIGNMENT`] (up to [`MAX_POOLED_ALIGN`], a slot) takes the
-//! smallest class at or above its size's whose every block starts at a multiple of the
-//! alignment — its block size is a multiple of it, or its pool holds one block, which starts
-//! at a slot — so that every pointer handed out is a block's start ([`SizeClass::for_layout`]).
-//! Any other pointer freed is not a block, which is how `free` refuses interior pointers.
+//! class with the smallest blocks, at least its size's, whose every block starts at a
+//! multiple of the alignment — its pool's first block does and its block size is a multiple
+//! of it, or its pool holds one block —, so that every pointer handed out is a block's start
+//! ([`SizeClass::for_layout`]). Any other pointer freed is not a block, which is how `free`
+//! refuses interior pointers.
 //!
 //! Invariant: a [`SizeClass`] always holds an index below [`NUM_CLASSES`], so tables of
 //! `NUM_CLASSES` entries may be indexed by it without a bounds check.
@@ -39,11 +52,25 @@ pub const MAX_SPAN_SLOTS: usize = 16;
 
 const SMALL_CLASSES: usize = SMALL_MAX / ALIGNMENT;
 const SMALL_MAX_LOG: u32 = SMALL_MAX.ilog2();
-/// Number of size classes, small and medium.
-pub const NUM_CLASSES: usize =
+/// Number of classes that sizes map to ([`SizeClass::for_size`]): small and medium.
+const SIZED_CLASSES: usize =
     SMALL_CLASSES + MEDIUM_PER_DOUBLING * (POOLED_MAX_LOG - SMALL_MAX_LOG) as usize;
+/// The step between aligned small classes: the smallest alignment above [`ALIGNMENT`].
+const ALIGNED_SMALL_STEP: usize = 2 * ALIGNMENT;
+/// Number of aligned small classes (module documentation): one per multiple of 32 up to
+/// [`SMALL_MAX`].
+pub const ALIGNED_SMALL_CLASSES: usize = SMALL_MAX / ALIGNED_SMALL_STEP;
+/// Number of size classes: small, medium and aligned small.
+pub const NUM_CLASSES: usize = SIZED_CLASSES + ALIGNED_SMALL_CLASSES;
+/// Offset in its pool of a small class's first block (module documentation): a line less 16
+/// bytes, CPython's pool header.
+pub const SMALL_FIRST_BLOCK: usize = 48;
 
 const _: () = assert!(NUM_CLASSES <= u8::MAX as usize + 1);
+const _: () = assert!(
+    SMALL_FIRST_BLOCK % ALIGNMENT == 0 && SMALL_FIRST_BLOCK < POOL_SIZE,
+    "a small class's first block is aligned and inside its first slot"
+);
 const _: () = assert!(MAX_SPAN_SLOTS.is_power_of_two());
 const _: () = assert!(
     MEDIUM_PER_DOUBLING.is_power_of_two()
@@ -56,16 +83,32 @@ const _: () = assert!(
 const fn block_size_of(index: usize) -> usize {
     if index < SMALL_CLASSES {
         (index + 1) * ALIGNMENT
-    } else {
+    } else if index < SIZED_CLASSES {
         let m = index - SMALL_CLASSES;
         let log = SMALL_MAX_LOG as usize + m / MEDIUM_PER_DOUBLING;
         (1 << log) + (m % MEDIUM_PER_DOUBLING + 1) * ((1 << log) / MEDIUM_PER_DOUBLING)
+    } else {
+        (index - SIZED_CLASSES + 1) * ALIGNED_SMALL_STEP
     }
 }
 
-/// Bytes a pool of `slots` slots leaves unused with blocks of `size`.
-const fn tail_waste(slots: usize, size: usize) -> usize {
-    slots * POOL_SIZE % size
+/// Offset in its pool of the first block of class `index` (module documentation).
+const fn first_block_of(index: usize) -> usize {
+    if index < SMALL_CLASSES {
+        SMALL_FIRST_BLOCK
+    } else {
+        0
+    }
+}
+
+/// Bytes a pool of `slots` slots leaves unused with blocks of `size` from `first` on.
+const fn tail_waste(slots: usize, size: usize, first: usize) -> usize {
+    (slots * POOL_SIZE - first) % size
+}
+
+/// Blocks of `size` that a pool of `slots` slots holds from `first` on.
+const fn blocks_in(slots: usize, size: usize, first: usize) -> usize {
+    (slots * POOL_SIZE - first) / size
 }
 
 /// Blocks a pool should hold, where the widest span allows: fewer, and a class whose blocks
@@ -74,9 +117,9 @@ const fn tail_waste(slots: usize, size: usize) -> usize {
 /// wastes less: a free block stranded in a pool is memory no other class can use.
 const MIN_BLOCKS: usize = 8;
 
-/// Slots a pool of blocks of `size` spans (see the module documentation).
-const fn span_slots_of(size: usize) -> usize {
-    let wanted = if MAX_SPAN_SLOTS * POOL_SIZE / size >= MIN_BLOCKS {
+/// Slots a pool of blocks of `size` from `first` on spans (see the module documentation).
+const fn span_slots_of(size: usize, first: usize) -> usize {
+    let wanted = if blocks_in(MAX_SPAN_SLOTS, size, first) >= MIN_BLOCKS {
         MIN_BLOCKS
     } else {
         1
@@ -84,14 +127,14 @@ const fn span_slots_of(size: usize) -> usize {
     let mut best = 0;
     let mut slots = 1;
     while slots <= MAX_SPAN_SLOTS {
-        if slots * POOL_SIZE / size >= wanted {
-            if tail_waste(slots, size) * 8 <= slots * POOL_SIZE {
+        if blocks_in(slots, size, first) >= wanted {
+            if tail_waste(slots, size, first) * 8 <= slots * POOL_SIZE {
                 return slots;
             }
             // Least waste as a fraction of the span: a/b < c/d  <=>  a*d < c*b.
             if best == 0
-                || tail_waste(slots, size) * best * POOL_SIZE
-                    < tail_waste(best, size) * slots * POOL_SIZE
+                || tail_waste(slots, size, first) * best * POOL_SIZE
+                    < tail_waste(best, size, first) * slots * POOL_SIZE
             {
                 best = slots;
             }
@@ -123,7 +166,7 @@ const SPAN_SLOTS: [u8; NUM_CLASSES] = {
     let mut t = [0; NUM_CLASSES];
     let mut i = 0;
     while i < NUM_CLASSES {
-        t[i] = span_slots_of(block_size_of(i)) as u8;
+        t[i] = span_slots_of(block_size_of(i), first_block_of(i)) as u8;
         assert!(
             t[i] != 0 && t[i] as usize <= MAX_SPAN_SLOTS,
             "every class fits a pool of at most MAX_SPAN_SLOTS slots"
@@ -133,7 +176,8 @@ const SPAN_SLOTS: [u8; NUM_CLASSES] = {
     t
 };
 
-const _: () = assert!(block_size_of(NUM_CLASSES - 1) == POOLED_MAX);
+const _: () = assert!(block_size_of(SIZED_CLASSES - 1) == POOLED_MAX);
+const _: () = assert!(block_size_of(NUM_CLASSES - 1) == SMALL_MAX);
 
 /// The largest alignment pools serve: a pool starts at a slot, so its blocks can be aligned to
 /// no more. Requests aligned to more are large blocks.
@@ -144,14 +188,17 @@ const OVER_ALIGNED_LOG: u32 = ALIGNMENT.ilog2() + 1;
 const OVER_ALIGNMENTS: usize = (MAX_POOLED_ALIGN.ilog2() + 1 - OVER_ALIGNED_LOG) as usize;
 
 /// Whether every block of class `index` starts at a multiple of `align` (a power of two up to
-/// a slot), pools starting at slots: its size is a multiple of `align`, or its pool holds one.
+/// a slot), pools starting at slots: its first block does, and its size is a multiple of
+/// `align` or its pool holds one block.
 const fn blocks_aligned(index: usize, align: usize) -> bool {
-    let size = block_size_of(index);
-    size % align == 0 || span_slots_of(size) * POOL_SIZE / size == 1
+    let (size, first) = (block_size_of(index), first_block_of(index));
+    first % align == 0
+        && (size % align == 0 || blocks_in(span_slots_of(size, first), size, first) == 1)
 }
 
 /// `ALIGNED_CLASSES[a * NUM_CLASSES + c]`: for the alignment `2^(OVER_ALIGNED_LOG + a)`, the
-/// smallest class at or above `c` whose blocks are all aligned to it.
+/// class with the smallest blocks at least as large as `c`'s whose blocks are all aligned to
+/// it (the first such index, of equals).
 // Built at compile time, as `BLOCK_SIZES`.
 #[allow(clippy::indexing_slicing)]
 const ALIGNED_CLASSES: [u8; OVER_ALIGNMENTS * NUM_CLASSES] = {
@@ -161,16 +208,35 @@ const ALIGNED_CLASSES: [u8; OVER_ALIGNMENTS * NUM_CLASSES] = {
         let align = 1 << (OVER_ALIGNED_LOG as usize + a);
         let mut c = 0;
         while c < NUM_CLASSES {
-            let mut aligned = c;
-            while !blocks_aligned(aligned, align) {
-                aligned += 1;
-                // The largest class has pools of one block, so the search always ends.
-                assert!(aligned < NUM_CLASSES, "some class serves every alignment");
+            let mut best = NUM_CLASSES;
+            let mut candidate = 0;
+            while candidate < NUM_CLASSES {
+                if blocks_aligned(candidate, align)
+                    && block_size_of(candidate) >= block_size_of(c)
+                    && (best == NUM_CLASSES || block_size_of(candidate) < block_size_of(best))
+                {
+                    best = candidate;
+                }
+                candidate += 1;
             }
-            t[a * NUM_CLASSES + c] = aligned as u8;
+            // The largest sized class has pools of one block, so some class always serves.
+            assert!(best < NUM_CLASSES, "some class serves every alignment");
+            t[a * NUM_CLASSES + c] = best as u8;
             c += 1;
         }
         a += 1;
+    }
+    t
+};
+
+// Built at compile time, as `BLOCK_SIZES`.
+#[allow(clippy::indexing_slicing)]
+const FIRST_BLOCKS: [u8; NUM_CLASSES] = {
+    let mut t = [0; NUM_CLASSES];
+    let mut i = 0;
+    while i < NUM_CLASSES {
+        t[i] = first_block_of(i) as u8;
+        i += 1;
     }
     t
 };
@@ -289,6 +355,21 @@ impl SizeClass {
         self.span_slots() * POOL_SIZE
     }
 
+    /// Offset in its pool of this class's first block (module documentation): 48 bytes for a
+    /// small class, 0 for the others.
+    #[inline(always)]
+    // As `block_size`.
+    #[allow(clippy::indexing_slicing)]
+    pub const fn first_block(self) -> usize {
+        FIRST_BLOCKS[self.index()] as usize
+    }
+
+    /// Bytes of a pool of this class from its first block to its end: where its blocks lie.
+    #[inline(always)]
+    pub const fn block_bytes(self) -> usize {
+        self.pool_bytes() - self.first_block()
+    }
+
     /// Every class, smallest first.
     pub fn all() -> impl Iterator<Item = SizeClass> {
         (0..NUM_CLASSES).map(|i| SizeClass(i as u8))
@@ -302,7 +383,7 @@ mod tests {
     #[test]
     fn classes_cover_every_pooled_size_with_at_most_a_step_wasted() {
         assert_eq!(
-            NUM_CLASSES,
+            SIZED_CLASSES,
             SMALL_CLASSES + MEDIUM_PER_DOUBLING * (POOLED_MAX / SMALL_MAX).ilog2() as usize
         );
         assert_eq!(SizeClass::for_size(0).unwrap().block_size(), 16);
@@ -345,8 +426,20 @@ mod tests {
         for (i, class) in SizeClass::all().enumerate() {
             assert_eq!(class.index(), i);
             assert_eq!(SizeClass::from_index(i), Some(class));
-            assert_eq!(SizeClass::for_size(class.block_size()), Some(class));
             assert_eq!(class.block_size() % ALIGNMENT, 0);
+            let sized = SizeClass::for_size(class.block_size()).unwrap();
+            if i < SIZED_CLASSES {
+                assert_eq!(sized, class);
+            } else {
+                // An aligned small class: the small class of its size, its blocks from the
+                // pool's start.
+                assert_eq!(sized.block_size(), class.block_size());
+                assert!(sized.index() < SMALL_CLASSES);
+                assert_eq!(
+                    (sized.first_block(), class.first_block()),
+                    (SMALL_FIRST_BLOCK, 0)
+                );
+            }
         }
         assert_eq!(SizeClass::from_index(NUM_CLASSES), None);
     }
@@ -357,32 +450,34 @@ mod tests {
             let slots = class.span_slots();
             let size = class.block_size();
             assert!((1..=MAX_SPAN_SLOTS).contains(&slots), "{class:?}");
-            let wanted = if MAX_SPAN_SLOTS * POOL_SIZE / size >= MIN_BLOCKS {
+            let first = class.first_block();
+            let wanted = if blocks_in(MAX_SPAN_SLOTS, size, first) >= MIN_BLOCKS {
                 MIN_BLOCKS
             } else {
                 1
             };
+            assert_eq!(blocks_per_pool_of(class), blocks_in(slots, size, first));
             assert!(
-                class.pool_bytes() / size >= wanted,
+                blocks_per_pool_of(class) >= wanted,
                 "{class:?} holds too few blocks"
             );
             // Every class fits with at most an eighth of its pool unused.
             assert!(
-                tail_waste(slots, size) * 8 <= slots * POOL_SIZE,
+                tail_waste(slots, size, first) * 8 <= slots * POOL_SIZE,
                 "{class:?}"
             );
             // Fewer slots would hold too few blocks or waste more than an eighth.
             for fewer in 1..slots {
                 assert!(
-                    fewer * POOL_SIZE / size < wanted
-                        || tail_waste(fewer, size) * 8 > fewer * POOL_SIZE,
+                    blocks_in(fewer, size, first) < wanted
+                        || tail_waste(fewer, size, first) * 8 > fewer * POOL_SIZE,
                     "{class:?} could span {fewer} slots"
                 );
             }
         }
         assert_eq!(SizeClass::for_size(512).unwrap().span_slots(), 1);
         assert_eq!(
-            blocks_per_pool_of(SizeClass::from_index(NUM_CLASSES - 1).unwrap()),
+            blocks_per_pool_of(SizeClass::for_size(POOLED_MAX).unwrap()),
             1,
             "the largest class has pools of one block"
         );
@@ -407,15 +502,20 @@ mod tests {
                 let blocks = blocks_per_pool_of(class);
                 for k in 0..blocks {
                     // Pools start at slots, which are aligned to POOL_SIZE.
-                    assert_eq!((k * class.block_size()) % align.min(POOL_SIZE), 0);
+                    let offset = class.first_block() + k * class.block_size();
+                    assert_eq!(offset % align.min(POOL_SIZE), 0);
                 }
                 // The class the older rule (pad by `align - 16`, point inside) would take.
                 let padded = size.max(1) + align.saturating_sub(ALIGNMENT);
                 if let Some(old) = SizeClass::for_size(padded) {
                     assert!(
-                        class <= old,
+                        class.block_size() <= old.block_size(),
                         "size {size} align {align}: {class:?} > {old:?}"
                     );
+                }
+                // Aligned beyond 16, a small request takes an aligned small class.
+                if align > ALIGNMENT && align <= SMALL_MAX && size <= SMALL_MAX {
+                    assert!(class.index() >= SIZED_CLASSES, "size {size} align {align}");
                 }
                 if align <= ALIGNMENT {
                     assert_eq!(Some(class), SizeClass::for_size(size));
@@ -428,6 +528,6 @@ mod tests {
     }
 
     fn blocks_per_pool_of(class: SizeClass) -> usize {
-        class.pool_bytes() / class.block_size()
+        class.block_bytes() / class.block_size()
     }
 }

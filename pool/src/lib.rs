@@ -49,7 +49,8 @@ pub mod secure;
 mod sync;
 
 pub use class::{
-    ALIGNMENT, MAX_POOLED_ALIGN, MAX_SPAN_SLOTS, NUM_CLASSES, POOLED_MAX, SMALL_MAX, SizeClass,
+    ALIGNED_SMALL_CLASSES, ALIGNMENT, MAX_POOLED_ALIGN, MAX_SPAN_SLOTS, NUM_CLASSES, POOLED_MAX,
+    SMALL_FIRST_BLOCK, SMALL_MAX, SizeClass,
 };
 pub use fatal::{ensure, fatal, write_fd};
 pub use geometry::{

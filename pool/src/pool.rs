@@ -13,8 +13,9 @@
 //! arena: | slots 0-1: header | lines of slots | hot records | slot 2 | slot 3 | …
 //! line:  | descriptor (50 bytes) ... | first-slot entry |
 //! hot:   | freelist, links, count ...                    |
-//! pool:  | block 0 | block 1 | ... | never used ... |
-//!        ^ a slot's start          ^ bump       ^ limit
+//! pool:  | gap | block 0 | block 1 | ... | never used ... |
+//!        ^ a slot's start   ^ bump offset from here   ^ limit bytes from here to the end
+//!              ^ memory: the first block, `class.first_block()` in (48 bytes for a small class)
 //! ```
 //!
 //! Out of line, the descriptors of an arena's pools share a page and sit in consecutive cache
@@ -29,11 +30,12 @@
 //!
 //! Invariants of a live pool (checked by [`PoolPtr::check`]):
 //! - P1 the pool's memory starts at a slot of an arena aligned to [`ARENA_SIZE`], its
-//!   descriptor is the one of its first slot (and keeps the memory's address, for carving),
-//!   and the first-slot entries of all its slots name that slot, so the descriptor of any
-//!   block is found from the block's address alone ([`PoolPtr::containing`]).
-//! - P2 every block starts at `k * size` from the pool's start and ends by `limit`, the pool's
-//!   size.
+//!   descriptor is the one of its first slot (and keeps the address of the pool's first
+//!   block, `class.first_block()` past the memory's start, for carving), and the first-slot
+//!   entries of all its slots name that slot, so the descriptor of any block is found from
+//!   the block's address alone ([`PoolPtr::containing`]).
+//! - P2 every block starts at `k * size` from the first block and ends by `limit` from it,
+//!   the pool's end.
 //! - P3 blocks below `bump` are either in use or on the freelist, never both; blocks at or
 //!   above `bump` have never been handed out (the pool is carved lazily, like obmalloc's).
 //! - P4 `used` + freelist length = number of blocks below `bump`.
@@ -90,7 +92,7 @@ const _: () = assert!(
 
 /// Number of blocks of `class` that fit in one pool.
 pub const fn blocks_per_pool(class: SizeClass) -> usize {
-    class.pool_bytes() / class.block_size()
+    class.block_bytes() / class.block_size()
 }
 
 /// Whether the line of slot 0 of the arena that starts at `arena` reads zero (P11).
@@ -162,11 +164,12 @@ pub struct Pool {
     /// `ceil(2^RECIPROCAL_SHIFT / size)`: whether an offset in the pool is a multiple of the
     /// block size is a multiplication ([`carved_block_at`]).
     reciprocal: u64,
-    /// The pool's offset in its arena times `reciprocal` ([`Grid::of`]), so that
+    /// The first block's offset in its arena times `reciprocal` ([`Grid::of`]), so that
     /// [`carved_block_at`] starts from an address's offset in the arena.
     origin: u64,
-    /// Where the pool's first block starts, [`PoolPtr::memory`] (P1): a function of where
-    /// the descriptor lies, stored so that carving a block is one addition.
+    /// Where the pool's first block starts, [`PoolPtr::first_block`] (P1): a function of
+    /// where the descriptor lies and of the class, stored so that carving a block is one
+    /// addition.
     memory: *mut u8,
     /// Offset of the first never-used block (P10). Written only by whoever has the pool,
     /// with a load and a store.
@@ -176,7 +179,7 @@ pub struct Pool {
     carved: AtomicU32,
     /// Block size of `class`, kept here so the fast path need not look it up.
     size: u32,
-    /// Bytes of the pool: `class.pool_bytes()`.
+    /// Bytes from the first block to the pool's end: `class.block_bytes()`.
     limit: u32,
     /// The index of the pool's [`SizeClass`].
     class: AtomicU8,
@@ -301,20 +304,21 @@ struct Grid {
 }
 
 impl Grid {
-    /// The grid of blocks of `size` bytes from `memory`, a slot's start.
-    fn of(memory: NonNull<u8>, size: usize) -> Grid {
+    /// The grid of blocks of `size` bytes from `first`, a pool's first block.
+    fn of(first: NonNull<u8>, size: usize) -> Grid {
         let reciprocal = reciprocal(size);
         // Below 2^21 times below 2^37: no overflow.
-        let origin = (memory.addr().get() & (ARENA_SIZE - 1)) as u64 * reciprocal;
+        let origin = (first.addr().get() & (ARENA_SIZE - 1)) as u64 * reciprocal;
         Grid { reciprocal, origin }
     }
 }
 
 /// Whether the address at `arena_offset` in its arena starts a block carved so far of the
-/// pool `p`, from whose start it lies less than the widest pool (`MAX_SPAN_SLOTS` slots)
-/// further on: on the block grid (P2), below the bump offset (P10) — one comparison of
-/// [`block_index`] with the blocks carved, the product taken from the arena's start less
-/// the pool's origin.
+/// pool `p`, from whose first block it lies less than the widest pool (`MAX_SPAN_SLOTS`
+/// slots) further on: on the block grid (P2), below the bump offset (P10) — one comparison
+/// of [`block_index`] with the blocks carved, the product taken from the arena's start less
+/// the pool's origin. An address before the first block (at most a slot before it) makes a
+/// negative product, whose index is at least `2^24 - 4`: no block.
 ///
 /// # Safety
 /// `p` is a live pool. The grid is fixed while a block of the pool is in use, and the count
@@ -329,7 +333,7 @@ unsafe fn carved_block_at(p: *const Pool, arena_offset: usize) -> bool {
             (*p).origin,
         )
     };
-    // `(arena_offset - start) * R`, as `start * R` is the origin.
+    // `(arena_offset - first) * R`, as `first * R` is the origin.
     let q = (arena_offset as u64)
         .wrapping_mul(reciprocal)
         .wrapping_sub(origin);
@@ -374,7 +378,6 @@ impl PoolPtr {
         fresh: bool,
         owner: *mut (),
     ) -> PoolPtr {
-        let limit = class.pool_bytes();
         ensure(
             memory.addr().get() % POOL_SIZE == 0,
             "pool memory does not start at a slot",
@@ -382,7 +385,9 @@ impl PoolPtr {
         // Before the pool's first block exists, so before any mark is written (M1).
         mark::draw_key();
         let pool = descriptor_of(memory);
-        let grid = Grid::of(memory, class.block_size());
+        // SAFETY: the first block lies inside the pool's first slot (`first_block`).
+        let first = unsafe { memory.add(class.first_block()) };
+        let grid = Grid::of(first, class.block_size());
         // SAFETY: the caller guarantees the descriptor is writable and ours.
         unsafe {
             hot(pool.as_ptr()).write(Hot {
@@ -394,16 +399,16 @@ impl PoolPtr {
                 bump: AtomicU32::new(0),
                 carved: AtomicU32::new(0),
                 size: class.block_size() as u32,
-                limit: limit as u32,
+                limit: class.block_bytes() as u32,
                 class: AtomicU8::new(class.index() as u8),
                 fresh,
                 owner: AtomicPtr::new(owner),
                 reciprocal: grid.reciprocal,
                 origin: grid.origin,
-                memory: memory.as_ptr(),
+                memory: first.as_ptr(),
             });
         }
-        asan::poison(memory.as_ptr(), limit);
+        asan::poison(memory.as_ptr(), class.pool_bytes());
         PoolPtr(pool)
     }
 
@@ -412,9 +417,7 @@ impl PoolPtr {
     /// # Safety
     /// `self` is a live pool with no block in use, exclusively the caller's.
     pub unsafe fn retire(self) -> NonNull<u8> {
-        // SAFETY: the pool is live (caller).
-        let limit = unsafe { (*self.0.as_ptr()).limit } as usize;
-        asan::unpoison(self.memory().as_ptr(), limit);
+        asan::unpoison(self.memory().as_ptr(), self.pool_bytes());
         self.memory()
     }
 
@@ -431,7 +434,7 @@ impl PoolPtr {
         // own so that `owner` is never written non-atomically.
         unsafe {
             ensure(
-                (*p).limit as usize == class.pool_bytes()
+                self.pool_bytes() == class.pool_bytes()
                     && (*hot(p)).used.load(Ordering::Relaxed) == 0,
                 "pool reused for a class of another size, or with blocks in use",
             );
@@ -443,7 +446,7 @@ impl PoolPtr {
             self.set_grid(class);
             (*p).class.store(class.index() as u8, Ordering::Relaxed);
             (*p).fresh = false;
-            asan::poison(self.memory().as_ptr(), (*p).limit as usize);
+            asan::poison(self.memory().as_ptr(), class.pool_bytes());
         }
     }
 
@@ -465,14 +468,15 @@ impl PoolPtr {
                     && (*p).bump.load(Ordering::Relaxed) == (*p).size
                     && (*hot(p)).free.is_null()
                     && (*p).limit.checked_div((*p).size) == Some(1)
-                    && blocks_per_pool(class) == 1,
+                    && blocks_per_pool(class) == 1
+                    && self.first_block() == self.memory()
+                    && class.first_block() == 0,
                 "reclass_sole_block: the pool or the class holds more than one block",
             );
-            let (old_limit, limit) = ((*p).limit as usize, class.pool_bytes());
+            let (old_limit, limit) = (self.pool_bytes(), class.pool_bytes());
             (*p).size = class.block_size() as u32;
             (*p).bump.store((*p).size, Ordering::Relaxed);
             (*p).carved.store(1, Ordering::Relaxed);
-            (*p).limit = limit as u32;
             self.set_grid(class);
             (*p).class.store(class.index() as u8, Ordering::Relaxed);
             (*p).fresh = false;
@@ -484,18 +488,33 @@ impl PoolPtr {
         }
     }
 
-    /// Writes the grid of blocks of `class` into the descriptor.
+    /// Writes the first block, the bytes from it to the pool's end and the grid of blocks of
+    /// `class` into the descriptor.
     ///
     /// # Safety
     /// `self` is a live pool, exclusively the caller's, with no block in use or (when it is
-    /// reclassed) one at its start, which every grid has.
+    /// reclassed) one at its start, which every grid of one block has.
     unsafe fn set_grid(self, class: SizeClass) {
-        let grid = Grid::of(self.memory(), class.block_size());
+        // SAFETY: the first block lies inside the pool's first slot (`first_block`).
+        let first = unsafe { self.memory().add(class.first_block()) };
+        let grid = Grid::of(first, class.block_size());
         let p = self.0.as_ptr();
         // SAFETY: as the caller guarantees.
         unsafe {
+            (*p).memory = first.as_ptr();
+            (*p).limit = class.block_bytes() as u32;
             (*p).reciprocal = grid.reciprocal;
             (*p).origin = grid.origin;
+        }
+    }
+
+    /// Bytes of the pool's memory, its gap before the first block included.
+    fn pool_bytes(self) -> usize {
+        let p = self.0.as_ptr();
+        // SAFETY: the pool is live (every `PoolPtr` is of one); `limit` counts from the first
+        // block, which lies `first_block - memory` bytes into the pool (P1, P2).
+        unsafe {
+            (*p).limit as usize + (self.first_block().addr().get() - self.memory().addr().get())
         }
     }
 
@@ -567,7 +586,15 @@ impl PoolPtr {
         PoolPtr(descriptor_of(memory))
     }
 
-    /// The pool's memory: where its first block starts (the inverse of `descriptor_of`).
+    /// Where the pool's first block starts: `class.first_block()` bytes into its memory (P1).
+    #[inline(always)]
+    pub fn first_block(self) -> NonNull<u8> {
+        // SAFETY: the pool is live (every `PoolPtr` is of one); its descriptor keeps the first
+        // block's address (P1), not null.
+        unsafe { NonNull::new_unchecked((*self.0.as_ptr()).memory) }
+    }
+
+    /// The pool's memory: the slot it starts at (the inverse of `descriptor_of`).
     #[inline(always)]
     pub fn memory(self) -> NonNull<u8> {
         let memory = self.0.as_ptr().cast::<u8>().map_addr(|d| {
@@ -735,7 +762,7 @@ impl PoolPtr {
                 .checked_div(size)
                 .unwrap_or(0)
                 .min(secure::BATCH);
-            let memory = self.memory();
+            let memory = self.first_block();
             let order = secure::shuffled(count, memory.addr().get() ^ bump);
             advance_bump(p, count as u32);
             let mut head = (*hot(p)).free;
@@ -924,7 +951,10 @@ impl PoolPtr {
     /// `self` is a live pool.
     #[inline(always)]
     pub unsafe fn starts_carved_block(self, ptr: NonNull<u8>) -> bool {
-        let offset = ptr.addr().get().wrapping_sub(self.memory().addr().get());
+        let offset = ptr
+            .addr()
+            .get()
+            .wrapping_sub(self.first_block().addr().get());
         let p = self.0.as_ptr();
         // SAFETY: the pool is live (caller); `carved_block_at` takes addresses inside the pool
         // (one before its start wraps to a huge offset).
@@ -981,28 +1011,29 @@ impl PoolPtr {
                 grid,
             )
         };
-        let grid = Grid::of(self.memory(), size);
+        // SAFETY: inside the pool's first slot (`first_block`).
+        let first_block = unsafe { self.memory().add(class.first_block()) };
+        let grid = Grid::of(first_block, size);
         if size != class.block_size()
-            || limit != class.pool_bytes()
+            || limit != class.block_bytes()
             || (reciprocal, origin) != (grid.reciprocal, grid.origin)
         {
             return Err("pool: block or pool size does not match its class");
         }
-        let base = self.memory().addr().get();
+        let base = first_block.addr().get();
         let first = slot_index(base);
-        for i in 0..limit.div_ceil(POOL_SIZE) {
+        for i in 0..class.span_slots() {
             // SAFETY: the pool's slots lie in its arena (P1), whose header is mapped.
             let named = unsafe { first_slot_of(self.memory().add(i * POOL_SIZE)) };
             if named as usize != first {
                 return Err("pool: a slot of the pool does not name the pool's first slot");
             }
         }
-        if base % POOL_SIZE != 0 || descriptor_of(self.memory()) != self.0 {
+        if self.memory().addr().get() % POOL_SIZE != 0 || descriptor_of(self.memory()) != self.0 {
             return Err("pool: not at a slot, or not at its first slot's descriptor");
         }
-        // SAFETY: the pool is live (caller).
-        if unsafe { (*self.0.as_ptr()).memory } != self.memory().as_ptr() {
-            return Err("pool: the memory its descriptor keeps is not the pool's");
+        if self.first_block() != first_block {
+            return Err("pool: the first block its descriptor keeps is not the pool's");
         }
         if bump > limit || bump % size != 0 {
             return Err("pool: bump offset off the block grid");
@@ -1109,6 +1140,7 @@ impl From<PoolPtr> for NonNull<Pool> {
 #[cfg(test)]
 mod grid_tests {
     use super::*;
+    use crate::class::SMALL_FIRST_BLOCK;
 
     // With `crate::tests`, whose test arenas are the default build's.
     #[cfg(not(feature = "secure"))]
@@ -1122,14 +1154,17 @@ mod grid_tests {
             let pool = PoolPtr::init(slot.0, class, true, ptr::null_mut());
             let (block, _) = pool.alloc().unwrap();
             assert_eq!(
-                block, slot.0,
-                "the first block is carved at the pool's start"
+                block,
+                slot.0.add(SMALL_FIRST_BLOCK),
+                "a small class's first block is carved 48 bytes into its pool"
             );
             assert_eq!(pool.check(), Ok(()));
             let p = pool.0.as_ptr();
-            (*p).memory = (*p).memory.wrapping_add(POOL_SIZE);
-            assert!(pool.check().is_err());
-            (*p).memory = slot.0.as_ptr();
+            for wrong in [POOL_SIZE, 16, 0usize.wrapping_sub(SMALL_FIRST_BLOCK)] {
+                (*p).memory = block.as_ptr().wrapping_add(wrong);
+                assert!(pool.check().is_err(), "{wrong}");
+            }
+            (*p).memory = block.as_ptr();
             assert_eq!(pool.check(), Ok(()));
         }
     }
@@ -1171,7 +1206,7 @@ mod grid_tests {
             let size = class.block_size();
             let blocks = blocks_per_pool(class);
             for slot in [2, 3, 77, ARENA_SIZE / POOL_SIZE - class.span_slots()] {
-                let start = slot * POOL_SIZE;
+                let start = slot * POOL_SIZE + class.first_block();
                 let memory = NonNull::new(ptr::without_provenance_mut(start)).unwrap();
                 let grid = Grid::of(memory, size);
                 for carved in [0, 1, blocks / 2, blocks] {
@@ -1192,6 +1227,12 @@ mod grid_tests {
                         // SAFETY: a descriptor on the stack, live for the call.
                         let found = unsafe { carved_block_at(&pool, start + offset) };
                         assert_eq!(found, expected, "size {size} slot {slot} +{offset}");
+                    }
+                    // Before the first block, back to the slot before the pool's: no block.
+                    for before in (1..=POOL_SIZE + class.first_block()).step_by(step) {
+                        // SAFETY: as above.
+                        let found = unsafe { carved_block_at(&pool, start - before) };
+                        assert!(!found, "size {size} slot {slot} -{before}");
                     }
                 }
             }

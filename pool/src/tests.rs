@@ -68,7 +68,7 @@ fn carves_every_block_once_then_reports_full() {
             let (block, zeroed) = unsafe { pool.alloc() }.expect("room left");
             assert!(zeroed, "never-used block of a fresh pool is zero");
             let offset = block.addr().get() - slot.0.addr().get();
-            assert_eq!(offset, i * class.block_size());
+            assert_eq!(offset, class.first_block() + i * class.block_size());
             assert!(offset + class.block_size() <= class.pool_bytes());
             assert_eq!(block.addr().get() % ALIGNMENT, 0);
             // SAFETY: the first and last bytes of a block just handed out.
@@ -85,6 +85,54 @@ fn carves_every_block_once_then_reports_full() {
             assert!(pool.alloc().is_none());
             assert_eq!(pool.used(), capacity);
             assert_eq!(pool.check(), Ok(()));
+        }
+    }
+}
+
+/// A pool taken back empty and formatted for a class of the same span but another first
+/// block (medium, small, aligned small and back) carves its blocks from the new class's
+/// first block, and `check` holds at each step.
+#[test]
+fn a_pool_reused_for_another_class_carves_from_that_class_s_first_block() {
+    let medium = SizeClass::for_size(1024).unwrap();
+    let small = SizeClass::for_size(64).unwrap();
+    let aligned = SizeClass::for_layout(64, 64).unwrap();
+    assert_eq!(
+        (
+            medium.span_slots(),
+            small.span_slots(),
+            aligned.span_slots()
+        ),
+        (1, 1, 1)
+    );
+    assert_eq!(small.first_block(), SMALL_FIRST_BLOCK);
+    assert_eq!((medium.first_block(), aligned.first_block()), (0, 0));
+    let mem = Mem::new(medium);
+    // SAFETY: the memory is ours, zeroed; every block freed was handed out by the pool and
+    // the pool is empty whenever it is formatted again.
+    unsafe {
+        let pool = PoolPtr::init(mem.0, medium, true, core::ptr::null_mut());
+        for class in [small, aligned, medium, small, medium] {
+            let blocks: Vec<_> = std::iter::from_fn(|| pool.alloc())
+                .map(|(b, _)| b)
+                .collect();
+            assert_eq!(pool.check(), Ok(()));
+            for &b in &blocks {
+                pool.free(FreedMark::of(b));
+            }
+            pool.reinit(class);
+            assert_eq!(pool.check(), Ok(()));
+            let (first, _) = pool.alloc().unwrap();
+            assert_eq!(first, mem.0.add(class.first_block()), "{class:?}");
+            let rest: Vec<_> = std::iter::from_fn(|| pool.alloc())
+                .map(|(b, _)| b)
+                .collect();
+            assert_eq!(rest.len() + 1, blocks_per_pool(class), "{class:?}");
+            assert_eq!(pool.check(), Ok(()));
+            for b in std::iter::once(first).chain(rest) {
+                assert!(pool.starts_carved_block(b));
+                pool.free(FreedMark::of(b));
+            }
         }
     }
 }
@@ -143,7 +191,7 @@ fn starts_carved_block_takes_only_the_starts_of_blocks_carved_so_far() {
         // SAFETY: the memory is ours; the pointers are only compared, never dereferenced.
         unsafe {
             let pool = PoolPtr::init(mem.0, class, true, core::ptr::null_mut());
-            let base = mem.0.as_ptr();
+            let base = mem.0.as_ptr().wrapping_add(class.first_block());
             let bytes = class.block_size();
             let at = |offset: usize| NonNull::new(base.wrapping_add(offset)).unwrap();
             assert!(!pool.starts_carved_block(at(0)), "nothing carved yet");
@@ -165,10 +213,16 @@ fn starts_carved_block_takes_only_the_starts_of_blocks_carved_so_far() {
             if carved < blocks_per_pool(class) {
                 assert!(!pool.starts_carved_block(at(carved * bytes)), "size {size}");
             }
+            // Before the first block: the pool's start, its gap, a block's length before it.
             for outside in [
+                mem.0.as_ptr(),
+                base.wrapping_sub(ALIGNMENT),
                 base.wrapping_sub(bytes),
-                base.wrapping_add(class.pool_bytes()),
+                mem.0.as_ptr().wrapping_add(class.pool_bytes()),
             ] {
+                if outside == base {
+                    continue;
+                }
                 let p = NonNull::new(outside).unwrap();
                 assert!(!pool.starts_carved_block(p), "size {size}");
             }

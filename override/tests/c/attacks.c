@@ -29,11 +29,12 @@ static void neighbours(size_t size, size_t capacity, char **a, char **b) {
     exit(2);
 }
 
-/* A block of `size` bytes that is not the first of its 16 KiB pool. */
+/* A block of `size` bytes that is not the first of its 16 KiB pool (a small class's first
+ * block starts 48 bytes into it, a medium class's at its start). */
 static char *not_first(size_t size) {
     for (;;) {
         char *p = malloc(size);
-        if ((uintptr_t)p % 16384 != 0) return p;
+        if ((uintptr_t)p % 16384 > 48) return p;
     }
 }
 
