@@ -1140,12 +1140,12 @@ impl From<PoolPtr> for NonNull<Pool> {
 #[cfg(test)]
 mod grid_tests {
     use super::*;
-    use crate::class::SMALL_FIRST_BLOCK;
 
     // With `crate::tests`, whose test arenas are the default build's.
     #[cfg(not(feature = "secure"))]
     #[test]
     fn check_catches_a_descriptor_that_keeps_another_pools_memory() {
+        use crate::class::SMALL_FIRST_BLOCK;
         let class = SizeClass::for_size(64).unwrap();
         let slot = crate::tests::Mem::new(class);
         // SAFETY: the memory is ours; the descriptor is written back before the pool is
