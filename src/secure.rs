@@ -204,7 +204,8 @@ impl<P: Platform> Session<'_, P> {
             Trailer::CanaryOverwritten => fatal(OVERFLOW),
         };
         if let Block::Pooled { pool, class } = block {
-            if ptr != pool.first_block() {
+            // SAFETY: `find` found `ptr` a carved block of `pool`, so the pool is live.
+            if ptr != unsafe { pool.first_block() } {
                 // SAFETY: a carved block starts one block before a carved block that is not
                 // its pool's first (P2, P3).
                 let before = unsafe { ptr.sub(class.block_size()) };

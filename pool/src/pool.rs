@@ -417,7 +417,8 @@ impl PoolPtr {
     /// # Safety
     /// `self` is a live pool with no block in use, exclusively the caller's.
     pub unsafe fn retire(self) -> NonNull<u8> {
-        asan::unpoison(self.memory().as_ptr(), self.pool_bytes());
+        // SAFETY: the pool is live (caller).
+        asan::unpoison(self.memory().as_ptr(), unsafe { self.pool_bytes() });
         self.memory()
     }
 
@@ -509,10 +510,13 @@ impl PoolPtr {
     }
 
     /// Bytes of the pool's memory, its gap before the first block included.
-    fn pool_bytes(self) -> usize {
+    ///
+    /// # Safety
+    /// `self` is a live pool.
+    unsafe fn pool_bytes(self) -> usize {
         let p = self.0.as_ptr();
-        // SAFETY: the pool is live (every `PoolPtr` is of one); `limit` counts from the first
-        // block, which lies `first_block - memory` bytes into the pool (P1, P2).
+        // SAFETY: the pool is live (caller); `limit` counts from the first block, which lies
+        // `first_block - memory` bytes into the pool (P1, P2).
         unsafe {
             (*p).limit as usize + (self.first_block().addr().get() - self.memory().addr().get())
         }
@@ -587,10 +591,13 @@ impl PoolPtr {
     }
 
     /// Where the pool's first block starts: `class.first_block()` bytes into its memory (P1).
+    ///
+    /// # Safety
+    /// `self` is a live pool.
     #[inline(always)]
-    pub fn first_block(self) -> NonNull<u8> {
-        // SAFETY: the pool is live (every `PoolPtr` is of one); its descriptor keeps the first
-        // block's address (P1), not null.
+    pub unsafe fn first_block(self) -> NonNull<u8> {
+        // SAFETY: the pool is live (caller); its descriptor keeps the first block's address
+        // (P1), inside an arena, so not null.
         unsafe { NonNull::new_unchecked((*self.0.as_ptr()).memory) }
     }
 
@@ -951,14 +958,14 @@ impl PoolPtr {
     /// `self` is a live pool.
     #[inline(always)]
     pub unsafe fn starts_carved_block(self, ptr: NonNull<u8>) -> bool {
-        let offset = ptr
-            .addr()
-            .get()
-            .wrapping_sub(self.first_block().addr().get());
         let p = self.0.as_ptr();
         // SAFETY: the pool is live (caller); `carved_block_at` takes addresses inside the pool
-        // (one before its start wraps to a huge offset).
+        // (one before its first block wraps to a huge offset).
         unsafe {
+            let offset = ptr
+                .addr()
+                .get()
+                .wrapping_sub(self.first_block().addr().get());
             offset < (*p).limit as usize && carved_block_at(p, ptr.addr().get() & (ARENA_SIZE - 1))
         }
     }
@@ -1032,7 +1039,8 @@ impl PoolPtr {
         if self.memory().addr().get() % POOL_SIZE != 0 || descriptor_of(self.memory()) != self.0 {
             return Err("pool: not at a slot, or not at its first slot's descriptor");
         }
-        if self.first_block() != first_block {
+        // SAFETY: the pool is live (caller).
+        if unsafe { self.first_block() } != first_block {
             return Err("pool: the first block its descriptor keeps is not the pool's");
         }
         if bump > limit || bump % size != 0 {
