@@ -370,7 +370,7 @@ impl SizeClass {
         self.pool_bytes() - self.first_block()
     }
 
-    /// Every class, smallest first.
+    /// Every class, by index: the small classes, the medium ones, then the aligned small ones.
     pub fn all() -> impl Iterator<Item = SizeClass> {
         (0..NUM_CLASSES).map(|i| SizeClass(i as u8))
     }
