@@ -229,18 +229,6 @@ const ALIGNED_CLASSES: [u8; OVER_ALIGNMENTS * NUM_CLASSES] = {
     t
 };
 
-// Built at compile time, as `BLOCK_SIZES`.
-#[allow(clippy::indexing_slicing)]
-const FIRST_BLOCKS: [u8; NUM_CLASSES] = {
-    let mut t = [0; NUM_CLASSES];
-    let mut i = 0;
-    while i < NUM_CLASSES {
-        t[i] = first_block_of(i) as u8;
-        i += 1;
-    }
-    t
-};
-
 /// One size class.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SizeClass(u8);
@@ -358,10 +346,8 @@ impl SizeClass {
     /// Offset in its pool of this class's first block (module documentation): 48 bytes for a
     /// small class, 0 for the others.
     #[inline(always)]
-    // As `block_size`.
-    #[allow(clippy::indexing_slicing)]
     pub const fn first_block(self) -> usize {
-        FIRST_BLOCKS[self.index()] as usize
+        first_block_of(self.index())
     }
 
     /// Bytes of a pool of this class from its first block to its end: where its blocks lie.
