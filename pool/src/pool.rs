@@ -1226,7 +1226,7 @@ mod grid_tests {
                         bump: AtomicU32::new((carved * size) as u32),
                         carved: AtomicU32::new(carved as u32),
                         size: size as u32,
-                        limit: class.pool_bytes() as u32,
+                        limit: class.block_bytes() as u32,
                         class: AtomicU8::new(class.index() as u8),
                         fresh: false,
                     };
