@@ -884,6 +884,40 @@ impl<'a> Claim<'a> {
         pool: PoolPtr,
         ctx: &Context<P>,
     ) {
+        // SAFETY: as the caller guarantees.
+        unsafe { self.free_in_marked_unless(block, pool, ctx, false) }
+    }
+
+    /// [`Claim::free_in`] of a block that [`Claim::ensure_in_use`] has just found in use
+    /// (a `realloc` that moves it): its freed mark is not read a second time.
+    ///
+    /// # Safety
+    /// As [`Claim::free_in`], and `block` is in use: nothing has freed it since
+    /// [`Claim::ensure_in_use`] said so.
+    #[inline(always)]
+    pub(crate) unsafe fn free_in_use<P: Platform>(
+        &mut self,
+        block: NonNull<u8>,
+        pool: PoolPtr,
+        ctx: &Context<P>,
+    ) {
+        // SAFETY: as the caller guarantees.
+        unsafe { self.free_in_marked_unless(block, pool, ctx, true) }
+    }
+
+    /// [`Claim::free_in`], reading the freed mark unless `in_use` says the caller knows the
+    /// block in use.
+    ///
+    /// # Safety
+    /// As [`Claim::free_in`]; if `in_use`, as [`Claim::free_in_use`].
+    #[inline(always)]
+    unsafe fn free_in_marked_unless<P: Platform>(
+        &mut self,
+        block: NonNull<u8>,
+        pool: PoolPtr,
+        ctx: &Context<P>,
+        in_use: bool,
+    ) {
         // The common free, which makes no call but the tail call of a pool that has emptied:
         // a block of a pool this heap owns, not free already (P9), into a pool that was not
         // full (`PoolPtr::free_unless_was_full`). A block of another thread's heap is kept
@@ -895,7 +929,7 @@ impl<'a> Claim<'a> {
             let owner = pool.owner();
             if owner == self.id() {
                 let freed = FreedMark::of(block);
-                if !freed.is_held() {
+                if in_use || !freed.is_held() {
                     if let Some(now_empty) = pool.free_unless_was_full(freed) {
                         if now_empty && !self.keeps_empty(pool) {
                             let freed = Freed {

@@ -142,7 +142,7 @@ impl<'a, P: Platform> Session<'a, P> {
     /// See `Allocator::alloc`. Its fast path is the freelist's alone: Rust callers inline
     /// it, often with a constant size whose class is then computed at compile time, and a
     /// larger fast path would no longer be inlined (`small-churn`: 314 M instructions with
-    /// this one, 347 M with [`Session::malloc`]'s).
+    /// this one, 347 M with [`Session::malloc_fast`]'s).
     #[inline(always)]
     pub(crate) fn alloc(&mut self, layout: Layout) -> *mut u8 {
         if cfg!(feature = "debug") {
@@ -161,21 +161,12 @@ impl<'a, P: Platform> Session<'a, P> {
         self.reborrow().alloc_rarely(layout)
     }
 
-    /// C's `malloc` of `size` bytes: as [`Session::alloc`], but its fast path also carves a
-    /// never-used block (`PoolPtr::alloc_unless_last`), since it is a function of its own
-    /// that no caller inlines, and a program that builds up its data carves most of its
-    /// blocks.
-    #[inline(always)]
-    pub(crate) fn malloc(&mut self, size: usize) -> *mut u8 {
-        match self.malloc_fast(size) {
-            Some(block) => block.as_ptr(),
-            None => self.malloc_past_fast(size),
-        }
-    }
-
-    /// The fast path of [`Session::malloc`] alone: a block from the first pool of the size's
-    /// class, if that pool has one to spare (`Claim::alloc_fast`); `None`, with nothing
-    /// changed, for everything else (and always in the `debug` and `secure` builds).
+    /// The fast path of C's `malloc` of `size` bytes: a block from the first pool of the
+    /// size's class, if that pool has one to spare (`Claim::alloc_fast`); `None`, with nothing
+    /// changed, for everything else (and always in the `debug` and `secure` builds). Unlike
+    /// [`Session::alloc`]'s, it also carves a never-used block (`PoolPtr::alloc_unless_last`),
+    /// since C's `malloc` is a function of its own that no caller inlines, and a program that
+    /// builds up its data carves most of its blocks.
     #[inline(always)]
     pub(crate) fn malloc_fast(&mut self, size: usize) -> Option<NonNull<u8>> {
         if cfg!(feature = "debug") || secure::ENABLED {
@@ -185,7 +176,7 @@ impl<'a, P: Platform> Session<'a, P> {
         self.claim.alloc_fast(class).map(|(block, _)| block)
     }
 
-    /// The rest of [`Session::malloc`], for a request its fast path did not serve (or did not
+    /// The rest of C's `malloc`, for a request [`Session::malloc_fast`] did not serve (or did not
     /// try: it serves any request whole).
     #[inline(always)]
     pub(crate) fn malloc_past_fast(&mut self, size: usize) -> *mut u8 {
@@ -469,20 +460,32 @@ impl<'a, P: Platform> Session<'a, P> {
                     if to == class {
                         return ptr.as_ptr();
                     }
-                    let new = self.malloc(new_size);
-                    if !new.is_null() {
-                        // SAFETY: both blocks are live and distinct and hold the bytes
-                        // copied; the old one is then freed, marked as C's `free` marks it.
-                        unsafe {
-                            ptr::copy_nonoverlapping(
-                                ptr.as_ptr(),
-                                new,
-                                class.block_size().min(new_size),
-                            );
+                    // `malloc` of the class found above. Its fast path frees nothing, so the
+                    // old block is still in use after it; the rest of `malloc` may take back
+                    // blocks other threads freed, which a racing free of this one would be.
+                    let (new, still_in_use) = match self.claim.alloc_fast(to) {
+                        Some((block, _)) => (block, true),
+                        None => match self.claim.reborrow().alloc_from_any_pool(to, self.ctx) {
+                            Some((block, _)) => (block, false),
+                            None => return ptr::null_mut(),
+                        },
+                    };
+                    // SAFETY: both blocks are live and distinct and hold the bytes copied;
+                    // the old one is then freed, marked as C's `free` marks it (its mark
+                    // read again unless it is known still in use).
+                    unsafe {
+                        ptr::copy_nonoverlapping(
+                            ptr.as_ptr(),
+                            new.as_ptr(),
+                            class.block_size().min(new_size),
+                        );
+                        if still_in_use {
+                            self.claim.free_in_use(ptr, pool, self.ctx);
+                        } else {
                             self.claim.free_in(ptr, pool, self.ctx);
                         }
                     }
-                    return new;
+                    return new.as_ptr();
                 }
             }
         }
