@@ -79,8 +79,8 @@ use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use pymalloc_arena::{ARENA_SIZE, ArenaMap, Arenas, Platform};
 use pymalloc_pool::secure::{self, read_link, write_link};
 use pymalloc_pool::{
-    Freed, FreedMark, Inbox, MAX_SPAN_SLOTS, NUM_CLASSES, POOLED_MAX, PoolList, PoolPtr, SizeClass,
-    blocks_per_pool, clear_freed_mark, fatal, holds_freed_mark,
+    Freed, FreedMark, Inbox, MAX_SPAN_SLOTS, NUM_CLASSES, POOL_SIZE, POOLED_MAX, PoolList, PoolPtr,
+    SizeClass, blocks_per_pool, clear_freed_mark, fatal, holds_freed_mark,
 };
 
 use crate::shared::{Shared, SharedAccess};
@@ -210,6 +210,14 @@ impl EmptyPools {
         self.len = len;
         self.slots -= slots;
         NonNull::new(memory)
+    }
+
+    /// A kept pool that starts at an address in `range`, taken out of the cache.
+    fn take_within(&mut self, range: core::ops::Range<usize>) -> Option<NonNull<u8>> {
+        let kept = self.pools.get_mut(..self.len)?;
+        let i = kept.iter().position(|&(m, _)| range.contains(&m.addr()))?;
+        kept.swap(i, kept.len() - 1);
+        self.pop()
     }
 }
 
@@ -811,8 +819,9 @@ impl<'a> Claim<'a> {
 
     /// Makes a block of `from`, alone in its pool, a block of `to` without moving it, where
     /// pools of both classes hold one block: the pool grows into the free slots right after
-    /// it, or gives its last slots back. Returns whether it did (not for a block of another
-    /// heap's pool, nor without free slots to grow into).
+    /// it (giving back, to make room, empty pools this heap keeps there), or gives its last
+    /// slots back. Returns whether it did (not for a block of another heap's pool, nor
+    /// without free slots to grow into).
     ///
     /// # Safety
     /// `block` is the start of a block of `from` in use,
@@ -835,10 +844,28 @@ impl<'a> Claim<'a> {
                 return false;
             }
             let mut shared = SharedAccess::new(&ctx.shared);
-            let resized =
+            let memory = pool.memory();
+            let mut resized =
                 shared
                     .arenas()
-                    .resize_pool(pool.memory(), to.span_slots(), &ctx.shared.platform);
+                    .resize_pool(memory, to.span_slots(), &ctx.shared.platform);
+            if !resized && to.span_slots() > from.span_slots() {
+                // Empty pools this heap keeps may hold the slots it would grow into: growing
+                // in place saves a copy, and a kept pool only a call to the arenas. They go
+                // back, and the growth is tried again.
+                let grown = memory.addr().get() + from.span_slots() * POOL_SIZE
+                    ..memory.addr().get() + to.span_slots() * POOL_SIZE;
+                let mut gave_back = false;
+                while let Some(kept) = self.heap().empty.take_within(grown.clone()) {
+                    // A kept pool is ours, empty, in no list (H2), and no longer kept.
+                    shared.free_pool(PoolPtr::at(kept));
+                    gave_back = true;
+                }
+                resized = gave_back
+                    && shared
+                        .arenas()
+                        .resize_pool(memory, to.span_slots(), &ctx.shared.platform);
+            }
             if !resized {
                 return false;
             }
@@ -1445,6 +1472,11 @@ impl<'a> Claim<'a> {
         }
         if empty != listed_empty + heap.empty.len {
             return Err("heap: an empty pool in use is neither listed nor kept");
+        }
+        let kept = heap.empty.pools.get(..heap.empty.len).unwrap_or(&[]);
+        let kept_slots: usize = kept.iter().map(|&(_, slots)| slots).sum();
+        if kept_slots != heap.empty.slots || kept_slots > CACHED_SLOTS {
+            return Err("heap: the kept empty pools' slots are miscounted or too many");
         }
         Ok(())
     }

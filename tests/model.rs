@@ -729,6 +729,42 @@ fn a_block_alone_in_its_pool_resizes_in_place_where_the_slots_allow() {
     assert_eq!(a.stats().pooled_blocks, 0);
 }
 
+/// An empty pool that a heap keeps for its next pool, right after a block alone in its pool,
+/// gives way when that block grows: the block grows in place into its slots rather than
+/// move (a copy) while the kept pool saves only a call to the arenas.
+#[test]
+fn a_block_alone_in_its_pool_grows_into_an_empty_pool_its_heap_keeps() {
+    let a = Allocator::new(TestPlatform::new());
+    let at = |size| Layout::from_size_align(size, 16).unwrap();
+    let class = SizeClass::for_size(60_000).unwrap();
+    assert_eq!(pymalloc_pool::blocks_per_pool(class), 1);
+    // SAFETY: live blocks of the layouts given, each time.
+    unsafe {
+        let p = a.alloc(at(60_000));
+        fill(p, 60_000, 5);
+        let next = a.alloc(at(60_000));
+        // In a fresh arena the next pool takes the slots right after the first.
+        assert_eq!(
+            next as usize,
+            p as usize + class.span_slots() * pymalloc_pool::POOL_SIZE
+        );
+        a.dealloc(next, at(60_000));
+        assert_eq!(
+            a.stats().pools_kept,
+            1,
+            "the emptied pool is kept, not given back"
+        );
+        let q = a.realloc(p, at(60_000), 120_000);
+        assert_eq!(q, p, "grows in place into the kept pool's slots");
+        assert!(holds_prefix(q, 60_000, 60_000, 5));
+        assert_eq!(a.stats().pools_kept, 0, "{}", a.stats());
+        a.check().unwrap();
+        a.dealloc(q, at(120_000));
+    }
+    a.check().unwrap();
+    assert_eq!(a.stats().pooled_blocks, 0);
+}
+
 /// Blocks freed into one heap by more heaps than it has remote lists all come back: each
 /// freeing heap keeps them (heap H8) until it lets go, then sends them back, and the owner
 /// takes every list back before it asks for a new pool.
