@@ -912,7 +912,7 @@ impl<'a> Claim<'a> {
         ctx: &Context<P>,
     ) {
         // SAFETY: as the caller guarantees.
-        unsafe { self.free_in_marked_unless(block, pool, ctx, false) }
+        unsafe { self.free_in_reading_mark(block, pool, ctx, true) }
     }
 
     /// [`Claim::free_in`] of a block that [`Claim::ensure_in_use`] has just found in use
@@ -929,21 +929,21 @@ impl<'a> Claim<'a> {
         ctx: &Context<P>,
     ) {
         // SAFETY: as the caller guarantees.
-        unsafe { self.free_in_marked_unless(block, pool, ctx, true) }
+        unsafe { self.free_in_reading_mark(block, pool, ctx, false) }
     }
 
-    /// [`Claim::free_in`], reading the freed mark unless `in_use` says the caller knows the
-    /// block in use.
+    /// [`Claim::free_in`], with the block's freed mark read first (the check for a double
+    /// free) if `read_mark`.
     ///
     /// # Safety
-    /// As [`Claim::free_in`]; if `in_use`, as [`Claim::free_in_use`].
+    /// As [`Claim::free_in`]; unless `read_mark`, as [`Claim::free_in_use`].
     #[inline(always)]
-    unsafe fn free_in_marked_unless<P: Platform>(
+    unsafe fn free_in_reading_mark<P: Platform>(
         &mut self,
         block: NonNull<u8>,
         pool: PoolPtr,
         ctx: &Context<P>,
-        in_use: bool,
+        read_mark: bool,
     ) {
         // The common free, which makes no call but the tail call of a pool that has emptied:
         // a block of a pool this heap owns, not free already (P9), into a pool that was not
@@ -956,7 +956,7 @@ impl<'a> Claim<'a> {
             let owner = pool.owner();
             if owner == self.id() {
                 let freed = FreedMark::of(block);
-                if in_use || !freed.is_held() {
+                if !read_mark || !freed.is_held() {
                     if let Some(now_empty) = pool.free_unless_was_full(freed) {
                         if now_empty && !self.keeps_empty(pool) {
                             let freed = Freed {
