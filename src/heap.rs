@@ -180,14 +180,23 @@ impl EmptyPools {
 
     /// An empty pool of `slots` slots, if one is kept.
     fn take(&mut self, slots: usize) -> Option<NonNull<u8>> {
+        self.take_first(|_, s| s == slots)
+    }
+
+    /// A kept pool that starts at an address in `range`, taken out of the cache.
+    fn take_within(&mut self, range: core::ops::Range<usize>) -> Option<NonNull<u8>> {
+        self.take_first(|memory, _| range.contains(&memory.addr()))
+    }
+
+    /// The first kept pool whose memory and slots satisfy `wanted`, taken out of the cache.
+    fn take_first(&mut self, wanted: impl Fn(*mut u8, usize) -> bool) -> Option<NonNull<u8>> {
         let kept = self.pools.get_mut(..self.len)?;
-        let i = kept.iter().position(|&(_, s)| s == slots)?;
+        let i = kept
+            .iter()
+            .position(|&(memory, slots)| wanted(memory, slots))?;
         // The last kept pool takes the place of the one taken.
         kept.swap(i, kept.len() - 1);
-        let (memory, _) = self.pools.get(self.len - 1).copied()?;
-        self.len -= 1;
-        self.slots -= slots;
-        NonNull::new(memory)
+        self.pop()
     }
 
     /// Keeps an empty pool if there is room.
@@ -210,14 +219,6 @@ impl EmptyPools {
         self.len = len;
         self.slots -= slots;
         NonNull::new(memory)
-    }
-
-    /// A kept pool that starts at an address in `range`, taken out of the cache.
-    fn take_within(&mut self, range: core::ops::Range<usize>) -> Option<NonNull<u8>> {
-        let kept = self.pools.get_mut(..self.len)?;
-        let i = kept.iter().position(|&(m, _)| range.contains(&m.addr()))?;
-        kept.swap(i, kept.len() - 1);
-        self.pop()
     }
 }
 
@@ -915,30 +916,15 @@ impl<'a> Claim<'a> {
         unsafe { self.free_in_reading_mark(block, pool, ctx, true) }
     }
 
-    /// [`Claim::free_in`] of a block that [`Claim::ensure_in_use`] has just found in use
-    /// (a `realloc` that moves it): its freed mark is not read a second time.
-    ///
-    /// # Safety
-    /// As [`Claim::free_in`], and `block` is in use: nothing has freed it since
-    /// [`Claim::ensure_in_use`] said so.
-    #[inline(always)]
-    pub(crate) unsafe fn free_in_use<P: Platform>(
-        &mut self,
-        block: NonNull<u8>,
-        pool: PoolPtr,
-        ctx: &Context<P>,
-    ) {
-        // SAFETY: as the caller guarantees.
-        unsafe { self.free_in_reading_mark(block, pool, ctx, false) }
-    }
-
     /// [`Claim::free_in`], with the block's freed mark read first (the check for a double
-    /// free) if `read_mark`.
+    /// free) if `read_mark`. A caller that has just found the block in use
+    /// ([`Claim::ensure_in_use`], as a `realloc` that moves it) need not read it again.
     ///
     /// # Safety
-    /// As [`Claim::free_in`]; unless `read_mark`, as [`Claim::free_in_use`].
+    /// As [`Claim::free_in`]; unless `read_mark`, `block` is in use: nothing has freed it
+    /// since [`Claim::ensure_in_use`] said so.
     #[inline(always)]
-    unsafe fn free_in_reading_mark<P: Platform>(
+    pub(crate) unsafe fn free_in_reading_mark<P: Platform>(
         &mut self,
         block: NonNull<u8>,
         pool: PoolPtr,
